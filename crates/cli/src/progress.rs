@@ -1,0 +1,30 @@
+//! A progress bar on stderr when it is a terminal; nothing otherwise.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    /// A bar over `total` bytes of input.
+    pub fn new(total: u64, what: &str) -> Bar {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {prefix} entries, eta {eta}")
+                .expect("the template is valid")
+                .progress_chars("=> "),
+        );
+        bar.set_message(what.to_string());
+        Bar(bar)
+    }
+
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl builderd_import::Progress for Bar {
+    fn update(&self, bytes: u64, entries: u64) {
+        self.0.set_position(bytes);
+        self.0.set_prefix(entries.to_string());
+    }
+}

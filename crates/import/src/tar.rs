@@ -1,0 +1,432 @@
+//! A tar archive, streamed: plain, gzip or zstd (sniffed from the first
+//! bytes); ustar, GNU and PAX headers with long names, PAX times with
+//! nanoseconds, `SCHILY.xattr.*`, GNU sparse files in the old GNU format and
+//! in PAX formats 0.0, 0.1 and 1.0. A `.` entry sets the root's metadata;
+//! the last entry for a path wins, as with `tar -x`.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+use std::rc::Rc;
+
+use builderd_ext4::{DeviceKind, Metadata, Timestamp, Writer, Xattr};
+use tar::EntryType;
+
+use crate::{Error, Progress};
+
+const CHUNK: usize = 1 << 20;
+
+/// Adds every entry of the archive at `archive` to `w`.
+pub fn import_tar(archive: &Path, w: &mut Writer, progress: &dyn Progress) -> Result<(), Error> {
+    let name = archive.display().to_string();
+    let file = File::open(archive).map_err(|e| Error::io(&name, e))?;
+    let read_so_far = Rc::new(Cell::new(0));
+    let counted = Counting {
+        inner: file,
+        bytes: read_so_far.clone(),
+    };
+    let mut reader = BufReader::with_capacity(CHUNK, counted);
+    let magic = {
+        use std::io::BufRead;
+        reader
+            .fill_buf()
+            .map_err(|e| Error::io(&name, e))?
+            .get(..4)
+            .map(|m| m.to_vec())
+            .unwrap_or_default()
+    };
+    let input: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
+    } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| Error::io(&name, e))?)
+    } else {
+        Box::new(reader)
+    };
+    read_entries(input, &name, w, &|entries| {
+        progress.update(read_so_far.get(), entries)
+    })
+}
+
+/// Counts bytes read from the archive file (before decompression), for
+/// progress.
+struct Counting<R> {
+    inner: R,
+    bytes: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.set(self.bytes.get() + n as u64);
+        Ok(n)
+    }
+}
+
+fn read_entries(
+    input: Box<dyn Read>,
+    name: &str,
+    w: &mut Writer,
+    progress: &dyn Fn(u64),
+) -> Result<(), Error> {
+    let mut archive = tar::Archive::new(input);
+    let mut buf = vec![0u8; CHUNK];
+    let mut entries = 0u64;
+    let mut last_path = Vec::new();
+    let iter = archive.entries().map_err(|e| Error::io(name, e))?;
+    for entry in iter {
+        let mut entry = entry.map_err(|e| {
+            let at = if last_path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}: after {}", builderd_ext4::display_path(&last_path))
+            };
+            Error::io(at, e)
+        })?;
+        let pax = Pax::read(&mut entry).map_err(|e| Error::io(entry.path_bytes(), e))?;
+        let path = match &pax.sparse_name {
+            Some(real) => real.clone(),
+            None => entry.path_bytes().into_owned(),
+        };
+        last_path = path.clone();
+        entries += 1;
+        add_entry(&mut entry, &path, &pax, w, &mut buf)?;
+        progress(entries);
+    }
+    Ok(())
+}
+
+fn add_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    path: &[u8],
+    pax: &Pax,
+    w: &mut Writer,
+    buf: &mut [u8],
+) -> Result<(), Error> {
+    let header = entry.header();
+    let kind = header.entry_type();
+    let meta = metadata(header, pax).map_err(|e| Error::io(path, e))?;
+    match kind {
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            let size = entry.size();
+            let mut out = w.file(path, meta)?;
+            if let Some(sparse) = &pax.sparse {
+                copy_pax_sparse(entry, path, sparse, &mut out, buf)?;
+            } else {
+                let copied = copy(entry, path, &mut out, buf, size)?;
+                if copied != size {
+                    return Err(truncated(path, copied, size));
+                }
+            }
+            out.finish()?;
+        }
+        EntryType::Directory => w.mkdir(path, meta)?,
+        EntryType::Symlink => {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| Error::invalid(path, "is a symlink without a target"))?;
+            w.symlink(path, &target, meta)?;
+        }
+        EntryType::Link => {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| Error::invalid(path, "is a hard link without a target"))?;
+            w.hardlink(path, &target)?;
+        }
+        EntryType::Char | EntryType::Block => {
+            let dev = if kind == EntryType::Char {
+                DeviceKind::Char
+            } else {
+                DeviceKind::Block
+            };
+            let major = header
+                .device_major()
+                .map_err(|e| Error::io(path, e))?
+                .unwrap_or(0);
+            let minor = header
+                .device_minor()
+                .map_err(|e| Error::io(path, e))?
+                .unwrap_or(0);
+            w.device(path, dev, major, minor, meta)?;
+        }
+        EntryType::Fifo => w.fifo(path, meta)?,
+        EntryType::XGlobalHeader => {}
+        other => {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "has an unsupported tar entry type {:?}",
+                    other.as_byte() as char
+                ),
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn truncated(path: &[u8], got: u64, want: u64) -> Error {
+    Error::invalid(
+        path,
+        format!("is truncated: the archive ends after {got} of its {want} bytes"),
+    )
+}
+
+/// Copies up to `limit` bytes; returns how many there were.
+fn copy(
+    r: &mut impl Read,
+    path: &[u8],
+    out: &mut builderd_ext4::FileWriter<'_>,
+    buf: &mut [u8],
+    limit: u64,
+) -> Result<u64, Error> {
+    let mut done = 0u64;
+    while done < limit {
+        let want = ((limit - done) as usize).min(buf.len());
+        let n = match r.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        out.write(&buf[..n])?;
+        done += n as u64;
+    }
+    Ok(done)
+}
+
+/// A PAX-described sparse file: its real size and data segments.
+struct Sparse {
+    real_size: u64,
+    /// (offset, length) of each data segment; for format 1.0, read from the
+    /// start of the entry's data instead.
+    map: Option<Vec<(u64, u64)>>,
+}
+
+fn copy_pax_sparse<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    path: &[u8],
+    sparse: &Sparse,
+    out: &mut builderd_ext4::FileWriter<'_>,
+    buf: &mut [u8],
+) -> Result<(), Error> {
+    let stored = entry.size();
+    let mut consumed = 0u64;
+    let map = match &sparse.map {
+        Some(map) => map.clone(),
+        None => {
+            let (map, used) = read_sparse_map(entry)
+                .map_err(|e| Error::invalid(path, format!("has a bad sparse map: {e}")))?;
+            consumed = used;
+            map
+        }
+    };
+    let mut pos = 0u64;
+    for (offset, len) in map {
+        if offset < pos
+            || offset
+                .checked_add(len)
+                .is_none_or(|end| end > sparse.real_size)
+        {
+            return Err(Error::invalid(
+                path,
+                "has a sparse map whose segments overlap or pass the file's size",
+            ));
+        }
+        out.skip(offset - pos)?;
+        let got = copy(entry, path, out, buf, len)?;
+        consumed += got;
+        if got != len {
+            return Err(truncated(path, consumed, stored));
+        }
+        pos = offset + len;
+    }
+    out.skip(sparse.real_size - pos)?;
+    Ok(())
+}
+
+/// Format 1.0: decimal numbers, one a line (count, then offset and length
+/// pairs), padded to a 512-byte boundary. Returns the map and bytes used.
+fn read_sparse_map(r: &mut impl Read) -> io::Result<(Vec<(u64, u64)>, u64)> {
+    let mut text = Vec::new();
+    let mut block = [0u8; 512];
+    let mut numbers = Vec::new();
+    let mut wanted = None;
+    loop {
+        r.read_exact(&mut block)?;
+        text.extend_from_slice(&block);
+        numbers.clear();
+        let mut lines = text.split(|&b| b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            if lines.peek().is_none() {
+                break; // an incomplete last line
+            }
+            let n: u64 = std::str::from_utf8(line)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a number"))?;
+            numbers.push(n);
+            if let Some(w) = wanted {
+                if numbers.len() == w {
+                    break;
+                }
+            } else if numbers.len() == 1 {
+                wanted = Some(1 + 2 * n as usize);
+                if n > 1 << 20 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "too many segments",
+                    ));
+                }
+            }
+        }
+        if wanted == Some(numbers.len()) {
+            let map = numbers[1..].chunks_exact(2).map(|c| (c[0], c[1])).collect();
+            return Ok((map, text.len() as u64));
+        }
+    }
+}
+
+/// What the PAX headers say about one entry beyond its path.
+#[derive(Default)]
+struct Pax {
+    mtime: Option<Timestamp>,
+    atime: Option<Timestamp>,
+    ctime: Option<Timestamp>,
+    xattrs: Vec<Xattr>,
+    sparse_name: Option<Vec<u8>>,
+    sparse: Option<Sparse>,
+}
+
+impl Pax {
+    fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Pax> {
+        let mut pax = Pax::default();
+        let Some(exts) = entry.pax_extensions()? else {
+            return Ok(pax);
+        };
+        let (mut major, mut real_size, mut map, mut offsets) = (None, None, None, Vec::new());
+        for ext in exts {
+            let ext = ext?;
+            let (key, value) = (ext.key_bytes(), ext.value_bytes());
+            let text = || std::str::from_utf8(value).ok();
+            match key {
+                b"mtime" => pax.mtime = text().and_then(parse_time),
+                b"atime" => pax.atime = text().and_then(parse_time),
+                b"ctime" => pax.ctime = text().and_then(parse_time),
+                b"GNU.sparse.name" => pax.sparse_name = Some(value.to_vec()),
+                b"GNU.sparse.major" => major = text().and_then(|s| s.parse::<u32>().ok()),
+                b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
+                    real_size = text().and_then(|s| s.parse::<u64>().ok())
+                }
+                b"GNU.sparse.map" => {
+                    let nums: Option<Vec<u64>> =
+                        text().map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect());
+                    map = nums.map(|n| n.chunks_exact(2).map(|c| (c[0], c[1])).collect::<Vec<_>>());
+                }
+                b"GNU.sparse.offset" => {
+                    offsets.push((text().and_then(|s| s.parse().ok()).unwrap_or(0), 0))
+                }
+                b"GNU.sparse.numbytes" => {
+                    if let Some(last) = offsets.last_mut() {
+                        last.1 = text().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    }
+                }
+                k if k.starts_with(b"SCHILY.xattr.") => pax.xattrs.push(Xattr {
+                    name: k[b"SCHILY.xattr.".len()..].to_vec(),
+                    value: value.to_vec(),
+                }),
+                _ => {}
+            }
+        }
+        if let Some(real_size) = real_size {
+            let map = match major {
+                Some(1) => None,
+                _ => Some(map.unwrap_or(offsets)),
+            };
+            pax.sparse = Some(Sparse { real_size, map });
+        }
+        Ok(pax)
+    }
+}
+
+/// A PAX time: decimal seconds, maybe negative, maybe with a fraction.
+fn parse_time(s: &str) -> Option<Timestamp> {
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = int.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    if !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: u32 = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse().ok()?
+    };
+    Some(match (neg, nanos) {
+        (false, n) => Timestamp::new(secs, n),
+        (true, 0) => Timestamp::new(-secs, 0),
+        (true, n) => Timestamp::new(-secs - 1, 1_000_000_000 - n),
+    })
+}
+
+fn metadata(header: &tar::Header, pax: &Pax) -> io::Result<Metadata> {
+    let mtime = match pax.mtime {
+        Some(t) => t,
+        None => Timestamp::new(header.mtime()? as i64, 0),
+    };
+    let gnu_time = |f: fn(&tar::GnuHeader) -> io::Result<u64>| {
+        header.as_gnu().and_then(|g| f(g).ok()).filter(|&t| t != 0)
+    };
+    let atime = pax
+        .atime
+        .or_else(|| gnu_time(tar::GnuHeader::atime).map(|t| Timestamp::new(t as i64, 0)))
+        .unwrap_or(mtime);
+    let ctime = pax
+        .ctime
+        .or_else(|| gnu_time(tar::GnuHeader::ctime).map(|t| Timestamp::new(t as i64, 0)))
+        .unwrap_or(mtime);
+    Ok(Metadata {
+        mode: (header.mode()? & 0o7777) as u16,
+        uid: u32::try_from(header.uid()?)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "uid is over 32 bits"))?,
+        gid: u32::try_from(header.gid()?)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "gid is over 32 bits"))?,
+        atime,
+        mtime,
+        ctime,
+        xattrs: pax.xattrs.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times_parse_with_fractions_and_signs() {
+        assert_eq!(
+            parse_time("1700000000.5"),
+            Some(Timestamp::new(1_700_000_000, 500_000_000))
+        );
+        assert_eq!(parse_time("-1.25"), Some(Timestamp::new(-2, 750_000_000)));
+        assert_eq!(parse_time("-100"), Some(Timestamp::new(-100, 0)));
+        assert_eq!(
+            parse_time("12.123456789123"),
+            Some(Timestamp::new(12, 123_456_789))
+        );
+        assert_eq!(parse_time("x"), None);
+    }
+
+    #[test]
+    fn sparse_map_1_0_is_read_to_its_padding() {
+        let mut data = b"2\n0\n10\n8192\n5\n".to_vec();
+        data.resize(512, 0);
+        data.extend_from_slice(b"payload");
+        let (map, used) = read_sparse_map(&mut &data[..]).unwrap();
+        assert_eq!(map, vec![(0, 10), (8192, 5)]);
+        assert_eq!(used, 512);
+    }
+}
