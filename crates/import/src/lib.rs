@@ -5,6 +5,7 @@
 
 mod dir;
 mod tar;
+mod tarstream;
 
 pub use dir::import_dir;
 pub use tar::import_tar;

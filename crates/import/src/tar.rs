@@ -13,6 +13,8 @@ use std::rc::Rc;
 use builderd_ext4::{DeviceKind, Metadata, Timestamp, Writer, Xattr};
 use tar::EntryType;
 
+use crate::tarstream::{Member, TarStream};
+
 use crate::{Error, Progress};
 
 const CHUNK: usize = 1 << 20;
@@ -69,13 +71,12 @@ fn read_entries(
     w: &mut Writer,
     progress: &dyn Fn(u64),
 ) -> Result<(), Error> {
-    let mut archive = tar::Archive::new(input);
+    let mut stream = TarStream::new(input);
     let mut buf = vec![0u8; CHUNK];
     let mut entries = 0u64;
-    let mut last_path = Vec::new();
-    let iter = archive.entries().map_err(|e| Error::io(name, e))?;
-    for entry in iter {
-        let mut entry = entry.map_err(|e| {
+    let mut last_path: Vec<u8> = Vec::new();
+    loop {
+        let member = stream.next_member().map_err(|e| {
             let at = if last_path.is_empty() {
                 name.to_string()
             } else {
@@ -83,55 +84,68 @@ fn read_entries(
             };
             Error::io(at, e)
         })?;
-        let pax = Pax::read(&mut entry).map_err(|e| Error::io(entry.path_bytes(), e))?;
-        let path = match &pax.sparse_name {
-            Some(real) => real.clone(),
-            None => entry.path_bytes().into_owned(),
-        };
-        last_path = path.clone();
+        let Some(member) = member else { break };
+        let pax = Pax::from_records(&member.pax);
+        let path = pax
+            .sparse_name
+            .clone()
+            .unwrap_or_else(|| member.path.clone());
+        last_path.clone_from(&path);
         entries += 1;
-        add_entry(&mut entry, &path, &pax, w, &mut buf)?;
+        add_entry(&mut stream, &member, &path, &pax, w, &mut buf)?;
         progress(entries);
     }
     Ok(())
 }
 
 fn add_entry<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
+    stream: &mut TarStream<R>,
+    member: &Member,
     path: &[u8],
     pax: &Pax,
     w: &mut Writer,
     buf: &mut [u8],
 ) -> Result<(), Error> {
-    let header = entry.header();
+    let header = &member.header;
     let kind = header.entry_type();
     let meta = metadata(header, pax).map_err(|e| Error::io(path, e))?;
     match kind {
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-            let size = entry.size();
             let mut out = w.file(path, meta)?;
-            if let Some(sparse) = &pax.sparse {
-                copy_pax_sparse(entry, path, sparse, &mut out, buf)?;
-            } else {
-                let copied = copy(entry, path, &mut out, buf, size)?;
-                if copied != size {
-                    return Err(truncated(path, copied, size));
+            let sparse = match (&member.gnu_sparse, &pax.sparse) {
+                (Some((map, real_size)), _) => Some(Sparse {
+                    real_size: *real_size,
+                    map: Some(map.clone()),
+                }),
+                (None, Some(s)) => Some(Sparse {
+                    real_size: s.real_size,
+                    map: s.map.clone(),
+                }),
+                (None, None) => None,
+            };
+            match sparse {
+                Some(sparse) => copy_sparse(stream, path, member.size, &sparse, &mut out, buf)?,
+                None => {
+                    copy(stream, path, &mut out, buf, member.size)?;
                 }
             }
             out.finish()?;
         }
         EntryType::Directory => w.mkdir(path, meta)?,
         EntryType::Symlink => {
-            let target = entry
-                .link_name_bytes()
+            let target = member
+                .link
+                .as_deref()
+                .filter(|t| !t.is_empty())
                 .ok_or_else(|| Error::invalid(path, "is a symlink without a target"))?;
-            w.symlink(path, &target, meta)?;
+            w.symlink(path, target, meta)?;
         }
         EntryType::Link => {
-            let target = entry
-                .link_name_bytes()
+            let target = member
+                .link
+                .as_deref()
                 .ok_or_else(|| Error::invalid(path, "is a hard link without a target"))?;
-            w.hardlink(path, &target)?;
+            w.hardlink(path, target)?;
         }
         EntryType::Char | EntryType::Block => {
             let dev = if kind == EntryType::Char {
@@ -150,7 +164,6 @@ fn add_entry<R: Read>(
             w.device(path, dev, major, minor, meta)?;
         }
         EntryType::Fifo => w.fifo(path, meta)?,
-        EntryType::XGlobalHeader => {}
         other => {
             return Err(Error::invalid(
                 path,
@@ -171,27 +184,30 @@ fn truncated(path: &[u8], got: u64, want: u64) -> Error {
     )
 }
 
-/// Copies up to `limit` bytes; returns how many there were.
+/// Copies `limit` bytes of the member's data.
 fn copy(
     r: &mut impl Read,
     path: &[u8],
     out: &mut builderd_ext4::FileWriter<'_>,
     buf: &mut [u8],
     limit: u64,
-) -> Result<u64, Error> {
+) -> Result<(), Error> {
     let mut done = 0u64;
     while done < limit {
         let want = ((limit - done) as usize).min(buf.len());
         let n = match r.read(&mut buf[..want]) {
-            Ok(0) => break,
+            Ok(0) => return Err(truncated(path, done, limit)),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(truncated(path, done, limit))
+            }
             Err(e) => return Err(Error::io(path, e)),
         };
         out.write(&buf[..n])?;
         done += n as u64;
     }
-    Ok(done)
+    Ok(())
 }
 
 /// A PAX-described sparse file: its real size and data segments.
@@ -202,23 +218,20 @@ struct Sparse {
     map: Option<Vec<(u64, u64)>>,
 }
 
-fn copy_pax_sparse<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
+fn copy_sparse<R: Read>(
+    stream: &mut TarStream<R>,
     path: &[u8],
+    stored: u64,
     sparse: &Sparse,
     out: &mut builderd_ext4::FileWriter<'_>,
     buf: &mut [u8],
 ) -> Result<(), Error> {
-    let stored = entry.size();
-    let mut consumed = 0u64;
     let map = match &sparse.map {
         Some(map) => map.clone(),
-        None => {
-            let (map, used) = read_sparse_map(entry)
-                .map_err(|e| Error::invalid(path, format!("has a bad sparse map: {e}")))?;
-            consumed = used;
-            map
-        }
+        None => read_sparse_map(stream).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => truncated(path, 0, stored),
+            _ => Error::invalid(path, format!("has a bad sparse map: {e}")),
+        })?,
     };
     let mut pos = 0u64;
     for (offset, len) in map {
@@ -233,11 +246,7 @@ fn copy_pax_sparse<R: Read>(
             ));
         }
         out.skip(offset - pos)?;
-        let got = copy(entry, path, out, buf, len)?;
-        consumed += got;
-        if got != len {
-            return Err(truncated(path, consumed, stored));
-        }
+        copy(stream, path, out, buf, len)?;
         pos = offset + len;
     }
     out.skip(sparse.real_size - pos)?;
@@ -245,8 +254,8 @@ fn copy_pax_sparse<R: Read>(
 }
 
 /// Format 1.0: decimal numbers, one a line (count, then offset and length
-/// pairs), padded to a 512-byte boundary. Returns the map and bytes used.
-fn read_sparse_map(r: &mut impl Read) -> io::Result<(Vec<(u64, u64)>, u64)> {
+/// pairs), padded to a 512-byte boundary.
+fn read_sparse_map(r: &mut impl Read) -> io::Result<Vec<(u64, u64)>> {
     let mut text = Vec::new();
     let mut block = [0u8; 512];
     let mut numbers = Vec::new();
@@ -280,8 +289,7 @@ fn read_sparse_map(r: &mut impl Read) -> io::Result<(Vec<(u64, u64)>, u64)> {
             }
         }
         if wanted == Some(numbers.len()) {
-            let map = numbers[1..].chunks_exact(2).map(|c| (c[0], c[1])).collect();
-            return Ok((map, text.len() as u64));
+            return Ok(numbers[1..].chunks_exact(2).map(|c| (c[0], c[1])).collect());
         }
     }
 }
@@ -289,6 +297,8 @@ fn read_sparse_map(r: &mut impl Read) -> io::Result<(Vec<(u64, u64)>, u64)> {
 /// What the PAX headers say about one entry beyond its path.
 #[derive(Default)]
 struct Pax {
+    uid: Option<u64>,
+    gid: Option<u64>,
     mtime: Option<Timestamp>,
     atime: Option<Timestamp>,
     ctime: Option<Timestamp>,
@@ -298,17 +308,15 @@ struct Pax {
 }
 
 impl Pax {
-    fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Pax> {
+    fn from_records(records: &[(Vec<u8>, Vec<u8>)]) -> Pax {
         let mut pax = Pax::default();
-        let Some(exts) = entry.pax_extensions()? else {
-            return Ok(pax);
-        };
         let (mut major, mut real_size, mut map, mut offsets) = (None, None, None, Vec::new());
-        for ext in exts {
-            let ext = ext?;
-            let (key, value) = (ext.key_bytes(), ext.value_bytes());
+        for (key, value) in records {
+            let (key, value) = (key.as_slice(), value.as_slice());
             let text = || std::str::from_utf8(value).ok();
             match key {
+                b"uid" => pax.uid = text().and_then(|s| s.parse().ok()),
+                b"gid" => pax.gid = text().and_then(|s| s.parse().ok()),
                 b"mtime" => pax.mtime = text().and_then(parse_time),
                 b"atime" => pax.atime = text().and_then(parse_time),
                 b"ctime" => pax.ctime = text().and_then(parse_time),
@@ -344,7 +352,7 @@ impl Pax {
             };
             pax.sparse = Some(Sparse { real_size, map });
         }
-        Ok(pax)
+        pax
     }
 }
 
@@ -390,10 +398,16 @@ fn metadata(header: &tar::Header, pax: &Pax) -> io::Result<Metadata> {
         .unwrap_or(mtime);
     Ok(Metadata {
         mode: (header.mode()? & 0o7777) as u16,
-        uid: u32::try_from(header.uid()?)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "uid is over 32 bits"))?,
-        gid: u32::try_from(header.gid()?)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "gid is over 32 bits"))?,
+        uid: u32::try_from(match pax.uid {
+            Some(uid) => uid,
+            None => header.uid()?,
+        })
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "uid is over 32 bits"))?,
+        gid: u32::try_from(match pax.gid {
+            Some(gid) => gid,
+            None => header.gid()?,
+        })
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "gid is over 32 bits"))?,
         atime,
         mtime,
         ctime,
@@ -425,8 +439,12 @@ mod tests {
         let mut data = b"2\n0\n10\n8192\n5\n".to_vec();
         data.resize(512, 0);
         data.extend_from_slice(b"payload");
-        let (map, used) = read_sparse_map(&mut &data[..]).unwrap();
+        let mut r = &data[..];
+        let map = read_sparse_map(&mut r).unwrap();
         assert_eq!(map, vec![(0, 10), (8192, 5)]);
-        assert_eq!(used, 512);
+        assert_eq!(
+            r, b"payload",
+            "the map's padding is consumed, the data is not"
+        );
     }
 }
