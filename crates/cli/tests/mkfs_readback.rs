@@ -234,8 +234,7 @@ struct Fixture {
 }
 
 fn fixture() -> Option<Fixture> {
-    if !is_root() {
-        eprintln!("skipping: loop mounts, device nodes and trusted.* xattrs need root");
+    if !root_or_skip() {
         return None;
     }
     let dir = tmp();
@@ -336,6 +335,90 @@ fn tar_archives_round_trip_plain_gzip_and_zstd() {
         );
         assert_eq!((want.size, want.content), (got.size, got.content), "{file}");
     }
+    drop(m);
+
+    // GNU long names and link names ('L' and 'K' headers).
+    let long = f.work.join("gnu-names.tar");
+    run(Command::new("tar")
+        .args(["--format=gnu", "-C"])
+        .arg(&f.src)
+        .arg("-cf")
+        .arg(&long)
+        .args(["./names", "./links"]));
+    let image = f.work.join("gnu-names.ext4");
+    mkfs(&long, &image, &[]);
+    e2fsck(&image);
+    let m = Mount::new(&image);
+    let got = snapshot(m.path());
+    let names: Vec<&Vec<u8>> = expected
+        .keys()
+        .filter(|k| k.starts_with(b"names") || k.starts_with(b"links"))
+        .collect();
+    assert!(names.len() > 10_000);
+    for name in names {
+        let (want, have) = (
+            &expected[name],
+            got.get(name)
+                .unwrap_or_else(|| panic!("missing {}", String::from_utf8_lossy(name))),
+        );
+        // The GNU format keeps whole seconds and no xattrs.
+        assert_eq!(
+            (want.mode, want.size, want.content, &want.link, want.mtime.0),
+            (have.mode, have.size, have.content, &have.link, have.mtime.0)
+        );
+    }
+}
+
+#[test]
+fn kernel_can_write_to_the_image_and_it_stays_consistent() {
+    let Some(f) = fixture() else { return };
+    let image = f.work.join("rw.ext4");
+    mkfs(&f.src, &image, &["--size", "512M"]);
+    let mnt = tmp();
+    run(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(mnt.path()));
+    let root = mnt.path();
+    let result = std::panic::catch_unwind(|| {
+        fs::create_dir_all(root.join("new/dir")).unwrap();
+        for i in 0..2000 {
+            fs::write(
+                root.join(format!("new/dir/f{i}")),
+                pseudo_random(i * 37, i as u64),
+            )
+            .unwrap();
+            fs::write(
+                root.join(format!("names/ten-thousand/added-{i}")),
+                b"more entries in an htree",
+            )
+            .unwrap();
+        }
+        fs::write(root.join("new/large"), pseudo_random(20 << 20, 5)).unwrap();
+        fs::remove_dir_all(root.join("times")).unwrap();
+        fs::remove_file(root.join("files/big")).unwrap();
+        fs::remove_file(root.join("links/second")).unwrap();
+        xattr::set(root.join("xattrs/mixed"), "user.added", &[7; 300]).unwrap();
+        fs::write(root.join("files/unaligned"), b"rewritten").unwrap();
+    });
+    run(Command::new("umount").arg(root));
+    result.unwrap();
+    e2fsck(&image);
+    let m = Mount::new(&image);
+    assert_eq!(
+        fs::read(m.path().join("new/large")).unwrap(),
+        pseudo_random(20 << 20, 5)
+    );
+    assert_eq!(
+        fs::read_dir(m.path().join("names/ten-thousand"))
+            .unwrap()
+            .count(),
+        12_000
+    );
+    assert_eq!(
+        fs::read(m.path().join("files/third")).unwrap(),
+        b"linked content"
+    );
 }
 
 #[test]

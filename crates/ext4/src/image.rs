@@ -1,27 +1,55 @@
-//! The image file: block writes gathered into large sequential writes.
+//! The image file: block writes gathered into large sequential writes, done
+//! by a writer thread so that reading the source overlaps writing the image
+//! (writing into the page cache is most of the cost of a build).
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use crate::layout::BLOCK_SIZE;
 
 const STAGE_BYTES: usize = 4 << 20;
+/// Buffers in flight to the writer; bounds memory to a few stages.
+const IN_FLIGHT: usize = 3;
 
 /// Writes blocks at their place in the image. Runs of adjacent blocks are
 /// collected and written together; everything never written stays a hole.
 pub struct BlockOut {
-    file: File,
+    file: Arc<File>,
     stage: Vec<u8>,
     stage_block: u64,
+    to_writer: Option<SyncSender<(u64, Vec<u8>)>>,
+    recycled: Receiver<Vec<u8>>,
+    writer: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl BlockOut {
     pub fn new(file: File) -> Self {
+        let file = Arc::new(file);
+        let (to_writer, jobs) = mpsc::sync_channel::<(u64, Vec<u8>)>(IN_FLIGHT);
+        let (give_back, recycled) = mpsc::channel();
+        let target = file.clone();
+        let writer = std::thread::Builder::new()
+            .name("ext4-image-writer".into())
+            .spawn(move || {
+                for (offset, mut buf) in jobs {
+                    target.write_all_at(&buf, offset)?;
+                    buf.clear();
+                    let _ = give_back.send(buf);
+                }
+                Ok(())
+            })
+            .expect("spawning the image writer thread");
         BlockOut {
             file,
             stage: Vec::with_capacity(STAGE_BYTES),
             stage_block: 0,
+            to_writer: Some(to_writer),
+            recycled,
+            writer: Some(writer),
         }
     }
 
@@ -32,35 +60,70 @@ impl BlockOut {
             self.flush()?;
             self.stage_block = block;
         }
-        if data.len() > STAGE_BYTES {
-            return self.file.write_all_at(data, block * BLOCK_SIZE as u64);
-        }
         self.stage.extend_from_slice(data);
         let padded = self.stage.len().next_multiple_of(BLOCK_SIZE);
         self.stage.resize(padded, 0);
         Ok(())
     }
 
-    /// Writes bytes at a byte offset, bypassing the stage (superblocks).
+    /// Writes bytes at a byte offset (superblocks, which are not whole blocks).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.flush()?;
-        self.file.write_all_at(data, offset)
+        self.send(offset, data.to_vec())
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        if !self.stage.is_empty() {
-            self.file
-                .write_all_at(&self.stage, self.stage_block * BLOCK_SIZE as u64)?;
-            self.stage.clear();
+    fn send(&mut self, offset: u64, buf: Vec<u8>) -> io::Result<()> {
+        let sent = self.to_writer.as_ref().map(|tx| tx.send((offset, buf)));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The writer stopped: its error says why.
+            _ => Err(self
+                .stop()
+                .err()
+                .unwrap_or_else(|| io::Error::other("the image writer stopped"))),
         }
-        Ok(())
     }
 
-    /// Flushes and sets the image's length; returns the file.
+    /// Hands the stage to the writer and takes a fresh buffer.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.stage.is_empty() {
+            return Ok(());
+        }
+        let fresh = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(STAGE_BYTES));
+        let full = std::mem::replace(&mut self.stage, fresh);
+        self.send(self.stage_block * BLOCK_SIZE as u64, full)
+    }
+
+    /// Waits for the writer to finish everything sent.
+    fn stop(&mut self) -> io::Result<()> {
+        self.to_writer = None;
+        match self.writer.take() {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| io::Error::other("the image writer panicked"))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes, waits for every write, sets the image's length; returns the
+    /// file.
     pub fn finish(mut self, len: u64) -> io::Result<File> {
         self.flush()?;
+        self.stop()?;
         self.file.set_len(len)?;
-        Ok(self.file)
+        let file = self.file.clone();
+        drop(self);
+        Arc::try_unwrap(file).map_err(|_| io::Error::other("the image file is still shared"))
+    }
+}
+
+impl Drop for BlockOut {
+    fn drop(&mut self) {
+        // On an error path: let the writer drain and end.
+        let _ = self.stop();
     }
 }
 

@@ -47,7 +47,7 @@ pub enum Error {
     /// Something about one entry; names the entry.
     #[error("{}: {reason}", display_path(path))]
     Path { path: Vec<u8>, reason: String },
-    #[error("the content does not fit: it needs {} bytes but the filesystem size is {} bytes; give a larger --size", needed_blocks * BLOCK_SIZE as u64, available_blocks * BLOCK_SIZE as u64)]
+    #[error("the content does not fit: the filesystem size is {} bytes and the content needs at least {} bytes; give a larger --size", available_blocks * BLOCK_SIZE as u64, needed_blocks * BLOCK_SIZE as u64)]
     NoSpace {
         needed_blocks: u64,
         available_blocks: u64,

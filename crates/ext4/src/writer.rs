@@ -106,7 +106,7 @@ impl Writer {
         label[..opts.label.len()].copy_from_slice(opts.label.as_bytes());
         let (gdt_reserve, limit) = match opts.size {
             Some(size) => {
-                if size % BLOCK_SIZE as u64 != 0 {
+                if !size.is_multiple_of(BLOCK_SIZE as u64) {
                     return Err(Error::Invalid(format!(
                         "the size {size} is not a multiple of {BLOCK_SIZE}"
                     )));

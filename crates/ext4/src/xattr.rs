@@ -46,7 +46,7 @@ impl DiskXattr {
 /// entries) to ext4's (version 1, 4-byte entries for owner, group, mask and
 /// other; 8-byte ones for named users and groups).
 fn acl_to_disk(value: &[u8]) -> Option<Vec<u8>> {
-    if value.len() < 4 || (value.len() - 4) % 8 != 0 || value[..4] != 2u32.to_le_bytes() {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) || value[..4] != 2u32.to_le_bytes() {
         return None;
     }
     let mut out = 1u32.to_le_bytes().to_vec();

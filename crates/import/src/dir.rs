@@ -190,13 +190,17 @@ fn metadata(host: &Path, st: &fs::Metadata) -> Result<Metadata, Error> {
             });
         }
     }
+    // The host's atime changes as we read the tree and its ctime records
+    // inode changes on the build host: both would make two builds of one tree
+    // differ, so the image takes both from the mtime.
+    let mtime = Timestamp::new(st.mtime(), st.mtime_nsec() as u32);
     Ok(Metadata {
         mode: (st.mode() & 0o7777) as u16,
         uid: st.uid(),
         gid: st.gid(),
-        atime: Timestamp::new(st.atime(), st.atime_nsec() as u32),
-        mtime: Timestamp::new(st.mtime(), st.mtime_nsec() as u32),
-        ctime: Timestamp::new(st.ctime(), st.ctime_nsec() as u32),
+        atime: mtime,
+        mtime,
+        ctime: mtime,
         xattrs,
     })
 }

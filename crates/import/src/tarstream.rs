@@ -289,7 +289,7 @@ mod tests {
     #[test]
     fn pax_records_may_hold_newlines() {
         let value = b"a\nb\x00c";
-        let mut rec = format!(" SCHILY.xattr.user.x=").into_bytes();
+        let mut rec = b" SCHILY.xattr.user.x=".to_vec();
         rec.extend_from_slice(value);
         rec.push(b'\n');
         let len = rec.len() + 2; // two digits of length

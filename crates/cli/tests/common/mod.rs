@@ -169,7 +169,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
             mode: st.mode(),
             uid: st.uid(),
             gid: st.gid(),
-            size: (ft.is_file() || ft.is_symlink()).then(|| st.len()),
+            size: (ft.is_file() || ft.is_symlink()).then_some(st.len()),
             content: ft.is_file().then(|| content_hash(&host)),
             link: ft.is_symlink().then(|| {
                 std::fs::read_link(&host)
@@ -242,6 +242,21 @@ pub fn assert_same(expected: &BTreeMap<Vec<u8>, Entry>, got: &BTreeMap<Vec<u8>, 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// For tests that need root (loop mounts, device nodes, trusted.* xattrs):
+/// true when they can run. Without root they are skipped, unless
+/// BUILDERD_TESTS_NEED_ROOT is set (as CI does), which makes it a failure.
+pub fn root_or_skip() -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("BUILDERD_TESTS_NEED_ROOT").is_none(),
+        "this test needs root and BUILDERD_TESTS_NEED_ROOT is set"
+    );
+    eprintln!("skipping: this test needs root (loop mounts, device nodes, trusted.* xattrs)");
+    false
 }
 
 pub fn tmp() -> tempfile::TempDir {
