@@ -163,6 +163,21 @@ fn build_tree(root: &Path) {
     let deep: std::path::PathBuf = (1..=12).map(|i| format!("level{i}")).collect();
     fs::create_dir_all(d("names").join(&deep)).unwrap();
     write(&d("names").join(&deep).join("leaf"), b"deep");
+    // A hashed directory of non-UTF-8 names (bytes over 0x7f hash
+    // differently as signed and unsigned chars).
+    fs::create_dir(d("names/latin-1")).unwrap();
+    for i in 0..600u32 {
+        let name = [
+            &b"\xe9t\xe9-"[..],
+            format!("{i:04}-").as_bytes(),
+            &[0xff, 0x80, b'a' + (i % 26) as u8],
+        ]
+        .concat();
+        write(
+            &d("names/latin-1").join(OsStr::from_bytes(&name)),
+            &i.to_le_bytes(),
+        );
+    }
     // A directory of 10,000 entries with long names: a two-level htree.
     fs::create_dir(d("names/ten-thousand")).unwrap();
     for i in 0..10_000 {

@@ -101,3 +101,44 @@ pub fn name_hash(name: &[u8], seed: &[u32; 4]) -> u32 {
     }
     hash
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// e2fsprogs' own implementation (`debugfs dx_hash`, hash 4 =
+    /// half_md4_unsigned) is the reference, on names with high bytes, of
+    /// every length class (under, at and over one 32-byte round).
+    #[test]
+    fn matches_debugfs_dx_hash() {
+        let uuid = "01020304-0506-0708-090a-0b0c0d0e0f10";
+        let seed = [0x0403_0201, 0x0807_0605, 0x0c0b_0a09, 0x100f_0e0d];
+        let names: Vec<Vec<u8>> = vec![
+            b"hello".to_vec(),
+            b"caf\xe9".to_vec(),
+            b"\xff\xfe\x80".to_vec(),
+            vec![b'x'; 32],
+            [&b"caf\xe9-"[..], &[b'n'; 60][..]].concat(),
+            (0x80..=0xfe).collect(),
+        ];
+        for name in names {
+            let mut cmd = b"dx_hash -h 4 -s ".to_vec();
+            cmd.extend_from_slice(uuid.as_bytes());
+            cmd.push(b' ');
+            cmd.extend_from_slice(&name);
+            let out = std::process::Command::new("debugfs")
+                .arg("-R")
+                .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&cmd))
+                .output()
+                .expect("debugfs (e2fsprogs) is installed");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let hex = text
+                .split(" is 0x")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .unwrap_or_else(|| panic!("debugfs said: {text}"));
+            let want = u32::from_str_radix(hex, 16).unwrap();
+            assert_eq!(name_hash(&name, &seed), want, "{}", name.escape_ascii());
+        }
+    }
+}

@@ -25,7 +25,7 @@
 
 mod checksum;
 mod dir;
-pub mod dirhash;
+mod dirhash;
 mod entry;
 mod extent;
 mod image;

@@ -216,28 +216,6 @@ impl Tree {
         self.children_mut(parent).insert(name.into(), id);
         Ok(())
     }
-
-    /// Removes the entry at `path` (and so everything below it).
-    pub fn remove(&mut self, path: &[u8]) -> Result<bool, Error> {
-        let comps = components(path)?;
-        let Some((&name, dirs)) = comps.split_last() else {
-            return Err(Error::path(path, "names the root, which cannot be removed"));
-        };
-        let mut dir = ROOT;
-        for c in dirs {
-            match &self.nodes[dir as usize].kind {
-                Kind::Dir(children) => match children.get(*c) {
-                    Some(&id) => dir = id,
-                    None => return Ok(false),
-                },
-                _ => return Ok(false),
-            }
-        }
-        match &mut self.nodes[dir as usize].kind {
-            Kind::Dir(children) => Ok(children.remove(name).is_some()),
-            _ => Ok(false),
-        }
-    }
 }
 
 /// Physical runs of a file's extents, for bitmaps.
@@ -297,8 +275,6 @@ mod tests {
         );
         t.link(b"x", b"a/b/c").unwrap();
         assert_eq!(t.lookup(b"x").unwrap(), t.lookup(b"a/b/c").unwrap());
-        assert!(t.remove(b"a").unwrap());
-        assert!(t.lookup(b"a/b/c").unwrap().is_none());
-        assert!(t.lookup(b"x").unwrap().is_some());
+        assert!(t.link(b"y", b"a").is_err(), "no hard links to directories");
     }
 }

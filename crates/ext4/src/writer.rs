@@ -196,16 +196,6 @@ impl Writer {
         self.tree.link(path, target)
     }
 
-    /// Removes an entry and everything below it; false if it did not exist.
-    pub fn remove(&mut self, path: &[u8]) -> Result<bool, Error> {
-        self.tree.remove(path)
-    }
-
-    /// Does the tree hold an entry at `path`?
-    pub fn exists(&self, path: &[u8]) -> Result<bool, Error> {
-        Ok(self.tree.lookup(path)?.is_some())
-    }
-
     fn insert(&mut self, path: &[u8], meta: Metadata, kind: Kind) -> Result<(), Error> {
         self.tree
             .insert(
