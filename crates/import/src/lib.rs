@@ -8,7 +8,7 @@ mod tar;
 mod tarstream;
 
 pub use dir::import_dir;
-pub use tar::import_tar;
+pub use tar::{decompress, import_tar, Entry, EntryKind, TarReader};
 
 /// Reports progress: bytes of input consumed so far (file data for a
 /// directory, archive bytes for a tar) and entries done.

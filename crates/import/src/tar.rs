@@ -1,25 +1,26 @@
 //! A tar archive, streamed: plain, gzip or zstd (sniffed from the first
 //! bytes); ustar, GNU and PAX headers with long names, PAX times with
 //! nanoseconds, `SCHILY.xattr.*`, GNU sparse files in the old GNU format and
-//! in PAX formats 0.0, 0.1 and 1.0. A `.` entry sets the root's metadata;
-//! the last entry for a path wins, as with `tar -x`.
+//! in PAX formats 0.0, 0.1 and 1.0. [`TarReader`] gives the entries one by
+//! one, data on demand; [`import_tar`] adds a whole archive to the writer.
 
 use std::cell::Cell;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 use std::rc::Rc;
 
-use builderd_ext4::{DeviceKind, Metadata, Timestamp, Writer, Xattr};
+use builderd_ext4::{DeviceKind, FileWriter, Metadata, Timestamp, Writer, Xattr};
 use tar::EntryType;
 
-use crate::tarstream::{Member, TarStream};
+use crate::tarstream::TarStream;
 
 use crate::{Error, Progress};
 
 const CHUNK: usize = 1 << 20;
 
-/// Adds every entry of the archive at `archive` to `w`.
+/// Adds every entry of the archive at `archive` to `w`: the last entry for a
+/// path wins, as with `tar -x`.
 pub fn import_tar(archive: &Path, w: &mut Writer, progress: &dyn Progress) -> Result<(), Error> {
     let name = archive.display().to_string();
     let file = File::open(archive).map_err(|e| Error::io(&name, e))?;
@@ -28,25 +29,45 @@ pub fn import_tar(archive: &Path, w: &mut Writer, progress: &dyn Progress) -> Re
         inner: file,
         bytes: read_so_far.clone(),
     };
-    let mut reader = BufReader::with_capacity(CHUNK, counted);
-    let magic = {
-        use std::io::BufRead;
-        reader
-            .fill_buf()
-            .map_err(|e| Error::io(&name, e))?
-            .get(..4)
-            .map(|m| m.to_vec())
-            .unwrap_or_default()
-    };
-    let input: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
+    let input =
+        decompress(BufReader::with_capacity(CHUNK, counted)).map_err(|e| Error::io(&name, e))?;
+    let mut reader = TarReader::new(input, &name);
+    let mut entries = 0u64;
+    while let Some(entry) = reader.next_entry()? {
+        entries += 1;
+        match &entry.kind {
+            EntryKind::File => {
+                let mut out = w.file(&entry.path, entry.meta.clone())?;
+                reader.copy_data(&entry, &mut out)?;
+                out.finish()?;
+            }
+            EntryKind::Dir => w.mkdir(&entry.path, entry.meta)?,
+            EntryKind::Symlink(target) => w.symlink(&entry.path, target, entry.meta.clone())?,
+            EntryKind::Hardlink(target) => w.hardlink(&entry.path, target)?,
+            EntryKind::Device(kind, major, minor) => {
+                w.device(&entry.path, *kind, *major, *minor, entry.meta.clone())?
+            }
+            EntryKind::Fifo => w.fifo(&entry.path, entry.meta)?,
+        }
+        progress.update(read_so_far.get(), entries);
+    }
+    Ok(())
+}
+
+/// Wraps a stream in the decompressor its first bytes call for: gzip, zstd,
+/// or none.
+pub fn decompress<'a>(mut input: impl BufRead + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    let magic = input
+        .fill_buf()?
+        .get(..4)
+        .map(|m| m.to_vec())
+        .unwrap_or_default();
+    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(input))
     } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| Error::io(&name, e))?)
+        Box::new(zstd::stream::read::Decoder::with_buffer(input)?)
     } else {
-        Box::new(reader)
-    };
-    read_entries(input, &name, w, &|entries| {
-        progress.update(read_so_far.get(), entries)
+        Box::new(input)
     })
 }
 
@@ -65,116 +86,150 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-fn read_entries(
-    input: Box<dyn Read>,
-    name: &str,
-    w: &mut Writer,
-    progress: &dyn Fn(u64),
-) -> Result<(), Error> {
-    let mut stream = TarStream::new(input);
-    let mut buf = vec![0u8; CHUNK];
-    let mut entries = 0u64;
-    let mut last_path: Vec<u8> = Vec::new();
-    loop {
-        let member = stream.next_member().map_err(|e| {
-            let at = if last_path.is_empty() {
-                name.to_string()
+/// What an entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file: its data comes from [`TarReader::copy_data`].
+    File,
+    Dir,
+    Symlink(Vec<u8>),
+    /// A hard link to the (archive) path given.
+    Hardlink(Vec<u8>),
+    Device(DeviceKind, u32, u32),
+    Fifo,
+}
+
+/// One entry of an archive, its extension headers applied. Paths are as the
+/// archive has them (`./` prefixes and all); normalising is the caller's.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub path: Vec<u8>,
+    pub kind: EntryKind,
+    pub meta: Metadata,
+    /// Bytes of data the archive stores for it.
+    stored: u64,
+    sparse: Option<Sparse>,
+}
+
+/// Reads entries from an (uncompressed) tar stream.
+pub struct TarReader<R: Read> {
+    stream: TarStream<R>,
+    name: String,
+    last_path: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> TarReader<R> {
+    /// `name` names the archive in errors.
+    pub fn new(input: R, name: &str) -> Self {
+        TarReader {
+            stream: TarStream::new(input),
+            name: name.to_string(),
+            last_path: Vec::new(),
+            buf: vec![0; CHUNK],
+        }
+    }
+
+    /// The next entry; a file's data not copied by then is skipped.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>, Error> {
+        let member = self.stream.next_member().map_err(|e| {
+            let at = if self.last_path.is_empty() {
+                self.name.clone()
             } else {
-                format!("{name}: after {}", builderd_ext4::display_path(&last_path))
+                format!(
+                    "{}: after {}",
+                    self.name,
+                    builderd_ext4::display_path(&self.last_path)
+                )
             };
             Error::io(at, e)
         })?;
-        let Some(member) = member else { break };
+        let Some(member) = member else {
+            return Ok(None);
+        };
         let pax = Pax::from_records(&member.pax);
         let path = pax
             .sparse_name
             .clone()
             .unwrap_or_else(|| member.path.clone());
-        last_path.clone_from(&path);
-        entries += 1;
-        add_entry(&mut stream, &member, &path, &pax, w, &mut buf)?;
-        progress(entries);
-    }
-    Ok(())
-}
-
-fn add_entry<R: Read>(
-    stream: &mut TarStream<R>,
-    member: &Member,
-    path: &[u8],
-    pax: &Pax,
-    w: &mut Writer,
-    buf: &mut [u8],
-) -> Result<(), Error> {
-    let header = &member.header;
-    let kind = header.entry_type();
-    let meta = metadata(header, pax).map_err(|e| Error::io(path, e))?;
-    match kind {
-        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-            let mut out = w.file(path, meta)?;
-            let sparse = match (&member.gnu_sparse, &pax.sparse) {
-                (Some((map, real_size)), _) => Some(Sparse {
-                    real_size: *real_size,
-                    map: Some(map.clone()),
-                }),
-                (None, Some(s)) => Some(Sparse {
-                    real_size: s.real_size,
-                    map: s.map.clone(),
-                }),
-                (None, None) => None,
-            };
-            match sparse {
-                Some(sparse) => copy_sparse(stream, path, member.size, &sparse, &mut out, buf)?,
-                None => {
-                    copy(stream, path, &mut out, buf, member.size)?;
-                }
+        self.last_path.clone_from(&path);
+        let meta = metadata(&member.header, &pax).map_err(|e| Error::io(&path, e))?;
+        let entry_type = member.header.entry_type();
+        let link = || member.link.clone().filter(|l| !l.is_empty());
+        let kind = match entry_type {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => EntryKind::File,
+            EntryType::Directory => EntryKind::Dir,
+            EntryType::Symlink => EntryKind::Symlink(
+                link().ok_or_else(|| Error::invalid(&path, "is a symlink without a target"))?,
+            ),
+            EntryType::Link => EntryKind::Hardlink(
+                link().ok_or_else(|| Error::invalid(&path, "is a hard link without a target"))?,
+            ),
+            EntryType::Char | EntryType::Block => {
+                let dev = if entry_type == EntryType::Char {
+                    DeviceKind::Char
+                } else {
+                    DeviceKind::Block
+                };
+                let major = member
+                    .header
+                    .device_major()
+                    .map_err(|e| Error::io(&path, e))?
+                    .unwrap_or(0);
+                let minor = member
+                    .header
+                    .device_minor()
+                    .map_err(|e| Error::io(&path, e))?
+                    .unwrap_or(0);
+                EntryKind::Device(dev, major, minor)
             }
-            out.finish()?;
-        }
-        EntryType::Directory => w.mkdir(path, meta)?,
-        EntryType::Symlink => {
-            let target = member
-                .link
-                .as_deref()
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| Error::invalid(path, "is a symlink without a target"))?;
-            w.symlink(path, target, meta)?;
-        }
-        EntryType::Link => {
-            let target = member
-                .link
-                .as_deref()
-                .ok_or_else(|| Error::invalid(path, "is a hard link without a target"))?;
-            w.hardlink(path, target)?;
-        }
-        EntryType::Char | EntryType::Block => {
-            let dev = if kind == EntryType::Char {
-                DeviceKind::Char
-            } else {
-                DeviceKind::Block
-            };
-            let major = header
-                .device_major()
-                .map_err(|e| Error::io(path, e))?
-                .unwrap_or(0);
-            let minor = header
-                .device_minor()
-                .map_err(|e| Error::io(path, e))?
-                .unwrap_or(0);
-            w.device(path, dev, major, minor, meta)?;
-        }
-        EntryType::Fifo => w.fifo(path, meta)?,
-        other => {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "has an unsupported tar entry type {:?}",
-                    other.as_byte() as char
-                ),
-            ))
+            EntryType::Fifo => EntryKind::Fifo,
+            other => {
+                return Err(Error::invalid(
+                    &path,
+                    format!(
+                        "has an unsupported tar entry type {:?}",
+                        other.as_byte() as char
+                    ),
+                ))
+            }
+        };
+        let sparse = match (&member.gnu_sparse, pax.sparse) {
+            (Some((map, real_size)), _) => Some(Sparse {
+                real_size: *real_size,
+                map: Some(map.clone()),
+            }),
+            (None, sparse) => sparse,
+        };
+        Ok(Some(Entry {
+            path,
+            kind,
+            meta,
+            stored: member.size,
+            sparse,
+        }))
+    }
+
+    /// Streams the current file entry's data into `out` (holes stay holes).
+    pub fn copy_data(&mut self, entry: &Entry, out: &mut FileWriter<'_>) -> Result<(), Error> {
+        match &entry.sparse {
+            Some(sparse) => copy_sparse(
+                &mut self.stream,
+                &entry.path,
+                entry.stored,
+                sparse,
+                out,
+                &mut self.buf,
+            ),
+            None => copy(
+                &mut self.stream,
+                &entry.path,
+                out,
+                &mut self.buf,
+                entry.stored,
+            ),
         }
     }
-    Ok(())
 }
 
 fn truncated(path: &[u8], got: u64, want: u64) -> Error {
@@ -210,7 +265,8 @@ fn copy(
     Ok(())
 }
 
-/// A PAX-described sparse file: its real size and data segments.
+/// A sparse file: its real size and data segments.
+#[derive(Clone, Debug)]
 struct Sparse {
     real_size: u64,
     /// (offset, length) of each data segment; for format 1.0, read from the
