@@ -1,6 +1,9 @@
 //! The `builderd` command: turns software into microVM root filesystems.
 
+mod build;
+mod ext4_args;
 mod mkfs;
+mod output;
 mod progress;
 mod units;
 
@@ -21,18 +24,34 @@ struct Cli {
 enum Command {
     /// Write an ext4 image from a directory or a tar archive (plain, .gz, .zst).
     Mkfs(mkfs::Args),
+    /// Convert a container image to an ext4 root filesystem, in one pass.
+    Build(build::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Mkfs(args) => mkfs::run(args),
+        Command::Build(args) => build::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("builderd: error: {e:#}");
+            eprintln!("builderd: error: {}", message(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause only if the text so far does not
+/// already say it (our error types include their cause in their message).
+fn message(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
 }

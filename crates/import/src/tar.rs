@@ -210,6 +210,15 @@ impl<R: Read> TarReader<R> {
         }))
     }
 
+    /// Reads whatever follows the end of the archive to the end of the
+    /// stream, so that a reader below (a digest check, a decompressor's
+    /// trailer) sees all of its input.
+    pub fn drain(self) -> Result<(), Error> {
+        io::copy(&mut self.stream.into_inner(), &mut io::sink())
+            .map_err(|e| Error::io(&self.name, e))?;
+        Ok(())
+    }
+
     /// Streams the current file entry's data into `out` (holes stay holes).
     pub fn copy_data(&mut self, entry: &Entry, out: &mut FileWriter<'_>) -> Result<(), Error> {
         match &entry.sparse {

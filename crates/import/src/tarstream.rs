@@ -101,6 +101,10 @@ impl<R: Read> TarStream<R> {
         }
     }
 
+    pub fn into_inner(self) -> R {
+        self.r
+    }
+
     /// Skips what is left of the current member.
     fn skip_rest(&mut self) -> io::Result<()> {
         let n = self.remaining + self.padding;

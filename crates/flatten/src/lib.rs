@@ -1,0 +1,49 @@
+//! builderd-flatten: container image layers to one tree with overlay
+//! semantics, written straight into the ext4 writer, never into an unpacked
+//! directory.
+//!
+//! Layers are read newest first. The first version of a path met is final;
+//! anything it masks (the same path, or anything below a non-directory, a
+//! whiteout `.wh.NAME` or an opaque directory `.wh..wh..opq` of an upper
+//! layer) is skipped without writing its data. Directories merge: a lower
+//! layer's directory entry gives metadata to a directory that upper layers
+//! only implied. Within one layer the last entry for a path wins.
+//!
+//! Hard links need care: a link in a lower layer whose target an upper layer
+//! replaced still points at the lower content (go-containerregistry's
+//! `mutate.Extract` gets this wrong). Links are resolved at the end; those
+//! whose target's final version is from above them are written from the
+//! target's content as of their own layer, by reading that layer again.
+//!
+//! Paths are normalised as umoci does: a leading `/` dropped, `.` removed,
+//! `..` resolved lexically and never above the root. There is no host path
+//! anywhere, so no symlink in the image is ever followed.
+
+mod normalize;
+mod overlay;
+
+pub use normalize::normalize;
+pub use overlay::{flatten, Layer, Stats};
+
+/// What can go wrong flattening; names the layer and path concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("layer with digest {layer}: {source}")]
+    Layer {
+        layer: String,
+        source: builderd_import::Error,
+    },
+    #[error("layer with digest {layer}: {source}")]
+    Open {
+        layer: String,
+        source: std::io::Error,
+    },
+    #[error("layer with digest {layer}: {path}: {reason}")]
+    Invalid {
+        layer: String,
+        path: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Ext4(#[from] builderd_ext4::Error),
+}

@@ -1,0 +1,349 @@
+//! The newest-first overlay pass and the hard-link fix-up.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read};
+
+use builderd_ext4::Writer;
+use builderd_import::{EntryKind, TarReader};
+
+use crate::normalize::{ancestors, base, join, normalize, parent};
+use crate::Error;
+
+/// One layer of an image.
+pub struct Layer<'a> {
+    /// Names the layer in errors and logs (its digest).
+    pub name: String,
+    /// Opens the layer's uncompressed tar stream. Called once, and again only
+    /// for a hard link whose target an upper layer replaced.
+    #[allow(clippy::type_complexity)]
+    pub open: Box<dyn Fn() -> io::Result<Box<dyn Read + 'a>> + 'a>,
+}
+
+/// What the flatten did.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Entries written into the image.
+    pub written: u64,
+    /// Entries skipped because an upper layer masks them.
+    pub masked: u64,
+    pub whiteouts: u64,
+    /// Hard links whose target was replaced above, written from their own
+    /// layer's content.
+    pub links_fixed: u64,
+}
+
+/// What upper layers (or, within a layer, earlier entries) decided a path is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Dir,
+    /// A directory only implied by entries below it: a lower layer's
+    /// directory entry may still give it metadata.
+    ImplicitDir,
+    NonDir,
+    Whiteout,
+}
+
+struct PendingLink {
+    layer: usize,
+    path: Vec<u8>,
+    target: Vec<u8>,
+}
+
+struct Flatten<'w, 'l, 'a> {
+    w: &'w mut Writer,
+    layers: &'l [Layer<'a>],
+    above: HashMap<Vec<u8>, State>,
+    opaque_above: HashSet<Vec<u8>>,
+    /// The layer each written non-directory came from.
+    origin: HashMap<Vec<u8>, usize>,
+    pending: Vec<PendingLink>,
+    stats: Stats,
+}
+
+/// Flattens `layers` (bottom first, as a manifest lists them) into `w`;
+/// `progress` is told each layer as it is finished.
+pub fn flatten<'a>(
+    layers: &[Layer<'a>],
+    w: &mut Writer,
+    progress: &dyn Fn(&Layer<'a>),
+) -> Result<Stats, Error> {
+    let mut f = Flatten {
+        w,
+        layers,
+        above: HashMap::new(),
+        opaque_above: HashSet::new(),
+        origin: HashMap::new(),
+        pending: Vec::new(),
+        stats: Stats::default(),
+    };
+    for k in (0..layers.len()).rev() {
+        f.layer(k)?;
+        progress(&layers[k]);
+    }
+    f.resolve_links()?;
+    Ok(f.stats)
+}
+
+fn is_whiteout_meta(name: &[u8]) -> bool {
+    // AUFS's other special names (`.wh..wh.plnk`, `.wh..wh.aufs`) carry no
+    // content of the image.
+    name.starts_with(b".wh..wh.")
+}
+
+fn open<'a>(layer: &Layer<'a>) -> Result<TarReader<Box<dyn Read + 'a>>, Error> {
+    let input = (layer.open)().map_err(|source| Error::Open {
+        layer: layer.name.clone(),
+        source,
+    })?;
+    Ok(TarReader::new(input, "its tar stream"))
+}
+
+fn layer_err(layer: &Layer<'_>) -> impl Fn(builderd_import::Error) -> Error {
+    let name = layer.name.clone();
+    move |source| Error::Layer {
+        layer: name.clone(),
+        source,
+    }
+}
+
+impl Flatten<'_, '_, '_> {
+    /// Is `path` (of an entry of kind `kind`) hidden by an upper layer?
+    fn masked(&self, path: &[u8], is_dir: bool) -> bool {
+        if !path.is_empty() && self.opaque_above.contains(&b""[..]) {
+            return true;
+        }
+        for a in ancestors(path) {
+            if matches!(self.above.get(a), Some(State::NonDir | State::Whiteout))
+                || self.opaque_above.contains(a)
+            {
+                return true;
+            }
+        }
+        match self.above.get(path) {
+            None => false,
+            Some(State::ImplicitDir) => !is_dir,
+            Some(_) => true,
+        }
+    }
+
+    fn layer(&mut self, k: usize) -> Result<(), Error> {
+        let mut reader = open(&self.layers[k])?;
+        let mut here: HashMap<Vec<u8>, State> = HashMap::new();
+        let mut opaque_here: HashSet<Vec<u8>> = HashSet::new();
+        let mut whiteouts_here: Vec<Vec<u8>> = Vec::new();
+        while let Some(entry) = reader.next_entry().map_err(layer_err(&self.layers[k]))? {
+            let path = normalize(&entry.path);
+            let name = base(&path);
+            if name == b".wh..wh..opq" {
+                opaque_here.insert(parent(&path).to_vec());
+                self.stats.whiteouts += 1;
+                continue;
+            }
+            if is_whiteout_meta(name) {
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(b".wh.") {
+                whiteouts_here.push(join(parent(&path), hidden));
+                self.stats.whiteouts += 1;
+                continue;
+            }
+            let is_dir = entry.kind == EntryKind::Dir;
+            if self.masked(&path, is_dir) {
+                self.stats.masked += 1;
+                continue;
+            }
+            if path.is_empty() && !is_dir {
+                return Err(Error::Invalid {
+                    layer: self.layers[k].name.clone(),
+                    path: "/".into(),
+                    reason: "the root is not a directory".into(),
+                });
+            }
+            let meta = entry.meta.clone();
+            let state = match &entry.kind {
+                EntryKind::Dir => {
+                    self.w.mkdir(&path, meta)?;
+                    State::Dir
+                }
+                EntryKind::File => {
+                    let mut out = self.w.file(&path, meta)?;
+                    reader
+                        .copy_data(&entry, &mut out)
+                        .map_err(layer_err(&self.layers[k]))?;
+                    out.finish()?;
+                    self.origin.insert(path.clone(), k);
+                    State::NonDir
+                }
+                EntryKind::Symlink(target) => {
+                    self.w.symlink(&path, target, meta)?;
+                    self.origin.insert(path.clone(), k);
+                    State::NonDir
+                }
+                EntryKind::Device(kind, major, minor) => {
+                    self.w.device(&path, *kind, *major, *minor, meta)?;
+                    self.origin.insert(path.clone(), k);
+                    State::NonDir
+                }
+                EntryKind::Fifo => {
+                    self.w.fifo(&path, meta)?;
+                    self.origin.insert(path.clone(), k);
+                    State::NonDir
+                }
+                EntryKind::Hardlink(target) => {
+                    let target = normalize(target);
+                    if here.get(&target) == Some(&State::NonDir)
+                        && self.origin.get(&target) == Some(&k)
+                    {
+                        self.w.hardlink(&path, &target)?;
+                        self.origin.insert(path.clone(), k);
+                    } else {
+                        // The target is below, or was replaced above: decide
+                        // at the end which content this link sees.
+                        self.origin.remove(&path);
+                        self.pending.push(PendingLink {
+                            layer: k,
+                            path: path.clone(),
+                            target,
+                        });
+                    }
+                    State::NonDir
+                }
+            };
+            self.stats.written += 1;
+            here.insert(path.clone(), state);
+            for a in ancestors(&path) {
+                if !self.above.contains_key(a) && !here.contains_key(a) {
+                    here.insert(a.to_vec(), State::ImplicitDir);
+                }
+            }
+        }
+        reader.drain().map_err(layer_err(&self.layers[k]))?;
+        // A whiteout masks lower layers only; an entry for the same path in
+        // this layer stays, and a directory recreated here hides the lower
+        // directory's contents.
+        for hidden in whiteouts_here {
+            match here.get(&hidden) {
+                Some(State::Dir | State::ImplicitDir) => {
+                    opaque_here.insert(hidden);
+                }
+                Some(_) => {}
+                None => {
+                    if !self.masked(&hidden, false) {
+                        here.insert(hidden, State::Whiteout);
+                    }
+                }
+            }
+        }
+        for (path, state) in here {
+            match self.above.get(&path) {
+                None | Some(State::ImplicitDir) => {
+                    self.above.insert(path, state);
+                }
+                Some(_) => {}
+            }
+        }
+        self.opaque_above.extend(opaque_here);
+        Ok(())
+    }
+
+    /// Links whose target's final version is from their layer or below point
+    /// at it; the others get their target's content as of their own layer.
+    fn resolve_links(&mut self) -> Result<(), Error> {
+        let mut pending = std::mem::take(&mut self.pending);
+        // Links to links resolve once their target has: repeat while that
+        // makes progress.
+        loop {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for link in pending {
+                match self.origin.get(&link.target) {
+                    Some(&j) if j <= link.layer => {
+                        self.w.hardlink(&link.path, &link.target)?;
+                        self.origin.insert(link.path.clone(), j);
+                    }
+                    _ => rest.push(link),
+                }
+            }
+            pending = rest;
+            if pending.len() == before {
+                break;
+            }
+        }
+        // The rest: read the target's content from the layers again. Links to
+        // one target in one layer share the first one's inode.
+        let mut fixed: HashMap<(usize, Vec<u8>), Vec<u8>> = HashMap::new();
+        for link in pending {
+            if let Some(first) = fixed.get(&(link.layer, link.target.clone())) {
+                self.w.hardlink(&link.path, first)?;
+                continue;
+            }
+            self.write_as_of(&link)?;
+            self.stats.links_fixed += 1;
+            fixed.insert((link.layer, link.target.clone()), link.path.clone());
+        }
+        Ok(())
+    }
+
+    /// Writes `link.path` with the content `link.target` had in the tree as
+    /// layer `link.layer` left it: the newest version at or below that layer.
+    fn write_as_of(&mut self, link: &PendingLink) -> Result<(), Error> {
+        let mut target = link.target.clone();
+        for k in (0..=link.layer).rev() {
+            let mut reader = open(&self.layers[k])?;
+            let mut found = None;
+            while let Some(entry) = reader.next_entry().map_err(layer_err(&self.layers[k]))? {
+                let path = normalize(&entry.path);
+                let name = base(&path);
+                let gone =
+                    name == b".wh..wh..opq" && target.starts_with(parent(&path)) && k < link.layer
+                        || name
+                            .strip_prefix(b".wh.")
+                            .is_some_and(|h| join(parent(&path), h) == target)
+                            && k < link.layer;
+                if gone && found.is_none() {
+                    break;
+                }
+                if path != target {
+                    continue;
+                }
+                match &entry.kind {
+                    EntryKind::File => {
+                        let mut out = self.w.file(&link.path, entry.meta.clone())?;
+                        reader
+                            .copy_data(&entry, &mut out)
+                            .map_err(layer_err(&self.layers[k]))?;
+                        out.finish()?;
+                        return Ok(());
+                    }
+                    EntryKind::Hardlink(next) => found = Some(normalize(next)),
+                    EntryKind::Symlink(to) => {
+                        self.w.symlink(&link.path, to, entry.meta.clone())?;
+                        return Ok(());
+                    }
+                    EntryKind::Device(kind, major, minor) => {
+                        self.w
+                            .device(&link.path, *kind, *major, *minor, entry.meta.clone())?;
+                        return Ok(());
+                    }
+                    EntryKind::Fifo => {
+                        self.w.fifo(&link.path, entry.meta.clone())?;
+                        return Ok(());
+                    }
+                    EntryKind::Dir => break,
+                }
+            }
+            if let Some(next) = found {
+                // A link to a link: follow it from this layer down.
+                target = next;
+            }
+        }
+        Err(Error::Invalid {
+            layer: self.layers[link.layer].name.clone(),
+            path: builderd_ext4::display_path(&link.path),
+            reason: format!(
+                "is a hard link to {}, which does not exist in this layer or below",
+                builderd_ext4::display_path(&link.target)
+            ),
+        })
+    }
+}
