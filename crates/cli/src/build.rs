@@ -3,14 +3,17 @@
 //! into the image), with a metadata file `OUT.json` beside it.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use builderd_ext4::Writer;
 use builderd_flatten::Layer;
-use builderd_oci::{Compression, Image, OciLayout, Platform, Source, VerifyingReader};
+use builderd_oci::{
+    docker_config_credentials, BlobCache, BlobStore, Compression, Credentials, Digest, Doc, Image,
+    ImageRef, OciLayout, Platform, Registry, RetryPolicy, Source, VerifyingReader,
+};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -20,9 +23,10 @@ use crate::units::human;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The image: oci:DIR[:TAG] (an OCI image layout). Registry references
-    /// (docker://REF), oci-archive: and docker-archive: are not implemented
-    /// yet.
+    /// The image: docker://REF or a bare REF (alpine means
+    /// docker.io/library/alpine:latest; tags and @sha256: digests), or
+    /// oci:DIR[:TAG] (an OCI image layout). oci-archive: and docker-archive:
+    /// are not implemented yet.
     source: String,
     /// The image file to write; its metadata goes to OUT.json.
     #[arg(short, long)]
@@ -31,9 +35,24 @@ pub struct Args {
     /// default: this machine's.
     #[arg(long)]
     platform: Option<String>,
+    /// Registry credentials (otherwise ~/.docker/config.json's, if any).
+    #[arg(long, value_name = "USER:PASS")]
+    creds: Option<String>,
+    /// Allow plain HTTP to this registry (loopback registries always may).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
+    /// The blob cache, shared by all builds.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Neither read nor write the blob cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
     #[command(flatten)]
     ext4: Ext4Args,
 }
+
+/// Parallel layer downloads.
+const DOWNLOADS: usize = 4;
 
 const READ_BUFFER: usize = 1 << 20;
 
@@ -87,13 +106,37 @@ pub fn run(args: Args) -> Result<()> {
         None => Platform::host(),
     };
     let source = Source::parse(&args.source)?;
-    let (layout, tag) = match source {
-        Source::OciLayout { dir, tag } => (OciLayout::open(&dir)?, tag),
-        Source::Registry(r) => bail!("pulling from a registry ({r}) is not implemented yet; use an OCI layout: skopeo copy docker://{r} oci:DIR:TAG, then builderd build oci:DIR:TAG"),
+    // Keeps a --no-cache build's private blob directory until the end.
+    let mut _scratch = None;
+    let (store, image): (Box<dyn BlobStore>, Image) = match source {
+        Source::OciLayout { dir, tag } => {
+            let layout = OciLayout::open(&dir)?;
+            let image = layout.resolve(tag.as_deref(), &platform)?;
+            (Box::new(layout), image)
+        }
+        Source::Registry(r) => {
+            let cache = if args.no_cache {
+                let dir = tempfile::Builder::new().prefix("builderd-blobs-").tempdir()?;
+                let cache = BlobCache::open(dir.path())?;
+                _scratch = Some(dir);
+                cache
+            } else {
+                BlobCache::open(&args.cache_dir.clone().unwrap_or_else(BlobCache::default_dir))?
+            };
+            let creds = match &args.creds {
+                Some(c) => {
+                    let (username, password) = c.split_once(':').context("--creds takes USER:PASS")?;
+                    Some(Credentials { username: username.into(), password: password.into() })
+                }
+                None => docker_config_credentials(&r.registry),
+            };
+            let registry = Registry::new(&r, creds, &args.insecure_registry, RetryPolicy::default(), Box::new(|m| eprintln!("builderd: {m}")))?;
+            let image = pull(&registry, &cache, &r, &platform)?;
+            (Box::new(cache), image)
+        }
         Source::OciArchive { .. } => bail!("oci-archive: sources are not implemented yet; unpack the archive and use oci:DIR[:TAG]"),
         Source::DockerArchive { .. } => bail!("docker-archive: sources are not implemented yet"),
     };
-    let image = layout.resolve(tag.as_deref(), &platform)?;
     let resolved = Instant::now();
     eprintln!(
         "builderd: {}: manifest {}, {} layers, {}",
@@ -107,7 +150,7 @@ pub fn run(args: Args) -> Result<()> {
     let pending = Pending::new(&args.output)?;
     let pending_json = Pending::new(&json_path)?;
     let mut writer = Writer::new(pending.file()?, args.ext4.options()?)?;
-    let layers = layers(&layout, &image);
+    let layers = layers(store.as_ref(), &image);
     let stats = builderd_flatten::flatten(&layers, &mut writer, &|layer| {
         eprintln!("builderd: layer {} done", layer.name)
     })?;
@@ -183,14 +226,14 @@ fn metadata_path(output: &Path) -> PathBuf {
 
 /// Each layer as a decompressed stream, its blob checked against its digest
 /// and size as it is read.
-fn layers<'a>(layout: &'a OciLayout, image: &'a Image) -> Vec<Layer<'a>> {
+fn layers<'a>(store: &'a dyn BlobStore, image: &'a Image) -> Vec<Layer<'a>> {
     image
         .layers
         .iter()
         .map(|info| Layer {
             name: info.digest.to_string(),
             open: Box::new(move || {
-                let blob = layout
+                let blob = store
                     .open_blob(&info.digest)
                     .map_err(std::io::Error::other)?;
                 let verified = BufReader::with_capacity(
@@ -223,4 +266,112 @@ fn file_sha256(path: &Path) -> Result<String> {
         hash.update(&buf[..n]);
     }
     Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Resolves the image against the registry (always: the manifest says what
+/// the tag is now) and brings every blob it needs into the cache.
+fn pull(
+    registry: &Registry,
+    cache: &BlobCache,
+    r: &ImageRef,
+    platform: &Platform,
+) -> Result<Image> {
+    let reference = r
+        .digest
+        .clone()
+        .or_else(|| r.tag.clone())
+        .unwrap_or_else(|| "latest".into());
+    let (top, digest) = registry.manifest(&reference)?;
+    let image = builderd_oci::resolve(top, digest, platform, &mut |d, size, doc| match doc {
+        Doc::Manifest => {
+            let (bytes, _) = registry.manifest(d.as_str())?;
+            d.verify(&bytes, size)?;
+            Ok(bytes)
+        }
+        Doc::Config => {
+            fetch_to_cache(registry, cache, d, size, &|_| {})?;
+            let bytes = std::fs::read(cache.path(d)).map_err(|e| builderd_oci::Error::Io {
+                what: format!("cache: blob {d}"),
+                source: e,
+            })?;
+            d.verify(&bytes, size)?;
+            Ok(bytes)
+        }
+    })?;
+    download_layers(registry, cache, &image)?;
+    Ok(image)
+}
+
+fn fetch_to_cache(
+    registry: &Registry,
+    cache: &BlobCache,
+    digest: &Digest,
+    size: u64,
+    progress: &dyn Fn(u64),
+) -> Result<bool, builderd_oci::Error> {
+    if cache.has(digest, size) {
+        return Ok(false);
+    }
+    registry.download(digest, size, &cache.partial(digest), progress)?;
+    cache.commit(digest)?;
+    Ok(true)
+}
+
+/// Downloads the layers not cached yet, several at once; a bar for each on a
+/// terminal, a line for each otherwise.
+fn download_layers(registry: &Registry, cache: &BlobCache, image: &Image) -> Result<()> {
+    let terminal = std::io::stderr().is_terminal();
+    let bars = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+    .expect("the template is valid")
+    .progress_chars("=> ");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failure: std::sync::Mutex<Option<builderd_oci::Error>> = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..DOWNLOADS.min(image.layers.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(layer) = image.layers.get(i) else {
+                    break;
+                };
+                if failure.lock().unwrap().is_some() {
+                    break;
+                }
+                let short = &layer.digest.hex()[..12];
+                let bar = bars.add(indicatif::ProgressBar::new(layer.size));
+                bar.set_style(style.clone());
+                bar.set_message(format!("layer {short}"));
+                let started = Instant::now();
+                match fetch_to_cache(registry, cache, &layer.digest, layer.size, &|done| {
+                    bar.set_position(done)
+                }) {
+                    Ok(fetched) => {
+                        bar.finish_and_clear();
+                        if !terminal {
+                            let what = if fetched {
+                                format!("downloaded in {:.2} s", started.elapsed().as_secs_f64())
+                            } else {
+                                "cached".to_string()
+                            };
+                            eprintln!(
+                                "builderd: layer {} ({}): {what}",
+                                layer.digest,
+                                human(layer.size)
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        bar.abandon();
+                        failure.lock().unwrap().get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match failure.into_inner().unwrap() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }

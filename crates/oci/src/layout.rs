@@ -125,8 +125,14 @@ impl OciLayout {
             Error::Manifest(format!("{}: an entry has no size", index_path.display()))
         })?;
         let top = self.read_blob(&digest, size)?;
-        resolve(top, digest, platform, &mut |d, size| {
+        resolve(top, digest, platform, &mut |d, size, _| {
             self.read_blob(d, size)
         })
+    }
+}
+
+impl crate::BlobStore for OciLayout {
+    fn open_blob(&self, digest: &Digest) -> Result<File, Error> {
+        OciLayout::open_blob(self, digest)
     }
 }

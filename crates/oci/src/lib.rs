@@ -1,19 +1,29 @@
 //! builderd-oci: where images come from. References in skopeo's transport
 //! syntax, digests, platforms, manifests and indexes (OCI and Docker
-//! schema2), and OCI image layouts on disk; every blob is checked against
-//! its size and digest before it is trusted.
+//! schema2), OCI image layouts on disk, a registry client and the blob
+//! cache; every blob is checked against its size and digest before it is
+//! trusted.
 
+mod cache;
 mod digest;
 mod layout;
 mod manifest;
 mod platform;
 mod reference;
+mod registry;
 
+pub use cache::BlobCache;
 pub use digest::{Digest, VerifyingReader};
 pub use layout::OciLayout;
-pub use manifest::{Compression, Image, LayerInfo, RunConfig};
+pub use manifest::{resolve, Compression, Doc, FetchBlob, Image, LayerInfo, RunConfig};
 pub use platform::Platform;
 pub use reference::{ImageRef, Source};
+pub use registry::{docker_config_credentials, Credentials, Registry, RetryPolicy};
+
+/// Somewhere layer blobs can be read from.
+pub trait BlobStore: Sync {
+    fn open_blob(&self, digest: &Digest) -> Result<std::fs::File, Error>;
+}
 
 /// What can go wrong finding an image.
 #[derive(Debug, thiserror::Error)]
@@ -31,4 +41,8 @@ pub enum Error {
     Manifest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    Registry(String),
 }

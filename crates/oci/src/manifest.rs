@@ -99,9 +99,17 @@ fn kind_of(doc: &Value) -> String {
     }
 }
 
-/// Returns a small blob (manifest, index, config), checked against its
+/// Which document `resolve` asks for: registries serve manifests and
+/// configs from different endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Doc {
+    Manifest,
+    Config,
+}
+
+/// Returns a small document (manifest, index, config), checked against its
 /// digest and size.
-pub type FetchBlob<'a> = dyn FnMut(&Digest, u64) -> Result<Vec<u8>, Error> + 'a;
+pub type FetchBlob<'a> = dyn FnMut(&Digest, u64, Doc) -> Result<Vec<u8>, Error> + 'a;
 
 /// Resolves `top` (the bytes of a manifest or index whose digest is
 /// `top_digest`) to one image for `platform`. `fetch` returns a small blob,
@@ -140,7 +148,7 @@ pub fn resolve(
                     Error::NotFound(format!("the image has no {platform} variant (it has: {}); choose one with --platform", offered.join(", ")))
                 })?;
             digest = descriptor_digest(chosen)?;
-            bytes = fetch(&digest, chosen.size())?;
+            bytes = fetch(&digest, chosen.size(), Doc::Manifest)?;
             continue;
         }
         if !MANIFEST_TYPES.contains(&kind.as_str()) {
@@ -156,7 +164,7 @@ pub fn resolve(
             return Err(Error::Manifest(format!("manifest {digest}: the config has the unknown media type {config_type:?} (not a container image?)")));
         }
         let config_digest = descriptor_digest(config_desc)?;
-        let config_bytes = fetch(&config_digest, config_desc.size())?;
+        let config_bytes = fetch(&config_digest, config_desc.size(), Doc::Config)?;
         let config: Value = serde_json::from_slice(&config_bytes)
             .map_err(|e| Error::Manifest(format!("config {config_digest} is not JSON: {e}")))?;
         let mut layers = Vec::new();

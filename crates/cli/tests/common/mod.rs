@@ -269,3 +269,4 @@ pub fn tmp() -> tempfile::TempDir {
 pub fn p(dir: &Path, rel: &str) -> PathBuf {
     dir.join(rel)
 }
+pub mod registry;

@@ -1,0 +1,291 @@
+//! `builderd build docker://…` against a real registry on loopback, with
+//! images the tests make and push: equal to umoci's flatten, cached, with
+//! auth, retries, and clear failures.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+
+use common::registry::{Proxy, TestRegistry};
+use common::*;
+use serde_json::{json, Value};
+
+fn make_image(dir: &Path, mut spec: Value) -> Vec<String> {
+    spec["dir"] = json!(dir.to_str().unwrap());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mkimage.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(spec.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn image_spec() -> Value {
+    json!({"tag": "v1", "layers": [
+        {"entries": [{"name": "etc", "type": "dir"}, {"name": "etc/os-release", "data": "ID=test\n"},
+                     {"name": "lib", "type": "dir"}, {"name": "lib/big", "size": 3_000_000},
+                     {"name": "old", "data": "x"}, {"name": "link", "type": "hardlink", "link": "old"}]},
+        {"compression": "zstd", "entries": [{"name": ".wh.old", "data": ""}, {"name": "lib/big", "size": 1_000_000}]},
+        {"compression": "none", "entries": [{"name": "app", "data": "#!/bin/sh\necho hi\n", "mode": 0o755}]},
+    ], "config": {"Entrypoint": ["/app"]}})
+}
+
+fn build(source: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    builderd()
+        .arg("build")
+        .arg(source)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn assert_failed(o: &std::process::Output, out: &Path) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "should have failed:\n{err}");
+    assert!(
+        !out.exists() && !Path::new(&format!("{}.json", out.display())).exists(),
+        "output left behind"
+    );
+    err
+}
+
+#[test]
+fn pulls_match_umoci_and_a_second_build_downloads_no_blob() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    make_image(&layout, image_spec());
+    let registry = TestRegistry::start(None);
+    registry.push(&layout, "v1", "team/app:v1", None);
+    let proxy = Proxy::start(&registry.addr);
+    let cache = dir.path().join("cache");
+    let source = format!("docker://{}/team/app:v1", proxy.addr);
+
+    let out = dir.path().join("one.ext4");
+    let o = build(&source, &out, &["--cache-dir", cache.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    e2fsck(&out);
+    assert_eq!(
+        proxy.count("/blobs/"),
+        4,
+        "three layers and the config: {:?}",
+        proxy.requests.lock().unwrap()
+    );
+
+    // umoci reads only gzip and plain layers: its reference is the same
+    // image with gzip layers.
+    let reference_layout = dir.path().join("reference");
+    let mut gz = image_spec();
+    gz["layers"][1]["compression"] = json!("gzip");
+    make_image(&reference_layout, gz);
+    let bundle = dir.path().join("bundle");
+    run(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:v1", reference_layout.display()))
+        .arg(&bundle));
+    let mut expected = snapshot(&bundle.join("rootfs"));
+    let m = Mount::new(&out);
+    let mut got = snapshot(m.path());
+    for s in [&mut expected, &mut got] {
+        s.get_mut(&b""[..]).unwrap().mtime = (0, 0); // umoci: the unpack time
+    }
+    assert_same(&expected, &got);
+    drop(m);
+
+    let before = proxy.requests.lock().unwrap().len();
+    let again = dir.path().join("two.ext4");
+    let o = build(&source, &again, &["--cache-dir", cache.to_str().unwrap()]);
+    assert!(o.status.success());
+    let second: Vec<String> = proxy.requests.lock().unwrap()[before..].to_vec();
+    assert!(
+        second.iter().all(|r| !r.contains("/blobs/")),
+        "the second build fetched blobs: {second:?}"
+    );
+    assert!(
+        second.iter().any(|r| r.contains("/manifests/v1")),
+        "the tag is always resolved: {second:?}"
+    );
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        fs::read(&again).unwrap(),
+        "the same image gives the same bytes"
+    );
+
+    // --no-cache neither reads nor writes the cache.
+    let before = proxy.count("/blobs/");
+    let fresh = dir.path().join("three.ext4");
+    let o = build(&source, &fresh, &["--no-cache"]);
+    assert!(o.status.success());
+    assert_eq!(proxy.count("/blobs/") - before, 4);
+}
+
+#[test]
+fn registry_with_htpasswd_needs_the_right_credentials() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    make_image(&layout, image_spec());
+    let registry = TestRegistry::start(Some(("builder", "s3cret")));
+    registry.push(&layout, "v1", "private/app:v1", Some("builder:s3cret"));
+    let source = format!("{}/private/app:v1", registry.addr);
+    let cache = dir.path().join("cache");
+    let cache_arg = ["--cache-dir", cache.to_str().unwrap()];
+
+    let out = dir.path().join("ok.ext4");
+    let o = build(
+        &source,
+        &out,
+        &[&cache_arg[..], &["--creds", "builder:s3cret"]].concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    e2fsck(&out);
+
+    let bad = dir.path().join("bad.ext4");
+    let err = assert_failed(
+        &build(
+            &source,
+            &bad,
+            &[&cache_arg[..], &["--creds", "builder:wrong"]].concat(),
+        ),
+        &bad,
+    );
+    assert!(err.contains("401") && err.contains("credentials"), "{err}");
+    let err = assert_failed(&build(&source, &bad, &cache_arg), &bad);
+    assert!(err.contains("credentials"), "{err}");
+
+    // Credentials from ~/.docker/config.json.
+    let docker = dir.path().join("docker");
+    fs::create_dir(&docker).unwrap();
+    fs::write(
+        docker.join("config.json"),
+        json!({"auths": {registry.addr.clone(): {"auth": "YnVpbGRlcjpzM2NyZXQ="}}}).to_string(),
+    )
+    .unwrap();
+    let o = builderd()
+        .env("DOCKER_CONFIG", &docker)
+        .arg("build")
+        .arg(&source)
+        .arg("-o")
+        .arg(dir.path().join("cfg.ext4"))
+        .args(cache_arg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn transient_errors_are_retried_and_permanent_ones_are_not() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    make_image(&layout, image_spec());
+    let registry = TestRegistry::start(None);
+    registry.push(&layout, "v1", "flaky/app:v1", None);
+    let proxy = Proxy::start(&registry.addr);
+
+    // 503 twice on the manifest, then 200.
+    *proxy.fail_on.lock().unwrap() = "/manifests/".into();
+    proxy.fail.store(2, Ordering::SeqCst);
+    let out = dir.path().join("retried.ext4");
+    let o = build(
+        &format!("{}/flaky/app:v1", proxy.addr),
+        &out,
+        &["--no-cache"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(
+        err.matches("503 Service Unavailable; retrying").count(),
+        2,
+        "{err}"
+    );
+    e2fsck(&out);
+
+    // A missing tag fails at once: one request for it, no retries.
+    let missing = dir.path().join("missing.ext4");
+    let before = proxy.count("/manifests/nope");
+    let err = assert_failed(
+        &build(
+            &format!("{}/flaky/app:nope", proxy.addr),
+            &missing,
+            &["--no-cache"],
+        ),
+        &missing,
+    );
+    assert!(
+        err.contains("not found (404)") && err.contains("manifest nope"),
+        "{err}"
+    );
+    assert_eq!(proxy.count("/manifests/nope") - before, 1);
+
+    // No registry at all.
+    let gone = dir.path().join("gone.ext4");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = assert_failed(
+        &build(&format!("127.0.0.1:{port}/x:v1"), &gone, &["--no-cache"]),
+        &gone,
+    );
+    assert!(err.contains("gave up after"), "{err}");
+}
+
+#[test]
+fn a_corrupt_blob_fails_and_leaves_nothing_in_the_cache() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    let digests = make_image(&layout, image_spec());
+    let registry = TestRegistry::start(None);
+    registry.push(&layout, "v1", "bad/app:v1", None);
+    // The registry serves what is on its disk: corrupt one layer there.
+    let file = registry.blob_file(&digests[0]);
+    let mut data = fs::read(&file).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x55;
+    fs::write(&file, &data).unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("bad.ext4");
+    let err = assert_failed(
+        &build(
+            &format!("{}/bad/app:v1", registry.addr),
+            &out,
+            &["--cache-dir", cache.to_str().unwrap()],
+        ),
+        &out,
+    );
+    assert!(err.contains("digest") && err.contains(&digests[0]), "{err}");
+    let hex = &digests[0][7..];
+    assert!(
+        !cache.join("blobs/sha256").join(hex).exists(),
+        "the corrupt blob is in the cache"
+    );
+    assert!(
+        !cache.join("partial").join(hex).exists(),
+        "a partial of the corrupt blob is kept"
+    );
+}

@@ -1,0 +1,191 @@
+//! A real registry on loopback (Debian's `docker-registry`), optionally with
+//! htpasswd auth, and a proxy in front of it that records requests and can
+//! answer 503 a given number of times.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::run;
+
+pub struct TestRegistry {
+    child: Child,
+    pub addr: String,
+    pub data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestRegistry {
+    /// Starts a registry; with `auth`, it accepts only that user:password.
+    pub fn start(auth: Option<(&str, &str)>) -> TestRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let port = free_port();
+        let mut config = format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            data.display()
+        );
+        if let Some((user, pass)) = auth {
+            let htpasswd = dir.path().join("htpasswd");
+            run(Command::new("htpasswd")
+                .args(["-Bbc"])
+                .arg(&htpasswd)
+                .args([user, pass]));
+            config.push_str(&format!(
+                "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry is installed");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TestRegistry {
+            child,
+            addr,
+            data,
+            _dir: dir,
+        }
+    }
+
+    /// Pushes an OCI layout's image with skopeo.
+    pub fn push(&self, layout: &Path, tag: &str, name: &str, creds: Option<&str>) {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "-q", "--dest-tls-verify=false"]);
+        if let Some(c) = creds {
+            cmd.arg(format!("--dest-creds={c}"));
+        }
+        cmd.arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{name}", self.addr));
+        run(&mut cmd);
+    }
+
+    /// Where the registry keeps a blob's bytes.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = &digest[7..];
+        self.data.join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy to a registry: records each request line, and answers 503 (with
+/// Retry-After: 1) to the next `fail` requests whose path contains
+/// `fail_on`.
+pub struct Proxy {
+    pub addr: String,
+    pub requests: Arc<Mutex<Vec<String>>>,
+    pub fail: Arc<AtomicUsize>,
+    pub fail_on: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    pub fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let fail = Arc::new(AtomicUsize::new(0));
+        let fail_on = Arc::new(Mutex::new(String::new()));
+        let (r, f, fo, up) = (
+            requests.clone(),
+            fail.clone(),
+            fail_on.clone(),
+            upstream.to_string(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (r, f, fo, up) = (r.clone(), f.clone(), fo.clone(), up.clone());
+                std::thread::spawn(move || serve(conn, &up, &r, &f, &fo));
+            }
+        });
+        Proxy {
+            addr,
+            requests,
+            fail,
+            fail_on,
+        }
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+fn serve(
+    mut client: TcpStream,
+    upstream: &str,
+    requests: &Mutex<Vec<String>>,
+    fail: &AtomicUsize,
+    fail_on: &Mutex<String>,
+) {
+    // One request per connection: read its head, forward it with
+    // `Connection: close`, copy the answer back until the registry closes.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let request_line = text.lines().next().unwrap_or_default().to_string();
+    requests.lock().unwrap().push(request_line.clone());
+    let pattern = fail_on.lock().unwrap().clone();
+    if request_line.contains(&pattern) && fail.load(Ordering::SeqCst) > 0 {
+        fail.fetch_sub(1, Ordering::SeqCst);
+        let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    let rewritten: String = text
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect::<String>()
+        .trim_end()
+        .to_string()
+        + "\r\nConnection: close\r\n\r\n";
+    let Ok(mut up) = TcpStream::connect(upstream) else {
+        return;
+    };
+    if up.write_all(rewritten.as_bytes()).is_err() {
+        return;
+    }
+    let _ = std::io::copy(&mut up, &mut client);
+}

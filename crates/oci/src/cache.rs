@@ -1,0 +1,71 @@
+//! The blob cache: content-addressed, on disk, shared by every build. Only
+//! verified content is ever stored under its digest; downloads grow in a
+//! `partial/` file (kept for resuming) and are renamed into place once their
+//! digest is checked.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::{Digest, Error};
+
+pub struct BlobCache {
+    dir: PathBuf,
+}
+
+impl BlobCache {
+    /// The cache under `dir` (created if missing).
+    pub fn open(dir: &Path) -> Result<BlobCache, Error> {
+        for sub in ["blobs/sha256", "partial"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::Io {
+                what: format!("cache {}", dir.display()),
+                source: e,
+            })?;
+        }
+        Ok(BlobCache {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// `${XDG_CACHE_HOME:-~/.cache}/builderd`.
+    pub fn default_dir() -> PathBuf {
+        match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+            Some(d) => PathBuf::from(d).join("builderd"),
+            None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+                .join(".cache/builderd"),
+        }
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("blobs/sha256").join(digest.hex())
+    }
+
+    pub fn partial(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("partial").join(digest.hex())
+    }
+
+    /// Is the blob here (with the expected size)?
+    pub fn has(&self, digest: &Digest, size: u64) -> bool {
+        std::fs::metadata(self.path(digest)).is_ok_and(|m| m.len() == size)
+    }
+
+    /// Moves a verified download into place.
+    pub fn commit(&self, digest: &Digest) -> Result<(), Error> {
+        std::fs::rename(self.partial(digest), self.path(digest)).map_err(|e| Error::Io {
+            what: format!("cache: storing blob {digest}"),
+            source: e,
+        })
+    }
+
+    pub fn open_blob(&self, digest: &Digest) -> Result<File, Error> {
+        File::open(self.path(digest)).map_err(|e| Error::Io {
+            what: format!("cache: blob {digest}"),
+            source: e,
+        })
+    }
+}
+
+impl crate::BlobStore for BlobCache {
+    fn open_blob(&self, digest: &Digest) -> Result<File, Error> {
+        BlobCache::open_blob(self, digest)
+    }
+}

@@ -1,0 +1,519 @@
+//! A client for the OCI distribution API: manifests and blobs, anonymous,
+//! basic and bearer-token auth, retries with backoff for transient failures,
+//! and blob downloads that resume where they stopped and are verified before
+//! they are kept.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::hex;
+use crate::{Digest, Error, ImageRef};
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+const MAX_MANIFEST: u64 = 16 << 20;
+
+/// A user name and password (or token) for a registry.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <hidden>)", self.username)
+    }
+}
+
+/// How often and how patiently to retry transient failures.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct Registry {
+    client: Client,
+    /// `http://host:port` or `https://host`.
+    base: String,
+    host: String,
+    repository: String,
+    credentials: Option<Credentials>,
+    /// The Authorization header that worked, reused for later requests.
+    auth: Mutex<Option<String>>,
+    retry: RetryPolicy,
+    log: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// Loopback registries may speak plain HTTP, as Docker allows.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Credentials for `registry` from `~/.docker/config.json` (`auths` entries;
+/// credential helpers are not consulted).
+pub fn docker_config_credentials(registry: &str) -> Option<Credentials> {
+    let path = std::env::var_os("DOCKER_CONFIG")
+        .map(|d| Path::new(&d).join("config.json"))
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker/config.json")))?;
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let auths = config.get("auths")?.as_object()?;
+    let keys: Vec<String> = if registry == "docker.io" {
+        vec![
+            "https://index.docker.io/v1/".into(),
+            "index.docker.io".into(),
+            "docker.io".into(),
+        ]
+    } else {
+        vec![
+            registry.to_string(),
+            format!("https://{registry}"),
+            format!("http://{registry}"),
+        ]
+    };
+    let entry = keys.iter().find_map(|k| auths.get(k))?;
+    if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth)
+            .ok()?;
+        let (user, pass) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+        return Some(Credentials {
+            username: user.into(),
+            password: pass.into(),
+        });
+    }
+    Some(Credentials {
+        username: entry.get("username")?.as_str()?.into(),
+        password: entry.get("password")?.as_str()?.into(),
+    })
+}
+
+/// `Bearer realm="x",service="y"` → ("bearer", {realm: x, service: y}).
+fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
+    let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    let mut params = Vec::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let (value, next) = match after.strip_prefix('"') {
+            Some(quoted) => match quoted.split_once('"') {
+                Some((v, n)) => (v.to_string(), n),
+                None => (quoted.to_string(), ""),
+            },
+            None => match after.split_once(',') {
+                Some((v, n)) => (v.to_string(), n),
+                None => (after.to_string(), ""),
+            },
+        };
+        params.push((key.trim().to_ascii_lowercase(), value));
+        rest = next.trim_start_matches([',', ' ']);
+    }
+    (scheme.to_ascii_lowercase(), params)
+}
+
+/// A reqwest error with its causes ("error sending request" alone does not
+/// say that the connection was refused).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn transient(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+impl Registry {
+    /// A client for `image`'s repository. Plain HTTP only for loopback and
+    /// for hosts in `insecure`.
+    pub fn new(
+        image: &ImageRef,
+        credentials: Option<Credentials>,
+        insecure: &[String],
+        retry: RetryPolicy,
+        log: Box<dyn Fn(&str) + Send + Sync>,
+    ) -> Result<Registry, Error> {
+        let host = if image.registry == "docker.io" {
+            "registry-1.docker.io".to_string()
+        } else {
+            image.registry.clone()
+        };
+        let plain =
+            is_loopback(&host) || insecure.iter().any(|h| h == &host || h == &image.registry);
+        let client = Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(None)
+            .user_agent(concat!("builderd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Registry(format!("cannot create an HTTP client: {e}")))?;
+        Ok(Registry {
+            client,
+            base: format!("{}://{host}", if plain { "http" } else { "https" }),
+            host,
+            repository: image.repository.clone(),
+            credentials,
+            auth: Mutex::new(None),
+            retry,
+            log,
+        })
+    }
+
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .retry
+            .base_delay
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.retry.max_delay);
+        // Up to 25% jitter, so parallel downloads do not retry in step.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let jitter = exp.mul_f64(f64::from(nanos % 1000) / 4000.0);
+        retry_after.map_or(exp + jitter, |r| r.min(Duration::from_secs(60)))
+    }
+
+    /// A token or basic credentials answering `challenge`.
+    fn authorize(&self, challenge: &str) -> Result<String, Error> {
+        let (scheme, params) = parse_challenge(challenge);
+        let param = |k: &str| {
+            params
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        match scheme.as_str() {
+            "basic" => {
+                let c = self.credentials.as_ref().ok_or_else(|| Error::Auth(format!("{} asks for credentials; give --creds USER:PASS or log in with docker login", self.host)))?;
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", c.username, c.password));
+                Ok(format!("Basic {token}"))
+            }
+            "bearer" => {
+                let realm = param("realm").ok_or_else(|| {
+                    Error::Registry(format!("{}: a bearer challenge without a realm", self.host))
+                })?;
+                let scope = param("scope")
+                    .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+                let mut query: Vec<(&str, String)> = vec![("scope", scope)];
+                if let Some(service) = param("service") {
+                    query.push(("service", service));
+                }
+                let mut req = self.client.get(&realm).query(&query);
+                if let Some(c) = &self.credentials {
+                    req = req.basic_auth(&c.username, Some(&c.password));
+                }
+                let resp = req.send().map_err(|e| {
+                    Error::Registry(format!("token server {realm}: {}", describe(&e)))
+                })?;
+                if resp.status() == StatusCode::UNAUTHORIZED
+                    || resp.status() == StatusCode::FORBIDDEN
+                {
+                    return Err(Error::Auth(format!(
+                        "{}: the token server refused the credentials ({})",
+                        self.host,
+                        resp.status()
+                    )));
+                }
+                if !resp.status().is_success() {
+                    return Err(Error::Registry(format!(
+                        "token server {realm}: {}",
+                        resp.status()
+                    )));
+                }
+                let body: serde_json::Value = resp
+                    .json()
+                    .map_err(|e| Error::Registry(format!("token server {realm}: {e}")))?;
+                let token = body
+                    .get("token")
+                    .or_else(|| body.get("access_token"))
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| {
+                        Error::Registry(format!("token server {realm}: no token in its answer"))
+                    })?;
+                Ok(format!("Bearer {token}"))
+            }
+            other => Err(Error::Registry(format!(
+                "{}: unsupported auth scheme {other:?}",
+                self.host
+            ))),
+        }
+    }
+
+    /// GET with auth and retries; returns a successful response (or 206).
+    fn get(&self, path: &str, headers: HeaderMap, what: &str) -> Result<Response, Error> {
+        let url = format!("{}/v2/{}", self.base, path);
+        let mut attempt = 0;
+        let mut authorized_once = false;
+        loop {
+            let mut req = self.client.get(&url).headers(headers.clone());
+            if let Some(auth) = self.auth.lock().unwrap().clone() {
+                req = req.header(AUTHORIZATION, auth);
+            }
+            let failure = match req.send() {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authorized_once => {
+                    let challenge = resp
+                        .headers()
+                        .get(WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let auth = self.authorize(&challenge)?;
+                    *self.auth.lock().unwrap() = Some(auth);
+                    authorized_once = true;
+                    continue;
+                }
+                Ok(resp)
+                    if resp.status() == StatusCode::UNAUTHORIZED
+                        || resp.status() == StatusCode::FORBIDDEN =>
+                {
+                    return Err(Error::Auth(format!(
+                        "{}: {what}: access denied ({}); check the credentials",
+                        self.host,
+                        resp.status()
+                    )));
+                }
+                Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {
+                    return Err(Error::NotFound(format!(
+                        "{}/{}: {what}: not found (404)",
+                        self.host, self.repository
+                    )));
+                }
+                Ok(resp) if transient(resp.status()) => {
+                    let after = resp
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    (format!("{}", resp.status()), after)
+                }
+                Ok(resp) => {
+                    return Err(Error::Registry(format!(
+                        "{}: {what}: {}",
+                        self.host,
+                        resp.status()
+                    )))
+                }
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                    (describe(&e), None)
+                }
+                Err(e) => {
+                    return Err(Error::Registry(format!(
+                        "{}: {what}: {}",
+                        self.host,
+                        describe(&e)
+                    )))
+                }
+            };
+            attempt += 1;
+            if attempt >= self.retry.attempts {
+                return Err(Error::Registry(format!(
+                    "{}: {what}: {} (gave up after {attempt} attempts)",
+                    self.host, failure.0
+                )));
+            }
+            let delay = self.backoff(attempt, failure.1);
+            (self.log)(&format!(
+                "{}: {what}: {}; retrying in {:.1} s (attempt {}/{})",
+                self.host,
+                failure.0,
+                delay.as_secs_f64(),
+                attempt + 1,
+                self.retry.attempts
+            ));
+            std::thread::sleep(delay);
+        }
+    }
+
+    /// The manifest (or index) for a tag or digest, with its digest.
+    pub fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Digest), Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, MANIFEST_TYPES.parse().expect("a valid header"));
+        let resp = self.get(
+            &format!("{}/manifests/{reference}", self.repository),
+            headers,
+            &format!("manifest {reference}"),
+        )?;
+        let mut body = Vec::new();
+        resp.take(MAX_MANIFEST + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| Error::Registry(format!("{}: manifest {reference}: {e}", self.host)))?;
+        if body.len() as u64 > MAX_MANIFEST {
+            return Err(Error::Manifest(format!(
+                "manifest {reference} is larger than {MAX_MANIFEST} bytes"
+            )));
+        }
+        let digest = Digest::of(&body);
+        if reference.starts_with("sha256:") && digest.as_str() != reference {
+            return Err(Error::Digest {
+                digest: reference.to_string(),
+                reason: format!("the registry sent a manifest whose digest is {digest}"),
+            });
+        }
+        Ok((body, digest))
+    }
+
+    /// Downloads a blob into `partial` (resuming from what it holds),
+    /// verifying size and digest; on a mismatch `partial` is deleted.
+    pub fn download(
+        &self,
+        digest: &Digest,
+        size: u64,
+        partial: &Path,
+        progress: &dyn Fn(u64),
+    ) -> Result<(), Error> {
+        let io = |e: std::io::Error| Error::Io {
+            what: format!("blob {digest} ({})", partial.display()),
+            source: e,
+        };
+        let mut attempt = 0;
+        loop {
+            let have = std::fs::metadata(partial)
+                .map(|m| m.len())
+                .unwrap_or(0)
+                .min(size);
+            let mut headers = HeaderMap::new();
+            if have > 0 {
+                headers.insert(
+                    RANGE,
+                    format!("bytes={have}-").parse().expect("a valid header"),
+                );
+            }
+            let result = self.get(&format!("{}/blobs/{digest}", self.repository), headers, &format!("blob {digest}")).and_then(|mut resp| {
+                let resumed = have > 0 && resp.status() == StatusCode::PARTIAL_CONTENT;
+                let mut file = OpenOptions::new().create(true).write(true).truncate(!resumed).append(resumed).open(partial).map_err(io)?;
+                let mut done = if resumed { have } else { 0 };
+                progress(done);
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = resp.read(&mut buf).map_err(|e| Error::Registry(format!("{}: blob {digest}: {e}", self.host)))?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n as u64;
+                    if done > size {
+                        return Err(Error::Digest { digest: digest.to_string(), reason: format!("the registry sent more than the {size} bytes the manifest says") });
+                    }
+                    file.write_all(&buf[..n]).map_err(io)?;
+                    progress(done);
+                }
+                file.sync_all().map_err(io)?;
+                Ok(done)
+            });
+            match result {
+                Ok(done) if done == size => break,
+                Ok(done) => {
+                    let e = Error::Registry(format!(
+                        "{}: blob {digest}: the connection ended after {done} of {size} bytes",
+                        self.host
+                    ));
+                    attempt += 1;
+                    if attempt >= self.retry.attempts {
+                        return Err(e);
+                    }
+                    (self.log)(&format!("{e}; resuming"));
+                }
+                Err(Error::Registry(msg))
+                    if attempt + 1 < self.retry.attempts && !msg.contains("gave up") =>
+                {
+                    attempt += 1;
+                    (self.log)(&format!(
+                        "{msg}; resuming (attempt {}/{})",
+                        attempt + 1,
+                        self.retry.attempts
+                    ));
+                    std::thread::sleep(self.backoff(attempt, None));
+                }
+                Err(e) => {
+                    if matches!(e, Error::Digest { .. }) {
+                        let _ = std::fs::remove_file(partial);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // The whole file, resumed parts included, must have the digest.
+        let mut hash = Sha256::new();
+        let mut file = File::open(partial).map_err(io)?;
+        std::io::copy(&mut file, &mut hash).map_err(io)?;
+        let got = format!("sha256:{}", hex(&hash.finalize()));
+        if got != digest.as_str() {
+            let _ = std::fs::remove_file(partial);
+            return Err(Error::Digest {
+                digest: digest.to_string(),
+                reason: format!("the registry sent content whose digest is {got}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        let (scheme, params) = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
+        );
+        assert_eq!(scheme, "bearer");
+        assert_eq!(
+            params[0],
+            ("realm".into(), "https://auth.docker.io/token".into())
+        );
+        assert_eq!(
+            params[2],
+            ("scope".into(), "repository:library/alpine:pull".into())
+        );
+        assert_eq!(parse_challenge(r#"Basic realm="test""#).0, "basic");
+    }
+
+    #[test]
+    fn only_loopback_is_plain_http_by_default() {
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("localhost:5000"));
+        assert!(is_loopback("[::1]:5000"));
+        assert!(!is_loopback("registry.example.com"));
+        assert!(!is_loopback("10.0.0.1:5000"));
+    }
+}
