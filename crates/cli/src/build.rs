@@ -7,12 +7,13 @@ use std::io::{BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use builderd_ext4::Writer;
 use builderd_flatten::Layer;
 use builderd_oci::{
-    docker_config_credentials, BlobCache, BlobStore, Compression, Credentials, Digest, Doc, Image,
-    ImageRef, OciLayout, Platform, Registry, RetryPolicy, Source, VerifyingReader,
+    docker_config_credentials, BlobCache, BlobStore, Compression, Credentials, Digest, Doc,
+    DockerArchive, Image, ImageRef, OciLayout, Platform, Registry, RetryPolicy, Source,
+    VerifyingReader,
 };
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -24,9 +25,9 @@ use crate::units::human;
 #[derive(clap::Args)]
 pub struct Args {
     /// The image: docker://REF or a bare REF (alpine means
-    /// docker.io/library/alpine:latest; tags and @sha256: digests), or
-    /// oci:DIR[:TAG] (an OCI image layout). oci-archive: and docker-archive:
-    /// are not implemented yet.
+    /// docker.io/library/alpine:latest; tags and @sha256: digests),
+    /// oci:DIR[:TAG] (an OCI image layout), oci-archive:FILE[:TAG] (a tar of
+    /// one) or docker-archive:FILE (`docker save` output).
     source: String,
     /// The image file to write; its metadata goes to OUT.json.
     #[arg(short, long)]
@@ -116,26 +117,50 @@ pub fn run(args: Args) -> Result<()> {
         }
         Source::Registry(r) => {
             let cache = if args.no_cache {
-                let dir = tempfile::Builder::new().prefix("builderd-blobs-").tempdir()?;
+                let dir = tempfile::Builder::new()
+                    .prefix("builderd-blobs-")
+                    .tempdir()?;
                 let cache = BlobCache::open(dir.path())?;
                 _scratch = Some(dir);
                 cache
             } else {
-                BlobCache::open(&args.cache_dir.clone().unwrap_or_else(BlobCache::default_dir))?
+                BlobCache::open(
+                    &args
+                        .cache_dir
+                        .clone()
+                        .unwrap_or_else(BlobCache::default_dir),
+                )?
             };
             let creds = match &args.creds {
                 Some(c) => {
-                    let (username, password) = c.split_once(':').context("--creds takes USER:PASS")?;
-                    Some(Credentials { username: username.into(), password: password.into() })
+                    let (username, password) =
+                        c.split_once(':').context("--creds takes USER:PASS")?;
+                    Some(Credentials {
+                        username: username.into(),
+                        password: password.into(),
+                    })
                 }
                 None => docker_config_credentials(&r.registry),
             };
-            let registry = Registry::new(&r, creds, &args.insecure_registry, RetryPolicy::default(), Box::new(|m| eprintln!("builderd: {m}")))?;
+            let registry = Registry::new(
+                &r,
+                creds,
+                &args.insecure_registry,
+                RetryPolicy::default(),
+                Box::new(|m| eprintln!("builderd: {m}")),
+            )?;
             let image = pull(&registry, &cache, &r, &platform)?;
             (Box::new(cache), image)
         }
-        Source::OciArchive { .. } => bail!("oci-archive: sources are not implemented yet; unpack the archive and use oci:DIR[:TAG]"),
-        Source::DockerArchive { .. } => bail!("docker-archive: sources are not implemented yet"),
+        Source::OciArchive { file, tag } => {
+            let layout = OciLayout::open_archive(&file)?;
+            let image = layout.resolve(tag.as_deref(), &platform)?;
+            (Box::new(layout), image)
+        }
+        Source::DockerArchive { file } => {
+            let (archive, image) = DockerArchive::open(&file)?;
+            (Box::new(archive), image)
+        }
     };
     let resolved = Instant::now();
     eprintln!(

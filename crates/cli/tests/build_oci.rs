@@ -366,3 +366,61 @@ fn bad_blobs_fail_with_their_digest_and_leave_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn archive_sources_give_the_same_image_as_the_layout() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    make_image(
+        &layout,
+        json!({"tag": "v1", "layers": overlay_layers("gzip", "gzip", "none")}),
+    );
+    let oci_archive = dir.path().join("oci.tar");
+    let docker_archive = dir.path().join("docker.tar");
+    run(Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("oci-archive:{}:v1", oci_archive.display())));
+    run(Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!(
+            "docker-archive:{}:test/app:v1",
+            docker_archive.display()
+        )));
+    let from_layout = dir.path().join("layout.ext4");
+    build_ok(&format!("oci:{}:v1", layout.display()), &from_layout);
+    for (name, source) in [
+        (
+            "oci-archive",
+            format!("oci-archive:{}:v1", oci_archive.display()),
+        ),
+        (
+            "docker-archive",
+            format!("docker-archive:{}", docker_archive.display()),
+        ),
+    ] {
+        let out = dir.path().join(format!("{name}.ext4"));
+        build_ok(&source, &out);
+        assert!(
+            fs::read(&out).unwrap() == fs::read(&from_layout).unwrap(),
+            "{name} gives a different image"
+        );
+    }
+
+    // A docker archive whose layer was altered fails on its diff_id.
+    let mut bytes = fs::read(&docker_archive).unwrap();
+    let marker = b"upper content";
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("the layer is stored uncompressed");
+    bytes[at] = b'U';
+    let altered = dir.path().join("altered.tar");
+    fs::write(&altered, &bytes).unwrap();
+    let err = build_fails(
+        &format!("docker-archive:{}", altered.display()),
+        &dir.path().join("altered.ext4"),
+    );
+    assert!(err.contains("digest"), "{err}");
+}

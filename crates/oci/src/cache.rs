@@ -65,7 +65,7 @@ impl BlobCache {
 }
 
 impl crate::BlobStore for BlobCache {
-    fn open_blob(&self, digest: &Digest) -> Result<File, Error> {
-        BlobCache::open_blob(self, digest)
+    fn open_blob(&self, digest: &Digest) -> Result<Box<dyn std::io::Read + Send>, Error> {
+        Ok(Box::new(BlobCache::open_blob(self, digest)?))
     }
 }

@@ -4,8 +4,10 @@
 //! cache; every blob is checked against its size and digest before it is
 //! trusted.
 
+mod archive;
 mod cache;
 mod digest;
+mod docker_archive;
 mod layout;
 mod manifest;
 mod platform;
@@ -14,6 +16,7 @@ mod registry;
 
 pub use cache::BlobCache;
 pub use digest::{Digest, VerifyingReader};
+pub use docker_archive::DockerArchive;
 pub use layout::OciLayout;
 pub use manifest::{resolve, Compression, Doc, FetchBlob, Image, LayerInfo, RunConfig};
 pub use platform::Platform;
@@ -22,7 +25,7 @@ pub use registry::{docker_config_credentials, Credentials, Registry, RetryPolicy
 
 /// Somewhere layer blobs can be read from.
 pub trait BlobStore: Sync {
-    fn open_blob(&self, digest: &Digest) -> Result<std::fs::File, Error>;
+    fn open_blob(&self, digest: &Digest) -> Result<Box<dyn std::io::Read + Send>, Error>;
 }
 
 /// What can go wrong finding an image.

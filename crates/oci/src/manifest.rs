@@ -183,46 +183,8 @@ pub fn resolve(
                 compression,
             });
         }
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
-        let list = |v: Option<&Value>| -> Vec<String> {
-            v.and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let cfg = config.get("config");
-        let run = RunConfig {
-            entrypoint: list(cfg.and_then(|c| c.get("Entrypoint"))),
-            cmd: list(cfg.and_then(|c| c.get("Cmd"))),
-            env: list(cfg.and_then(|c| c.get("Env"))),
-            working_dir: text(cfg.and_then(|c| c.get("WorkingDir"))),
-            user: text(cfg.and_then(|c| c.get("User"))),
-            exposed_ports: cfg
-                .and_then(|c| c.get("ExposedPorts"))
-                .and_then(Value::as_object)
-                .map(|o| o.keys().cloned().collect())
-                .unwrap_or_default(),
-            labels: cfg
-                .and_then(|c| c.get("Labels"))
-                .and_then(Value::as_object)
-                .map(|o| {
-                    o.iter()
-                        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
-        let platform = Platform {
-            os: text(config.get("os")),
-            architecture: text(config.get("architecture")),
-            variant: config
-                .get("variant")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        };
+        let run = run_config(&config);
+        let platform = platform_of(&config);
         return Ok(Image {
             manifest_digest: digest,
             manifest_media_type: kind,
@@ -233,4 +195,54 @@ pub fn resolve(
         });
     }
     Err(Error::Manifest("indexes nest deeper than 4 levels".into()))
+}
+
+fn text(v: Option<&Value>) -> String {
+    v.and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+/// What the image runs, from an image config.
+pub(crate) fn run_config(config: &Value) -> RunConfig {
+    let list = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let cfg = config.get("config");
+    let field = |name: &str| cfg.and_then(|c| c.get(name));
+    RunConfig {
+        entrypoint: list(field("Entrypoint")),
+        cmd: list(field("Cmd")),
+        env: list(field("Env")),
+        working_dir: text(field("WorkingDir")),
+        user: text(field("User")),
+        exposed_ports: field("ExposedPorts")
+            .and_then(Value::as_object)
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default(),
+        labels: field("Labels")
+            .and_then(Value::as_object)
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The platform an image config says it is for.
+pub(crate) fn platform_of(config: &Value) -> Platform {
+    Platform {
+        os: text(config.get("os")),
+        architecture: text(config.get("architecture")),
+        variant: config
+            .get("variant")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    }
 }
