@@ -20,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::ext4_args::Ext4Args;
 use crate::output::Pending;
+use crate::progress::Bar;
 use crate::units::human;
 
 #[derive(clap::Args)]
@@ -175,15 +176,29 @@ pub fn run(args: Args) -> Result<()> {
     let pending = Pending::new(&args.output)?;
     let pending_json = Pending::new(&json_path)?;
     let mut writer = Writer::new(pending.file()?, args.ext4.options()?)?;
-    let layers = layers(store.as_ref(), &image);
+    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    let bar = Bar::bytes(total, "writing");
+    let layers = layers(store.as_ref(), &image, &bar);
+    let terminal = std::io::stderr().is_terminal();
     let stats = builderd_flatten::flatten(&layers, &mut writer, &|layer| {
-        eprintln!("builderd: layer {} done", layer.name)
+        if !terminal {
+            eprintln!("builderd: layer {} written", layer.name)
+        }
     })?;
+    bar.finish();
     let flattened = Instant::now();
     let (summary, file) = writer.finish()?;
     drop(file);
     let finished = Instant::now();
-    let sha256 = file_sha256(pending.path())?;
+    // Hashing (CPU) and flushing to disk (I/O) overlap.
+    let sha256 = std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| file_sha256(pending.path()));
+        let flushed = pending
+            .file()
+            .and_then(|f| f.sync_all().context("flushing the image to disk"));
+        let sha256 = hashing.join().expect("the hashing thread does not panic");
+        flushed.and(sha256)
+    })?;
     let checksummed = Instant::now();
 
     let allocated = {
@@ -251,7 +266,7 @@ fn metadata_path(output: &Path) -> PathBuf {
 
 /// Each layer as a decompressed stream, its blob checked against its digest
 /// and size as it is read.
-fn layers<'a>(store: &'a dyn BlobStore, image: &'a Image) -> Vec<Layer<'a>> {
+fn layers<'a>(store: &'a dyn BlobStore, image: &'a Image, bar: &'a Bar) -> Vec<Layer<'a>> {
     image
         .layers
         .iter()
@@ -261,9 +276,10 @@ fn layers<'a>(store: &'a dyn BlobStore, image: &'a Image) -> Vec<Layer<'a>> {
                 let blob = store
                     .open_blob(&info.digest)
                     .map_err(std::io::Error::other)?;
+                let counted = Counted { inner: blob, bar };
                 let verified = BufReader::with_capacity(
                     READ_BUFFER,
-                    VerifyingReader::new(blob, info.digest.clone(), info.size),
+                    VerifyingReader::new(counted, info.digest.clone(), info.size),
                 );
                 Ok(match info.compression {
                     Compression::None => Box::new(verified) as Box<dyn Read + 'a>,
@@ -277,18 +293,61 @@ fn layers<'a>(store: &'a dyn BlobStore, image: &'a Image) -> Vec<Layer<'a>> {
         .collect()
 }
 
+/// Moves the write bar as layer blobs are read.
+struct Counted<'a, R> {
+    inner: R,
+    bar: &'a Bar,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// The sha256 of a (sparse) file: holes are hashed as the zeros they read
+/// as, without reading them.
 fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = File::open(path)?;
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; READ_BUFFER];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .context("reading the image back for its checksum")?;
-        if n == 0 {
+    let zeros = vec![0u8; READ_BUFFER];
+    let mut pos = 0u64;
+    while pos < len {
+        // SAFETY: lseek on an open descriptor; no memory is involved.
+        let data = unsafe { libc::lseek(file.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
+        let data = if data < 0 { len } else { data as u64 };
+        while pos < data {
+            let n = ((data - pos) as usize).min(zeros.len());
+            hash.update(&zeros[..n]);
+            pos += n as u64;
+        }
+        if pos >= len {
             break;
         }
-        hash.update(&buf[..n]);
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(file.as_raw_fd(), pos as libc::off_t, libc::SEEK_HOLE) };
+        let hole = if hole < 0 {
+            len
+        } else {
+            (hole as u64).min(len)
+        };
+        while pos < hole {
+            let want = ((hole - pos) as usize).min(buf.len());
+            let n = file
+                .read_at(&mut buf[..want], pos)
+                .context("reading the image back for its checksum")?;
+            if n == 0 {
+                anyhow::bail!("the image shrank while it was being checksummed");
+            }
+            hash.update(&buf[..n]);
+            pos += n as u64;
+        }
     }
     Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -5,16 +5,37 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Bar(ProgressBar);
 
 impl Bar {
-    /// A bar over `total` bytes of input.
+    /// A bar over `total` bytes of input, counting entries too.
     pub fn new(total: u64, what: &str) -> Bar {
+        Bar::styled(
+            total,
+            what,
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {prefix} entries, eta {eta}",
+        )
+    }
+
+    /// A bar over `total` bytes.
+    pub fn bytes(total: u64, what: &str) -> Bar {
+        Bar::styled(
+            total,
+            what,
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, eta {eta}",
+        )
+    }
+
+    fn styled(total: u64, what: &str, template: &str) -> Bar {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {prefix} entries, eta {eta}")
+            ProgressStyle::with_template(template)
                 .expect("the template is valid")
                 .progress_chars("=> "),
         );
         bar.set_message(what.to_string());
         Bar(bar)
+    }
+
+    pub fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
     }
 
     pub fn finish(&self) {

@@ -50,6 +50,25 @@ fn image_spec() -> Value {
     ], "config": {"Entrypoint": ["/app"]}})
 }
 
+/// The digest of the image's largest layer.
+fn registry_layer_digest(layout: &Path) -> String {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(layout.join("blobs/sha256").join(&manifest_digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    layers
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap())
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn build(source: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     builderd()
         .arg("build")
@@ -207,8 +226,8 @@ fn transient_errors_are_retried_and_permanent_ones_are_not() {
     let proxy = Proxy::start(&registry.addr);
 
     // 503 twice on the manifest, then 200.
-    *proxy.fail_on.lock().unwrap() = "/manifests/".into();
-    proxy.fail.store(2, Ordering::SeqCst);
+    *proxy.faults.fail_on.lock().unwrap() = "/manifests/".into();
+    proxy.faults.fail.store(2, Ordering::SeqCst);
     let out = dir.path().join("retried.ext4");
     let o = build(
         &format!("{}/flaky/app:v1", proxy.addr),
@@ -223,6 +242,44 @@ fn transient_errors_are_retried_and_permanent_ones_are_not() {
         "{err}"
     );
     e2fsck(&out);
+
+    // 429 with Retry-After on a blob, then 200.
+    *proxy.faults.fail_on.lock().unwrap() = "/blobs/".into();
+    *proxy.faults.fail_status.lock().unwrap() = "429 Too Many Requests".into();
+    proxy.faults.fail.store(1, Ordering::SeqCst);
+    let limited = dir.path().join("limited.ext4");
+    let o = build(
+        &format!("{}/flaky/app:v1", proxy.addr),
+        &limited,
+        &["--no-cache"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("429 Too Many Requests; retrying in 1.0 s"),
+        "Retry-After is honoured: {err}"
+    );
+
+    // A download cut off in the middle resumes where it stopped.
+    let big = registry_layer_digest(&layout);
+    *proxy.faults.cut_on.lock().unwrap() = format!("/blobs/{big}");
+    proxy.faults.cut.store(1000, Ordering::SeqCst);
+    let resumed = dir.path().join("resumed.ext4");
+    let before = proxy.count(&big);
+    let o = build(
+        &format!("{}/flaky/app:v1", proxy.addr),
+        &resumed,
+        &["--no-cache"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resuming"), "{err}");
+    assert_eq!(
+        proxy.count(&big) - before,
+        2,
+        "one cut request and one ranged request"
+    );
+    assert_eq!(fs::read(&resumed).unwrap(), fs::read(&out).unwrap());
 
     // A missing tag fails at once: one request for it, no retries.
     let missing = dir.path().join("missing.ext4");

@@ -100,14 +100,23 @@ impl Drop for TestRegistry {
     }
 }
 
-/// A proxy to a registry: records each request line, and answers 503 (with
-/// Retry-After: 1) to the next `fail` requests whose path contains
-/// `fail_on`.
+/// A proxy to a registry: records each request line; answers `fail_status`
+/// (with Retry-After: 1) to the next `fail` requests whose path contains
+/// `fail_on`; and, once, ends the answer to a request whose path contains
+/// `cut_on` after `cut` bytes of its body.
+#[derive(Clone)]
+pub struct Faults {
+    pub fail: Arc<AtomicUsize>,
+    pub fail_on: Arc<Mutex<String>>,
+    pub fail_status: Arc<Mutex<String>>,
+    pub cut: Arc<AtomicUsize>,
+    pub cut_on: Arc<Mutex<String>>,
+}
+
 pub struct Proxy {
     pub addr: String,
     pub requests: Arc<Mutex<Vec<String>>>,
-    pub fail: Arc<AtomicUsize>,
-    pub fail_on: Arc<Mutex<String>>,
+    pub faults: Faults,
 }
 
 impl Proxy {
@@ -115,25 +124,24 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let fail = Arc::new(AtomicUsize::new(0));
-        let fail_on = Arc::new(Mutex::new(String::new()));
-        let (r, f, fo, up) = (
-            requests.clone(),
-            fail.clone(),
-            fail_on.clone(),
-            upstream.to_string(),
-        );
+        let faults = Faults {
+            fail: Arc::new(AtomicUsize::new(0)),
+            fail_on: Arc::new(Mutex::new(String::new())),
+            fail_status: Arc::new(Mutex::new("503 Service Unavailable".into())),
+            cut: Arc::new(AtomicUsize::new(0)),
+            cut_on: Arc::new(Mutex::new(String::new())),
+        };
+        let (r, f, up) = (requests.clone(), faults.clone(), upstream.to_string());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (r, f, fo, up) = (r.clone(), f.clone(), fo.clone(), up.clone());
-                std::thread::spawn(move || serve(conn, &up, &r, &f, &fo));
+                let (r, f, up) = (r.clone(), f.clone(), up.clone());
+                std::thread::spawn(move || serve(conn, &up, &r, &f));
             }
         });
         Proxy {
             addr,
             requests,
-            fail,
-            fail_on,
+            faults,
         }
     }
 
@@ -147,13 +155,7 @@ impl Proxy {
     }
 }
 
-fn serve(
-    mut client: TcpStream,
-    upstream: &str,
-    requests: &Mutex<Vec<String>>,
-    fail: &AtomicUsize,
-    fail_on: &Mutex<String>,
-) {
+fn serve(mut client: TcpStream, upstream: &str, requests: &Mutex<Vec<String>>, faults: &Faults) {
     // One request per connection: read its head, forward it with
     // `Connection: close`, copy the answer back until the registry closes.
     let mut head = Vec::new();
@@ -167,12 +169,19 @@ fn serve(
     let text = String::from_utf8_lossy(&head).into_owned();
     let request_line = text.lines().next().unwrap_or_default().to_string();
     requests.lock().unwrap().push(request_line.clone());
-    let pattern = fail_on.lock().unwrap().clone();
-    if request_line.contains(&pattern) && fail.load(Ordering::SeqCst) > 0 {
-        fail.fetch_sub(1, Ordering::SeqCst);
-        let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let pattern = faults.fail_on.lock().unwrap().clone();
+    if request_line.contains(&pattern) && faults.fail.load(Ordering::SeqCst) > 0 {
+        faults.fail.fetch_sub(1, Ordering::SeqCst);
+        let status = faults.fail_status.lock().unwrap().clone();
+        let _ = client.write_all(format!("HTTP/1.1 {status}\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
         return;
     }
+    let cut_pattern = faults.cut_on.lock().unwrap().clone();
+    let cut = if !cut_pattern.is_empty() && request_line.contains(&cut_pattern) {
+        faults.cut.swap(0, Ordering::SeqCst)
+    } else {
+        0
+    };
     let rewritten: String = text
         .split("\r\n")
         .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
@@ -187,5 +196,25 @@ fn serve(
     if up.write_all(rewritten.as_bytes()).is_err() {
         return;
     }
-    let _ = std::io::copy(&mut up, &mut client);
+    if cut == 0 {
+        let _ = std::io::copy(&mut up, &mut client);
+        return;
+    }
+    // Forward the head and `cut` bytes of the body, then drop the connection.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let Ok(n) = up.read(&mut buf) else { return };
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            if answer.len() >= end + 4 + cut {
+                let _ = client.write_all(&answer[..end + 4 + cut]);
+                return;
+            }
+        }
+    }
+    let _ = client.write_all(&answer);
 }
