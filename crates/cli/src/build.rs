@@ -22,6 +22,7 @@ use crate::ext4_args::Ext4Args;
 use crate::output::Pending;
 use crate::progress::Bar;
 use crate::units::human;
+use builderd_import::ReadAhead;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -276,17 +277,24 @@ fn layers<'a>(store: &'a dyn BlobStore, image: &'a Image, bar: &'a Bar) -> Vec<L
                 let blob = store
                     .open_blob(&info.digest)
                     .map_err(std::io::Error::other)?;
-                let counted = Counted { inner: blob, bar };
+                let counted = Counted {
+                    inner: blob,
+                    bar: bar.clone(),
+                };
                 let verified = BufReader::with_capacity(
                     READ_BUFFER,
                     VerifyingReader::new(counted, info.digest.clone(), info.size),
                 );
+                // Decompression and the digest check run on a thread of their
+                // own, beside the flatten and the image writer.
                 Ok(match info.compression {
-                    Compression::None => Box::new(verified) as Box<dyn Read + 'a>,
-                    Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(verified)),
-                    Compression::Zstd => {
-                        Box::new(zstd::stream::read::Decoder::with_buffer(verified)?)
-                    }
+                    Compression::None => Box::new(ReadAhead::new(verified)) as Box<dyn Read + 'a>,
+                    Compression::Gzip => Box::new(ReadAhead::new(
+                        flate2::bufread::MultiGzDecoder::new(verified),
+                    )),
+                    Compression::Zstd => Box::new(ReadAhead::new(
+                        zstd::stream::read::Decoder::with_buffer(verified)?,
+                    )),
                 })
             }),
         })
@@ -294,12 +302,12 @@ fn layers<'a>(store: &'a dyn BlobStore, image: &'a Image, bar: &'a Bar) -> Vec<L
 }
 
 /// Moves the write bar as layer blobs are read.
-struct Counted<'a, R> {
+struct Counted<R> {
     inner: R,
-    bar: &'a Bar,
+    bar: Bar,
 }
 
-impl<R: Read> Read for Counted<'_, R> {
+impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.bar.advance(n as u64);

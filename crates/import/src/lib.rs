@@ -4,10 +4,12 @@
 //! as they are read; nothing is unpacked to disk.
 
 mod dir;
+mod readahead;
 mod tar;
 mod tarstream;
 
 pub use dir::import_dir;
+pub use readahead::ReadAhead;
 pub use tar::{decompress, import_tar, Entry, EntryKind, TarReader};
 
 /// Reports progress: bytes of input consumed so far (file data for a
