@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 
-use common::registry::{Proxy, TestRegistry};
+use common::registry::{Proxy, TestRegistry, TokenServer};
 use common::*;
 use serde_json::{json, Value};
 
@@ -344,5 +344,41 @@ fn a_corrupt_blob_fails_and_leaves_nothing_in_the_cache() {
     assert!(
         !cache.join("partial").join(hex).exists(),
         "a partial of the corrupt blob is kept"
+    );
+}
+
+#[test]
+fn bearer_token_auth_through_a_token_server() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    make_image(&layout, image_spec());
+    let tokens = TokenServer::start("builder", "t0ken-pass");
+    let registry = TestRegistry::start_with_tokens(&tokens);
+    registry.push(&layout, "v1", "secure/app:v1", Some("builder:t0ken-pass"));
+    let source = format!("{}/secure/app:v1", registry.addr);
+
+    let before = tokens.requests.load(Ordering::SeqCst);
+    let out = dir.path().join("ok.ext4");
+    let o = build(
+        &source,
+        &out,
+        &["--no-cache", "--creds", "builder:t0ken-pass"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    e2fsck(&out);
+    assert_eq!(
+        tokens.requests.load(Ordering::SeqCst) - before,
+        1,
+        "one token serves the whole pull"
+    );
+
+    let bad = dir.path().join("bad.ext4");
+    let err = assert_failed(
+        &build(&source, &bad, &["--no-cache", "--creds", "builder:nope"]),
+        &bad,
+    );
+    assert!(
+        err.contains("token server refused the credentials"),
+        "{err}"
     );
 }

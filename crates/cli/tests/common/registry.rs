@@ -30,6 +30,15 @@ fn free_port() -> u16 {
 impl TestRegistry {
     /// Starts a registry; with `auth`, it accepts only that user:password.
     pub fn start(auth: Option<(&str, &str)>) -> TestRegistry {
+        TestRegistry::start_with(auth, None)
+    }
+
+    /// Starts a registry that trusts `tokens`' bearer tokens.
+    pub fn start_with_tokens(tokens: &TokenServer) -> TestRegistry {
+        TestRegistry::start_with(None, Some(tokens))
+    }
+
+    fn start_with(auth: Option<(&str, &str)>, tokens: Option<&TokenServer>) -> TestRegistry {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let port = free_port();
@@ -46,6 +55,13 @@ impl TestRegistry {
             config.push_str(&format!(
                 "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
                 htpasswd.display()
+            ));
+        }
+        if let Some(t) = tokens {
+            config.push_str(&format!(
+                "auth: {{token: {{realm: \"{}\", service: {TOKEN_SERVICE}, issuer: {TOKEN_ISSUER}, rootcertbundle: {}}}}}\n",
+                t.realm,
+                t.cert.display()
             ));
         }
         let config_path = dir.path().join("config.yml");
@@ -217,4 +233,138 @@ fn serve(mut client: TcpStream, upstream: &str, requests: &Mutex<Vec<String>>, f
         }
     }
     let _ = client.write_all(&answer);
+}
+
+/// A token server for a registry configured with `auth: token`: it checks
+/// basic credentials and issues RS256 JWTs (signed with the openssl CLI,
+/// the signing certificate in `x5c`) granting pull and push.
+pub struct TokenServer {
+    pub realm: String,
+    pub cert: PathBuf,
+    pub requests: Arc<AtomicUsize>,
+    _dir: tempfile::TempDir,
+}
+
+pub const TOKEN_SERVICE: &str = "builderd-test-registry";
+pub const TOKEN_ISSUER: &str = "builderd-test-issuer";
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+impl TokenServer {
+    pub fn start(user: &str, password: &str) -> TokenServer {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert, der) = (
+            dir.path().join("key.pem"),
+            dir.path().join("cert.pem"),
+            dir.path().join("cert.der"),
+        );
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=builderd-test-token",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null()));
+        run(Command::new("openssl")
+            .args(["x509", "-outform", "der", "-in"])
+            .arg(&cert)
+            .arg("-out")
+            .arg(&der));
+        let x5c = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&der).unwrap());
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let authorized = text.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:")
+                        && l[14..].trim() == expected
+                });
+                if !authorized {
+                    let _ = conn.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    continue;
+                }
+                // Grant what the scope asks for: repository:NAME:ACTIONS.
+                let query = text
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .split_once('?')
+                    .map(|(_, q)| q.to_string())
+                    .unwrap_or_default();
+                let access: Vec<serde_json::Value> = query
+                    .split('&')
+                    .filter_map(|kv| kv.strip_prefix("scope="))
+                    .map(|s| s.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","))
+                    .filter_map(|s| {
+                        let mut parts = s.splitn(3, ':');
+                        let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                        Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                    })
+                    .collect();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+                let claims = serde_json::json!({"iss": TOKEN_ISSUER, "sub": "builder", "aud": TOKEN_SERVICE, "exp": now + 600, "nbf": now - 60, "iat": now, "jti": format!("{now}-{}", counter.load(Ordering::SeqCst)), "access": access});
+                let signing_input = format!(
+                    "{}.{}",
+                    b64url(header.to_string().as_bytes()),
+                    b64url(claims.to_string().as_bytes())
+                );
+                let mut sign = Command::new("openssl")
+                    .args(["dgst", "-sha256", "-sign"])
+                    .arg(&key)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                sign.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(signing_input.as_bytes())
+                    .unwrap();
+                let signature = sign.wait_with_output().unwrap().stdout;
+                let token = format!("{signing_input}.{}", b64url(&signature));
+                let body = serde_json::json!({"token": token, "access_token": token}).to_string();
+                let _ = conn.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
+            }
+        });
+        TokenServer {
+            realm,
+            cert,
+            requests,
+            _dir: dir,
+        }
+    }
 }
