@@ -5,50 +5,12 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use common::images::{assert_failed, build, make_image};
 use common::*;
 use serde_json::{json, Value};
-
-/// Writes an OCI layout from `spec`; returns the layer digests.
-fn make_image(dir: &Path, mut spec: Value) -> Vec<String> {
-    spec["dir"] = json!(dir.to_str().unwrap());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mkimage.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(spec.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "mkimage.py failed");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn build(source: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    builderd()
-        .arg("build")
-        .arg(source)
-        .arg("-o")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
 
 fn build_ok(source: &str, out: &Path) -> Value {
     let o = build(source, out, &[]);
@@ -289,15 +251,7 @@ fn metadata_describes_the_image() {
 
 /// Runs a build that must fail: returns stderr; checks nothing was written.
 fn build_fails(source: &str, out: &Path) -> String {
-    let o = build(source, out, &[]);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "the build should have failed");
-    assert!(!out.exists(), "{} left behind", out.display());
-    assert!(
-        !Path::new(&format!("{}.json", out.display())).exists(),
-        "metadata left behind"
-    );
-    err
+    assert_failed(&build(source, out, &[]), out)
 }
 
 #[test]

@@ -5,40 +5,14 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 
+use common::images::{assert_failed, build, make_image};
 use common::registry::{Proxy, TestRegistry, TokenServer};
 use common::*;
 use serde_json::{json, Value};
-
-fn make_image(dir: &Path, mut spec: Value) -> Vec<String> {
-    spec["dir"] = json!(dir.to_str().unwrap());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mkimage.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(spec.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_string())
-        .collect()
-}
 
 fn image_spec() -> Value {
     json!({"tag": "v1", "layers": [
@@ -67,27 +41,6 @@ fn registry_layer_digest(layout: &Path) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn build(source: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    builderd()
-        .arg("build")
-        .arg(source)
-        .arg("-o")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn assert_failed(o: &std::process::Output, out: &Path) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "should have failed:\n{err}");
-    assert!(
-        !out.exists() && !Path::new(&format!("{}.json", out.display())).exists(),
-        "output left behind"
-    );
-    err
 }
 
 #[test]

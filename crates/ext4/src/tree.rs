@@ -181,16 +181,9 @@ impl Tree {
     /// Adds a non-directory node at `path`, replacing whatever was there (the
     /// last entry for a path wins, as with `tar -x`).
     pub fn insert(&mut self, path: &[u8], node: Node) -> Result<NodeId, Error> {
-        let comps = components(path)?;
-        let Some(&name) = comps.last() else {
-            return Err(Error::path(
-                path,
-                "names the root, which must be a directory",
-            ));
-        };
-        let parent = self.parent_of(path, &comps)?;
+        crate::tree::components(path)?;
         let id = self.push(node);
-        self.children_mut(parent).insert(name.into(), id);
+        self.name_at(path, id)?;
         Ok(id)
     }
 
@@ -205,6 +198,11 @@ impl Tree {
         if matches!(self.node(id).kind, Kind::Dir(_)) {
             return Err(Error::path(path, "is a hard link to a directory"));
         }
+        self.name_at(path, id)
+    }
+
+    /// Makes `path` (not the root) name the node `id`.
+    fn name_at(&mut self, path: &[u8], id: NodeId) -> Result<(), Error> {
         let comps = components(path)?;
         let Some(&name) = comps.last() else {
             return Err(Error::path(

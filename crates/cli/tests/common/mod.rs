@@ -269,4 +269,5 @@ pub fn tmp() -> tempfile::TempDir {
 pub fn p(dir: &Path, rel: &str) -> PathBuf {
     dir.join(rel)
 }
+pub mod images;
 pub mod registry;

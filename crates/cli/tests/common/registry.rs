@@ -171,18 +171,25 @@ impl Proxy {
     }
 }
 
-fn serve(mut client: TcpStream, upstream: &str, requests: &Mutex<Vec<String>>, faults: &Faults) {
-    // One request per connection: read its head, forward it with
-    // `Connection: close`, copy the answer back until the registry closes.
+/// Reads an HTTP request head (up to the blank line).
+fn read_head(conn: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        match client.read(&mut byte) {
+        match conn.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
-            _ => return,
+            _ => return None,
         }
     }
-    let text = String::from_utf8_lossy(&head).into_owned();
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn serve(mut client: TcpStream, upstream: &str, requests: &Mutex<Vec<String>>, faults: &Faults) {
+    // One request per connection: read its head, forward it with
+    // `Connection: close`, copy the answer back until the registry closes.
+    let Some(text) = read_head(&mut client) else {
+        return;
+    };
     let request_line = text.lines().next().unwrap_or_default().to_string();
     requests.lock().unwrap().push(request_line.clone());
     let pattern = faults.fail_on.lock().unwrap().clone();
@@ -296,15 +303,9 @@ impl TokenServer {
         std::thread::spawn(move || {
             for mut conn in listener.incoming().flatten() {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match conn.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => break,
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
+                let Some(text) = read_head(&mut conn) else {
+                    continue;
+                };
                 let authorized = text.lines().any(|l| {
                     l.to_ascii_lowercase().starts_with("authorization:")
                         && l[14..].trim() == expected
