@@ -78,6 +78,7 @@ fn overlay_layers(c1: &str, c2: &str, c3: &str) -> Value {
             d("usr"), d("usr/share"), d("usr/share/doc"), f("usr/share/doc/readme", "doc"),
             {"name": "abs", "type": "symlink", "link": "/usr/share/doc"},
             {"name": "rel", "type": "symlink", "link": "usr/share/doc/readme"},
+            d("usr/sbin"), {"name": "sbin", "type": "symlink", "link": "usr/sbin"},
             f("base-file", "for a link from above"),
             d("dev"), {"name": "dev/null", "type": "char", "major": 1, "minor": 3, "mode": 0o666},
             {"name": "dev/fifo", "type": "fifo"},
@@ -95,6 +96,10 @@ fn overlay_layers(c1: &str, c2: &str, c3: &str) -> Value {
             d("r"), f("r/s", "inside"),
             link("cross-link", "base-file"),
             f("usr/share/doc/readme2", "more doc"),
+            // Entries whose parent a lower layer has as a symlink (relative,
+            // absolute) and this layer only implies: they go through it.
+            f("sbin/tool", "through a relative symlink"),
+            f("abs/through-absolute", "through an absolute symlink"),
             f("implicit/parents/file", "no parent entries"),
             f("dup", "first"), f("dup", "second wins"),
             f("./dotslash", "dot"),
@@ -143,6 +148,15 @@ fn overlay_semantics_match_umoci() {
     assert_eq!(
         fs::read_link(m.path().join("abs")).unwrap(),
         Path::new("/usr/share/doc")
+    );
+    assert_eq!(read("usr/sbin/tool"), "through a relative symlink");
+    assert_eq!(
+        read("usr/share/doc/through-absolute"),
+        "through an absolute symlink"
+    );
+    assert_eq!(
+        fs::read_link(m.path().join("sbin")).unwrap(),
+        Path::new("usr/sbin")
     );
     assert_eq!(meta["flatten"]["hardlinks_fixed"], json!(2));
 }

@@ -201,6 +201,45 @@ impl Tree {
         self.name_at(path, id)
     }
 
+    /// Moves the entries of directory `from` into directory `to` (made, with
+    /// implicit parents, if missing). A name `to` already has keeps its
+    /// entry; the one from `from` is dropped. `from` is left empty.
+    pub fn move_children(&mut self, from: &[u8], to: &[u8]) -> Result<(), Error> {
+        let Some(src) = self.lookup(from)? else {
+            return Ok(());
+        };
+        let moved = match &mut self.nodes[src as usize].kind {
+            Kind::Dir(children) => std::mem::take(children),
+            _ => return Err(Error::path(from, "is not a directory")),
+        };
+        let dest = match self.lookup(to)? {
+            Some(id) if matches!(self.node(id).kind, Kind::Dir(_)) => id,
+            Some(_) => return Err(Error::path(to, "is not a directory")),
+            None => {
+                let comps = components(to)?;
+                let parent = self.parent_of(to, &comps)?;
+                let id = self.push(Node {
+                    meta: Metadata {
+                        mode: 0o755,
+                        ..Default::default()
+                    },
+                    kind: Kind::Dir(BTreeMap::new()),
+                    implicit: true,
+                });
+                let Some(&name) = comps.last() else {
+                    return Err(Error::path(to, "names the root"));
+                };
+                self.children_mut(parent).insert(name.into(), id);
+                id
+            }
+        };
+        let children = self.children_mut(dest);
+        for (name, id) in moved {
+            children.entry(name).or_insert(id);
+        }
+        Ok(())
+    }
+
     /// Makes `path` (not the root) name the node `id`.
     fn name_at(&mut self, path: &[u8], id: NodeId) -> Result<(), Error> {
         let comps = components(path)?;
@@ -273,6 +312,17 @@ mod tests {
         );
         t.link(b"x", b"a/b/c").unwrap();
         assert_eq!(t.lookup(b"x").unwrap(), t.lookup(b"a/b/c").unwrap());
+        let c = t.lookup(b"a/b/c").unwrap();
+        t.insert(b"usr/bin/keep", file()).unwrap();
+        t.move_children(b"a/b", b"usr/bin").unwrap();
+        assert_eq!(t.lookup(b"usr/bin/c").unwrap(), c);
+        assert!(t.lookup(b"a/b/c").unwrap().is_none());
+        assert!(t.lookup(b"usr/bin/keep").unwrap().is_some());
+        t.move_children(b"a", b"new/place").unwrap();
+        assert!(
+            t.lookup(b"new/place/b").unwrap().is_some(),
+            "the target is made"
+        );
         assert!(t.link(b"y", b"a").is_err(), "no hard links to directories");
     }
 }

@@ -196,6 +196,13 @@ impl Writer {
         self.tree.link(path, target)
     }
 
+    /// Moves the entries of directory `from` into directory `to` (created if
+    /// missing); names `to` already has keep their entries. File data does not
+    /// move: only the tree changes.
+    pub fn move_children(&mut self, from: &[u8], to: &[u8]) -> Result<(), Error> {
+        self.tree.move_children(from, to)
+    }
+
     fn insert(&mut self, path: &[u8], meta: Metadata, kind: Kind) -> Result<(), Error> {
         self.tree
             .insert(

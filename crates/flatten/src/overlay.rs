@@ -148,6 +148,11 @@ impl Flatten<'_, '_, '_> {
                 continue;
             }
             let is_dir = entry.kind == EntryKind::Dir;
+            if let EntryKind::Symlink(target) = &entry.kind {
+                if self.above.get(&path) == Some(&State::ImplicitDir) {
+                    self.follow_link(&path, target)?;
+                }
+            }
             if self.masked(&path, is_dir) {
                 self.stats.masked += 1;
                 continue;
@@ -243,6 +248,80 @@ impl Flatten<'_, '_, '_> {
             }
         }
         self.opaque_above.extend(opaque_here);
+        Ok(())
+    }
+
+    /// Upper layers put entries under `link` without a directory entry for
+    /// it, and here `link` turns out to be a symlink. Extracted bottom-up (as
+    /// umoci and docker do) those entries would have gone through the link,
+    /// resolved inside the image: move them to where it points (only the
+    /// tree moves; file data stays put) and let the symlink be written.
+    fn follow_link(&mut self, link: &[u8], target: &[u8]) -> Result<(), Error> {
+        let dest = if target.starts_with(b"/") {
+            normalize(target)
+        } else {
+            normalize(&join(parent(link), target))
+        };
+        let inside = [link, b"/"].concat();
+        if dest == link || dest.starts_with(&inside) {
+            return Ok(()); // a link into itself holds nothing: it stays masked
+        }
+        if self
+            .above
+            .get(&dest)
+            .is_some_and(|s| !matches!(s, State::Dir | State::ImplicitDir))
+        {
+            return Ok(()); // the link points at a non-directory above: the entries stay
+        }
+        self.w.move_children(link, &dest)?;
+        let rekey = |p: &[u8]| {
+            p.strip_prefix(inside.as_slice())
+                .map(|rest| join(&dest, rest))
+        };
+        let moved: Vec<(Vec<u8>, Vec<u8>, State)> = self
+            .above
+            .iter()
+            .filter_map(|(k, v)| rekey(k).map(|n| (k.clone(), n, *v)))
+            .collect();
+        for (old, new, state) in moved {
+            self.above.remove(&old);
+            self.above.entry(new).or_insert(state);
+        }
+        self.above.remove(link);
+        for a in ancestors(&dest)
+            .map(<[u8]>::to_vec)
+            .chain(std::iter::once(dest.clone()))
+        {
+            self.above.entry(a).or_insert(State::ImplicitDir);
+        }
+        let moved: Vec<(Vec<u8>, Vec<u8>, usize)> = self
+            .origin
+            .iter()
+            .filter_map(|(k, v)| rekey(k).map(|n| (k.clone(), n, *v)))
+            .collect();
+        for (old, new, layer) in moved {
+            self.origin.remove(&old);
+            self.origin.entry(new).or_insert(layer);
+        }
+        let opaque: Vec<Vec<u8>> = self
+            .opaque_above
+            .iter()
+            .filter(|k| k.starts_with(&inside))
+            .cloned()
+            .collect();
+        for old in opaque {
+            self.opaque_above.remove(&old);
+            self.opaque_above
+                .insert(rekey(&old).expect("filtered on the prefix"));
+        }
+        for pending in &mut self.pending {
+            if let Some(new) = rekey(&pending.path) {
+                pending.path = new;
+            }
+            if let Some(new) = rekey(&pending.target) {
+                pending.target = new;
+            }
+        }
         Ok(())
     }
 
