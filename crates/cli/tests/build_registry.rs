@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 
 use common::images::{assert_failed, build, make_image};
-use common::registry::{Proxy, TestRegistry, TokenServer};
+use common::registry::{Proxy, TestHost, TestRegistry, TokenServer};
 use common::*;
 use serde_json::{json, Value};
 
@@ -334,4 +334,40 @@ fn bearer_token_auth_through_a_token_server() {
         err.contains("token server refused the credentials"),
         "{err}"
     );
+}
+
+#[test]
+fn plain_http_only_for_loopback_and_insecure_registries() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    make_image(&layout, image_spec());
+    // A registry on a test host of our own (a network namespace), not on
+    // loopback: builderd speaks HTTPS to it unless told otherwise.
+    let host = TestHost::create();
+    let registry = TestRegistry::start_in(&host);
+    registry.push(&layout, "v1", "remote/app:v1", None);
+    let source = format!("{}/remote/app:v1", registry.addr);
+
+    let refused = dir.path().join("refused.ext4");
+    let err = assert_failed(&build(&source, &refused, &["--no-cache"]), &refused);
+    assert!(
+        err.contains(&format!("https://{}", registry.addr)),
+        "it must have tried HTTPS: {err}"
+    );
+    assert!(
+        err.contains("--insecure-registry") && !err.contains("retrying"),
+        "a TLS failure fails at once, with a hint: {err}"
+    );
+
+    let out = dir.path().join("insecure.ext4");
+    let o = build(
+        &source,
+        &out,
+        &["--no-cache", "--insecure-registry", &registry.addr],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    e2fsck(&out);
 }

@@ -156,6 +156,20 @@ fn describe(e: &reqwest::Error) -> String {
     text
 }
 
+/// A TLS handshake or certificate failure: retrying will not help.
+fn is_tls_failure(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "corrupt message",
+        "invalidcontenttype",
+        "certificate",
+        "handshake",
+        "tls",
+    ]
+    .iter()
+    .any(|m| t.contains(m))
+}
+
 fn transient(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
@@ -332,6 +346,14 @@ impl Registry {
                         self.host,
                         resp.status()
                     )))
+                }
+                Err(e) if self.base.starts_with("https:") && is_tls_failure(&describe(&e)) => {
+                    return Err(Error::Registry(format!(
+                        "{}: {what}: {}; the registry does not speak TLS or its certificate is not trusted (if it serves plain HTTP, allow that with --insecure-registry {})",
+                        self.host,
+                        describe(&e),
+                        self.host
+                    )));
                 }
                 Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
                     (describe(&e), None)

@@ -39,11 +39,26 @@ impl TestRegistry {
     }
 
     fn start_with(auth: Option<(&str, &str)>, tokens: Option<&TokenServer>) -> TestRegistry {
+        TestRegistry::start_on("127.0.0.1", None, auth, tokens)
+    }
+
+    /// Starts a registry inside the network namespace `netns`, listening on
+    /// `ip` there.
+    pub fn start_in(netns: &TestHost) -> TestRegistry {
+        TestRegistry::start_on(&netns.ip, Some(&netns.name), None, None)
+    }
+
+    fn start_on(
+        ip: &str,
+        netns: Option<&str>,
+        auth: Option<(&str, &str)>,
+        tokens: Option<&TokenServer>,
+    ) -> TestRegistry {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let port = free_port();
         let mut config = format!(
-            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {ip}:{port}}}\n",
             data.display()
         );
         if let Some((user, pass)) = auth {
@@ -66,14 +81,22 @@ impl TestRegistry {
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
-        let child = Command::new("docker-registry")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "docker-registry"]);
+                c
+            }
+            None => Command::new("docker-registry"),
+        };
+        let child = cmd
             .arg("serve")
             .arg(&config_path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry is installed");
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{ip}:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&addr).is_err() {
             assert!(Instant::now() < deadline, "the registry did not start");
@@ -367,5 +390,52 @@ impl TokenServer {
             requests,
             _dir: dir,
         }
+    }
+}
+
+/// A test host: a network namespace of this test's own, joined to this one
+/// by a veth pair, with an address of its own.
+pub struct TestHost {
+    pub name: String,
+    pub ip: String,
+}
+
+impl TestHost {
+    pub fn create() -> TestHost {
+        let id = std::process::id() % 200 + 20;
+        let name = format!("bdtest{}", std::process::id());
+        let (outer, inner) = (format!("bdo{id}"), format!("bdi{id}"));
+        let (host_ip, ns_ip) = (format!("10.231.{id}.1"), format!("10.231.{id}.2"));
+        let ip = |args: &[&str]| run(Command::new("ip").args(args));
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &inner, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &outer]);
+        ip(&["link", "set", &outer, "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{ns_ip}/24"),
+            "dev",
+            &inner,
+        ]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &inner, "up"]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        TestHost { name, ip: ns_ip }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // Deleting the namespace removes its end of the veth pair, and so both.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
