@@ -17,7 +17,10 @@
 //!
 //! Paths are normalised as umoci does: a leading `/` dropped, `.` removed,
 //! `..` resolved lexically and never above the root. There is no host path
-//! anywhere, so no symlink in the image is ever followed.
+//! anywhere, so nothing is ever followed on the host. Inside the image, when
+//! upper layers put entries under a parent that a lower layer turns out to
+//! have as a symlink, they move to where the link points (resolved in the
+//! image, never above its root), as extracting bottom-up would place them.
 
 mod normalize;
 mod overlay;
