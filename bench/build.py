@@ -18,7 +18,6 @@ decoders (the floor) and builderd's time against it. Both images must pass
 
     python3 bench/build.py
 """
-import gzip
 import hashlib
 import json
 import os
@@ -93,18 +92,14 @@ def make_image(tree):
     tars = [t1, t2, t3, t4]
 
     def put(path):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
+        digest = sha256_file(path)
         size = os.path.getsize(path)
-        os.replace(path, os.path.join(blobs, digest))
-        return "sha256:" + digest, size
+        os.replace(path, os.path.join(blobs, digest[7:]))
+        return digest, size
 
     layers, diff_ids = [], []
     for t in tars:
-        diff_ids.append(put_copy_digest(t))
+        diff_ids.append(sha256_file(t))
         gz = t + ".gz"
         gzip_file(t, gz)
         os.unlink(t)
@@ -131,7 +126,7 @@ def make_image(tree):
     os.rename(partial, LAYOUT)
 
 
-def put_copy_digest(path):
+def sha256_file(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

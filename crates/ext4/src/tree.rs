@@ -68,16 +68,24 @@ pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, Error> {
     Ok(out)
 }
 
-impl Tree {
-    pub fn new() -> Self {
-        let root = Node {
+impl Node {
+    /// A directory nothing described yet: 0755 root, times filled in at the
+    /// end unless an entry for it arrives.
+    fn implicit_dir() -> Node {
+        Node {
             meta: Metadata {
                 mode: 0o755,
                 ..Default::default()
             },
             kind: Kind::Dir(BTreeMap::new()),
             implicit: true,
-        };
+        }
+    }
+}
+
+impl Tree {
+    pub fn new() -> Self {
+        let root = Node::implicit_dir();
         Tree { nodes: vec![root] }
     }
 
@@ -109,14 +117,7 @@ impl Tree {
                 Some(id) if matches!(self.nodes[id as usize].kind, Kind::Dir(_)) => id,
                 Some(_) => return Err(Error::path(path, "has a parent that is not a directory")),
                 None => {
-                    let id = self.push(Node {
-                        meta: Metadata {
-                            mode: 0o755,
-                            ..Default::default()
-                        },
-                        kind: Kind::Dir(BTreeMap::new()),
-                        implicit: true,
-                    });
+                    let id = self.push(Node::implicit_dir());
                     self.children_mut(dir).insert((*c).into(), id);
                     id
                 }
@@ -212,32 +213,26 @@ impl Tree {
             Kind::Dir(children) => std::mem::take(children),
             _ => return Err(Error::path(from, "is not a directory")),
         };
-        let dest = match self.lookup(to)? {
-            Some(id) if matches!(self.node(id).kind, Kind::Dir(_)) => id,
-            Some(_) => return Err(Error::path(to, "is not a directory")),
-            None => {
-                let comps = components(to)?;
-                let parent = self.parent_of(to, &comps)?;
-                let id = self.push(Node {
-                    meta: Metadata {
-                        mode: 0o755,
-                        ..Default::default()
-                    },
-                    kind: Kind::Dir(BTreeMap::new()),
-                    implicit: true,
-                });
-                let Some(&name) = comps.last() else {
-                    return Err(Error::path(to, "names the root"));
-                };
-                self.children_mut(parent).insert(name.into(), id);
-                id
-            }
-        };
+        let dest = self.dir_at(to)?;
         let children = self.children_mut(dest);
         for (name, id) in moved {
             children.entry(name).or_insert(id);
         }
         Ok(())
+    }
+
+    /// The directory at `path`, made (with its parents) as an implicit one if
+    /// missing.
+    fn dir_at(&mut self, path: &[u8]) -> Result<NodeId, Error> {
+        match self.lookup(path)? {
+            Some(id) if matches!(self.node(id).kind, Kind::Dir(_)) => Ok(id),
+            Some(_) => Err(Error::path(path, "is not a directory")),
+            None => {
+                let id = self.push(Node::implicit_dir());
+                self.name_at(path, id)?;
+                Ok(id)
+            }
+        }
     }
 
     /// Makes `path` (not the root) name the node `id`.

@@ -71,8 +71,6 @@ pub struct Summary {
     pub file_bytes: u64,
     pub blocks: u64,
     pub free_blocks: u64,
-    pub inodes_count: u64,
-    pub uuid: [u8; 16],
 }
 
 impl Summary {
@@ -274,12 +272,8 @@ impl FileWriter<'_> {
     }
 
     /// Bytes of content so far.
-    pub fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         self.next_block * BLOCK_SIZE as u64 + self.partial.len() as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn check_size(&self) -> Result<(), Error> {
@@ -1055,8 +1049,6 @@ impl Finisher {
             file_bytes: self.file_bytes,
             blocks: total,
             free_blocks: free_blocks_total,
-            inodes_count,
-            uuid,
         };
         Ok((summary, file))
     }

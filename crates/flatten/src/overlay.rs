@@ -84,6 +84,17 @@ pub fn flatten<'a>(
     Ok(f.stats)
 }
 
+/// Moves the entries whose key `rekey` maps to a new key; a key already
+/// taken keeps its value.
+fn rekey_map<V>(map: &mut HashMap<Vec<u8>, V>, rekey: &dyn Fn(&[u8]) -> Option<Vec<u8>>) {
+    let old: Vec<Vec<u8>> = map.keys().filter(|k| rekey(k).is_some()).cloned().collect();
+    for key in old {
+        let value = map.remove(&key).expect("listed just above");
+        map.entry(rekey(&key).expect("listed just above"))
+            .or_insert(value);
+    }
+}
+
 fn is_whiteout_meta(name: &[u8]) -> bool {
     // AUFS's other special names (`.wh..wh.plnk`, `.wh..wh.aufs`) carry no
     // content of the image.
@@ -278,15 +289,7 @@ impl Flatten<'_, '_, '_> {
             p.strip_prefix(inside.as_slice())
                 .map(|rest| join(&dest, rest))
         };
-        let moved: Vec<(Vec<u8>, Vec<u8>, State)> = self
-            .above
-            .iter()
-            .filter_map(|(k, v)| rekey(k).map(|n| (k.clone(), n, *v)))
-            .collect();
-        for (old, new, state) in moved {
-            self.above.remove(&old);
-            self.above.entry(new).or_insert(state);
-        }
+        rekey_map(&mut self.above, &rekey);
         self.above.remove(link);
         for a in ancestors(&dest)
             .map(<[u8]>::to_vec)
@@ -294,15 +297,7 @@ impl Flatten<'_, '_, '_> {
         {
             self.above.entry(a).or_insert(State::ImplicitDir);
         }
-        let moved: Vec<(Vec<u8>, Vec<u8>, usize)> = self
-            .origin
-            .iter()
-            .filter_map(|(k, v)| rekey(k).map(|n| (k.clone(), n, *v)))
-            .collect();
-        for (old, new, layer) in moved {
-            self.origin.remove(&old);
-            self.origin.entry(new).or_insert(layer);
-        }
+        rekey_map(&mut self.origin, &rekey);
         let opaque: Vec<Vec<u8>> = self
             .opaque_above
             .iter()

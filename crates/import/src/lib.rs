@@ -10,7 +10,7 @@ mod tarstream;
 
 pub use dir::import_dir;
 pub use readahead::ReadAhead;
-pub use tar::{decompress, import_tar, Entry, EntryKind, TarReader};
+pub use tar::{import_tar, Entry, EntryKind, TarReader};
 
 /// Reports progress: bytes of input consumed so far (file data for a
 /// directory, archive bytes for a tar) and entries done.

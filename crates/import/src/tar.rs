@@ -56,7 +56,7 @@ pub fn import_tar(archive: &Path, w: &mut Writer, progress: &dyn Progress) -> Re
 
 /// Wraps a stream in the decompressor its first bytes call for: gzip, zstd,
 /// or none.
-pub fn decompress<'a>(mut input: impl BufRead + 'a) -> io::Result<Box<dyn Read + 'a>> {
+fn decompress<'a>(mut input: impl BufRead + 'a) -> io::Result<Box<dyn Read + 'a>> {
     let magic = input
         .fill_buf()?
         .get(..4)

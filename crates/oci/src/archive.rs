@@ -7,16 +7,13 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Take};
 use std::path::{Path, PathBuf};
 
-use crate::Error;
+use crate::{Error, MAX_DOC};
 
 pub struct ArchiveIndex {
     path: PathBuf,
     /// Member name (without `./`) → (data offset, size).
     members: HashMap<String, (u64, u64)>,
 }
-
-/// Manifests and configs are small; refuse to read absurd ones.
-const MAX_DOC: u64 = 16 << 20;
 
 impl ArchiveIndex {
     pub fn open(path: &Path) -> Result<ArchiveIndex, Error> {

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::archive::ArchiveIndex;
 use crate::manifest::{resolve, Image};
-use crate::{Digest, Error, Platform};
+use crate::{Digest, Error, Platform, MAX_DOC};
 
 pub struct OciLayout {
     files: Files,
@@ -22,8 +22,6 @@ enum Files {
 }
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// Manifests, indexes and configs are small; refuse to read absurd ones.
-const MAX_DOC: u64 = 16 << 20;
 
 impl Files {
     fn describe(&self) -> String {

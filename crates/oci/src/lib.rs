@@ -23,6 +23,10 @@ pub use platform::Platform;
 pub use reference::{ImageRef, Source};
 pub use registry::{docker_config_credentials, Credentials, Registry, RetryPolicy};
 
+/// The largest manifest, index or config read: they are small documents,
+/// and anything bigger is refused rather than read into memory.
+pub(crate) const MAX_DOC: u64 = 16 << 20;
+
 /// Somewhere layer blobs can be read from.
 pub trait BlobStore: Sync {
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn std::io::Read + Send>, Error>;

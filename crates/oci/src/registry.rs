@@ -16,11 +16,10 @@ use reqwest::StatusCode;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::hex;
-use crate::{Digest, Error, ImageRef};
+use crate::{Digest, Error, ImageRef, MAX_DOC};
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-const MAX_MANIFEST: u64 = 16 << 20;
 
 /// A user name and password (or token) for a registry.
 #[derive(Clone)]
@@ -396,12 +395,12 @@ impl Registry {
             &format!("manifest {reference}"),
         )?;
         let mut body = Vec::new();
-        resp.take(MAX_MANIFEST + 1)
+        resp.take(MAX_DOC + 1)
             .read_to_end(&mut body)
             .map_err(|e| Error::Registry(format!("{}: manifest {reference}: {e}", self.host)))?;
-        if body.len() as u64 > MAX_MANIFEST {
+        if body.len() as u64 > MAX_DOC {
             return Err(Error::Manifest(format!(
-                "manifest {reference} is larger than {MAX_MANIFEST} bytes"
+                "manifest {reference} is larger than {MAX_DOC} bytes"
             )));
         }
         let digest = Digest::of(&body);
@@ -427,6 +426,10 @@ impl Registry {
             what: format!("blob {digest} ({})", partial.display()),
             source: e,
         };
+        // The hash follows the bytes as they are written, across resumed
+        // attempts; only a prefix left by an earlier run is read back.
+        let mut hash = Sha256::new();
+        let mut hashed = 0u64;
         let mut attempt = 0;
         loop {
             let have = std::fs::metadata(partial)
@@ -440,63 +443,76 @@ impl Registry {
                     format!("bytes={have}-").parse().expect("a valid header"),
                 );
             }
-            let result = self.get(&format!("{}/blobs/{digest}", self.repository), headers, &format!("blob {digest}")).and_then(|mut resp| {
-                let resumed = have > 0 && resp.status() == StatusCode::PARTIAL_CONTENT;
-                let mut file = OpenOptions::new().create(true).write(true).truncate(!resumed).append(resumed).open(partial).map_err(io)?;
-                let mut done = if resumed { have } else { 0 };
-                progress(done);
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = resp.read(&mut buf).map_err(|e| Error::Registry(format!("{}: blob {digest}: {e}", self.host)))?;
-                    if n == 0 {
-                        break;
-                    }
-                    done += n as u64;
-                    if done > size {
-                        return Err(Error::Digest { digest: digest.to_string(), reason: format!("the registry sent more than the {size} bytes the manifest says") });
-                    }
-                    file.write_all(&buf[..n]).map_err(io)?;
-                    progress(done);
-                }
-                file.sync_all().map_err(io)?;
-                Ok(done)
-            });
-            match result {
-                Ok(done) if done == size => break,
-                Ok(done) => {
-                    let e = Error::Registry(format!(
-                        "{}: blob {digest}: the connection ended after {done} of {size} bytes",
-                        self.host
-                    ));
-                    attempt += 1;
-                    if attempt >= self.retry.attempts {
-                        return Err(e);
-                    }
-                    (self.log)(&format!("{e}; resuming"));
-                }
-                Err(Error::Registry(msg))
-                    if attempt + 1 < self.retry.attempts && !msg.contains("gave up") =>
-                {
-                    attempt += 1;
-                    (self.log)(&format!(
-                        "{msg}; resuming (attempt {}/{})",
-                        attempt + 1,
-                        self.retry.attempts
-                    ));
-                    std::thread::sleep(self.backoff(attempt, None));
-                }
-                Err(e) => {
-                    if matches!(e, Error::Digest { .. }) {
-                        let _ = std::fs::remove_file(partial);
-                    }
-                    return Err(e);
-                }
+            // The request itself was retried inside `get`: its errors are final.
+            let mut resp = self.get(
+                &format!("{}/blobs/{digest}", self.repository),
+                headers,
+                &format!("blob {digest}"),
+            )?;
+            let resumed = have > 0 && resp.status() == StatusCode::PARTIAL_CONTENT;
+            if !resumed {
+                hash = Sha256::new();
+                hashed = 0;
+            } else if hashed != have {
+                hash = Sha256::new();
+                std::io::copy(&mut File::open(partial).map_err(io)?.take(have), &mut hash)
+                    .map_err(io)?;
+                hashed = have;
             }
+            let mut file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(!resumed)
+                .append(resumed)
+                .open(partial)
+                .map_err(io)?;
+            let mut done = hashed;
+            progress(done);
+            let mut buf = vec![0u8; 1 << 20];
+            // Only the body can end early; that is what resuming is for.
+            let cut = loop {
+                let n = match resp.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(n) => n,
+                    Err(e) => break Some(e.to_string()),
+                };
+                if done + n as u64 > size {
+                    drop(file);
+                    let _ = std::fs::remove_file(partial);
+                    return Err(Error::Digest {
+                        digest: digest.to_string(),
+                        reason: format!(
+                            "the registry sent more than the {size} bytes the manifest says"
+                        ),
+                    });
+                }
+                file.write_all(&buf[..n]).map_err(io)?;
+                hash.update(&buf[..n]);
+                done += n as u64;
+                progress(done);
+            };
+            file.sync_all().map_err(io)?;
+            hashed = done;
+            if done == size {
+                break;
+            }
+            let why =
+                cut.unwrap_or_else(|| format!("the connection ended after {done} of {size} bytes"));
+            attempt += 1;
+            if attempt >= self.retry.attempts {
+                return Err(Error::Registry(format!(
+                    "{}: blob {digest}: {why} (gave up after {attempt} attempts)",
+                    self.host
+                )));
+            }
+            (self.log)(&format!(
+                "{}: blob {digest}: {why}; resuming (attempt {}/{})",
+                self.host,
+                attempt + 1,
+                self.retry.attempts
+            ));
+            std::thread::sleep(self.backoff(attempt, None));
         }
-        // The whole file, resumed parts included, must have the digest.
-        let mut hash = Sha256::new();
-        let mut file = File::open(partial).map_err(io)?;
-        std::io::copy(&mut file, &mut hash).map_err(io)?;
         let got = format!("sha256:{}", hex(&hash.finalize()));
         if got != digest.as_str() {
             let _ = std::fs::remove_file(partial);
