@@ -18,6 +18,7 @@ use builderd_oci::{
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::boot_args::BootArgs;
 use crate::ext4_args::Ext4Args;
 use crate::output::Pending;
 use crate::progress::Bar;
@@ -52,6 +53,8 @@ pub struct Args {
     no_cache: bool,
     #[command(flatten)]
     ext4: Ext4Args,
+    #[command(flatten)]
+    boot: BootArgs,
 }
 
 /// Parallel layer downloads.
@@ -70,7 +73,12 @@ struct Metadata<'a> {
     platform: String,
     layers: &'a [builderd_oci::LayerInfo],
     config: &'a builderd_oci::RunConfig,
+    init_strategy: &'static str,
+    kernel_cmdline: String,
+    run_config: &'a builderd_rootfs::RunConfig,
     image: ImageInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compressed: Option<CompressedInfo>,
     flatten: FlattenInfo,
     timings_ms: Timings,
 }
@@ -83,6 +91,14 @@ struct ImageInfo {
     allocated_bytes: u64,
     inodes: u64,
     file_data_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct CompressedInfo {
+    file: String,
+    format: &'static str,
+    sha256: String,
+    size_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -99,6 +115,7 @@ struct Timings {
     flatten: u128,
     finish: u128,
     checksum: u128,
+    compress: u128,
     total: u128,
 }
 
@@ -173,7 +190,11 @@ pub fn run(args: Args) -> Result<()> {
         human(image.layers.iter().map(|l| l.size).sum())
     );
 
+    // The request is checked before the long part.
+    let plan = args.boot.plan(&image.run)?;
     let json_path = metadata_path(&args.output);
+    let compressed_path = crate::compress::path_for(&args.output, args.boot.compression);
+    let pending_compressed = compressed_path.as_deref().map(Pending::new).transpose()?;
     let pending = Pending::new(&args.output)?;
     let pending_json = Pending::new(&json_path)?;
     let mut writer = Writer::new(pending.file()?, args.ext4.options()?)?;
@@ -187,9 +208,23 @@ pub fn run(args: Args) -> Result<()> {
         }
     })?;
     bar.finish();
+    let installed = builderd_rootfs::install(&mut writer, &plan)?;
+    for w in &installed.warnings {
+        eprintln!("builderd: warning: {w}");
+    }
     let flattened = Instant::now();
     let (summary, file) = writer.finish()?;
     drop(file);
+    if let Some(limit) = args.boot.size_limit {
+        if summary.image_bytes() > limit {
+            anyhow::bail!(
+                "the image is {} bytes ({}), over the size limit of {limit} bytes ({}); raise --size-limit or make the image smaller",
+                summary.image_bytes(),
+                human(summary.image_bytes()),
+                human(limit)
+            );
+        }
+    }
     let finished = Instant::now();
     // Hashing (CPU) and flushing to disk (I/O) overlap.
     let sha256 = std::thread::scope(|scope| {
@@ -201,6 +236,20 @@ pub fn run(args: Args) -> Result<()> {
         flushed.and(sha256)
     })?;
     let checksummed = Instant::now();
+    let compressed = match (&pending_compressed, &compressed_path) {
+        (Some(p), Some(path)) => {
+            let (sha256, size_bytes) =
+                crate::compress::compress(pending.path(), p, args.boot.compression)?;
+            Some(CompressedInfo {
+                file: path.display().to_string(),
+                format: args.boot.compression.name(),
+                sha256,
+                size_bytes,
+            })
+        }
+        _ => None,
+    };
+    let compressed_at = Instant::now();
 
     let allocated = {
         use std::os::unix::fs::MetadataExt;
@@ -216,6 +265,9 @@ pub fn run(args: Args) -> Result<()> {
         platform: image.platform.to_string(),
         layers: &image.layers,
         config: &image.run,
+        init_strategy: plan.strategy.enum_name(),
+        kernel_cmdline: installed.kernel_cmdline,
+        run_config: &plan.run,
         image: ImageInfo {
             file: args.output.display().to_string(),
             sha256,
@@ -235,13 +287,24 @@ pub fn run(args: Args) -> Result<()> {
             flatten: ms(resolved, flattened),
             finish: ms(flattened, finished),
             checksum: ms(finished, checksummed),
+            compress: ms(checksummed, compressed_at),
             total: ms(started, Instant::now()),
         },
+        compressed,
     };
     serde_json::to_writer_pretty(pending_json.file()?, &meta)?;
+    // The metadata goes last: while it is missing, the build is not done.
     pending.commit()?;
-    if let Err(e) = pending_json.commit() {
+    let committed = match (pending_compressed, &compressed_path) {
+        (Some(p), Some(_)) => p.commit().map(drop),
+        _ => Ok(()),
+    }
+    .and_then(|()| pending_json.commit());
+    if let Err(e) = committed {
         let _ = std::fs::remove_file(&args.output);
+        if let Some(c) = &compressed_path {
+            let _ = std::fs::remove_file(c);
+        }
         return Err(e);
     }
     println!(

@@ -1,6 +1,9 @@
 //! The `builderd` command: turns software into microVM root filesystems.
 
+mod boot;
+mod boot_args;
 mod build;
+mod compress;
 mod ext4_args;
 mod mkfs;
 mod output;
@@ -26,16 +29,19 @@ enum Command {
     Mkfs(mkfs::Args),
     /// Convert a container image to an ext4 root filesystem, in one pass.
     Build(build::Args),
+    /// Boot a built rootfs in a QEMU microVM; exits with the app's exit code.
+    Boot(boot::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Mkfs(args) => mkfs::run(args),
-        Command::Build(args) => build::run(args),
+        Command::Mkfs(args) => mkfs::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Build(args) => build::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Boot(args) => boot::run(args),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("builderd: error: {}", message(&e));
             std::process::ExitCode::FAILURE

@@ -39,7 +39,7 @@ mod xattr;
 
 pub use entry::{DeviceKind, Metadata, Timestamp, Xattr};
 pub use layout::BLOCK_SIZE;
-pub use writer::{FileWriter, Free, Options, Summary, Writer};
+pub use writer::{EntryKind, FileWriter, Free, Options, Summary, Writer};
 
 /// What can go wrong while writing an image.
 #[derive(Debug, thiserror::Error)]

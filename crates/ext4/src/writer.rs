@@ -201,6 +201,47 @@ impl Writer {
         self.tree.move_children(from, to)
     }
 
+    /// What the tree has at `path` (symlinks not followed), for callers
+    /// that add entries by what the content already has.
+    pub fn entry(&self, path: &[u8]) -> Result<Option<EntryKind<'_>>, Error> {
+        Ok(self
+            .tree
+            .lookup(path)?
+            .map(|id| match &self.tree.node(id).kind {
+                Kind::Dir(_) => EntryKind::Dir,
+                Kind::File { .. } => EntryKind::File,
+                Kind::Symlink(target) => EntryKind::Symlink(target),
+                _ => EntryKind::Other,
+            }))
+    }
+
+    /// The filesystem's time: `fs_time` if given, else the newest mtime in
+    /// the content that is not in the future (so the same content gives the
+    /// same image).
+    pub fn content_time(&self) -> i64 {
+        if let Some(t) = self.opts.fs_time {
+            return t;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        // Only entries still named count: a replaced file's time is not the
+        // content's.
+        let mut newest = 0;
+        let mut stack = vec![crate::tree::ROOT];
+        while let Some(id) = stack.pop() {
+            let node = self.tree.node(id);
+            if node.meta.mtime.secs <= now {
+                newest = newest.max(node.meta.mtime.secs);
+            }
+            if let Kind::Dir(children) = &node.kind {
+                stack.extend(children.values());
+            }
+        }
+        newest
+    }
+
     fn insert(&mut self, path: &[u8], meta: Metadata, kind: Kind) -> Result<(), Error> {
         self.tree
             .insert(
@@ -218,6 +259,15 @@ impl Writer {
     pub fn finish(self) -> Result<(Summary, File), Error> {
         Finisher::run(self)
     }
+}
+
+/// The kind of an entry already in the tree.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EntryKind<'a> {
+    Dir,
+    File,
+    Symlink(&'a [u8]),
+    Other,
 }
 
 /// Streams one regular file's content into the image.
@@ -434,20 +484,7 @@ impl Finisher {
     }
 
     fn fs_time(&self) -> i64 {
-        if let Some(t) = self.w.opts.fs_time {
-            return t;
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        self.order
-            .iter()
-            .map(|&id| self.w.tree.node(id).meta.mtime.secs)
-            .filter(|&t| t <= now)
-            .max()
-            .unwrap_or(0)
-            .max(0)
+        self.w.content_time()
     }
 
     fn fill_implicit(&mut self, fs_time: i64) {

@@ -1,0 +1,203 @@
+//! `builderd boot OUT.ext4`: boots a built rootfs in a QEMU microVM with its
+//! console on stdout, and exits with the app's exit code, so a build can be
+//! tried at once. SIGINT or SIGTERM asks the guest to shut down (Ctrl-Alt-Del:
+//! the app gets SIGTERM); a second one stops the VM at once.
+
+mod initramfs;
+mod qemu;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub use qemu::Accel;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The rootfs image (its metadata, IMAGE.json, gives the kernel command line).
+    image: PathBuf,
+    /// The kernel (a bzImage); default: the newest /boot/vmlinuz-*.
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// An initramfs of your own that mounts root= and starts init=; default:
+    /// one builderd makes with the kernel's virtio and ext4 modules.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// The kernel's modules, for the initramfs builderd makes; default:
+    /// /lib/modules/RELEASE of the kernel.
+    #[arg(long, value_name = "DIR", conflicts_with = "initrd")]
+    modules: Option<PathBuf>,
+    /// Stop the VM after this many seconds.
+    #[arg(long, value_name = "S", default_value_t = 300)]
+    timeout: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: Accel,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Keep the image unchanged: the guest's writes go to a throwaway overlay.
+    #[arg(long)]
+    snapshot: bool,
+    /// More kernel command line (e.g. "loglevel=7"); the kernel is quiet by default.
+    #[arg(long, value_name = "ARGS")]
+    append: Option<String>,
+}
+
+/// The exit code when the timeout stops the VM, as timeout(1) uses.
+const TIMED_OUT: u8 = 124;
+
+pub fn run(args: Args) -> Result<std::process::ExitCode> {
+    if !args.image.is_file() {
+        bail!("{}: no such image", args.image.display());
+    }
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => newest_kernel()?,
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("builderd-boot-")
+        .tempdir()?;
+    let initrd = match &args.initrd {
+        Some(i) => i.clone(),
+        None => {
+            let modules = match &args.modules {
+                Some(m) => m.clone(),
+                None => Path::new("/lib/modules").join(initramfs::kernel_release(&kernel)?),
+            };
+            let path = scratch.path().join("initrd.cpio");
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            initramfs::build(&modules, &mut f)?;
+            f.flush()?;
+            path
+        }
+    };
+    let mut cmdline = kernel_cmdline(&args.image)?;
+    cmdline += " quiet";
+    if let Some(extra) = &args.append {
+        cmdline += " ";
+        cmdline += extra;
+    }
+    let machine = qemu::Machine {
+        kernel: &kernel,
+        initrd: &initrd,
+        image: &args.image,
+        cmdline: &cmdline,
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        snapshot: args.snapshot,
+        qmp: scratch.path().join("qmp.sock"),
+    };
+    let mut child = machine.spawn(args.accel)?;
+
+    // The console: echoed line by line, watched for the init's exit line.
+    let exit_code = Arc::new(Mutex::new(None));
+    let console = child.stdout.take().expect("stdout is piped");
+    let reader = {
+        let exit_code = exit_code.clone();
+        std::thread::spawn(move || {
+            let mut out = std::io::stdout();
+            for line in BufReader::new(console).split(b'\n').map_while(Result::ok) {
+                let _ = out.write_all(&line);
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+                if let Some(code) = builderd_init::parse_exit_line(&String::from_utf8_lossy(&line))
+                {
+                    *exit_code.lock().unwrap() = Some(code);
+                }
+            }
+        })
+    };
+
+    let stop_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_usize(sig, stop_requests.clone(), 1)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let timed_out = AtomicBool::new(false);
+    let mut asked = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if stop_requests.load(Ordering::Relaxed) > 0 {
+            stop_requests.store(0, Ordering::Relaxed);
+            if asked {
+                eprintln!("builderd: stopping the VM now");
+                let _ = child.kill();
+            } else {
+                asked = true;
+                eprintln!(
+                    "builderd: asking the guest to shut down (Ctrl-Alt-Del); again to stop it now"
+                );
+                if let Err(e) = qemu::ctrl_alt_del(&machine.qmp) {
+                    eprintln!("builderd: {e:#}; stopping the VM");
+                    let _ = child.kill();
+                }
+            }
+        }
+        if Instant::now() > deadline && !timed_out.load(Ordering::Relaxed) {
+            timed_out.store(true, Ordering::Relaxed);
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = reader.join();
+    if timed_out.load(Ordering::Relaxed) {
+        eprintln!(
+            "builderd: the VM ran past --timeout {} s and was stopped",
+            args.timeout
+        );
+        return Ok(std::process::ExitCode::from(TIMED_OUT));
+    }
+    let code = *exit_code.lock().unwrap();
+    match code {
+        Some(code) => Ok(std::process::ExitCode::from(code.clamp(0, 255) as u8)),
+        None => bail!(
+            "the VM stopped ({status}) without the app's exit line on the console; see the console output above"
+        ),
+    }
+}
+
+/// The command line from the image's metadata file, else DIRECT_EXEC's.
+fn kernel_cmdline(image: &Path) -> Result<String> {
+    let mut meta = image.as_os_str().to_os_string();
+    meta.push(".json");
+    match std::fs::read(&meta) {
+        Ok(bytes) => {
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not valid JSON", Path::new(&meta).display()))?;
+            v.get("kernel_cmdline")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+                .with_context(|| format!("{}: has no kernel_cmdline", Path::new(&meta).display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(format!(
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init={}",
+            builderd_init::INIT_PATH
+        )),
+        Err(e) => Err(e).with_context(|| format!("{}", Path::new(&meta).display())),
+    }
+}
+
+/// The newest /boot/vmlinuz-* by modification time.
+fn newest_kernel() -> Result<PathBuf> {
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir("/boot").context("/boot")? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("vmlinuz-") {
+            let t = entry.metadata()?.modified()?;
+            if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                best = Some((t, entry.path()));
+            }
+        }
+    }
+    best.map(|(_, p)| p).context(
+        "no kernel in /boot (Debian: apt-get install linux-image-amd64); give --kernel FILE",
+    )
+}

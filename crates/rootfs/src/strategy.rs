@@ -1,0 +1,142 @@
+//! The three init strategies and what each adds to the image.
+
+use builderd_ext4::{Metadata, Timestamp, Writer};
+use builderd_init::{RunConfig, CUSTOM_INIT_PATH, INIT_PATH, RUN_CONFIG_PATH};
+
+use crate::lookup::{self, Kind};
+use crate::{systemd, Error};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitStrategy {
+    /// builderd-init as PID 1 runs the app.
+    DirectExec,
+    /// systemd as PID 1 runs a generated unit for the app.
+    Systemd,
+    /// The user's script as PID 1.
+    Custom,
+}
+
+impl InitStrategy {
+    /// The API's enum name.
+    pub fn enum_name(self) -> &'static str {
+        match self {
+            InitStrategy::DirectExec => "INIT_STRATEGY_DIRECT_EXEC",
+            InitStrategy::Systemd => "INIT_STRATEGY_SYSTEMD",
+            InitStrategy::Custom => "INIT_STRATEGY_CUSTOM",
+        }
+    }
+}
+
+/// What to add.
+pub struct Plan {
+    pub strategy: InitStrategy,
+    pub run: RunConfig,
+    /// CUSTOM's script.
+    pub custom_script: Option<Vec<u8>>,
+}
+
+/// What was added.
+#[derive(Debug)]
+pub struct Installed {
+    /// The command line to boot the image as `/dev/vda`.
+    pub kernel_cmdline: String,
+    /// What the image will not do as it may be expected to.
+    pub warnings: Vec<String>,
+}
+
+/// The boot command line for an image whose PID 1 is `init`.
+fn cmdline(init: &str) -> String {
+    format!("console=ttyS0 reboot=k panic=1 root=/dev/vda rw init={init}")
+}
+
+/// Root-owned metadata at the content's time (so builds stay reproducible).
+pub(crate) fn meta(mode: u16, time: i64) -> Metadata {
+    let t = Timestamp::new(time, 0);
+    Metadata {
+        mode,
+        uid: 0,
+        gid: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        xattrs: Vec::new(),
+    }
+}
+
+fn add_file(w: &mut Writer, path: &str, mode: u16, data: &[u8], time: i64) -> Result<(), Error> {
+    let mut f = w.file(path.as_bytes(), meta(mode, time))?;
+    f.write(data)?;
+    f.finish()?;
+    Ok(())
+}
+
+/// Adds the strategy's files to the image being written. With DIRECT_EXEC
+/// everything added is under `/.builderd/`; the image's own files stay as
+/// they are.
+pub fn install(w: &mut Writer, plan: &Plan) -> Result<Installed, Error> {
+    if w.entry(b".builderd")?.is_some() {
+        return Err(Error::Invalid(
+            "the image already has /.builderd, where builderd puts its init; rebuild the image without it".into(),
+        ));
+    }
+    let time = w.content_time();
+    let run_json = serde_json::to_vec_pretty(&plan.run).expect("a run config always serialises");
+    w.mkdir(b".builderd", meta(0o755, time))?;
+    add_file(w, RUN_CONFIG_PATH, 0o644, &run_json, time)?;
+    let mut warnings = Vec::new();
+    let init = match plan.strategy {
+        InitStrategy::DirectExec => {
+            // A base image may have no command; it still converts, and the
+            // init says so at boot.
+            if plan.run.argv().is_empty() {
+                warnings.push(
+                    "the image has neither an entrypoint nor a cmd, so DIRECT_EXEC will have nothing to run at boot; give --cmd or --entrypoint".into(),
+                );
+            }
+            add_file(w, INIT_PATH, 0o755, crate::INIT, time)?;
+            INIT_PATH.to_string()
+        }
+        InitStrategy::Systemd => {
+            // The init's report-exit helper tells the host the app's exit code.
+            add_file(w, INIT_PATH, 0o755, crate::INIT, time)?;
+            systemd::install(w, &plan.run, time)?
+        }
+        InitStrategy::Custom => {
+            let Some(script) = &plan.custom_script else {
+                return Err(Error::Invalid(
+                    "the CUSTOM init strategy needs an init script (--init-script FILE)".into(),
+                ));
+            };
+            check_interpreter(w, script)?;
+            add_file(w, CUSTOM_INIT_PATH, 0o755, script, time)?;
+            CUSTOM_INIT_PATH.to_string()
+        }
+    };
+    Ok(Installed {
+        kernel_cmdline: cmdline(&init),
+        warnings,
+    })
+}
+
+/// A script's `#!` interpreter must be in the image, or the kernel cannot
+/// start it as PID 1.
+fn check_interpreter(w: &Writer, script: &[u8]) -> Result<(), Error> {
+    if script.starts_with(b"\x7fELF") {
+        return Ok(());
+    }
+    let Some(rest) = script.strip_prefix(b"#!") else {
+        return Err(Error::Invalid(
+            "the init script starts with neither #! nor an ELF header, so the kernel cannot run it"
+                .into(),
+        ));
+    };
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let interpreter = line.split_whitespace().next().unwrap_or_default();
+    match lookup::resolve(w, interpreter)? {
+        Some((_, Kind::File)) => Ok(()),
+        _ => Err(Error::Invalid(format!(
+            "the init script's interpreter {interpreter:?} is not in the image"
+        ))),
+    }
+}
