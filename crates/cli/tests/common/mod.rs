@@ -239,6 +239,24 @@ pub fn assert_same(expected: &BTreeMap<Vec<u8>, Entry>, got: &BTreeMap<Vec<u8>, 
     );
 }
 
+/// Takes builderd's own files (`/.builderd/`, added by the boot strategy)
+/// out of an image's snapshot, so it compares with the image's files alone;
+/// checks they are there: the init and its run config.
+pub fn without_builderd(mut s: BTreeMap<Vec<u8>, Entry>) -> BTreeMap<Vec<u8>, Entry> {
+    let ours: Vec<Vec<u8>> = s
+        .keys()
+        .filter(|k| k.as_slice() == b".builderd" || k.starts_with(b".builderd/"))
+        .cloned()
+        .collect();
+    let names: Vec<String> = ours.iter().map(|k| String::from_utf8_lossy(k).into()).collect();
+    assert_eq!(names, [".builderd", ".builderd/init", ".builderd/run.json"], "builderd's files");
+    assert_eq!(s[&b".builderd/init"[..]].mode & 0o7777, 0o755);
+    for k in ours {
+        s.remove(&k);
+    }
+    s
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
