@@ -28,7 +28,7 @@ enum Command {
     /// Write an ext4 image from a directory or a tar archive (plain, .gz, .zst).
     Mkfs(mkfs::Args),
     /// Convert a container image to an ext4 root filesystem, in one pass.
-    Build(build::Args),
+    Build(Box<build::Args>),
     /// Boot a built rootfs in a QEMU microVM; exits with the app's exit code.
     Boot(boot::Args),
 }
@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Mkfs(args) => mkfs::run(args).map(|()| std::process::ExitCode::SUCCESS),
-        Command::Build(args) => build::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Build(args) => build::run(*args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Boot(args) => boot::run(args),
     };
     match result {

@@ -69,7 +69,11 @@ fn metadata(image: &Path) -> Value {
 
 fn built(source: &str, out: &Path, extra: &[&str]) {
     let o = build(source, out, extra);
-    assert!(o.status.success(), "build failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     e2fsck(out);
 }
 
@@ -79,7 +83,12 @@ fn boot(image: &Path, timeout: &str) -> Output {
         .arg(image)
         .output()
         .unwrap();
-    eprintln!("--- console of {}:\n{}\n--- stderr:\n{}", image.display(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    eprintln!(
+        "--- console of {}:\n{}\n--- stderr:\n{}",
+        image.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
@@ -116,8 +125,15 @@ fn direct_exec_runs_the_entrypoint_as_the_image_says_and_returns_its_code() {
         console_line(&o, "app: uid="),
         "app: uid=1000 gid=1000 groups=1000 44 home=/home/app pwd=/srv lower=yes extra=from-build host=builderd"
     );
-    assert_eq!(console_line(&o, "app: zombies="), "app: zombies=0", "the orphan was reaped");
-    assert_eq!(console_line(&o, "builderd-init: app exited"), "builderd-init: app exited with code 7");
+    assert_eq!(
+        console_line(&o, "app: zombies="),
+        "app: zombies=0",
+        "the orphan was reaped"
+    );
+    assert_eq!(
+        console_line(&o, "builderd-init: app exited"),
+        "builderd-init: app exited with code 7"
+    );
     e2fsck(&image);
 }
 
@@ -148,7 +164,10 @@ while :; do busybox sleep 0.1; done"#;
         if line.starts_with("app: ready") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(180), "no ready line: {console:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no ready line: {console:?}"
+        );
     }
     // As an operator stops it: SIGTERM to `builderd boot`, which presses
     // Ctrl-Alt-Del; the guest's init turns that into SIGTERM for the app.
@@ -157,7 +176,12 @@ while :; do busybox sleep 0.1; done"#;
     console.extend(lines.map(Result::unwrap));
     let status = child.wait().unwrap();
     eprintln!("{}", console.join("\n"));
-    assert!(console.iter().any(|l| l.trim_end() == "app: got SIGTERM as app"), "{console:?}");
+    assert!(
+        console
+            .iter()
+            .any(|l| l.trim_end() == "app: got SIGTERM as app"),
+        "{console:?}"
+    );
     assert_eq!(status.code(), Some(3));
     e2fsck(&image);
 }
@@ -181,13 +205,28 @@ busybox poweroff -f
     )
     .unwrap();
     let image = dir.path().join("custom.ext4");
-    built(&source, &image, &["--init", "custom", "--init-script", script.to_str().unwrap()]);
+    built(
+        &source,
+        &image,
+        &[
+            "--init",
+            "custom",
+            "--init-script",
+            script.to_str().unwrap(),
+        ],
+    );
     let meta = metadata(&image);
     assert_eq!(meta["init_strategy"], "INIT_STRATEGY_CUSTOM");
-    assert!(meta["kernel_cmdline"].as_str().unwrap().ends_with(" init=/.builderd/init-custom"));
+    assert!(meta["kernel_cmdline"]
+        .as_str()
+        .unwrap()
+        .ends_with(" init=/.builderd/init-custom"));
 
     let o = boot(&image, BOOT_TIMEOUT);
-    assert_eq!(console_line(&o, "custom: "), "custom: pid=1 comm=init-custom");
+    assert_eq!(
+        console_line(&o, "custom: "),
+        "custom: pid=1 comm=init-custom"
+    );
     assert_eq!(o.status.code(), Some(42));
     e2fsck(&image);
 }
@@ -201,10 +240,16 @@ fn debian_systemd_tar() -> PathBuf {
         return tar;
     }
     std::fs::create_dir_all(cache.join("debootstrap")).unwrap();
-    let tree = tempfile::Builder::new().prefix("builderd-debootstrap-").tempdir_in(cache).unwrap();
+    let tree = tempfile::Builder::new()
+        .prefix("builderd-debootstrap-")
+        .tempdir_in(cache)
+        .unwrap();
     run(Command::new("debootstrap")
         .args(["--variant=minbase", "--include=systemd,systemd-sysv"])
-        .arg(format!("--cache-dir={}", cache.join("debootstrap").display()))
+        .arg(format!(
+            "--cache-dir={}",
+            cache.join("debootstrap").display()
+        ))
         .arg("bookworm")
         .arg(tree.path())
         .arg("http://deb.debian.org/debian"));
@@ -230,12 +275,12 @@ fn systemd_strategy_boots_debian_to_the_apps_unit() {
     make_image(
         &layout,
         json!({"tag": "v1", "layers": [{"compression": "zstd", "tar": tar.to_str().unwrap()}],
-               "config": {
-                   "Cmd": ["/bin/sh", "-c", "echo \"app: pid1=$(cat /proc/1/comm) user=$(id -un) pwd=$(pwd) lower=$lower_name\"; exit 5"],
-                   "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "lower_name=yes"],
-                   "User": "nobody",
-                   "WorkingDir": "/tmp",
-               }}),
+        "config": {
+            "Cmd": ["/bin/sh", "-c", "echo \"app: pid1=$(cat /proc/1/comm) user=$(id -un) pwd=$(pwd) lower=$lower_name\"; exit 5"],
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "lower_name=yes"],
+            "User": "nobody",
+            "WorkingDir": "/tmp",
+        }}),
     );
     let registry = TestRegistry::start(None);
     registry.push(&layout, "v1", "boot/debian:v1", None);
@@ -244,10 +289,16 @@ fn systemd_strategy_boots_debian_to_the_apps_unit() {
     built(&source, &image, &["--init", "systemd", "--free", "64M"]);
     let meta = metadata(&image);
     assert_eq!(meta["init_strategy"], "INIT_STRATEGY_SYSTEMD");
-    assert!(meta["kernel_cmdline"].as_str().unwrap().ends_with(" init=/lib/systemd/systemd"));
+    assert!(meta["kernel_cmdline"]
+        .as_str()
+        .unwrap()
+        .ends_with(" init=/lib/systemd/systemd"));
 
     let o = boot(&image, "300");
-    assert_eq!(console_line(&o, "app: pid1="), "app: pid1=systemd user=nobody pwd=/tmp lower=yes");
+    assert_eq!(
+        console_line(&o, "app: pid1="),
+        "app: pid1=systemd user=nobody pwd=/tmp lower=yes"
+    );
     assert_eq!(o.status.code(), Some(5));
     e2fsck(&image);
 }
@@ -267,7 +318,10 @@ fn boot_options_are_checked_and_written() {
     assert_eq!(meta["compressed"]["format"], "zstd");
     assert_eq!(meta["compressed"]["file"], zst.to_str().unwrap());
     assert_eq!(meta["compressed"]["sha256"], sha256_of(&zst));
-    assert_eq!(meta["compressed"]["size_bytes"], std::fs::metadata(&zst).unwrap().len());
+    assert_eq!(
+        meta["compressed"]["size_bytes"],
+        std::fs::metadata(&zst).unwrap().len()
+    );
     let unpacked = run(Command::new("zstd").args(["-dc"]).arg(&zst)).stdout;
     assert_eq!(unpacked, std::fs::read(&image).unwrap());
     let gz_image = dir.path().join("g.ext4");
@@ -280,7 +334,10 @@ fn boot_options_are_checked_and_written() {
     // Each refusal is clear and leaves nothing behind.
     let out = dir.path().join("refused.ext4");
     let err = assert_failed(&build(&source, &out, &["--size-limit", "1M"]), &out);
-    assert!(err.contains("over the size limit of 1048576 bytes"), "{err}");
+    assert!(
+        err.contains("over the size limit of 1048576 bytes"),
+        "{err}"
+    );
     let err = assert_failed(&build(&source, &out, &["--init", "systemd"]), &out);
     assert!(err.contains("needs systemd in the image"), "{err}");
     let err = assert_failed(&build(&source, &out, &["--init", "custom"]), &out);
@@ -288,10 +345,22 @@ fn boot_options_are_checked_and_written() {
     let script = dir.path().join("bad.sh");
     std::fs::write(&script, "#!/usr/bin/python3\nprint('hi')\n").unwrap();
     let err = assert_failed(
-        &build(&source, &out, &["--init", "custom", "--init-script", script.to_str().unwrap()]),
+        &build(
+            &source,
+            &out,
+            &[
+                "--init",
+                "custom",
+                "--init-script",
+                script.to_str().unwrap(),
+            ],
+        ),
         &out,
     );
-    assert!(err.contains("\"/usr/bin/python3\" is not in the image"), "{err}");
+    assert!(
+        err.contains("\"/usr/bin/python3\" is not in the image"),
+        "{err}"
+    );
     let err = assert_failed(&build(&source, &out, &["--env", "NOVALUE"]), &out);
     assert!(err.contains("NAME=value"), "{err}");
     assert!(!Path::new(&format!("{}.zst", out.display())).exists());
@@ -299,5 +368,9 @@ fn boot_options_are_checked_and_written() {
 
 fn sha256_of(path: &Path) -> String {
     let o = run(Command::new("sha256sum").arg(path));
-    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }

@@ -248,8 +248,15 @@ pub fn without_builderd(mut s: BTreeMap<Vec<u8>, Entry>) -> BTreeMap<Vec<u8>, En
         .filter(|k| k.as_slice() == b".builderd" || k.starts_with(b".builderd/"))
         .cloned()
         .collect();
-    let names: Vec<String> = ours.iter().map(|k| String::from_utf8_lossy(k).into()).collect();
-    assert_eq!(names, [".builderd", ".builderd/init", ".builderd/run.json"], "builderd's files");
+    let names: Vec<String> = ours
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into())
+        .collect();
+    assert_eq!(
+        names,
+        [".builderd", ".builderd/init", ".builderd/run.json"],
+        "builderd's files"
+    );
     assert_eq!(s[&b".builderd/init"[..]].mode & 0o7777, 0o755);
     for k in ours {
         s.remove(&k);
