@@ -187,6 +187,29 @@ while :; do busybox sleep 0.1; done"#;
 }
 
 #[test]
+fn init_failures_are_a_console_message_and_a_power_off() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    busybox_image(&layout);
+    let source = format!("oci:{}:v1", layout.display());
+    let image = dir.path().join("missing.ext4");
+    built(&source, &image, &["--entrypoint", "/no/such/app"]);
+    let o = boot(&image, BOOT_TIMEOUT);
+    let console = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        console.contains(
+            "builderd-init: error: cannot start \"/no/such/app\": No such file or directory"
+        ),
+        "{console}"
+    );
+    assert!(!console.contains("Kernel panic"), "{console}");
+    assert!(console.contains("reboot: Power down"), "{console}");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("without the app's exit line"));
+    e2fsck(&image);
+}
+
+#[test]
 fn custom_strategy_boots_the_users_script() {
     let dir = tmp();
     let registry = TestRegistry::start(None);

@@ -8,7 +8,7 @@ mod qemu;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,16 +93,70 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
         snapshot: args.snapshot,
         qmp: scratch.path().join("qmp.sock"),
     };
-    let mut child = machine.spawn(args.accel)?;
+    let stop_requests = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_usize(sig, stop_requests.clone(), 1)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let accel = match args.accel {
+        Accel::Auto if qemu::kvm_usable() => Accel::Kvm,
+        Accel::Auto => Accel::Tcg,
+        a => a,
+    };
+    let mut vm = supervise(&machine, accel, deadline, &stop_requests)?;
+    if args.accel == Accel::Auto
+        && accel == Accel::Kvm
+        && vm.console_lines == 0
+        && !vm.status.success()
+    {
+        // KVM can be there and still fail (a nested or software hypervisor).
+        eprintln!("builderd: QEMU failed with KVM before the guest said anything; trying TCG");
+        vm = supervise(&machine, Accel::Tcg, deadline, &stop_requests)?;
+    }
+    if vm.timed_out {
+        eprintln!(
+            "builderd: the VM ran past --timeout {} s and was stopped",
+            args.timeout
+        );
+        return Ok(std::process::ExitCode::from(TIMED_OUT));
+    }
+    match vm.exit_code {
+        Some(code) => Ok(std::process::ExitCode::from(code.clamp(0, 255) as u8)),
+        None => bail!(
+            "the VM stopped ({}) without the app's exit line on the console; see the console output above",
+            vm.status
+        ),
+    }
+}
 
-    // The console: echoed line by line, watched for the init's exit line.
+/// How one QEMU run ended.
+struct Ended {
+    status: std::process::ExitStatus,
+    /// From the init's exit line.
+    exit_code: Option<i32>,
+    console_lines: usize,
+    timed_out: bool,
+}
+
+/// Runs the VM to its end: the console echoed line by line and watched for
+/// the init's exit line; a stop request presses Ctrl-Alt-Del, a second one
+/// (or the deadline) kills QEMU.
+fn supervise(
+    machine: &qemu::Machine,
+    accel: Accel,
+    deadline: Instant,
+    stop_requests: &AtomicUsize,
+) -> Result<Ended> {
+    let mut child = machine.spawn(accel)?;
     let exit_code = Arc::new(Mutex::new(None));
+    let lines = Arc::new(AtomicUsize::new(0));
     let console = child.stdout.take().expect("stdout is piped");
     let reader = {
-        let exit_code = exit_code.clone();
+        let (exit_code, lines) = (exit_code.clone(), lines.clone());
         std::thread::spawn(move || {
             let mut out = std::io::stdout();
             for line in BufReader::new(console).split(b'\n').map_while(Result::ok) {
+                lines.fetch_add(1, Ordering::Relaxed);
                 let _ = out.write_all(&line);
                 let _ = out.write_all(b"\n");
                 let _ = out.flush();
@@ -113,20 +167,13 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
             }
         })
     };
-
-    let stop_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_usize(sig, stop_requests.clone(), 1)?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let timed_out = AtomicBool::new(false);
     let mut asked = false;
+    let mut timed_out = false;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        if stop_requests.load(Ordering::Relaxed) > 0 {
-            stop_requests.store(0, Ordering::Relaxed);
+        if stop_requests.swap(0, Ordering::Relaxed) > 0 {
             if asked {
                 eprintln!("builderd: stopping the VM now");
                 let _ = child.kill();
@@ -141,27 +188,20 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
                 }
             }
         }
-        if Instant::now() > deadline && !timed_out.load(Ordering::Relaxed) {
-            timed_out.store(true, Ordering::Relaxed);
+        if Instant::now() > deadline && !timed_out {
+            timed_out = true;
             let _ = child.kill();
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let _ = reader.join();
-    if timed_out.load(Ordering::Relaxed) {
-        eprintln!(
-            "builderd: the VM ran past --timeout {} s and was stopped",
-            args.timeout
-        );
-        return Ok(std::process::ExitCode::from(TIMED_OUT));
-    }
-    let code = *exit_code.lock().unwrap();
-    match code {
-        Some(code) => Ok(std::process::ExitCode::from(code.clamp(0, 255) as u8)),
-        None => bail!(
-            "the VM stopped ({status}) without the app's exit line on the console; see the console output above"
-        ),
-    }
+    let exit_code = *exit_code.lock().unwrap();
+    Ok(Ended {
+        status,
+        exit_code,
+        console_lines: lines.load(Ordering::Relaxed),
+        timed_out,
+    })
 }
 
 /// The command line from the image's metadata file, else DIRECT_EXEC's.

@@ -56,6 +56,8 @@ impl Machine<'_> {
             Accel::Auto | Accel::Tcg => "tcg",
             Accel::Kvm => "kvm",
         };
+        // A retry (TCG after KVM failed) makes its socket afresh.
+        let _ = std::fs::remove_file(&self.qmp);
         let mut drive = format!(
             "file={},format=raw,if=virtio,cache=unsafe",
             self.image.display()
