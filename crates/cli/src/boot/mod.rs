@@ -4,6 +4,7 @@
 //! the app gets SIGTERM); a second one stops the VM at once.
 
 mod initramfs;
+mod kernel;
 mod qemu;
 
 use std::io::{BufRead, BufReader, Write};
@@ -77,6 +78,10 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
             path
         }
     };
+    let bootable = kernel::bootable(
+        &kernel,
+        &builderd_oci::BlobCache::default_dir().join("kernels"),
+    )?;
     let mut cmdline = kernel_cmdline(&args.image)?;
     cmdline += " quiet";
     if let Some(extra) = &args.append {
@@ -84,7 +89,7 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
         cmdline += extra;
     }
     let machine = qemu::Machine {
-        kernel: &kernel,
+        kernel: &bootable,
         initrd: &initrd,
         image: &args.image,
         cmdline: &cmdline,
