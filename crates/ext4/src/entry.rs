@@ -38,6 +38,23 @@ pub struct Metadata {
     pub xattrs: Vec<Xattr>,
 }
 
+impl Metadata {
+    /// Owned by root, with every time at `secs` and no xattrs: what an entry
+    /// gets that no source describes.
+    pub fn root_owned(mode: u16, secs: i64) -> Metadata {
+        let t = Timestamp::new(secs, 0);
+        Metadata {
+            mode,
+            uid: 0,
+            gid: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            xattrs: Vec::new(),
+        }
+    }
+}
+
 /// Character or block device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceKind {

@@ -488,19 +488,10 @@ impl Finisher {
     }
 
     fn fill_implicit(&mut self, fs_time: i64) {
-        let t = Timestamp::new(fs_time, 0);
         for &id in &self.order {
             let node = self.w.tree.node_mut(id);
             if node.implicit {
-                node.meta = Metadata {
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                    atime: t,
-                    mtime: t,
-                    ctime: t,
-                    xattrs: Vec::new(),
-                };
+                node.meta = Metadata::root_owned(0o755, fs_time);
             }
         }
     }

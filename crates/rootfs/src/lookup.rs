@@ -2,7 +2,7 @@
 //! inside the image (an absolute target starts at the image's root), `..`
 //! never above the root. Nothing on the host is looked at.
 
-use builderd_ext4::{EntryKind, Writer};
+use builderd_ext4::{EntryKind, Metadata, Writer};
 
 use crate::Error;
 
@@ -81,7 +81,7 @@ pub fn ensure_dir(w: &mut Writer, path: &str, time: i64) -> Result<String, Error
                 )));
             }
             None => {
-                w.mkdir(next.as_bytes(), crate::strategy::meta(0o755, time))?;
+                w.mkdir(next.as_bytes(), Metadata::root_owned(0o755, time))?;
                 real = next;
             }
         }

@@ -1,6 +1,6 @@
 //! The three init strategies and what each adds to the image.
 
-use builderd_ext4::{Metadata, Timestamp, Writer};
+use builderd_ext4::{Metadata, Writer};
 use builderd_init::{RunConfig, CUSTOM_INIT_PATH, INIT_PATH, RUN_CONFIG_PATH};
 
 use crate::lookup::{self, Kind};
@@ -49,22 +49,8 @@ fn cmdline(init: &str) -> String {
     format!("console=ttyS0 reboot=k panic=1 root=/dev/vda rw init={init}")
 }
 
-/// Root-owned metadata at the content's time (so builds stay reproducible).
-pub(crate) fn meta(mode: u16, time: i64) -> Metadata {
-    let t = Timestamp::new(time, 0);
-    Metadata {
-        mode,
-        uid: 0,
-        gid: 0,
-        atime: t,
-        mtime: t,
-        ctime: t,
-        xattrs: Vec::new(),
-    }
-}
-
 fn add_file(w: &mut Writer, path: &str, mode: u16, data: &[u8], time: i64) -> Result<(), Error> {
-    let mut f = w.file(path.as_bytes(), meta(mode, time))?;
+    let mut f = w.file(path.as_bytes(), Metadata::root_owned(mode, time))?;
     f.write(data)?;
     f.finish()?;
     Ok(())
@@ -81,7 +67,7 @@ pub fn install(w: &mut Writer, plan: &Plan) -> Result<Installed, Error> {
     }
     let time = w.content_time();
     let run_json = serde_json::to_vec_pretty(&plan.run).expect("a run config always serialises");
-    w.mkdir(b".builderd", meta(0o755, time))?;
+    w.mkdir(b".builderd", Metadata::root_owned(0o755, time))?;
     add_file(w, RUN_CONFIG_PATH, 0o644, &run_json, time)?;
     let mut warnings = Vec::new();
     let init = match plan.strategy {

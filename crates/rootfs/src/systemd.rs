@@ -2,7 +2,7 @@
 //! enabled for the default target, which powers the VM off when the app
 //! stops and reports its exit code on the console.
 
-use builderd_ext4::Writer;
+use builderd_ext4::{Metadata, Writer};
 use builderd_init::{RunConfig, INIT_PATH};
 
 use crate::lookup::{self, Kind};
@@ -51,13 +51,13 @@ pub fn install(w: &mut Writer, run: &RunConfig, time: i64) -> Result<String, Err
     if w.entry(unit_path.as_bytes())?.is_some() {
         return Err(Error::Invalid(format!("the image already has {unit_path}")));
     }
-    let mut f = w.file(unit_path.as_bytes(), crate::strategy::meta(0o644, time))?;
+    let mut f = w.file(unit_path.as_bytes(), Metadata::root_owned(0o644, time))?;
     f.write(unit.as_bytes())?;
     f.finish()?;
     w.symlink(
         format!("{wants}/{UNIT}").as_bytes(),
         unit_path.as_bytes(),
-        crate::strategy::meta(0o777, time),
+        Metadata::root_owned(0o777, time),
     )?;
     Ok(systemd)
 }
