@@ -132,8 +132,10 @@ fn mounted(target: &str) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(target))
 }
 
-/// When the kernel found no /dev/console to open for us, fds 0 to 2 point
-/// nowhere useful; take the console now that devtmpfs has it.
+/// When the kernel found no /dev/console to give the init (an image without
+/// /dev, booted with no initramfs), fds 0 to 2 are closed or on /dev/null
+/// (Rust's runtime opens it for closed standard fds); take the console now
+/// that devtmpfs has it.
 fn console() {
     // SAFETY: fcntl on fd numbers is harmless whether or not they are open.
     let ok = unsafe { libc::fcntl(1, libc::F_GETFD) } >= 0
