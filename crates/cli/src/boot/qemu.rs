@@ -52,9 +52,9 @@ impl Machine<'_> {
     /// Starts QEMU with its console on a pipe.
     pub fn spawn(&self, accel: Accel) -> Result<Child> {
         let accel = match accel {
+            Accel::Kvm => "kvm",
             Accel::Auto if kvm_usable() => "kvm",
             Accel::Auto | Accel::Tcg => "tcg",
-            Accel::Kvm => "kvm",
         };
         // A retry (TCG after KVM failed) makes its socket afresh.
         let _ = std::fs::remove_file(&self.qmp);
