@@ -193,8 +193,10 @@ pub fn run(args: Args) -> Result<()> {
     // The request is checked before the long part.
     let plan = args.boot.plan(&image.run)?;
     let json_path = metadata_path(&args.output);
-    let compressed_path = crate::compress::path_for(&args.output, args.boot.compression);
-    let pending_compressed = compressed_path.as_deref().map(Pending::new).transpose()?;
+    // The compressed copy, if asked for: its final name and its temp file.
+    let copy = crate::compress::path_for(&args.output, args.boot.compression)
+        .map(|path| Pending::new(&path).map(|pending| (path, pending)))
+        .transpose()?;
     let pending = Pending::new(&args.output)?;
     let pending_json = Pending::new(&json_path)?;
     let mut writer = Writer::new(pending.file()?, args.ext4.options()?)?;
@@ -236,8 +238,8 @@ pub fn run(args: Args) -> Result<()> {
         flushed.and(sha256)
     })?;
     let checksummed = Instant::now();
-    let compressed = match (&pending_compressed, &compressed_path) {
-        (Some(p), Some(path)) => {
+    let compressed = match &copy {
+        Some((path, p)) => {
             let (sha256, size_bytes) =
                 crate::compress::compress(pending.path(), p, args.boot.compression)?;
             Some(CompressedInfo {
@@ -247,7 +249,7 @@ pub fn run(args: Args) -> Result<()> {
                 size_bytes,
             })
         }
-        _ => None,
+        None => None,
     };
     let compressed_at = Instant::now();
 
@@ -295,15 +297,15 @@ pub fn run(args: Args) -> Result<()> {
     serde_json::to_writer_pretty(pending_json.file()?, &meta)?;
     // The metadata goes last: while it is missing, the build is not done.
     pending.commit()?;
-    let committed = match (pending_compressed, &compressed_path) {
-        (Some(p), Some(_)) => p.commit().map(drop),
-        _ => Ok(()),
+    let mut committed = vec![args.output.clone()];
+    let result = match copy {
+        Some((path, p)) => p.commit().map(|_| committed.push(path)),
+        None => Ok(()),
     }
-    .and_then(|()| pending_json.commit());
-    if let Err(e) = committed {
-        let _ = std::fs::remove_file(&args.output);
-        if let Some(c) = &compressed_path {
-            let _ = std::fs::remove_file(c);
+    .and_then(|()| pending_json.commit().map(drop));
+    if let Err(e) = result {
+        for path in committed {
+            let _ = std::fs::remove_file(path);
         }
         return Err(e);
     }
@@ -420,7 +422,7 @@ fn file_sha256(path: &Path) -> Result<String> {
             pos += n as u64;
         }
     }
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(Digest::of_hasher(hash).hex().to_string())
 }
 
 /// Resolves the image against the registry (always: the manifest says what

@@ -74,11 +74,6 @@ pub fn compress(image: &Path, pending: &Pending, kind: CopyFormat) -> Result<(St
         .get_ref()
         .sync_all()
         .context("flushing the compressed image to disk")?;
-    let sha = out
-        .hash
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = builderd_oci::Digest::of_hasher(out.hash).hex().to_string();
     Ok((sha, out.bytes))
 }

@@ -63,6 +63,13 @@ fn pushed_busybox(dir: &Path, registry: &TestRegistry) -> String {
     format!("docker://{}/boot/busybox:v1", registry.addr)
 }
 
+/// The busybox image as an OCI layout; answers its source.
+fn local_busybox(dir: &Path) -> String {
+    let layout = dir.join("layout");
+    busybox_image(&layout);
+    format!("oci:{}:v1", layout.display())
+}
+
 fn metadata(image: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(format!("{}.json", image.display())).unwrap()).unwrap()
 }
@@ -189,9 +196,7 @@ while :; do busybox sleep 0.1; done"#;
 #[test]
 fn init_failures_are_a_console_message_and_a_power_off() {
     let dir = tmp();
-    let layout = dir.path().join("layout");
-    busybox_image(&layout);
-    let source = format!("oci:{}:v1", layout.display());
+    let source = local_busybox(dir.path());
     let image = dir.path().join("missing.ext4");
     built(&source, &image, &["--entrypoint", "/no/such/app"]);
     let o = boot(&image, BOOT_TIMEOUT);
@@ -329,9 +334,7 @@ fn systemd_strategy_boots_debian_to_the_apps_unit() {
 #[test]
 fn boot_options_are_checked_and_written() {
     let dir = tmp();
-    let layout = dir.path().join("layout");
-    busybox_image(&layout);
-    let source = format!("oci:{}:v1", layout.display());
+    let source = local_busybox(dir.path());
 
     // Compressed copies decompress to the image, with their own checksums.
     let image = dir.path().join("c.ext4");

@@ -4,50 +4,17 @@
 //! image often has none), move /dev across, and hand over to the `init=` the
 //! command line names, as PID 1.
 
-use std::ffi::CString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::setup::warn;
+use crate::sys::{cstr, mount};
 
 /// The modules to load, in order, one file name per line.
 const MODULE_LIST: &str = "/modules.order";
 const NEW_ROOT: &str = "/newroot";
 /// How long to wait for the root device to appear.
 const ROOT_WAIT: Duration = Duration::from_secs(10);
-
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap_or_default()
-}
-
-fn mount(
-    src: &str,
-    target: &str,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: &str,
-) -> std::io::Result<()> {
-    let (s, t, f, d) = (c(src), c(target), c(fstype), c(data));
-    // SAFETY: live NUL-terminated strings; a null fstype only with MS_MOVE.
-    let rc = unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            if fstype.is_empty() {
-                std::ptr::null()
-            } else {
-                f.as_ptr()
-            },
-            flags,
-            d.as_ptr().cast(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
 
 /// Runs the initramfs stage; only returns on failure.
 pub fn run() -> String {
@@ -103,7 +70,7 @@ fn stage() -> Result<Never, String> {
     }
     mount("/dev", &format!("{NEW_ROOT}/dev"), "", libc::MS_MOVE, "")
         .map_err(|e| format!("cannot move /dev into the root: {e}"))?;
-    let p = c("/proc");
+    let p = cstr("/proc");
     // SAFETY: umount with a live string; the new init mounts its own /proc.
     unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
     switch_root(&init)
@@ -121,7 +88,7 @@ fn load_modules() -> Result<(), String> {
         } else {
             4 /* MODULE_INIT_COMPRESSED_FILE */
         };
-        let args = c("");
+        let args = cstr("");
         use std::os::fd::AsRawFd;
         // SAFETY: finit_module with an open descriptor and a live string.
         let rc = unsafe {
@@ -148,7 +115,7 @@ fn switch_root(init: &str) -> Result<Never, String> {
     std::env::set_current_dir(NEW_ROOT).map_err(|e| format!("cannot enter the root: {e}"))?;
     mount(".", "/", "", libc::MS_MOVE, "")
         .map_err(|e| format!("cannot move the root to /: {e}"))?;
-    let dot = c(".");
+    let dot = cstr(".");
     // SAFETY: chroot and chdir with live strings.
     if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
         return Err(format!(

@@ -13,6 +13,7 @@
 mod initramfs;
 mod setup;
 mod supervise;
+mod sys;
 
 use std::io::Write;
 

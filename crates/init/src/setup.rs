@@ -1,12 +1,9 @@
 //! The system an app expects, made at boot: pseudo filesystems, console,
 //! hostname, loopback, limits; and the end: sync, read-only root, power-off.
 
-use std::ffi::CString;
 use std::path::Path;
 
-fn cstr(s: &str) -> CString {
-    CString::new(s).expect("no NUL in the fixed strings used here")
-}
+use crate::sys::{cstr, mount};
 
 fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
@@ -95,20 +92,7 @@ pub fn system() -> Result<(), String> {
             warn(&format!("cannot make the mount point {}: {e}", m.target));
             continue;
         }
-        let (src, target, fstype, data) =
-            (cstr(m.source), cstr(m.target), cstr(m.fstype), cstr(m.data));
-        // SAFETY: every pointer is a live NUL-terminated string.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                m.flags,
-                data.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            let e = errno();
+        if let Err(e) = mount(m.source, m.target, m.fstype, m.flags, m.data) {
             if m.target == "/proc" {
                 return Err(format!("cannot mount /proc: {e}"));
             }
@@ -222,23 +206,13 @@ fn limits() {
 /// Flushes everything and makes the root read-only, so the image is clean
 /// (journal checkpointed) when the VM stops.
 pub fn sync_and_freeze_root() {
-    // SAFETY: sync and mount with live strings.
-    unsafe {
-        libc::sync();
-        let root = cstr("/");
-        let none = cstr("");
-        if libc::mount(
-            none.as_ptr(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REMOUNT | libc::MS_RDONLY,
-            std::ptr::null(),
-        ) != 0
-        {
-            warn(&format!("cannot remount / read-only: {}", errno()));
-        }
-        libc::sync();
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    if let Err(e) = mount("", "/", "", libc::MS_REMOUNT | libc::MS_RDONLY, "") {
+        warn(&format!("cannot remount / read-only: {e}"));
     }
+    // SAFETY: as above.
+    unsafe { libc::sync() };
 }
 
 pub fn power_off() -> ! {

@@ -101,7 +101,7 @@ pub fn run_app(config: &RunConfig) -> Result<i32, String> {
             continue;
         };
         match signal {
-            libc::SIGCHLD => exit = reap(Some(app)),
+            libc::SIGCHLD => exit = reap_all(Some(app)).0,
             libc::SIGPWR => kill_at = Some(shutdown(app, kill_at)),
             libc::SIGINT if from_kernel => kill_at = Some(shutdown(app, kill_at)),
             s => {
@@ -151,11 +151,6 @@ fn wait_signal(set: &libc::sigset_t, deadline: Option<Instant>) -> Option<(i32, 
         }
         // EINTR: wait again.
     }
-}
-
-/// Collects every exited child; answers the app's exit code if it was one.
-fn reap(app: Option<libc::pid_t>) -> Option<i32> {
-    reap_all(app).0
 }
 
 /// Collects every exited child: the app's exit code if it was one, and

@@ -31,7 +31,12 @@ impl Digest {
     }
 
     pub fn of(data: &[u8]) -> Digest {
-        Digest(format!("sha256:{}", hex(&Sha256::digest(data))))
+        Digest::of_hasher(Sha256::new_with_prefix(data))
+    }
+
+    /// The digest of what `hash` was fed.
+    pub fn of_hasher(hash: Sha256) -> Digest {
+        Digest(format!("sha256:{}", hex(&hash.finalize())))
     }
 
     pub fn as_str(&self) -> &str {

@@ -12,7 +12,7 @@ mod systemd;
 
 pub use builderd_init::RunConfig;
 pub use run::{Overrides, ParseError};
-pub use strategy::{install, InitStrategy, Installed, Plan};
+pub use strategy::{install, kernel_cmdline, InitStrategy, Installed, Plan};
 
 /// builderd-init, built static by this crate's build script.
 pub static INIT: &[u8] = include_bytes!(env!("BUILDERD_INIT_PATH"));

@@ -44,8 +44,8 @@ pub struct Installed {
     pub warnings: Vec<String>,
 }
 
-/// The boot command line for an image whose PID 1 is `init`.
-fn cmdline(init: &str) -> String {
+/// The command line that boots an image as `/dev/vda` with `init` as PID 1.
+pub fn kernel_cmdline(init: &str) -> String {
     format!("console=ttyS0 reboot=k panic=1 root=/dev/vda rw init={init}")
 }
 
@@ -99,7 +99,7 @@ pub fn install(w: &mut Writer, plan: &Plan) -> Result<Installed, Error> {
         }
     };
     Ok(Installed {
-        kernel_cmdline: cmdline(&init),
+        kernel_cmdline: kernel_cmdline(&init),
         warnings,
     })
 }

@@ -15,35 +15,6 @@ const NEEDED: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];
 /// crypto API's crc32c); either implementation will do.
 const WANTED: &[&str] = &["crc32c_intel", "crc32c_generic"];
 
-/// The kernel release a bzImage says it is, from its boot header.
-pub fn kernel_release(kernel: &Path) -> Result<String> {
-    let head = {
-        use std::io::Read;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut f = std::fs::File::open(kernel).with_context(|| format!("{}", kernel.display()))?;
-        let n = f.read(&mut buf)?;
-        buf.truncate(n);
-        buf
-    };
-    if head.get(0x202..0x206) != Some(b"HdrS") {
-        bail!(
-            "{}: not a Linux bzImage (no boot header); give --modules DIR",
-            kernel.display()
-        );
-    }
-    let offset = u16::from_le_bytes([head[0x20e], head[0x20f]]) as usize + 0x200;
-    let text = head.get(offset..).unwrap_or_default();
-    let end = text.iter().position(|&b| b == b' ' || b == 0).unwrap_or(0);
-    let release = std::str::from_utf8(&text[..end]).unwrap_or_default();
-    if release.is_empty() {
-        bail!(
-            "{}: the boot header names no kernel release; give --modules DIR",
-            kernel.display()
-        );
-    }
-    Ok(release.to_string())
-}
-
 /// The module files to load, dependencies first, under `modules_dir`.
 fn module_files(modules_dir: &Path) -> Result<Vec<PathBuf>> {
     let dep_path = modules_dir.join("modules.dep");

@@ -7,41 +7,70 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use sha2::{Digest as _, Sha256};
+use anyhow::{bail, Context, Result};
+use builderd_oci::Digest;
 
-/// The file to give QEMU's -kernel for `kernel`: the unpacked ELF when the
-/// kernel has a PVH entry, else the bzImage itself.
-pub fn bootable(kernel: &Path, cache: &Path) -> Result<PathBuf> {
-    let image = std::fs::read(kernel).with_context(|| format!("{}", kernel.display()))?;
-    let Some(payload) = payload(&image) else {
-        return Ok(kernel.to_path_buf()); // not a bzImage: QEMU takes it as it is
-    };
-    let sha: String = Sha256::digest(&image)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let elf_path = cache.join(format!("{sha}.vmlinux"));
-    if elf_path.exists() {
-        return Ok(elf_path);
+/// A kernel file, read once.
+pub struct Kernel {
+    path: PathBuf,
+    image: Vec<u8>,
+}
+
+impl Kernel {
+    pub fn read(path: &Path) -> Result<Kernel> {
+        let image = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+        Ok(Kernel {
+            path: path.to_path_buf(),
+            image,
+        })
     }
-    let elf = match unpack(payload) {
-        Ok(elf) if has_pvh_entry(&elf) => elf,
-        _ => return Ok(kernel.to_path_buf()),
-    };
-    std::fs::create_dir_all(cache).with_context(|| format!("{}", cache.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(cache)?;
-    std::io::Write::write_all(&mut tmp, &elf)?;
-    tmp.persist(&elf_path)?;
-    Ok(elf_path)
+
+    /// The x86 boot header, when the file is a bzImage.
+    fn boot_header(&self) -> Option<&[u8]> {
+        (self.image.get(0x202..0x206)? == b"HdrS").then_some(&self.image[..])
+    }
+
+    /// The kernel release the boot header names (for /lib/modules/RELEASE).
+    pub fn release(&self) -> Result<String> {
+        let shown = self.path.display();
+        let Some(image) = self.boot_header() else {
+            bail!("{shown}: not a Linux bzImage (no boot header); give --modules DIR");
+        };
+        let offset = u16::from_le_bytes([image[0x20e], image[0x20f]]) as usize + 0x200;
+        let text = image.get(offset..).unwrap_or_default();
+        let end = text.iter().position(|&b| b == b' ' || b == 0).unwrap_or(0);
+        match std::str::from_utf8(&text[..end]) {
+            Ok(release) if !release.is_empty() => Ok(release.to_string()),
+            _ => bail!("{shown}: the boot header names no kernel release; give --modules DIR"),
+        }
+    }
+
+    /// The file to give QEMU's -kernel: the unpacked ELF when the kernel has
+    /// a PVH entry, else the kernel file itself.
+    pub fn bootable(&self, cache: &Path) -> Result<PathBuf> {
+        let Some(payload) = self.boot_header().and_then(payload) else {
+            return Ok(self.path.clone()); // not a bzImage: QEMU takes it as it is
+        };
+        let sha = Digest::of(&self.image);
+        let elf_path = cache.join(format!("{}.vmlinux", sha.hex()));
+        if elf_path.exists() {
+            return Ok(elf_path);
+        }
+        let elf = match unpack(payload) {
+            Ok(elf) if has_pvh_entry(&elf) => elf,
+            _ => return Ok(self.path.clone()),
+        };
+        std::fs::create_dir_all(cache).with_context(|| format!("{}", cache.display()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(cache)?;
+        std::io::Write::write_all(&mut tmp, &elf)?;
+        tmp.persist(&elf_path)?;
+        Ok(elf_path)
+    }
 }
 
 /// The compressed kernel inside a bzImage, by its boot header's
 /// payload_offset and payload_length.
 fn payload(image: &[u8]) -> Option<&[u8]> {
-    if image.get(0x202..0x206)? != b"HdrS" {
-        return None;
-    }
     let u32_at =
         |o: usize| Some(u32::from_le_bytes(image.get(o..o + 4)?.try_into().ok()?) as usize);
     let setup_sects = match *image.get(0x1f1)? {

@@ -7,6 +7,8 @@ mod initramfs;
 mod kernel;
 mod qemu;
 
+use kernel::Kernel;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,10 +59,10 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
     if !args.image.is_file() {
         bail!("{}: no such image", args.image.display());
     }
-    let kernel = match &args.kernel {
+    let kernel = Kernel::read(&match &args.kernel {
         Some(k) => k.clone(),
         None => newest_kernel()?,
-    };
+    })?;
     let scratch = tempfile::Builder::new()
         .prefix("builderd-boot-")
         .tempdir()?;
@@ -69,7 +71,7 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
         None => {
             let modules = match &args.modules {
                 Some(m) => m.clone(),
-                None => Path::new("/lib/modules").join(initramfs::kernel_release(&kernel)?),
+                None => Path::new("/lib/modules").join(kernel.release()?),
             };
             let path = scratch.path().join("initrd.cpio");
             let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
@@ -78,10 +80,7 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
             path
         }
     };
-    let bootable = kernel::bootable(
-        &kernel,
-        &builderd_oci::BlobCache::default_dir().join("kernels"),
-    )?;
+    let bootable = kernel.bootable(&builderd_oci::BlobCache::default_dir().join("kernels"))?;
     let mut cmdline = kernel_cmdline(&args.image)?;
     cmdline += " quiet";
     if let Some(extra) = &args.append {
@@ -103,11 +102,7 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
         signal_hook::flag::register_usize(sig, stop_requests.clone(), 1)?;
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let accel = match args.accel {
-        Accel::Auto if qemu::kvm_usable() => Accel::Kvm,
-        Accel::Auto => Accel::Tcg,
-        a => a,
-    };
+    let accel = args.accel.resolve();
     let mut vm = supervise(&machine, accel, deadline, &stop_requests)?;
     if args.accel == Accel::Auto
         && accel == Accel::Kvm
@@ -222,10 +217,9 @@ fn kernel_cmdline(image: &Path) -> Result<String> {
                 .map(str::to_string)
                 .with_context(|| format!("{}: has no kernel_cmdline", Path::new(&meta).display()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(format!(
-            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init={}",
-            builderd_init::INIT_PATH
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(builderd_rootfs::kernel_cmdline(builderd_init::INIT_PATH))
+        }
         Err(e) => Err(e).with_context(|| format!("{}", Path::new(&meta).display())),
     }
 }

@@ -31,10 +31,21 @@ pub struct Machine<'a> {
     pub qmp: PathBuf,
 }
 
+impl Accel {
+    /// `Auto` made concrete: KVM when it can run guests here, else TCG.
+    pub fn resolve(self) -> Accel {
+        match self {
+            Accel::Auto if kvm_usable() => Accel::Kvm,
+            Accel::Auto => Accel::Tcg,
+            a => a,
+        }
+    }
+}
+
 /// Whether KVM can run guests here: /dev/kvm opens, and the CPU has
 /// hardware virtualisation (a software hypervisor behind /dev/kvm, as on
 /// some cloud VMs, makes QEMU abort or crawl).
-pub fn kvm_usable() -> bool {
+fn kvm_usable() -> bool {
     let opens = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -51,10 +62,9 @@ pub fn kvm_usable() -> bool {
 impl Machine<'_> {
     /// Starts QEMU with its console on a pipe.
     pub fn spawn(&self, accel: Accel) -> Result<Child> {
-        let accel = match accel {
+        let accel = match accel.resolve() {
             Accel::Kvm => "kvm",
-            Accel::Auto if kvm_usable() => "kvm",
-            Accel::Auto | Accel::Tcg => "tcg",
+            _ => "tcg",
         };
         // A retry (TCG after KVM failed) makes its socket afresh.
         let _ = std::fs::remove_file(&self.qmp);
