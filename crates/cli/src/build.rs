@@ -19,6 +19,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::boot_args::BootArgs;
+use crate::events::{self, SizeLimitExceeded};
 use crate::ext4_args::Ext4Args;
 use crate::output::Pending;
 use crate::progress::Bar;
@@ -40,8 +41,15 @@ pub struct Args {
     #[arg(long)]
     platform: Option<String>,
     /// Registry credentials (otherwise ~/.docker/config.json's, if any).
-    #[arg(long, value_name = "USER:PASS")]
+    #[arg(long, value_name = "USER:PASS", env = "BUILDERD_CREDS", hide_env_values = true)]
     creds: Option<String>,
+    /// Never read ~/.docker/config.json (the service builds for tenants, who
+    /// must not borrow the operator's registry logins).
+    #[arg(long)]
+    no_docker_config: bool,
+    /// How to report: text for a person, json lines on stderr for a program.
+    #[arg(long, value_enum, default_value = "text")]
+    events: EventsFormat,
     /// Allow plain HTTP to this registry (loopback registries always may).
     #[arg(long, value_name = "HOST[:PORT]")]
     insecure_registry: Vec<String>,
@@ -55,6 +63,12 @@ pub struct Args {
     ext4: Ext4Args,
     #[command(flatten)]
     boot: BootArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsFormat {
+    Text,
+    Json,
 }
 
 /// Parallel layer downloads.
@@ -121,6 +135,10 @@ struct Timings {
 
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
+    if args.events == EventsFormat::Json {
+        events::enable_json();
+    }
+    events::stage("preparing");
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
@@ -159,6 +177,7 @@ pub fn run(args: Args) -> Result<()> {
                         password: password.into(),
                     })
                 }
+                None if args.no_docker_config => None,
                 None => docker_config_credentials(&r.registry),
             };
             let registry = Registry::new(
@@ -166,8 +185,9 @@ pub fn run(args: Args) -> Result<()> {
                 creds,
                 &args.insecure_registry,
                 RetryPolicy::default(),
-                Box::new(|m| eprintln!("builderd: {m}")),
+                Box::new(|m| events::warn(&m)),
             )?;
+            events::stage("downloading");
             let image = pull(&registry, &cache, &r, &platform)?;
             (Box::new(cache), image)
         }
@@ -182,13 +202,13 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let resolved = Instant::now();
-    eprintln!(
-        "builderd: {}: manifest {}, {} layers, {}",
+    events::info(&format!(
+        "{}: manifest {}, {} layers, {}",
         args.source,
         image.manifest_digest,
         image.layers.len(),
         human(image.layers.iter().map(|l| l.size).sum())
-    );
+    ));
 
     // The request is checked before the long part.
     let plan = args.boot.plan(&image.run)?;
@@ -199,6 +219,7 @@ pub fn run(args: Args) -> Result<()> {
         .transpose()?;
     let pending = Pending::new(&args.output)?;
     let pending_json = Pending::new(&json_path)?;
+    events::stage("building");
     let mut writer = Writer::new(pending.file()?, args.ext4.options()?)?;
     let total: u64 = image.layers.iter().map(|l| l.size).sum();
     let bar = Bar::bytes(total, "writing");
@@ -206,28 +227,29 @@ pub fn run(args: Args) -> Result<()> {
     let terminal = std::io::stderr().is_terminal();
     let stats = builderd_flatten::flatten(&layers, &mut writer, &|layer| {
         if !terminal {
-            eprintln!("builderd: layer {} written", layer.name)
+            events::info(&format!("layer {} written", layer.name))
         }
     })?;
     bar.finish();
     let installed = builderd_rootfs::install(&mut writer, &plan)?;
     for w in &installed.warnings {
-        eprintln!("builderd: warning: {w}");
+        events::warn(w);
     }
     let flattened = Instant::now();
+    events::stage("optimizing");
     let (summary, file) = writer.finish()?;
     drop(file);
     if let Some(limit) = args.boot.size_limit {
         if summary.image_bytes() > limit {
-            anyhow::bail!(
-                "the image is {} bytes ({}), over the size limit of {limit} bytes ({}); raise --size-limit or make the image smaller",
-                summary.image_bytes(),
-                human(summary.image_bytes()),
-                human(limit)
-            );
+            return Err(SizeLimitExceeded {
+                size: summary.image_bytes(),
+                limit,
+            }
+            .into());
         }
     }
     let finished = Instant::now();
+    events::stage("packaging");
     // Hashing (CPU) and flushing to disk (I/O) overlap.
     let sha256 = std::thread::scope(|scope| {
         let hashing = scope.spawn(|| file_sha256(pending.path()));
@@ -309,6 +331,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         return Err(e);
     }
+    events::progress("written", summary.image_bytes(), summary.image_bytes(), stats.written, true);
     println!(
         "wrote {}: {} layers, {} entries ({} masked by upper layers), {} of file data; image {} ({} allocated); {:.2} s",
         args.output.display(),
@@ -485,6 +508,20 @@ fn download_layers(registry: &Registry, cache: &BlobCache, image: &Image) -> Res
     .expect("the template is valid")
     .progress_chars("=> ");
     let next = std::sync::atomic::AtomicUsize::new(0);
+    // Bytes fetched of each layer, for the progress events.
+    let fetched: Vec<std::sync::atomic::AtomicU64> = image
+        .layers
+        .iter()
+        .map(|_| std::sync::atomic::AtomicU64::new(0))
+        .collect();
+    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    let report = || {
+        let done = fetched
+            .iter()
+            .map(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        events::progress("downloading", done, total, 0, false);
+    };
     let failure: std::sync::Mutex<Option<builderd_oci::Error>> = std::sync::Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..DOWNLOADS.min(image.layers.len()) {
@@ -502,21 +539,25 @@ fn download_layers(registry: &Registry, cache: &BlobCache, image: &Image) -> Res
                 bar.set_message(format!("layer {short}"));
                 let started = Instant::now();
                 match fetch_to_cache(registry, cache, &layer.digest, layer.size, &|done| {
-                    bar.set_position(done)
+                    bar.set_position(done);
+                    fetched[i].store(done, std::sync::atomic::Ordering::Relaxed);
+                    report();
                 }) {
-                    Ok(fetched) => {
+                    Ok(was_fetched) => {
+                        fetched[i].store(layer.size, std::sync::atomic::Ordering::Relaxed);
+                        report();
                         bar.finish_and_clear();
                         if !terminal {
-                            let what = if fetched {
+                            let what = if was_fetched {
                                 format!("downloaded in {:.2} s", started.elapsed().as_secs_f64())
                             } else {
                                 "cached".to_string()
                             };
-                            eprintln!(
-                                "builderd: layer {} ({}): {what}",
+                            events::info(&format!(
+                                "layer {} ({}): {what}",
                                 layer.digest,
                                 human(layer.size)
-                            );
+                            ));
                         }
                     }
                     Err(e) => {

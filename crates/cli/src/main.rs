@@ -4,6 +4,7 @@ mod boot;
 mod boot_args;
 mod build;
 mod compress;
+mod events;
 mod ext4_args;
 mod mkfs;
 mod output;
@@ -43,7 +44,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("builderd: error: {}", message(&e));
+            events::error(&message(&e), events::Category::of(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,0 +1,174 @@
+//! What `builderd build` tells while it works: log lines for a person, or with
+//! `--events json` one JSON object a line on stderr, for `builderd serve`,
+//! which runs each build as a child process and follows it by these.
+//!
+//! The objects: `{"stage": "downloading"}`, `{"progress": {"step", "done",
+//! "total", "files"}}`, `{"log": "…", "level": "info"|"warn"}` and, last on
+//! failure, `{"error": "…", "category": "source"|"build"|"resource"}`.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Progress lines at most this often: the service stores each one.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+static LAST_PROGRESS: Mutex<Option<Instant>> = Mutex::new(None);
+
+pub fn enable_json() {
+    JSON.store(true, Ordering::Relaxed);
+}
+
+pub fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+fn emit(value: serde_json::Value) {
+    // One write a line, so lines from threads never interleave.
+    let line = format!("{value}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// The build entered a stage: preparing, downloading, building, optimizing,
+/// packaging.
+pub fn stage(name: &str) {
+    if json() {
+        emit(json!({ "stage": name }));
+    }
+}
+
+/// How far the current step is; sent at most every 250 ms unless `force`.
+pub fn progress(step: &str, done: u64, total: u64, files: u64, force: bool) {
+    if !json() {
+        return;
+    }
+    {
+        let mut last = LAST_PROGRESS.lock().unwrap();
+        if !force && last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    emit(json!({ "progress": { "step": step, "done": done, "total": total, "files": files } }));
+}
+
+pub fn info(message: &str) {
+    if json() {
+        emit(json!({ "log": message, "level": "info" }));
+    } else {
+        eprintln!("builderd: {message}");
+    }
+}
+
+pub fn warn(message: &str) {
+    if json() {
+        emit(json!({ "log": message, "level": "warn" }));
+    } else {
+        eprintln!("builderd: warning: {message}");
+    }
+}
+
+pub fn error(message: &str, category: Category) {
+    if json() {
+        emit(json!({ "error": message, "category": category.name() }));
+    } else {
+        eprintln!("builderd: error: {message}");
+    }
+}
+
+/// Whose fault a failure is, so the service can say what to do about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Category {
+    /// The image could not be had: registry, network, credentials, digests.
+    Source,
+    /// A limit or the machine: the size limit, a full disk.
+    Resource,
+    /// Anything else: the image could not be made into a rootfs.
+    Build,
+}
+
+impl Category {
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::Source => "source",
+            Category::Resource => "resource",
+            Category::Build => "build",
+        }
+    }
+
+    /// From the error's causes: a registry or blob error anywhere in the
+    /// chain (also inside the I/O error a layer read turns it into) is the
+    /// source's; no space or quota on the disk, or the size limit, is a resource.
+    pub fn of(e: &anyhow::Error) -> Category {
+        for cause in e.chain() {
+            if cause.is::<builderd_oci::Error>() || cause.is::<SourceError>() {
+                return Category::Source;
+            }
+            if cause.is::<SizeLimitExceeded>() {
+                return Category::Resource;
+            }
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                    return Category::Resource;
+                }
+                if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<builderd_oci::Error>())
+                {
+                    return Category::Source;
+                }
+            }
+        }
+        Category::Build
+    }
+}
+
+/// A problem with the SOURCE argument itself (its syntax, its platform).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+/// The image came out larger than `--size-limit`.
+#[derive(Debug, thiserror::Error)]
+#[error("the image is {size} bytes ({}), over the size limit of {limit} bytes ({}); raise --size-limit or make the image smaller", crate::units::human(*.size), crate::units::human(*.limit))]
+pub struct SizeLimitExceeded {
+    pub size: u64,
+    pub limit: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_follow_the_cause() {
+        let digest = anyhow::Error::new(builderd_oci::Error::Digest {
+            digest: "sha256:00".into(),
+            reason: "mismatch".into(),
+        })
+        .context("reading layer 1");
+        assert_eq!(Category::of(&digest), Category::Source);
+
+        let in_io = anyhow::Error::new(std::io::Error::other(builderd_oci::Error::Auth(
+            "401".into(),
+        )));
+        assert_eq!(Category::of(&in_io), Category::Source);
+
+        let full = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            .context("writing the image");
+        assert_eq!(Category::of(&full), Category::Resource);
+
+        let big = anyhow::Error::new(SizeLimitExceeded { size: 2, limit: 1 });
+        assert_eq!(Category::of(&big), Category::Resource);
+
+        assert_eq!(
+            Category::of(&anyhow::anyhow!("no systemd in the image")),
+            Category::Build
+        );
+    }
+}

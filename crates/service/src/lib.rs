@@ -1,0 +1,3 @@
+pub mod proto {
+    connectrpc::include_generated!();
+}
