@@ -9,6 +9,7 @@ mod ext4_args;
 mod mkfs;
 mod output;
 mod progress;
+mod serve;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,11 @@ enum Command {
     Build(Box<build::Args>),
     /// Boot a built rootfs in a QEMU microVM; exits with the app's exit code.
     Boot(boot::Args),
+    /// Serve builder.v1 (Connect, gRPC and plain HTTP) with a durable queue.
+    Serve(serve::ServeArgs),
+    /// Manage the service's tenants.
+    #[command(subcommand)]
+    Tenant(serve::TenantCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +46,8 @@ fn main() -> std::process::ExitCode {
         Command::Mkfs(args) => mkfs::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Build(args) => build::run(*args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Boot(args) => boot::run(args),
+        Command::Serve(args) => serve::serve(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Tenant(cmd) => serve::tenant(cmd).map(|()| std::process::ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

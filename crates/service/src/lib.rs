@@ -1,3 +1,21 @@
+//! builder.v1 as a service: the Connect/gRPC API, tenants and their API keys,
+//! tier quotas, a durable queue in SQLite, and the runner that turns each
+//! accepted build into a `builderd build` child process.
+
 pub mod proto {
     connectrpc::include_generated!();
 }
+
+mod api;
+mod auth;
+mod http;
+mod job;
+mod runner;
+mod scheduler;
+mod serve;
+mod state;
+mod store;
+mod tier;
+
+pub use serve::{create_tenant, default_data_dir, serve, Options};
+pub use tier::Tier;

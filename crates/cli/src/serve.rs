@@ -1,0 +1,87 @@
+//! `builderd serve` and `builderd tenant`: the build service and its tenants.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use builderd_service::Tier;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Where to listen (Connect, gRPC and plain HTTP on one port).
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    listen: SocketAddr,
+    /// Database, artifacts, blob cache and the operator key
+    /// (default: ${XDG_DATA_HOME:-~/.local/share}/builderd).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Builds running at once over all tenants (default: the number of cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Let X-Tenant-ID alone name the tenant: only behind a gateway (or
+    /// mTLS) that authenticates callers and sets that header itself.
+    #[arg(long)]
+    trust_tenant_header: bool,
+    /// Seconds running builds may go on after SIGTERM before they are
+    /// stopped and queued again.
+    #[arg(long, value_name = "SECONDS", default_value = "20")]
+    shutdown_grace: u64,
+    /// Allow plain HTTP to this registry (loopback registries always may).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    });
+    let opts = builderd_service::Options {
+        listen: args.listen,
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(builderd_service::default_data_dir),
+        exe: std::env::current_exe().context("finding the builderd binary")?,
+        workers,
+        trust_tenant_header: args.trust_tenant_header,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        insecure_registries: args.insecure_registry,
+    };
+    tokio::runtime::Runtime::new()?.block_on(builderd_service::serve(opts))
+}
+
+#[derive(clap::Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant; prints its API key alone on stdout's last line.
+    Create {
+        name: String,
+        #[arg(long, value_parser = parse_tier)]
+        tier: Tier,
+        /// The server's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn parse_tier(s: &str) -> Result<Tier, String> {
+    Tier::parse(s).ok_or_else(|| format!("{s:?}: use free, pro, enterprise or dedicated"))
+}
+
+pub fn tenant(cmd: TenantCommand) -> Result<()> {
+    match cmd {
+        TenantCommand::Create {
+            name,
+            tier,
+            data_dir,
+        } => {
+            let dir = data_dir.unwrap_or_else(builderd_service::default_data_dir);
+            let key = builderd_service::create_tenant(&dir, &name, tier)?;
+            eprintln!(
+                "builderd: tenant {name} ({} tier) created; its API key (shown once):",
+                tier.name()
+            );
+            println!("{key}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The HTTP face: builder.v1 over Connect and gRPC (connectrpc, on one port,
+//! HTTP/1.1 and HTTP/2), `/healthz`, and the original service's plain GET
+//! forms: `GetBuildStatus/{id}` as JSON and `GetBuildArtifact/{id}` as the raw
+//! image bytes (Content-Length, Range, an ETag of its sha256).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use connectrpc::ConnectError;
+use tower::ServiceExt;
+
+use crate::api::Api;
+
+pub fn router(api: Arc<Api>) -> axum::Router {
+    let connect = connectrpc::Router::new().add_service(api.clone());
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/builder.v1.BuilderService/GetBuildStatus/{id}",
+            get(status),
+        )
+        .route(
+            "/builder.v1.BuilderService/GetBuildArtifact/{id}",
+            get(artifact),
+        )
+        .with_state(api)
+        .fallback_service(connect.into_axum_service())
+}
+
+/// A Connect error as the Connect protocol writes it for unary calls.
+fn error(e: ConnectError) -> Response {
+    (
+        e.http_status(),
+        [(header::CONTENT_TYPE, "application/json")],
+        e.to_json(),
+    )
+        .into_response()
+}
+
+async fn status(State(api): State<Arc<Api>>, Path(id): Path<String>, req: Request) -> Response {
+    let found = api
+        .caller(req.headers())
+        .and_then(|tenant| api.owned(&tenant, &id));
+    match found {
+        Ok(b) => match serde_json::to_vec(&api.status(&b)) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => error(ConnectError::internal(e.to_string())),
+        },
+        Err(e) => error(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ArtifactQuery {
+    #[serde(default)]
+    compressed: bool,
+}
+
+async fn artifact(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    Query(q): Query<ArtifactQuery>,
+    req: Request,
+) -> Response {
+    let found = api
+        .caller(req.headers())
+        .and_then(|tenant| api.owned(&tenant, &id))
+        .and_then(|b| api.artifact_file(&b, q.compressed));
+    let (path, a) = match found {
+        Ok(f) => f,
+        Err(e) => return error(e),
+    };
+    let sha256 = if q.compressed {
+        a.compressed_sha256
+    } else {
+        a.sha256
+    };
+    let etag = format!("\"sha256:{sha256}\"");
+    let not_modified = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    // ServeFile does Content-Length, Range (206/416) and HEAD.
+    let served = tower_http::services::ServeFile::new_with_mime(&path, &mime::APPLICATION_OCTET_STREAM)
+        .oneshot(req)
+        .await;
+    let mut response = match served {
+        Ok(r) => r.map(axum::body::Body::new),
+        Err(e) => return error(ConnectError::internal(format!("the artifact: {e}"))),
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, v);
+    }
+    response
+}

@@ -1,0 +1,379 @@
+//! From a BuildConfig to the job a worker runs: every field is either carried
+//! out, refused as not implemented yet (naming it), or refused as invalid.
+//! A field left at its default asks for nothing and is accepted.
+
+use std::collections::BTreeMap;
+
+use crate::proto::builder::v1::{
+    build_source::SourceType, build_strategy::StrategyType, build_target::TargetType,
+    BuildConfig, InitStrategy,
+};
+
+/// Why a config cannot be run.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A real option builderd does not carry out yet.
+    Unimplemented(String),
+    /// A value that means nothing.
+    Invalid(String),
+}
+
+impl From<Refusal> for connectrpc::ConnectError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Unimplemented(m) => connectrpc::ConnectError::unimplemented(m),
+            Refusal::Invalid(m) => connectrpc::ConnectError::invalid_argument(m),
+        }
+    }
+}
+
+/// One build, as `builderd build` arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Job {
+    pub image: String,
+    pub platform: Option<String>,
+    pub init: &'static str,
+    pub init_script: Option<String>,
+    pub compression: Option<&'static str>,
+    pub size_limit: Option<u64>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    /// How many server restarts may interrupt the build before it fails.
+    pub max_interruptions: i64,
+}
+
+/// Restarts a build survives when its config has no retry policy.
+pub const DEFAULT_MAX_RETRIES: i64 = 3;
+
+fn unimplemented(field: &str, what: &str) -> Refusal {
+    Refusal::Unimplemented(format!("{field}: {what} is not implemented yet"))
+}
+
+pub fn job(config: &BuildConfig) -> Result<Job, Refusal> {
+    let mut job = Job {
+        max_interruptions: DEFAULT_MAX_RETRIES,
+        init: "direct-exec",
+        ..Job::default()
+    };
+    match config.source.as_option().and_then(|s| s.source_type.as_ref()) {
+        None => {
+            return Err(Refusal::Invalid(
+                "config.source: name the source (docker_image with an image_uri)".into(),
+            ))
+        }
+        Some(SourceType::GitRepository(_)) => {
+            return Err(unimplemented(
+                "config.source.git_repository",
+                "building from a Git repository",
+            ))
+        }
+        Some(SourceType::Archive(_)) => {
+            return Err(unimplemented(
+                "config.source.archive",
+                "building from an archive",
+            ))
+        }
+        Some(SourceType::DockerImage(d)) => {
+            if d.image_uri.trim().is_empty() {
+                return Err(Refusal::Invalid(
+                    "config.source.docker_image.image_uri: empty; give an image reference such as alpine:3.20".into(),
+                ));
+            }
+            // Only registries: the other transports (oci:, docker-archive:)
+            // would read the server's own files.
+            match builderd_oci::Source::parse(&d.image_uri) {
+                Ok(builderd_oci::Source::Registry(_)) => {}
+                Ok(_) => {
+                    return Err(Refusal::Invalid(format!(
+                        "config.source.docker_image.image_uri: {:?} is not a registry reference; the service pulls from registries only",
+                        d.image_uri
+                    )))
+                }
+                Err(e) => {
+                    return Err(Refusal::Invalid(format!(
+                        "config.source.docker_image.image_uri: {e}"
+                    )))
+                }
+            }
+            job.image = d.image_uri.clone();
+            if !d.platform.is_empty() {
+                builderd_oci::Platform::parse(&d.platform).map_err(|e| {
+                    Refusal::Invalid(format!("config.source.docker_image.platform: {e}"))
+                })?;
+                job.platform = Some(d.platform.clone());
+            }
+        }
+    }
+
+    if let Some(TargetType::MicrovmRootfs(t)) =
+        config.target.as_option().and_then(|t| t.target_type.as_ref())
+    {
+        match t.format.as_str() {
+            "" | "ext4" => {}
+            other => {
+                return Err(Refusal::Invalid(format!(
+                    "config.target.microvm_rootfs.format: {other:?} is not a format builderd writes; use \"ext4\""
+                )))
+            }
+        }
+        let strategy = t.init_strategy.as_known().ok_or_else(|| {
+            Refusal::Invalid(format!(
+                "config.target.microvm_rootfs.init_strategy: unknown value {}",
+                t.init_strategy.to_i32()
+            ))
+        })?;
+        job.init = match strategy {
+            InitStrategy::INIT_STRATEGY_UNSPECIFIED | InitStrategy::INIT_STRATEGY_DIRECT_EXEC => {
+                "direct-exec"
+            }
+            InitStrategy::INIT_STRATEGY_SYSTEMD => "systemd",
+            InitStrategy::INIT_STRATEGY_CUSTOM => "custom",
+        };
+        match (job.init, t.custom_init_script.is_empty()) {
+            ("custom", true) => {
+                return Err(Refusal::Invalid(
+                    "config.target.microvm_rootfs.custom_init_script: INIT_STRATEGY_CUSTOM needs the script".into(),
+                ))
+            }
+            ("custom", false) => job.init_script = Some(t.custom_init_script.clone()),
+            (_, false) => {
+                return Err(Refusal::Invalid(
+                    "config.target.microvm_rootfs.custom_init_script: only for INIT_STRATEGY_CUSTOM"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        job.compression = match t.compression.as_str() {
+            "" | "none" => None,
+            "gzip" => Some("gzip"),
+            "zstd" => Some("zstd"),
+            other => {
+                return Err(Refusal::Invalid(format!(
+                    "config.target.microvm_rootfs.compression: {other:?}; use gzip, zstd or none"
+                )))
+            }
+        };
+        job.size_limit = match t.size_limit_bytes {
+            0 => None,
+            n if n < 0 => {
+                return Err(Refusal::Invalid(format!(
+                    "config.target.microvm_rootfs.size_limit_bytes: {n} is negative"
+                )))
+            }
+            n => Some(n as u64),
+        };
+        if let Some(r) = t.runtime_config.as_option() {
+            let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+            job.entrypoint = (!r.entrypoint.is_empty()).then(|| r.entrypoint.clone());
+            job.cmd = (!r.cmd.is_empty()).then(|| r.cmd.clone());
+            job.env = r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            if let Some(bad) = job.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+                return Err(Refusal::Invalid(format!(
+                    "config.target.microvm_rootfs.runtime_config.env: {bad:?} is not a variable name"
+                )));
+            }
+            job.working_dir = some(&r.working_dir);
+            job.user = some(&r.user);
+            job.hostname = some(&r.hostname);
+        }
+    }
+
+    match config.strategy.as_option().and_then(|s| s.strategy_type.as_ref()) {
+        None => {}
+        Some(StrategyType::DockerStrategy(d)) => {
+            let field = "config.strategy.docker_strategy";
+            if d.optimize_for_size {
+                return Err(unimplemented(
+                    &format!("{field}.optimize_for_size"),
+                    "size optimisation",
+                ));
+            }
+            if d.remove_dev_packages {
+                return Err(unimplemented(
+                    &format!("{field}.remove_dev_packages"),
+                    "removing development packages",
+                ));
+            }
+            if d.preserve_layers {
+                return Err(unimplemented(
+                    &format!("{field}.preserve_layers"),
+                    "keeping the image's layers (the rootfs is always flattened)",
+                ));
+            }
+            if !d.custom_commands.is_empty() {
+                return Err(unimplemented(
+                    &format!("{field}.custom_commands"),
+                    "running commands in the image",
+                ));
+            }
+        }
+        Some(StrategyType::GitStrategy(_)) => {
+            return Err(unimplemented(
+                "config.strategy.git_strategy",
+                "building from a Git repository",
+            ))
+        }
+        Some(StrategyType::ArchiveStrategy(_)) => {
+            return Err(unimplemented(
+                "config.strategy.archive_strategy",
+                "building from an archive",
+            ))
+        }
+    }
+
+    if let Some(r) = config.retry_policy.as_option() {
+        if r.max_retries < 0 {
+            return Err(Refusal::Invalid(format!(
+                "config.retry_policy.max_retries: {} is negative",
+                r.max_retries
+            )));
+        }
+        job.max_interruptions = r.max_retries as i64;
+        let default_shape = r.backoff_strategy.is_empty()
+            && r.base_delay.is_empty()
+            && r.max_delay.is_empty()
+            && r.retry_on.is_empty();
+        if !default_shape {
+            return Err(unimplemented(
+                "config.retry_policy (backoff_strategy, base_delay, max_delay, retry_on)",
+                "a per-build retry schedule (registry errors are retried with the server's backoff; max_retries counts restarts)",
+            ));
+        }
+    }
+    if config
+        .webhook
+        .as_option()
+        .is_some_and(|w| !w.url.is_empty() || !w.events.is_empty() || !w.headers.is_empty())
+    {
+        return Err(unimplemented("config.webhook", "webhook notifications"));
+    }
+    Ok(job)
+}
+
+/// The config as it is shown back and stored: registry passwords and Git
+/// secrets removed.
+pub fn redacted(config: &BuildConfig) -> BuildConfig {
+    let mut c = config.clone();
+    if let Some(source) = c.source.as_option_mut() {
+        match source.source_type.as_mut() {
+            Some(SourceType::DockerImage(d)) => {
+                if let Some(auth) = d.registry_auth.as_option_mut() {
+                    auth.password.clear();
+                }
+            }
+            Some(SourceType::GitRepository(g)) => {
+                if let Some(auth) = g.auth.as_option_mut() {
+                    auth.token.clear();
+                    auth.password.clear();
+                    auth.ssh_key.clear();
+                }
+            }
+            _ => {}
+        }
+    }
+    c
+}
+
+/// The registry login of a config as `builderd build` takes it (USER:PASS).
+pub fn credentials(config: &BuildConfig) -> Option<String> {
+    match config.source.as_option()?.source_type.as_ref()? {
+        SourceType::DockerImage(d) => {
+            let auth = d.registry_auth.as_option()?;
+            (!auth.username.is_empty() || !auth.password.is_empty())
+                .then(|| format!("{}:{}", auth.username, auth.password))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> BuildConfig {
+        let req: crate::proto::builder::v1::CreateBuildRequest =
+            serde_json::from_str(json).expect("the config parses");
+        req.config.into_option().expect("a config")
+    }
+
+    /// The original service's three documented example configs, as written.
+    const NODE: &str = r#"{"config": {"source": {"docker_image": {"image_uri": "node:18-alpine"}},
+        "target": {"microvm_rootfs": {"format": "ext4", "init_strategy": "INIT_STRATEGY_DIRECT_EXEC"}},
+        "strategy": {"docker_strategy": {"optimize_for_size": true, "remove_dev_packages": false,
+          "custom_commands": ["npm ci --only=production", "npm cache clean --force"]}}}}"#;
+    const WEBAPP: &str = r#"{"config": {"source": {"docker_image": {"image_uri": "ghcr.io/company/webapp:v1.2.3",
+          "registry_auth": {"username": "github_user", "password": "ghp_token"}}},
+        "target": {"microvm_rootfs": {"format": "ext4", "init_strategy": "INIT_STRATEGY_SYSTEMD",
+          "compression": "gzip", "size_limit_bytes": 2147483648}},
+        "strategy": {"docker_strategy": {"optimize_for_size": true, "remove_dev_packages": true,
+          "preserve_layers": false, "custom_commands": ["apt-get autoremove -y", "apt-get clean",
+          "rm -rf /var/lib/apt/lists/*", "rm -rf /tmp/*", "rm -rf /var/tmp/*"]}}}}"#;
+    const GIT: &str = r#"{"config": {"source": {"git_repository": {"clone_url": "https://github.com/company/application.git",
+          "ref": "main", "auth": {"token": "github_token"}, "dockerfile_path": "Dockerfile.production"}},
+        "target": {"microvm_rootfs": {"format": "ext4", "init_strategy": "INIT_STRATEGY_CUSTOM"}},
+        "strategy": {"git_strategy": {"build_system": "docker", "build_args": {"ENV": "production",
+          "BUILD_VERSION": "{{.GitCommit}}"}, "cache_dependencies": true}}}}"#;
+
+    #[test]
+    fn the_three_example_configs_parse_and_name_what_is_missing() {
+        let node = job(&parse(NODE)).unwrap_err();
+        assert_eq!(
+            node,
+            unimplemented(
+                "config.strategy.docker_strategy.optimize_for_size",
+                "size optimisation"
+            )
+        );
+        let webapp = parse(WEBAPP);
+        assert_eq!(
+            credentials(&webapp).as_deref(),
+            Some("github_user:ghp_token")
+        );
+        assert!(matches!(job(&webapp), Err(Refusal::Unimplemented(m)) if m.contains("optimize_for_size")));
+        assert!(matches!(job(&parse(GIT)), Err(Refusal::Unimplemented(m)) if m.starts_with("config.source.git_repository")));
+        let shown = serde_json::to_string(&redacted(&webapp)).unwrap();
+        assert!(!shown.contains("ghp_token") && shown.contains("github_user"), "{shown}");
+    }
+
+    #[test]
+    fn defaults_ask_for_nothing_and_camel_case_works() {
+        let j = job(&parse(
+            r#"{"config": {"source": {"dockerImage": {"imageUri": "alpine:3.20"}},
+              "target": {"microvmRootfs": {"initStrategy": "INIT_STRATEGY_SYSTEMD", "compression": "zstd",
+                "sizeLimitBytes": "1000", "runtimeConfig": {"cmd": ["sh"], "env": {"A": "1"}}}},
+              "strategy": {"dockerStrategy": {"optimizeForSize": false, "preserveLayers": false}},
+              "retryPolicy": {"maxRetries": 1}}}"#,
+        ))
+        .unwrap();
+        assert_eq!(j.image, "alpine:3.20");
+        assert_eq!((j.init, j.compression, j.size_limit), ("systemd", Some("zstd"), Some(1000)));
+        assert_eq!(j.cmd, Some(vec!["sh".to_string()]));
+        assert_eq!(j.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(j.max_interruptions, 1);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_their_field() {
+        let refused = |json: &str| match job(&parse(json)) {
+            Err(Refusal::Invalid(m)) => m,
+            other => panic!("{json}: {other:?}"),
+        };
+        assert!(refused(r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
+            "target": {"microvm_rootfs": {"format": "squashfs"}}}}"#)
+        .contains("format"));
+        assert!(refused(r#"{"config": {"source": {"docker_image": {"image_uri": "oci:/etc"}}}}"#)
+            .contains("registry"));
+        assert!(refused(r#"{"config": {}}"#).contains("config.source"));
+        assert!(refused(r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
+            "target": {"microvm_rootfs": {"compression": "brotli"}}}}"#)
+        .contains("compression"));
+        assert!(refused(r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
+            "target": {"microvm_rootfs": {"init_strategy": "INIT_STRATEGY_CUSTOM"}}}}"#)
+        .contains("custom_init_script"));
+    }
+}

@@ -1,0 +1,454 @@
+//! Runs one build: a `builderd build --events json` child process in its own
+//! process group and work directory, followed by its events (stages become
+//! state transitions, progress and log lines are stored). A child keeps a
+//! crash or a hostile image away from the server, and killing its group stops
+//! all of its work at once: that is how cancel, timeout and shutdown stop it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::job::Job;
+use crate::state::State;
+use crate::store::{BuildRow, Store};
+
+/// Why the server stops a run before it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// CancelBuild.
+    Cancel,
+    /// Server shutdown: the build goes back to the queue.
+    Requeue,
+}
+
+pub struct Runner {
+    /// The `builderd` binary that runs builds.
+    pub exe: PathBuf,
+    pub data_dir: PathBuf,
+    pub insecure_registries: Vec<String>,
+}
+
+/// How a run ended, for the scheduler's log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Completed,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Requeued,
+}
+
+impl Runner {
+    pub fn work_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("work").join(id)
+    }
+
+    pub fn artifact_dir(&self, tenant: &str, id: &str) -> PathBuf {
+        self.data_dir.join("artifacts").join(tenant).join(id)
+    }
+
+    fn args(&self, job: &Job, work: &Path) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "build".into(),
+            job.image.clone(),
+            "-o".into(),
+            work.join(ARTIFACT).display().to_string(),
+            "--events".into(),
+            "json".into(),
+            "--no-docker-config".into(),
+            "--cache-dir".into(),
+            self.data_dir.join("blobs").display().to_string(),
+            "--init".into(),
+            job.init.into(),
+        ];
+        let mut opt = |flag: &str, value: Option<String>| {
+            if let Some(v) = value {
+                a.push(flag.into());
+                a.push(v);
+            }
+        };
+        let json = |v: &Option<Vec<String>>| {
+            v.as_ref()
+                .map(|v| serde_json::to_string(v).expect("strings serialise"))
+        };
+        opt("--platform", job.platform.clone());
+        opt(
+            "--init-script",
+            job.init_script
+                .as_ref()
+                .map(|_| work.join("init-script").display().to_string()),
+        );
+        opt("--compression", job.compression.map(str::to_string));
+        opt("--size-limit", job.size_limit.map(|n| n.to_string()));
+        opt("--entrypoint", json(&job.entrypoint));
+        opt("--cmd", json(&job.cmd));
+        opt("--workdir", job.working_dir.clone());
+        opt("--user", job.user.clone());
+        opt("--hostname", job.hostname.clone());
+        for (k, v) in &job.env {
+            opt("--env", Some(format!("{k}={v}")));
+        }
+        for r in &self.insecure_registries {
+            opt("--insecure-registry", Some(r.clone()));
+        }
+        a
+    }
+
+    /// Runs the build to its end. The build is RUNNING when this is called;
+    /// this moves it on to its final state (or back to QUEUED on Requeue).
+    pub async fn run(
+        &self,
+        store: Arc<Store>,
+        build: &BuildRow,
+        job: Job,
+        timeout: Duration,
+        mut stop: watch::Receiver<Option<Stop>>,
+    ) -> Ended {
+        let id = build.id.as_str();
+        let work = self.work_dir(id);
+        let result = self
+            .run_child(&store, build, &job, &work, timeout, &mut stop)
+            .await;
+        let ended = self.settle(&store, build, result, timeout);
+        let _ = std::fs::remove_dir_all(&work);
+        ended
+    }
+
+    /// Records how the run ended.
+    fn settle(
+        &self,
+        store: &Store,
+        build: &BuildRow,
+        result: Result<(), RunError>,
+        timeout: Duration,
+    ) -> Ended {
+        let id = build.id.as_str();
+        let (to, category, message, ended) = match result {
+            Ok(()) => return self.finish(store, build),
+            Err(RunError::Stopped(Stop::Cancel)) => (
+                State::Cancelled,
+                None,
+                "cancelled".to_string(),
+                Ended::Cancelled,
+            ),
+            Err(RunError::Stopped(Stop::Requeue)) => {
+                let _ = store.transition(id, &State::ACTIVE, State::Queued);
+                log(store, id, "info", "server shutting down: back to the queue");
+                return Ended::Requeued;
+            }
+            Err(RunError::TimedOut) => (
+                State::Timeout,
+                Some("timeout"),
+                format!(
+                    "the build ran longer than the tier's limit of {} minutes and was stopped",
+                    timeout.as_secs() / 60
+                ),
+                Ended::TimedOut,
+            ),
+            Err(RunError::Failed { category, message }) => {
+                (State::Failed, Some(category), message, Ended::Failed)
+            }
+        };
+        if let Some(category) = category {
+            let _ = store.set_error(id, category, &message);
+        }
+        log(store, id, "error", &message);
+        let _ = store.transition(id, &State::ACTIVE, to);
+        ended
+    }
+
+    async fn run_child(
+        &self,
+        store: &Store,
+        build: &BuildRow,
+        job: &Job,
+        work: &Path,
+        timeout: Duration,
+        stop: &mut watch::Receiver<Option<Stop>>,
+    ) -> Result<(), RunError> {
+        let id = build.id.as_str();
+        let _ = std::fs::remove_dir_all(work);
+        std::fs::create_dir_all(work).map_err(|e| RunError::resource(format!("work directory: {e}")))?;
+        if let Some(script) = &job.init_script {
+            std::fs::write(work.join("init-script"), script)
+                .map_err(|e| RunError::resource(format!("work directory: {e}")))?;
+        }
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(self.args(job, work))
+            .current_dir(work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("BUILDERD_CREDS")
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(creds) = &build.creds {
+            cmd.env("BUILDERD_CREDS", creds);
+        }
+        let mut child = cmd.spawn().map_err(|e| RunError::Failed {
+            category: "build",
+            message: format!("cannot start {}: {e}", self.exe.display()),
+        })?;
+        let pgid = child.id().map(|p| p as i32);
+        let kill = || {
+            if let Some(pgid) = pgid {
+                // SAFETY: kill(2) on the child's own process group.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+        };
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut follow = Follow::new(id);
+        let mut stderr_open = true;
+        let status = loop {
+            tokio::select! {
+                line = lines.next_line(), if stderr_open => match line {
+                    Ok(Some(line)) => follow.event(store, &line),
+                    _ => stderr_open = false,
+                },
+                status = child.wait(), if !stderr_open => break status,
+                _ = &mut deadline => {
+                    kill();
+                    let _ = child.wait().await;
+                    return Err(RunError::TimedOut);
+                }
+                changed = stop.changed() => {
+                    let why = if changed.is_ok() { *stop.borrow() } else { Some(Stop::Requeue) };
+                    if let Some(why) = why {
+                        kill();
+                        let _ = child.wait().await;
+                        return Err(RunError::Stopped(why));
+                    }
+                }
+            }
+        };
+        // The child may have left a process of its own behind.
+        kill();
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(follow.failure.take().map_or_else(
+                || RunError::Failed {
+                    category: "build",
+                    message: format!("the build process ended with {s} without saying why"),
+                },
+                |(category, message)| RunError::Failed { category, message },
+            )),
+            Err(e) => Err(RunError::Failed {
+                category: "build",
+                message: format!("waiting for the build process: {e}"),
+            }),
+        }
+    }
+
+    /// Moves the image and its metadata into the artifact store and records
+    /// them; the build completes only when they are in place.
+    fn finish(&self, store: &Store, build: &BuildRow) -> Ended {
+        let id = build.id.as_str();
+        match self.keep_artifact(store, build) {
+            Ok(()) => {
+                let _ = store.transition(id, &State::ACTIVE, State::Completed);
+                log(store, id, "info", "completed");
+                Ended::Completed
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(self.artifact_dir(&build.tenant_id, id));
+                let _ = store.set_error(id, e.0, &e.1);
+                log(store, id, "error", &e.1);
+                let _ = store.transition(id, &State::ACTIVE, State::Failed);
+                Ended::Failed
+            }
+        }
+    }
+
+    fn keep_artifact(&self, store: &Store, build: &BuildRow) -> Result<(), (&'static str, String)> {
+        let id = build.id.as_str();
+        let work = self.work_dir(id);
+        let dest = self.artifact_dir(&build.tenant_id, id);
+        let io = |e: std::io::Error| ("resource", format!("storing the artifact: {e}"));
+        std::fs::create_dir_all(&dest).map_err(io)?;
+        let meta_path = work.join(format!("{ARTIFACT}.json"));
+        let meta = std::fs::read(&meta_path).map_err(io)?;
+        let mut meta: Value = serde_json::from_slice(&meta)
+            .map_err(|e| ("build", format!("the build's metadata: {e}")))?;
+        // Name the files as a download names them, not by the work directory.
+        for key in ["image", "compressed"] {
+            if let Some(file) = meta[key]["file"].as_str() {
+                let name = Path::new(file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                meta[key]["file"] = Value::String(name);
+            }
+        }
+        let size = meta["image"]["size_bytes"].as_i64().unwrap_or(0)
+            + meta["compressed"]["size_bytes"].as_i64().unwrap_or(0);
+        let (_, _, _, used) = store.usage(&build.tenant_id).map_err(|e| ("resource", e.to_string()))?;
+        let limit = store
+            .tenant(&build.tenant_id)
+            .ok()
+            .flatten()
+            .map(|t| t.tier.limits().storage_bytes)
+            .unwrap_or(0);
+        if (used + size) as u64 > limit {
+            return Err((
+                "resource",
+                format!(
+                    "the artifact ({size} bytes) does not fit in the tenant's storage quota ({used} of {limit} bytes used); delete builds to free space"
+                ),
+            ));
+        }
+        for name in [
+            ARTIFACT.to_string(),
+            format!("{ARTIFACT}.json"),
+            format!("{ARTIFACT}.gz"),
+            format!("{ARTIFACT}.zst"),
+        ] {
+            let from = work.join(&name);
+            if from.exists() {
+                std::fs::rename(&from, dest.join(&name)).map_err(io)?;
+            }
+        }
+        store
+            .set_artifact(id, &meta.to_string(), size)
+            .map_err(|e| ("resource", e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// The image file's name in the work and artifact directories.
+pub const ARTIFACT: &str = "rootfs.ext4";
+
+enum RunError {
+    Stopped(Stop),
+    TimedOut,
+    Failed {
+        category: &'static str,
+        message: String,
+    },
+}
+
+impl RunError {
+    fn resource(message: String) -> RunError {
+        RunError::Failed {
+            category: "resource",
+            message,
+        }
+    }
+}
+
+fn log(store: &Store, id: &str, level: &str, message: &str) {
+    let _ = store.log(id, level, message, "builderd");
+}
+
+/// What the child has said so far.
+struct Follow {
+    id: String,
+    state: State,
+    failure: Option<(&'static str, String)>,
+    last_progress: Option<Instant>,
+}
+
+impl Follow {
+    fn new(id: &str) -> Follow {
+        Follow {
+            id: id.to_string(),
+            state: State::Running,
+            failure: None,
+            last_progress: None,
+        }
+    }
+
+    fn event(&mut self, store: &Store, line: &str) {
+        let id = self.id.as_str();
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            // Not an event: a panic message or a tool's own output.
+            let _ = store.log(id, "info", line, "build");
+            return;
+        };
+        if let Some(stage) = v["stage"].as_str() {
+            if let Some(to) = State::from_stage(stage) {
+                if store.transition(id, &State::ACTIVE, to).unwrap_or(false) {
+                    self.state = to;
+                    let (start, _) = to.percent_range();
+                    let _ = store.set_progress(
+                        id,
+                        &serde_json::json!({ "stage": stage, "percent": start }).to_string(),
+                    );
+                }
+            }
+        } else if let Some(p) = v.get("progress") {
+            let done = p["done"].as_u64().unwrap_or(0);
+            let total = p["total"].as_u64().unwrap_or(0);
+            let (start, end) = self.state.percent_range();
+            let percent = if total > 0 {
+                start + ((end - start) as f64 * done.min(total) as f64 / total as f64) as i32
+            } else {
+                start
+            };
+            let progress = serde_json::json!({
+                "stage": self.state.name().to_ascii_lowercase(),
+                "percent": percent,
+                "step": p["step"],
+                "done": done,
+                "total": total,
+                "files": p["files"],
+            });
+            self.last_progress = Some(Instant::now());
+            let _ = store.set_progress(id, &progress.to_string());
+        } else if let Some(message) = v["log"].as_str() {
+            let level = v["level"].as_str().unwrap_or("info");
+            let _ = store.log(id, level, message, "build");
+        } else if let Some(message) = v["error"].as_str() {
+            let category = match v["category"].as_str() {
+                Some("source") => "source",
+                Some("resource") => "resource",
+                _ => "build",
+            };
+            self.failure = Some((category, message.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_options_become_build_arguments() {
+        let runner = Runner {
+            exe: "builderd".into(),
+            data_dir: "/data".into(),
+            insecure_registries: vec!["reg:5000".into()],
+        };
+        let job = Job {
+            image: "alpine".into(),
+            init: "custom",
+            init_script: Some("#!/bin/sh\n".into()),
+            compression: Some("gzip"),
+            size_limit: Some(10),
+            cmd: Some(vec!["sh".into(), "-c".into(), "echo a b".into()]),
+            env: [("A".to_string(), "1 2".to_string())].into(),
+            ..Job::default()
+        };
+        let a = runner.args(&job, Path::new("/w"));
+        let joined = a.join(" ");
+        assert!(joined.starts_with("build alpine -o /w/rootfs.ext4 --events json --no-docker-config --cache-dir /data/blobs --init custom"), "{joined}");
+        for pair in [
+            ["--init-script", "/w/init-script"],
+            ["--compression", "gzip"],
+            ["--size-limit", "10"],
+            ["--cmd", r#"["sh","-c","echo a b"]"#],
+            ["--env", "A=1 2"],
+            ["--insecure-registry", "reg:5000"],
+        ] {
+            assert!(a.windows(2).any(|w| w == pair), "{pair:?} in {a:?}");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! `builderd serve`: opens the data directory, puts back what a crash
+//! interrupted, and serves until SIGTERM or SIGINT; then stops accepting,
+//! lets running builds finish for a grace period and requeues the rest.
+//!
+//! The data directory holds `builderd.db` (SQLite), `operator.key` (mode
+//! 0600), `blobs/` (the layer cache shared by all builds), `work/` (one
+//! directory per running build) and `artifacts/TENANT/BUILD/`.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::api::Api;
+use crate::auth;
+use crate::runner::Runner;
+use crate::scheduler::Scheduler;
+use crate::state::State;
+use crate::store::Store;
+use crate::tier::Tier;
+
+pub struct Options {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The `builderd` binary that runs each build.
+    pub exe: PathBuf,
+    /// Builds running at once, over all tenants.
+    pub workers: usize,
+    pub trust_tenant_header: bool,
+    /// How long running builds may go on after SIGTERM before they are requeued.
+    pub shutdown_grace: Duration,
+    pub insecure_registries: Vec<String>,
+}
+
+/// `${XDG_DATA_HOME:-~/.local/share}/builderd`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("builderd")
+}
+
+fn open_store(data_dir: &Path) -> Result<Store> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| format!("{}: cannot create the data directory", data_dir.display()))?;
+    Store::open(&data_dir.join("builderd.db"))
+        .with_context(|| format!("{}: cannot open the database", data_dir.display()))
+}
+
+/// `builderd tenant create`: a new tenant and its first API key (returned;
+/// only its hash is stored). Safe while a server runs on the same directory.
+pub fn create_tenant(data_dir: &Path, name: &str, tier: Tier) -> Result<String> {
+    if !auth::valid_tenant_id(name) {
+        anyhow::bail!(
+            "{name:?}: a tenant name is 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        );
+    }
+    let store = open_store(data_dir)?;
+    let key = auth::new_key();
+    store.create_tenant(name, tier, &auth::hash(&key))?;
+    Ok(key)
+}
+
+/// The operator key: made on first start, then read from the data directory.
+fn operator_key(data_dir: &Path, store: &Store) -> Result<PathBuf> {
+    let path = data_dir.join("operator.key");
+    let key = match std::fs::read_to_string(&path) {
+        Ok(k) => k.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = auth::new_key();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("{}: cannot create", path.display()))?;
+            std::io::Write::write_all(&mut f, format!("{key}\n").as_bytes())?;
+            f.sync_all()?;
+            key
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    };
+    store.add_operator_key(&auth::hash(&key))?;
+    Ok(path)
+}
+
+/// Removes what a crash left behind: work directories (no build runs yet)
+/// and artifact directories of builds that did not complete.
+fn clean_leftovers(data_dir: &Path, store: &Store) -> Result<()> {
+    let work = data_dir.join("work");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).context("removing old work directories")?;
+    }
+    let artifacts = data_dir.join("artifacts");
+    for tenant in std::fs::read_dir(&artifacts).into_iter().flatten().flatten() {
+        for build in std::fs::read_dir(tenant.path()).into_iter().flatten().flatten() {
+            let id = build.file_name().to_string_lossy().into_owned();
+            let keep = store
+                .build_by_id(&id)?
+                .is_some_and(|b| b.state == State::Completed);
+            if !keep {
+                std::fs::remove_dir_all(build.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn serve(opts: Options) -> Result<()> {
+    let store = Arc::new(open_store(&opts.data_dir)?);
+    let key_path = operator_key(&opts.data_dir, &store)?;
+    let (requeued, failed) = store.recover_interrupted()?;
+    for id in &requeued {
+        let _ = store.log(id, "warn", "interrupted by a server restart: queued again", "builderd");
+    }
+    if !requeued.is_empty() || !failed.is_empty() {
+        eprintln!(
+            "builderd: after a restart: {} interrupted builds queued again, {} failed (interrupted too often)",
+            requeued.len(),
+            failed.len()
+        );
+    }
+    clean_leftovers(&opts.data_dir, &store)?;
+    let runner = Arc::new(Runner {
+        exe: opts.exe.clone(),
+        data_dir: opts.data_dir.clone(),
+        insecure_registries: opts.insecure_registries.clone(),
+    });
+    let scheduler = Scheduler::new(store.clone(), runner.clone(), opts.workers);
+    tokio::spawn(scheduler.clone().run());
+    let api = Arc::new(Api {
+        store,
+        scheduler: scheduler.clone(),
+        runner,
+        trust_tenant_header: opts.trust_tenant_header,
+    });
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    eprintln!(
+        "builderd: serving builder.v1 on http://{} (data in {}, operator key in {})",
+        listener.local_addr()?,
+        opts.data_dir.display(),
+        key_path.display()
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        let mut stop_rx = stop_rx;
+        axum::serve(listener, crate::http::router(api))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let signal = shutdown_signal().await;
+    eprintln!(
+        "builderd: {signal}: no new connections; running builds have {} s to finish",
+        opts.shutdown_grace.as_secs()
+    );
+    let _ = stop_tx.send(true);
+    scheduler.shutdown(opts.shutdown_grace).await;
+    // Followed log streams would keep connections open for ever.
+    if tokio::time::timeout(Duration::from_secs(1), server).await.is_err() {
+        eprintln!("builderd: closing the connections still open");
+    }
+    eprintln!("builderd: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

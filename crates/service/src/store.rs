@@ -1,0 +1,621 @@
+//! Durable state in SQLite (WAL; every commit synced): tenants, hashed API
+//! keys, builds with each state change, and build logs. Several processes may
+//! open one database: `builderd tenant create` writes keys while the server
+//! runs, and the server reads keys from here on every request.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::state::State;
+use crate::tier::Tier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub id: String,
+    pub tier: Tier,
+}
+
+/// Who an API key speaks for.
+#[derive(Clone, Debug)]
+pub enum KeyOwner {
+    Operator,
+    Tenant(Tenant),
+}
+
+/// One build as stored.
+#[derive(Clone, Debug)]
+pub struct BuildRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub seq: i64,
+    /// The config as accepted, secrets removed (proto3 JSON).
+    pub config_json: String,
+    /// Registry credentials for the run ("user:pass"), kept so that a build
+    /// requeued after a restart can still pull.
+    pub creds: Option<String>,
+    pub state: State,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub updated_ms: i64,
+    pub attempts: i64,
+    pub interruptions: i64,
+    pub max_interruptions: i64,
+    pub progress_json: String,
+    pub error_category: Option<String>,
+    pub error_message: Option<String>,
+    pub artifact_json: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub level: String,
+    pub message: String,
+    pub component: String,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY,
+    tier TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    hash TEXT PRIMARY KEY,
+    tenant_id TEXT REFERENCES tenants(id),
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS builds (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    config_json TEXT NOT NULL,
+    creds TEXT,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    updated_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    interruptions INTEGER NOT NULL DEFAULT 0,
+    max_interruptions INTEGER NOT NULL,
+    progress_json TEXT NOT NULL DEFAULT '{}',
+    error_category TEXT,
+    error_message TEXT,
+    artifact_json TEXT,
+    artifact_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS builds_tenant ON builds(tenant_id, seq);
+CREATE INDEX IF NOT EXISTS builds_state ON builds(state, seq);
+CREATE TABLE IF NOT EXISTS transitions (
+    build_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_build ON transitions(build_id);
+CREATE TABLE IF NOT EXISTS logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    build_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    component TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_build ON logs(build_id, seq);
+";
+
+const BUILD_COLUMNS: &str = "id, tenant_id, seq, config_json, creds, state, created_ms, started_ms, \
+    finished_ms, updated_ms, attempts, interruptions, max_interruptions, progress_json, \
+    error_category, error_message, artifact_json";
+
+fn build_row(r: &rusqlite::Row) -> rusqlite::Result<BuildRow> {
+    let state: String = r.get(5)?;
+    Ok(BuildRow {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        seq: r.get(2)?,
+        config_json: r.get(3)?,
+        creds: r.get(4)?,
+        state: State::parse(&state).unwrap_or(State::Failed),
+        created_ms: r.get(6)?,
+        started_ms: r.get(7)?,
+        finished_ms: r.get(8)?,
+        updated_ms: r.get(9)?,
+        attempts: r.get(10)?,
+        interruptions: r.get(11)?,
+        max_interruptions: r.get(12)?,
+        progress_json: r.get(13)?,
+        error_category: r.get(14)?,
+        error_message: r.get(15)?,
+        artifact_json: r.get(16)?,
+    })
+}
+
+/// A new build, as CreateBuild accepts it.
+pub struct NewBuild<'a> {
+    pub id: &'a str,
+    pub tenant_id: &'a str,
+    pub config_json: &'a str,
+    pub creds: Option<&'a str>,
+    pub max_interruptions: i64,
+    /// The tenant's daily quota: the insert fails when it is reached.
+    pub daily_limit: u32,
+    /// The tenant's storage quota: the insert fails when it is used up.
+    pub storage_limit: u64,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        // Another process (`builderd tenant create`) may hold the write lock
+        // for a moment.
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // A build CreateBuild answered for must survive a crash of the machine.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (each call
+        // is one statement or one transaction), so the poison is not news.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn create_tenant(&self, id: &str, tier: Tier, key_hash: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM tenants WHERE id = ?1", [id], |_| Ok(true))
+            .optional()?
+            .unwrap_or(false);
+        if exists {
+            return Err(StoreError::Conflict(format!("tenant {id} exists already")));
+        }
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO tenants (id, tier, created_ms) VALUES (?1, ?2, ?3)",
+            params![id, tier.name(), now],
+        )?;
+        tx.execute(
+            "INSERT INTO api_keys (hash, tenant_id, created_ms) VALUES (?1, ?2, ?3)",
+            params![key_hash, id, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn add_operator_key(&self, key_hash: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO api_keys (hash, tenant_id, created_ms) VALUES (?1, NULL, ?2)",
+            params![key_hash, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn tenant(&self, id: &str) -> Result<Option<Tenant>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT id, tier FROM tenants WHERE id = ?1", [id], |r| {
+                tenant_row(r)
+            })
+            .optional()?)
+    }
+
+    pub fn key_owner(&self, key_hash: &str) -> Result<Option<KeyOwner>> {
+        let row: Option<Option<String>> = self
+            .conn()
+            .query_row(
+                "SELECT tenant_id FROM api_keys WHERE hash = ?1",
+                [key_hash],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some(None) => Ok(Some(KeyOwner::Operator)),
+            Some(Some(tenant)) => Ok(self.tenant(&tenant)?.map(KeyOwner::Tenant)),
+        }
+    }
+
+    /// Records a new QUEUED build, checking the tenant's daily and storage
+    /// quotas in the same transaction (so concurrent calls cannot both pass).
+    pub fn insert_build(&self, b: &NewBuild) -> Result<i64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let day_start = now_ms() - now_ms().rem_euclid(86_400_000);
+        let today: u32 = tx.query_row(
+            "SELECT COUNT(*) FROM builds WHERE tenant_id = ?1 AND created_ms >= ?2",
+            params![b.tenant_id, day_start],
+            |r| r.get(0),
+        )?;
+        if today >= b.daily_limit {
+            return Err(StoreError::Conflict(format!(
+                "daily builds quota reached: {today} of {} builds today (UTC)",
+                b.daily_limit
+            )));
+        }
+        let used: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(artifact_bytes), 0) FROM builds WHERE tenant_id = ?1",
+            [b.tenant_id],
+            |r| r.get(0),
+        )?;
+        if used as u64 >= b.storage_limit {
+            return Err(StoreError::Conflict(format!(
+                "storage quota used up: {used} of {} bytes; delete builds to free space",
+                b.storage_limit
+            )));
+        }
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO builds (id, tenant_id, config_json, creds, state, created_ms, updated_ms, max_interruptions)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+            params![b.id, b.tenant_id, b.config_json, b.creds, State::Queued.name(), now, b.max_interruptions],
+        )?;
+        tx.execute(
+            "INSERT INTO transitions (build_id, state, at_ms) VALUES (?1, ?2, ?3)",
+            params![b.id, State::Queued.name(), now],
+        )?;
+        tx.commit()?;
+        Ok(now)
+    }
+
+    pub fn build(&self, tenant_id: &str, id: &str) -> Result<Option<BuildRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?1 AND tenant_id = ?2"),
+                params![id, tenant_id],
+                build_row,
+            )
+            .optional()?)
+    }
+
+    pub fn build_by_id(&self, id: &str) -> Result<Option<BuildRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?1"),
+                [id],
+                build_row,
+            )
+            .optional()?)
+    }
+
+    /// A tenant's builds, newest first, after `before_seq` (a page token).
+    pub fn list_builds(
+        &self,
+        tenant_id: &str,
+        state: Option<State>,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<BuildRow>, i64)> {
+        let conn = self.conn();
+        let state = state.map(|s| s.name());
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE tenant_id = ?1
+             AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR seq < ?3)
+             ORDER BY seq DESC LIMIT ?4"
+        ))?;
+        let rows = stmt
+            .query_map(params![tenant_id, state, before_seq, limit as i64], build_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let total = conn.query_row(
+            "SELECT COUNT(*) FROM builds WHERE tenant_id = ?1 AND (?2 IS NULL OR state = ?2)",
+            params![tenant_id, state],
+            |r| r.get(0),
+        )?;
+        Ok((rows, total))
+    }
+
+    pub fn transitions(&self, id: &str) -> Result<Vec<(State, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT state, at_ms FROM transitions WHERE build_id = ?1 ORDER BY rowid")?;
+        let rows = stmt
+            .query_map([id], |r| {
+                let s: String = r.get(0)?;
+                Ok((State::parse(&s).unwrap_or(State::Failed), r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Moves a build to `to`, only if it is in one of `from` (so a cancel and
+    /// a finishing run cannot both win). Answers whether it moved.
+    pub fn transition(&self, id: &str, from: &[State], to: State) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: Option<String> = tx
+            .query_row("SELECT state FROM builds WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        let Some(current) = current.and_then(|s| State::parse(&s)) else {
+            return Ok(false);
+        };
+        if !from.contains(&current) {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let started = if to == State::Running {
+            Some(now)
+        } else {
+            None
+        };
+        let finished = to.is_terminal().then_some(now);
+        tx.execute(
+            "UPDATE builds SET state = ?2, updated_ms = ?3,
+                 started_ms = COALESCE(?4, started_ms),
+                 attempts = attempts + (?4 IS NOT NULL),
+                 finished_ms = ?5
+             WHERE id = ?1",
+            params![id, to.name(), now, started, finished],
+        )?;
+        tx.execute(
+            "INSERT INTO transitions (build_id, state, at_ms) VALUES (?1, ?2, ?3)",
+            params![id, to.name(), now],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    pub fn set_progress(&self, id: &str, progress_json: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE builds SET progress_json = ?2, updated_ms = ?3 WHERE id = ?1",
+            params![id, progress_json, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_error(&self, id: &str, category: &str, message: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE builds SET error_category = ?2, error_message = ?3 WHERE id = ?1",
+            params![id, category, message],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_artifact(&self, id: &str, artifact_json: &str, bytes: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE builds SET artifact_json = ?2, artifact_bytes = ?3 WHERE id = ?1",
+            params![id, artifact_json, bytes],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_build(&self, id: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM logs WHERE build_id = ?1", [id])?;
+        tx.execute("DELETE FROM transitions WHERE build_id = ?1", [id])?;
+        tx.execute("DELETE FROM builds WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn log(&self, id: &str, level: &str, message: &str, component: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO logs (build_id, at_ms, level, message, component) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, now_ms(), level, message, component],
+        )?;
+        Ok(())
+    }
+
+    pub fn logs_after(&self, id: &str, after_seq: i64) -> Result<Vec<LogLine>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at_ms, level, message, component FROM logs
+             WHERE build_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1000",
+        )?;
+        let rows = stmt
+            .query_map(params![id, after_seq], |r| {
+                Ok(LogLine {
+                    seq: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    level: r.get(2)?,
+                    message: r.get(3)?,
+                    component: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Builds in one of `states`, oldest first.
+    pub fn builds_in(&self, states: &[State]) -> Result<Vec<BuildRow>> {
+        let conn = self.conn();
+        let names: Vec<String> = states.iter().map(|s| format!("'{}'", s.name())).collect();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE state IN ({}) ORDER BY seq",
+            names.join(",")
+        ))?;
+        let rows = stmt
+            .query_map([], build_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// After a crash: each build that was running goes back to the queue
+    /// (counted as an interruption), or fails when it has been interrupted
+    /// more often than its retry policy allows. Answers (requeued, failed).
+    pub fn recover_interrupted(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let running = self.builds_in(&State::ACTIVE)?;
+        let (mut requeued, mut failed) = (vec![], vec![]);
+        for b in running {
+            let from = [b.state];
+            if b.interruptions + 1 > b.max_interruptions {
+                if self.transition(&b.id, &from, State::Failed)? {
+                    self.set_error(
+                        &b.id,
+                        "build",
+                        &format!(
+                            "interrupted {} times by server restarts, more than the retry policy allows ({}); create the build again",
+                            b.interruptions + 1,
+                            b.max_interruptions
+                        ),
+                    )?;
+                    failed.push(b.id);
+                }
+            } else if self.transition(&b.id, &from, State::Queued)? {
+                self.conn().execute(
+                    "UPDATE builds SET interruptions = interruptions + 1 WHERE id = ?1",
+                    [&b.id],
+                )?;
+                requeued.push(b.id);
+            }
+        }
+        Ok((requeued, failed))
+    }
+
+    /// The tenant's usage: (running, queued, builds today, storage bytes).
+    pub fn usage(&self, tenant_id: &str) -> Result<(i64, i64, i64, i64)> {
+        let day_start = now_ms() - now_ms().rem_euclid(86_400_000);
+        let active: Vec<String> = State::ACTIVE
+            .iter()
+            .map(|s| format!("'{}'", s.name()))
+            .collect();
+        Ok(self.conn().query_row(
+            &format!(
+                "SELECT
+                   COALESCE(SUM(state IN ({})), 0),
+                   COALESCE(SUM(state = 'QUEUED'), 0),
+                   COALESCE(SUM(created_ms >= ?2), 0),
+                   COALESCE(SUM(artifact_bytes), 0)
+                 FROM builds WHERE tenant_id = ?1",
+                active.join(",")
+            ),
+            params![tenant_id, day_start],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?)
+    }
+
+    /// Counts by final state, the average completed build time and the
+    /// storage used, over one tenant's builds.
+    pub fn stats(&self, tenant_id: &str) -> Result<Stats> {
+        let conn = self.conn();
+        let mut stats = Stats::default();
+        let mut stmt =
+            conn.prepare("SELECT state, COUNT(*) FROM builds WHERE tenant_id = ?1 GROUP BY state")?;
+        for row in stmt.query_map([tenant_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })? {
+            let (state, n) = row?;
+            stats.total += n;
+            match State::parse(&state) {
+                Some(State::Completed) => stats.completed += n,
+                Some(State::Failed) => stats.failed += n,
+                Some(State::Cancelled) => stats.cancelled += n,
+                Some(State::Timeout) => stats.timed_out += n,
+                Some(s) if s != State::Queued => stats.active += n,
+                _ => {}
+            }
+        }
+        (stats.average_ms, stats.artifact_bytes) = conn.query_row(
+            "SELECT COALESCE(AVG(CASE WHEN state = 'COMPLETED' THEN finished_ms - started_ms END), 0),
+                    COALESCE(SUM(artifact_bytes), 0)
+             FROM builds WHERE tenant_id = ?1",
+            [tenant_id],
+            |r| Ok((r.get::<_, f64>(0)? as i64, r.get(1)?)),
+        )?;
+        Ok(stats)
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub total: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub timed_out: i64,
+    pub active: i64,
+    pub average_ms: i64,
+    pub artifact_bytes: i64,
+}
+
+fn tenant_row(r: &rusqlite::Row) -> rusqlite::Result<Tenant> {
+    let tier: String = r.get(1)?;
+    Ok(Tenant {
+        id: r.get(0)?,
+        tier: Tier::parse(&tier).unwrap_or(Tier::Free),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_build<'a>(id: &'a str, daily: u32) -> NewBuild<'a> {
+        NewBuild {
+            id,
+            tenant_id: "acme",
+            config_json: "{}",
+            creds: None,
+            max_interruptions: 1,
+            daily_limit: daily,
+            storage_limit: 1 << 30,
+        }
+    }
+
+    #[test]
+    fn quotas_transitions_and_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store.create_tenant("acme", Tier::Free, "h1").unwrap();
+        assert!(matches!(
+            store.create_tenant("acme", Tier::Pro, "h2"),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(store.key_owner("h1").unwrap(), Some(KeyOwner::Tenant(t)) if t.id == "acme"));
+        assert!(store.key_owner("nope").unwrap().is_none());
+
+        store.insert_build(&new_build("b1", 2)).unwrap();
+        store.insert_build(&new_build("b2", 2)).unwrap();
+        let third = store.insert_build(&new_build("b3", 2));
+        assert!(matches!(third, Err(StoreError::Conflict(m)) if m.contains("daily builds quota")));
+
+        // A cancel and a run cannot both move a build.
+        assert!(store.transition("b1", &[State::Queued], State::Running).unwrap());
+        assert!(!store.transition("b1", &[State::Queued], State::Cancelled).unwrap());
+        assert!(store.transition("b2", &[State::Queued], State::Running).unwrap());
+        store.conn().execute("UPDATE builds SET interruptions = 1 WHERE id = 'b2'", []).unwrap();
+
+        let (requeued, failed) = store.recover_interrupted().unwrap();
+        assert_eq!((requeued, failed), (vec!["b1".to_string()], vec!["b2".to_string()]));
+        let b2 = store.build("acme", "b2").unwrap().unwrap();
+        assert_eq!(b2.state, State::Failed);
+        assert!(b2.error_message.unwrap().contains("interrupted 2 times"));
+        let states: Vec<State> = store.transitions("b1").unwrap().into_iter().map(|t| t.0).collect();
+        assert_eq!(states, [State::Queued, State::Running, State::Queued]);
+        assert!(store.build("other", "b1").unwrap().is_none());
+    }
+}

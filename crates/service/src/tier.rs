@@ -1,0 +1,81 @@
+//! Tiers and the quotas they set (the table in shared/README.md, "The service").
+
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    Free,
+    Pro,
+    Enterprise,
+    Dedicated,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub concurrent_builds: u32,
+    pub daily_builds: u32,
+    pub build_timeout: Duration,
+    pub storage_bytes: u64,
+}
+
+const GIB: u64 = 1 << 30;
+
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Free, Tier::Pro, Tier::Enterprise, Tier::Dedicated];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::Pro => "pro",
+            Tier::Enterprise => "enterprise",
+            Tier::Dedicated => "dedicated",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    pub fn limits(self) -> Limits {
+        let (concurrent_builds, daily_builds, minutes, storage_bytes) = match self {
+            Tier::Free => (1, 5, 5, GIB),
+            Tier::Pro => (3, 100, 15, 10 * GIB),
+            Tier::Enterprise => (10, 1000, 30, 100 * GIB),
+            Tier::Dedicated => (50, 10000, 60, 1024 * GIB),
+        };
+        Limits {
+            concurrent_builds,
+            daily_builds,
+            build_timeout: Duration::from_secs(minutes * 60),
+            storage_bytes,
+        }
+    }
+
+    pub fn proto(self) -> crate::proto::builder::v1::TenantTier {
+        use crate::proto::builder::v1::TenantTier as T;
+        match self {
+            Tier::Free => T::TENANT_TIER_FREE,
+            Tier::Pro => T::TENANT_TIER_PRO,
+            Tier::Enterprise => T::TENANT_TIER_ENTERPRISE,
+            Tier::Dedicated => T::TENANT_TIER_DEDICATED,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_limits_grow_with_the_tier() {
+        for t in Tier::ALL {
+            assert_eq!(Tier::parse(t.name()), Some(t));
+        }
+        assert_eq!(Tier::parse("gold"), None);
+        let l: Vec<Limits> = Tier::ALL.iter().map(|t| t.limits()).collect();
+        assert_eq!(l[0].concurrent_builds, 1);
+        assert_eq!(l[3].storage_bytes, 1 << 40);
+        assert!(l.windows(2).all(|w| w[0].daily_builds < w[1].daily_builds
+            && w[0].build_timeout < w[1].build_timeout));
+    }
+}
