@@ -41,7 +41,12 @@ pub struct Args {
     #[arg(long)]
     platform: Option<String>,
     /// Registry credentials (otherwise ~/.docker/config.json's, if any).
-    #[arg(long, value_name = "USER:PASS", env = "BUILDERD_CREDS", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        env = "BUILDERD_CREDS",
+        hide_env_values = true
+    )]
     creds: Option<String>,
     /// Never read ~/.docker/config.json (the service builds for tenants, who
     /// must not borrow the operator's registry logins).
@@ -185,7 +190,7 @@ pub fn run(args: Args) -> Result<()> {
                 creds,
                 &args.insecure_registry,
                 RetryPolicy::default(),
-                Box::new(|m| events::warn(&m)),
+                Box::new(events::warn),
             )?;
             events::stage("downloading");
             let image = pull(&registry, &cache, &r, &platform)?;
@@ -331,7 +336,13 @@ pub fn run(args: Args) -> Result<()> {
         }
         return Err(e);
     }
-    events::progress("written", summary.image_bytes(), summary.image_bytes(), stats.written, true);
+    events::progress(
+        "written",
+        summary.image_bytes(),
+        summary.image_bytes(),
+        stats.written,
+        true,
+    );
     println!(
         "wrote {}: {} layers, {} entries ({} masked by upper layers), {} of file data; image {} ({} allocated); {:.2} s",
         args.output.display(),
@@ -489,6 +500,11 @@ fn fetch_to_cache(
     size: u64,
     progress: &dyn Fn(u64),
 ) -> Result<bool, builderd_oci::Error> {
+    if cache.has(digest, size) {
+        return Ok(false);
+    }
+    // Another build (another process) may be downloading it right now.
+    let _lock = cache.lock(digest)?;
     if cache.has(digest, size) {
         return Ok(false);
     }

@@ -30,12 +30,15 @@ pub struct ServeArgs {
     /// Allow plain HTTP to this registry (loopback registries always may).
     #[arg(long, value_name = "HOST[:PORT]")]
     insecure_registry: Vec<String>,
+    /// Stop any build after this many seconds, even if its tier allows more.
+    #[arg(long, value_name = "SECONDS")]
+    max_build_time: Option<u64>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
-    let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    });
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = builderd_service::Options {
         listen: args.listen,
         data_dir: args
@@ -46,6 +49,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         trust_tenant_header: args.trust_tenant_header,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         insecure_registries: args.insecure_registry,
+        max_build_time: args.max_build_time.map(Duration::from_secs),
     };
     tokio::runtime::Runtime::new()?.block_on(builderd_service::serve(opts))
 }

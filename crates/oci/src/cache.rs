@@ -1,7 +1,9 @@
 //! The blob cache: content-addressed, on disk, shared by every build. Only
 //! verified content is ever stored under its digest; downloads grow in a
 //! `partial/` file (kept for resuming) and are renamed into place once their
-//! digest is checked.
+//! digest is checked. Several processes may share one cache: a download
+//! holds a lock on its blob, so a second build of the same blob waits for
+//! the first and then finds it in place.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -48,6 +50,34 @@ impl BlobCache {
         std::fs::metadata(self.path(digest)).is_ok_and(|m| m.len() == size)
     }
 
+    /// Waits until no other process is downloading this blob, and keeps it
+    /// that way until the lock is dropped. Check `has` again after taking it.
+    pub fn lock(&self, digest: &Digest) -> Result<BlobLock, Error> {
+        let path = self
+            .dir
+            .join("partial")
+            .join(format!("{}.lock", digest.hex()));
+        let io = |e: std::io::Error| Error::Io {
+            what: format!("cache: locking blob {digest}"),
+            source: e,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns.
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io(e));
+            }
+        }
+        Ok(BlobLock { _file: file })
+    }
+
     /// Moves a verified download into place.
     pub fn commit(&self, digest: &Digest) -> Result<(), Error> {
         std::fs::rename(self.partial(digest), self.path(digest)).map_err(|e| Error::Io {
@@ -62,6 +92,12 @@ impl BlobCache {
             source: e,
         })
     }
+}
+
+/// A blob's download lock; released when dropped (the lock file stays, so
+/// no process can lock a file another has just unlinked).
+pub struct BlobLock {
+    _file: File,
 }
 
 impl crate::BlobStore for BlobCache {

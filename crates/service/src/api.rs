@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use buffa::{EnumValue, MessageField};
 use buffa_types::google::protobuf::Timestamp;
-use connectrpc::{ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream};
+use connectrpc::{
+    ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream,
+};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
@@ -153,7 +155,9 @@ impl Api {
                 .transition(&b.id, &[State::Queued], State::Cancelled)
                 .map_err(internal)?
         {
-            let _ = self.store.log(&b.id, "info", "cancelled while queued", "builderd");
+            let _ = self
+                .store
+                .log(&b.id, "info", "cancelled while queued", "builderd");
             return Ok(State::Cancelled);
         }
         if self.scheduler.stop(&b.id, Stop::Cancel) {
@@ -274,13 +278,14 @@ impl BuilderService for Api {
                 storage_limit: limits.storage_bytes,
             })
             .map_err(|e| match e {
-                StoreError::Conflict(m) => ConnectError::resource_exhausted(format!(
-                    "{m} (tier {})",
-                    tenant.tier.name()
-                )),
+                StoreError::Conflict(m) => {
+                    ConnectError::resource_exhausted(format!("{m} (tier {})", tenant.tier.name()))
+                }
                 e => internal(e),
             })?;
-        let _ = self.store.log(&id, "info", &format!("queued: {}", job.image), "builderd");
+        let _ = self
+            .store
+            .log(&id, "info", &format!("queued: {}", job.image), "builderd");
         self.scheduler.wake();
         Response::ok(CreateBuildResponse {
             build_id: id,
@@ -334,39 +339,41 @@ impl BuilderService for Api {
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| ConnectError::internal(format!("the artifact: {e}")))?;
-        let chunks = futures::stream::unfold((file, 0i64, false), move |(mut file, offset, done)| {
-            let sha256 = sha256.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                let mut data = vec![0u8; CHUNK];
-                let mut filled = 0;
-                while filled < CHUNK {
-                    match file.read(&mut data[filled..]).await {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) => {
-                            let err = ConnectError::internal(format!("reading the artifact: {e}"));
-                            return Some((Err(err), (file, offset, true)));
+        let chunks =
+            futures::stream::unfold((file, 0i64, false), move |(mut file, offset, done)| {
+                let sha256 = sha256.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let mut data = vec![0u8; CHUNK];
+                    let mut filled = 0;
+                    while filled < CHUNK {
+                        match file.read(&mut data[filled..]).await {
+                            Ok(0) => break,
+                            Ok(n) => filled += n,
+                            Err(e) => {
+                                let err =
+                                    ConnectError::internal(format!("reading the artifact: {e}"));
+                                return Some((Err(err), (file, offset, true)));
+                            }
                         }
                     }
+                    if filled == 0 && offset > 0 {
+                        return None;
+                    }
+                    data.truncate(filled);
+                    let last = filled < CHUNK;
+                    let chunk = GetBuildArtifactResponse {
+                        data,
+                        offset,
+                        total_size: total,
+                        sha256,
+                        ..Default::default()
+                    };
+                    Some((Ok(chunk), (file, offset + filled as i64, last)))
                 }
-                if filled == 0 && offset > 0 {
-                    return None;
-                }
-                data.truncate(filled);
-                let last = filled < CHUNK;
-                let chunk = GetBuildArtifactResponse {
-                    data,
-                    offset,
-                    total_size: total,
-                    sha256,
-                    ..Default::default()
-                };
-                Some((Ok(chunk), (file, offset + filled as i64, last)))
-            }
-        });
+            });
         Response::ok(Box::pin(chunks) as ServiceStream<_>)
     }
 
@@ -459,7 +466,11 @@ impl BuilderService for Api {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ConnectError::internal(format!("deleting the artifact: {e}"))),
+            Err(e) => {
+                return Err(ConnectError::internal(format!(
+                    "deleting the artifact: {e}"
+                )))
+            }
         }
         self.store.delete_build(&b.id).map_err(internal)?;
         Response::ok(DeleteBuildResponse {

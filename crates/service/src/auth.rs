@@ -117,22 +117,52 @@ mod tests {
         let bearer = |k: &str| format!("Bearer {k}");
         let code = |r: Result<Tenant, ConnectError>| r.unwrap_err().code;
 
-        assert_eq!(caller(&store, &headers(&[("authorization", &bearer(&a))]), false).unwrap().id, "a");
         assert_eq!(
-            code(caller(&store, &headers(&[("authorization", &bearer(&a)), ("x-tenant-id", "b")]), false)),
+            caller(&store, &headers(&[("authorization", &bearer(&a))]), false)
+                .unwrap()
+                .id,
+            "a"
+        );
+        assert_eq!(
+            code(caller(
+                &store,
+                &headers(&[("authorization", &bearer(&a)), ("x-tenant-id", "b")]),
+                false
+            )),
             ErrorCode::PermissionDenied
         );
         assert_eq!(
-            caller(&store, &headers(&[("authorization", &bearer(&op)), ("x-tenant-id", "b")]), false).unwrap().id,
+            caller(
+                &store,
+                &headers(&[("authorization", &bearer(&op)), ("x-tenant-id", "b")]),
+                false
+            )
+            .unwrap()
+            .id,
             "b"
         );
-        assert_eq!(code(caller(&store, &headers(&[]), false)), ErrorCode::Unauthenticated);
         assert_eq!(
-            code(caller(&store, &headers(&[("authorization", "Bearer bd_wrong")]), false)),
+            code(caller(&store, &headers(&[]), false)),
             ErrorCode::Unauthenticated
         );
-        assert_eq!(code(caller(&store, &headers(&[("x-tenant-id", "a")]), false)), ErrorCode::Unauthenticated);
-        assert_eq!(caller(&store, &headers(&[("x-tenant-id", "a")]), true).unwrap().id, "a");
+        assert_eq!(
+            code(caller(
+                &store,
+                &headers(&[("authorization", "Bearer bd_wrong")]),
+                false
+            )),
+            ErrorCode::Unauthenticated
+        );
+        assert_eq!(
+            code(caller(&store, &headers(&[("x-tenant-id", "a")]), false)),
+            ErrorCode::Unauthenticated
+        );
+        assert_eq!(
+            caller(&store, &headers(&[("x-tenant-id", "a")]), true)
+                .unwrap()
+                .id,
+            "a"
+        );
         assert!(valid_tenant_id("team-1.prod") && !valid_tenant_id("../x") && !valid_tenant_id(""));
     }
 }

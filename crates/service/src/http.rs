@@ -88,9 +88,10 @@ async fn artifact(
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
     // ServeFile does Content-Length, Range (206/416) and HEAD.
-    let served = tower_http::services::ServeFile::new_with_mime(&path, &mime::APPLICATION_OCTET_STREAM)
-        .oneshot(req)
-        .await;
+    let served =
+        tower_http::services::ServeFile::new_with_mime(&path, &mime::APPLICATION_OCTET_STREAM)
+            .oneshot(req)
+            .await;
     let mut response = match served {
         Ok(r) => r.map(axum::body::Body::new),
         Err(e) => return error(ConnectError::internal(format!("the artifact: {e}"))),

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use crate::proto::builder::v1::{
-    build_source::SourceType, build_strategy::StrategyType, build_target::TargetType,
-    BuildConfig, InitStrategy,
+    build_source::SourceType, build_strategy::StrategyType, build_target::TargetType, BuildConfig,
+    InitStrategy,
 };
 
 /// Why a config cannot be run.
@@ -59,7 +59,11 @@ pub fn job(config: &BuildConfig) -> Result<Job, Refusal> {
         init: "direct-exec",
         ..Job::default()
     };
-    match config.source.as_option().and_then(|s| s.source_type.as_ref()) {
+    match config
+        .source
+        .as_option()
+        .and_then(|s| s.source_type.as_ref())
+    {
         None => {
             return Err(Refusal::Invalid(
                 "config.source: name the source (docker_image with an image_uri)".into(),
@@ -109,8 +113,10 @@ pub fn job(config: &BuildConfig) -> Result<Job, Refusal> {
         }
     }
 
-    if let Some(TargetType::MicrovmRootfs(t)) =
-        config.target.as_option().and_then(|t| t.target_type.as_ref())
+    if let Some(TargetType::MicrovmRootfs(t)) = config
+        .target
+        .as_option()
+        .and_then(|t| t.target_type.as_ref())
     {
         match t.format.as_str() {
             "" | "ext4" => {}
@@ -183,7 +189,11 @@ pub fn job(config: &BuildConfig) -> Result<Job, Refusal> {
         }
     }
 
-    match config.strategy.as_option().and_then(|s| s.strategy_type.as_ref()) {
+    match config
+        .strategy
+        .as_option()
+        .and_then(|s| s.strategy_type.as_ref())
+    {
         None => {}
         Some(StrategyType::DockerStrategy(d)) => {
             let field = "config.strategy.docker_strategy";
@@ -334,10 +344,17 @@ mod tests {
             credentials(&webapp).as_deref(),
             Some("github_user:ghp_token")
         );
-        assert!(matches!(job(&webapp), Err(Refusal::Unimplemented(m)) if m.contains("optimize_for_size")));
-        assert!(matches!(job(&parse(GIT)), Err(Refusal::Unimplemented(m)) if m.starts_with("config.source.git_repository")));
+        assert!(
+            matches!(job(&webapp), Err(Refusal::Unimplemented(m)) if m.contains("optimize_for_size"))
+        );
+        assert!(
+            matches!(job(&parse(GIT)), Err(Refusal::Unimplemented(m)) if m.starts_with("config.source.git_repository"))
+        );
         let shown = serde_json::to_string(&redacted(&webapp)).unwrap();
-        assert!(!shown.contains("ghp_token") && shown.contains("github_user"), "{shown}");
+        assert!(
+            !shown.contains("ghp_token") && shown.contains("github_user"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -351,7 +368,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(j.image, "alpine:3.20");
-        assert_eq!((j.init, j.compression, j.size_limit), ("systemd", Some("zstd"), Some(1000)));
+        assert_eq!(
+            (j.init, j.compression, j.size_limit),
+            ("systemd", Some("zstd"), Some(1000))
+        );
         assert_eq!(j.cmd, Some(vec!["sh".to_string()]));
         assert_eq!(j.env.get("A").map(String::as_str), Some("1"));
         assert_eq!(j.max_interruptions, 1);
@@ -363,17 +383,25 @@ mod tests {
             Err(Refusal::Invalid(m)) => m,
             other => panic!("{json}: {other:?}"),
         };
-        assert!(refused(r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
-            "target": {"microvm_rootfs": {"format": "squashfs"}}}}"#)
+        assert!(refused(
+            r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
+            "target": {"microvm_rootfs": {"format": "squashfs"}}}}"#
+        )
         .contains("format"));
-        assert!(refused(r#"{"config": {"source": {"docker_image": {"image_uri": "oci:/etc"}}}}"#)
-            .contains("registry"));
+        assert!(
+            refused(r#"{"config": {"source": {"docker_image": {"image_uri": "oci:/etc"}}}}"#)
+                .contains("registry")
+        );
         assert!(refused(r#"{"config": {}}"#).contains("config.source"));
-        assert!(refused(r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
-            "target": {"microvm_rootfs": {"compression": "brotli"}}}}"#)
+        assert!(refused(
+            r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
+            "target": {"microvm_rootfs": {"compression": "brotli"}}}}"#
+        )
         .contains("compression"));
-        assert!(refused(r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
-            "target": {"microvm_rootfs": {"init_strategy": "INIT_STRATEGY_CUSTOM"}}}}"#)
+        assert!(refused(
+            r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
+            "target": {"microvm_rootfs": {"init_strategy": "INIT_STRATEGY_CUSTOM"}}}}"#
+        )
         .contains("custom_init_script"));
     }
 }

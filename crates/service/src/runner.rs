@@ -146,8 +146,11 @@ impl Runner {
                 State::Timeout,
                 Some("timeout"),
                 format!(
-                    "the build ran longer than the tier's limit of {} minutes and was stopped",
-                    timeout.as_secs() / 60
+                    "the build ran longer than its time limit ({}) and was stopped",
+                    match timeout.as_secs() {
+                        s if s % 60 == 0 => format!("{} minutes", s / 60),
+                        s => format!("{s} seconds"),
+                    }
                 ),
                 Ended::TimedOut,
             ),
@@ -174,7 +177,8 @@ impl Runner {
     ) -> Result<(), RunError> {
         let id = build.id.as_str();
         let _ = std::fs::remove_dir_all(work);
-        std::fs::create_dir_all(work).map_err(|e| RunError::resource(format!("work directory: {e}")))?;
+        std::fs::create_dir_all(work)
+            .map_err(|e| RunError::resource(format!("work directory: {e}")))?;
         if let Some(script) = &job.init_script {
             std::fs::write(work.join("init-script"), script)
                 .map_err(|e| RunError::resource(format!("work directory: {e}")))?;
@@ -190,6 +194,17 @@ impl Runner {
             .kill_on_drop(true);
         if let Some(creds) = &build.creds {
             cmd.env("BUILDERD_CREDS", creds);
+        }
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the fork.
+        unsafe {
+            cmd.pre_exec(|| {
+                // A build must not outlive a server killed with -9: the
+                // restarted server runs it again from the start.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let mut child = cmd.spawn().map_err(|e| RunError::Failed {
             category: "build",
@@ -289,7 +304,9 @@ impl Runner {
         }
         let size = meta["image"]["size_bytes"].as_i64().unwrap_or(0)
             + meta["compressed"]["size_bytes"].as_i64().unwrap_or(0);
-        let (_, _, _, used) = store.usage(&build.tenant_id).map_err(|e| ("resource", e.to_string()))?;
+        let (_, _, _, used) = store
+            .usage(&build.tenant_id)
+            .map_err(|e| ("resource", e.to_string()))?;
         let limit = store
             .tenant(&build.tenant_id)
             .ok()

@@ -27,6 +27,7 @@ pub struct Scheduler {
     store: Arc<Store>,
     runner: Arc<Runner>,
     workers: usize,
+    max_build_time: Option<Duration>,
     running: Mutex<HashMap<String, Running>>,
     wake: Notify,
     /// Set by shutdown: nothing new starts.
@@ -40,11 +41,17 @@ pub struct Scheduler {
 const POLL: Duration = Duration::from_secs(1);
 
 impl Scheduler {
-    pub fn new(store: Arc<Store>, runner: Arc<Runner>, workers: usize) -> Arc<Scheduler> {
+    pub fn new(
+        store: Arc<Store>,
+        runner: Arc<Runner>,
+        workers: usize,
+        max_build_time: Option<Duration>,
+    ) -> Arc<Scheduler> {
         Arc::new(Scheduler {
             store,
             runner,
             workers: workers.max(1),
+            max_build_time,
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -114,7 +121,10 @@ impl Scheduler {
             let Some((_, i)) = best else { return };
             taken[i] = true;
             let build = &queued[i];
-            let timeout = tiers[&build.tenant_id].limits().build_timeout;
+            let tier_limit = tiers[&build.tenant_id].limits().build_timeout;
+            let timeout = self
+                .max_build_time
+                .map_or(tier_limit, |cap| cap.min(tier_limit));
             self.start(build.clone(), timeout);
         }
     }

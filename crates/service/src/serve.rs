@@ -33,6 +33,8 @@ pub struct Options {
     /// How long running builds may go on after SIGTERM before they are requeued.
     pub shutdown_grace: Duration,
     pub insecure_registries: Vec<String>,
+    /// An upper bound on any build's time, below the tier's limit if smaller.
+    pub max_build_time: Option<Duration>,
 }
 
 /// `${XDG_DATA_HOME:-~/.local/share}/builderd`.
@@ -100,8 +102,16 @@ fn clean_leftovers(data_dir: &Path, store: &Store) -> Result<()> {
         std::fs::remove_dir_all(&work).context("removing old work directories")?;
     }
     let artifacts = data_dir.join("artifacts");
-    for tenant in std::fs::read_dir(&artifacts).into_iter().flatten().flatten() {
-        for build in std::fs::read_dir(tenant.path()).into_iter().flatten().flatten() {
+    for tenant in std::fs::read_dir(&artifacts)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for build in std::fs::read_dir(tenant.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let id = build.file_name().to_string_lossy().into_owned();
             let keep = store
                 .build_by_id(&id)?
@@ -119,7 +129,12 @@ pub async fn serve(opts: Options) -> Result<()> {
     let key_path = operator_key(&opts.data_dir, &store)?;
     let (requeued, failed) = store.recover_interrupted()?;
     for id in &requeued {
-        let _ = store.log(id, "warn", "interrupted by a server restart: queued again", "builderd");
+        let _ = store.log(
+            id,
+            "warn",
+            "interrupted by a server restart: queued again",
+            "builderd",
+        );
     }
     if !requeued.is_empty() || !failed.is_empty() {
         eprintln!(
@@ -134,7 +149,12 @@ pub async fn serve(opts: Options) -> Result<()> {
         data_dir: opts.data_dir.clone(),
         insecure_registries: opts.insecure_registries.clone(),
     });
-    let scheduler = Scheduler::new(store.clone(), runner.clone(), opts.workers);
+    let scheduler = Scheduler::new(
+        store.clone(),
+        runner.clone(),
+        opts.workers,
+        opts.max_build_time,
+    );
     tokio::spawn(scheduler.clone().run());
     let api = Arc::new(Api {
         store,
@@ -168,7 +188,10 @@ pub async fn serve(opts: Options) -> Result<()> {
     let _ = stop_tx.send(true);
     scheduler.shutdown(opts.shutdown_grace).await;
     // Followed log streams would keep connections open for ever.
-    if tokio::time::timeout(Duration::from_secs(1), server).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(1), server)
+        .await
+        .is_err()
+    {
         eprintln!("builderd: closing the connections still open");
     }
     eprintln!("builderd: stopped");

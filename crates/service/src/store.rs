@@ -130,7 +130,8 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_build ON logs(build_id, seq);
 ";
 
-const BUILD_COLUMNS: &str = "id, tenant_id, seq, config_json, creds, state, created_ms, started_ms, \
+const BUILD_COLUMNS: &str =
+    "id, tenant_id, seq, config_json, creds, state, created_ms, started_ms, \
     finished_ms, updated_ms, attempts, interruptions, max_interruptions, progress_json, \
     error_category, error_message, artifact_json";
 
@@ -328,7 +329,10 @@ impl Store {
              ORDER BY seq DESC LIMIT ?4"
         ))?;
         let rows = stmt
-            .query_map(params![tenant_id, state, before_seq, limit as i64], build_row)?
+            .query_map(
+                params![tenant_id, state, before_seq, limit as i64],
+                build_row,
+            )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let total = conn.query_row(
             "SELECT COUNT(*) FROM builds WHERE tenant_id = ?1 AND (?2 IS NULL OR state = ?2)",
@@ -595,7 +599,9 @@ mod tests {
             store.create_tenant("acme", Tier::Pro, "h2"),
             Err(StoreError::Conflict(_))
         ));
-        assert!(matches!(store.key_owner("h1").unwrap(), Some(KeyOwner::Tenant(t)) if t.id == "acme"));
+        assert!(
+            matches!(store.key_owner("h1").unwrap(), Some(KeyOwner::Tenant(t)) if t.id == "acme")
+        );
         assert!(store.key_owner("nope").unwrap().is_none());
 
         store.insert_build(&new_build("b1", 2)).unwrap();
@@ -604,17 +610,34 @@ mod tests {
         assert!(matches!(third, Err(StoreError::Conflict(m)) if m.contains("daily builds quota")));
 
         // A cancel and a run cannot both move a build.
-        assert!(store.transition("b1", &[State::Queued], State::Running).unwrap());
-        assert!(!store.transition("b1", &[State::Queued], State::Cancelled).unwrap());
-        assert!(store.transition("b2", &[State::Queued], State::Running).unwrap());
-        store.conn().execute("UPDATE builds SET interruptions = 1 WHERE id = 'b2'", []).unwrap();
+        assert!(store
+            .transition("b1", &[State::Queued], State::Running)
+            .unwrap());
+        assert!(!store
+            .transition("b1", &[State::Queued], State::Cancelled)
+            .unwrap());
+        assert!(store
+            .transition("b2", &[State::Queued], State::Running)
+            .unwrap());
+        store
+            .conn()
+            .execute("UPDATE builds SET interruptions = 1 WHERE id = 'b2'", [])
+            .unwrap();
 
         let (requeued, failed) = store.recover_interrupted().unwrap();
-        assert_eq!((requeued, failed), (vec!["b1".to_string()], vec!["b2".to_string()]));
+        assert_eq!(
+            (requeued, failed),
+            (vec!["b1".to_string()], vec!["b2".to_string()])
+        );
         let b2 = store.build("acme", "b2").unwrap().unwrap();
         assert_eq!(b2.state, State::Failed);
         assert!(b2.error_message.unwrap().contains("interrupted 2 times"));
-        let states: Vec<State> = store.transitions("b1").unwrap().into_iter().map(|t| t.0).collect();
+        let states: Vec<State> = store
+            .transitions("b1")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
         assert_eq!(states, [State::Queued, State::Running, State::Queued]);
         assert!(store.build("other", "b1").unwrap().is_none());
     }

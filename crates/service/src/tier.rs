@@ -75,7 +75,9 @@ mod tests {
         let l: Vec<Limits> = Tier::ALL.iter().map(|t| t.limits()).collect();
         assert_eq!(l[0].concurrent_builds, 1);
         assert_eq!(l[3].storage_bytes, 1 << 40);
-        assert!(l.windows(2).all(|w| w[0].daily_builds < w[1].daily_builds
-            && w[0].build_timeout < w[1].build_timeout));
+        assert!(l
+            .windows(2)
+            .all(|w| w[0].daily_builds < w[1].daily_builds
+                && w[0].build_timeout < w[1].build_timeout));
     }
 }

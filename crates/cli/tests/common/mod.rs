@@ -296,3 +296,4 @@ pub fn p(dir: &Path, rel: &str) -> PathBuf {
 }
 pub mod images;
 pub mod registry;
+pub mod server;

@@ -142,9 +142,11 @@ impl Drop for TestRegistry {
 /// A proxy to a registry: records each request line; answers `fail_status`
 /// (with Retry-After: 1) to the next `fail` requests whose path contains
 /// `fail_on`; and, once, ends the answer to a request whose path contains
-/// `cut_on` after `cut` bytes of its body.
+/// `cut_on` after `cut` bytes of its body; waits `delay_ms` before
+/// answering each blob request.
 #[derive(Clone)]
 pub struct Faults {
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     pub fail: Arc<AtomicUsize>,
     pub fail_on: Arc<Mutex<String>>,
     pub fail_status: Arc<Mutex<String>>,
@@ -164,6 +166,7 @@ impl Proxy {
         let addr = listener.local_addr().unwrap().to_string();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let faults = Faults {
+            delay_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             fail: Arc::new(AtomicUsize::new(0)),
             fail_on: Arc::new(Mutex::new(String::new())),
             fail_status: Arc::new(Mutex::new("503 Service Unavailable".into())),
@@ -221,6 +224,10 @@ fn serve(mut client: TcpStream, upstream: &str, requests: &Mutex<Vec<String>>, f
         let status = faults.fail_status.lock().unwrap().clone();
         let _ = client.write_all(format!("HTTP/1.1 {status}\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
         return;
+    }
+    let delay = faults.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 && request_line.contains("/blobs/") {
+        std::thread::sleep(Duration::from_millis(delay));
     }
     let cut_pattern = faults.cut_on.lock().unwrap().clone();
     let cut = if !cut_pattern.is_empty() && request_line.contains(&cut_pattern) {

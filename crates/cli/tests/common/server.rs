@@ -1,0 +1,233 @@
+//! A real `builderd serve` process on loopback, and curl as its client.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    port: u16,
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP answer: status, headers (lower-case names) and body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{e}: status {} body {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Server {
+    /// Starts `builderd serve` on a free port with `data` as its data
+    /// directory, and waits for /healthz.
+    pub fn start(data: &Path, args: &[&str]) -> Server {
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            data: data.to_path_buf(),
+            port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        s.restart();
+        s
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server still runs");
+        let listen = format!("127.0.0.1:{}", self.port);
+        let child = super::builderd()
+            .arg("serve")
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.url = format!("http://{listen}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", &format!("{}/healthz", self.url)])
+                .status()
+                .unwrap()
+                .success();
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the server did not get ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("the server runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the server runs");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `builderd tenant create NAME --tier TIER`: the key.
+    pub fn tenant(&self, name: &str, tier: &str) -> String {
+        let out = super::builderd()
+            .args(["tenant", "create", name, "--tier", tier, "--data-dir"])
+            .arg(&self.data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout.lines().last().unwrap().to_string()
+    }
+
+    /// curl with `extra` arguments against `path`.
+    pub fn curl(&self, path: &str, extra: &[&str]) -> Answer {
+        let dir = tempfile::tempdir().unwrap();
+        let (head, body) = (dir.path().join("head"), dir.path().join("body"));
+        let out = Command::new("curl")
+            .args(["-s", "-D"])
+            .arg(&head)
+            .arg("-o")
+            .arg(&body)
+            .args(extra)
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {path} failed: {out:?}");
+        let head = std::fs::read_to_string(&head).unwrap();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body: std::fs::read(&body).unwrap_or_default(),
+        }
+    }
+
+    /// A Connect unary call with a JSON body, as curl sends it (no
+    /// Connect-Protocol-Version header).
+    pub fn call(&self, method: &str, key: Option<&str>, headers: &[&str], body: &str) -> Answer {
+        let auth = key.map(|k| format!("Authorization: Bearer {k}"));
+        let mut extra = vec![
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+        ];
+        if let Some(a) = &auth {
+            extra.extend(["-H", a.as_str()]);
+        }
+        for h in headers {
+            extra.extend(["-H", h]);
+        }
+        self.curl(&format!("/builder.v1.BuilderService/{method}"), &extra)
+    }
+
+    /// A call that must succeed; its JSON answer.
+    pub fn ok(&self, method: &str, key: &str, body: &str) -> Value {
+        let a = self.call(method, Some(key), &[], body);
+        assert_eq!(
+            a.status,
+            200,
+            "{method}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        a.json()
+    }
+
+    pub fn create(&self, key: &str, config: &Value) -> String {
+        let v = self.ok("CreateBuild", key, &config.to_string());
+        v["buildId"].as_str().unwrap().to_string()
+    }
+
+    pub fn status(&self, key: &str, id: &str) -> Value {
+        self.ok("GetBuildStatus", key, &format!(r#"{{"build_id":"{id}"}}"#))
+    }
+
+    /// Polls until the build reaches one of `states` (BUILD_STATE_ names).
+    pub fn wait_for(&self, key: &str, id: &str, states: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.status(key, id);
+            if states.contains(&s["state"].as_str().unwrap_or_default()) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "build {id} did not reach {states:?}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
