@@ -3,6 +3,7 @@
 mod boot;
 mod boot_args;
 mod build;
+mod client;
 mod compress;
 mod events;
 mod ext4_args;
@@ -35,6 +36,8 @@ enum Command {
     Boot(boot::Args),
     /// Serve builder.v1 (Connect, gRPC and plain HTTP) with a durable queue.
     Serve(serve::ServeArgs),
+    /// Talk to a builderd server: create, status, wait, logs, download, cancel, list.
+    Client(client::ClientArgs),
     /// Manage the service's tenants.
     #[command(subcommand)]
     Tenant(serve::TenantCommand),
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Build(args) => build::run(*args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Boot(args) => boot::run(args),
         Command::Serve(args) => serve::serve(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Client(args) => client::run(args),
         Command::Tenant(cmd) => serve::tenant(cmd).map(|()| std::process::ExitCode::SUCCESS),
     };
     match result {

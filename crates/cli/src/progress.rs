@@ -25,6 +25,16 @@ impl Bar {
         )
     }
 
+    /// A bar over 0 to 100 percent, labelled with the stage.
+    pub fn percent(what: &str) -> Bar {
+        Bar::styled(100, what, "{msg:12} [{bar:30}] {pos}%")
+    }
+
+    pub fn show(&self, percent: u64, what: &str) {
+        self.0.set_position(percent);
+        self.0.set_message(what.to_string());
+    }
+
     fn styled(total: u64, what: &str, template: &str) -> Bar {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         bar.set_style(

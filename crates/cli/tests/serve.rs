@@ -790,3 +790,64 @@ fn grpc_from_python_and_connect_from_typescript_build_and_download() {
     let report = check_client_report(&out.stdout, &node_file);
     assert!(report["log_lines"].as_u64().unwrap() >= 2, "{report}");
 }
+
+#[test]
+fn the_builderd_client_creates_waits_follows_lists_and_downloads() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let key = server.tenant("acme", "pro");
+    let client = |args: &[&str]| {
+        builderd()
+            .arg("client")
+            .args(["--server", &server.url, "--key", &key])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let created = client(&["create", &format!("{}/app:v1", reg.addr), "--wait"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let stdout = String::from_utf8(created.stdout).unwrap();
+    let id = stdout.lines().next().unwrap().to_string();
+    let status: Value = serde_json::from_str(&stdout[id.len()..]).unwrap();
+    assert_eq!(status["state"], "BUILD_STATE_COMPLETED");
+
+    let logs = String::from_utf8(client(&["logs", &id, "--follow"]).stdout).unwrap();
+    assert!(logs.contains("completed"), "{logs}");
+    let list = String::from_utf8(client(&["list", "--state", "completed"]).stdout).unwrap();
+    assert!(list.contains(&id), "{list}");
+
+    let file = dir.path().join("dl.ext4");
+    let dl = client(&["download", &id, "-o", file.to_str().unwrap()]);
+    assert!(
+        dl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dl.stderr)
+    );
+    assert_eq!(
+        sha256_hex(&std::fs::read(&file).unwrap()),
+        status["artifact"]["sha256"].as_str().unwrap()
+    );
+    e2fsck(&file);
+
+    let missing = client(&["status", "build_nope"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not_found"));
+    let wrong_key = builderd()
+        .args([
+            "client",
+            "--server",
+            &server.url,
+            "--key",
+            "bd_wrong",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&wrong_key.stderr).contains("unauthenticated"));
+}

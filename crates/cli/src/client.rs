@@ -1,0 +1,279 @@
+//! `builderd client`: builder.v1 from the command line, so nobody has to
+//! hand-write curl. Speaks Connect (binary protobuf) through the generated
+//! client; prints messages as proto3 JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use builderd_service::proto::builder::v1::*;
+use connectrpc::client::{ClientConfig, HttpClient};
+use sha2::{Digest as _, Sha256};
+
+#[derive(clap::Args)]
+pub struct ClientArgs {
+    /// The server.
+    #[arg(long, env = "BUILDERD_SERVER", default_value = "http://127.0.0.1:8082")]
+    server: String,
+    /// Your API key (from `builderd tenant create`).
+    #[arg(long, env = "BUILDERD_KEY", hide_env_values = true)]
+    key: String,
+    /// Act for this tenant (operator keys).
+    #[arg(long)]
+    tenant: Option<String>,
+    #[command(subcommand)]
+    command: ClientCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum ClientCommand {
+    /// Create a build of IMAGE, or from a CreateBuild JSON file (--config).
+    Create {
+        #[arg(required_unless_present = "config")]
+        image: Option<String>,
+        /// A CreateBuildRequest as JSON ({"config": {...}}).
+        #[arg(long, conflicts_with = "image")]
+        config: Option<PathBuf>,
+        /// Wait for the build to end, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A build's state and progress.
+    Status { build_id: String },
+    /// Wait for a build to end (exit 1 unless it completes).
+    Wait { build_id: String },
+    /// A build's log lines; with --follow, until it ends.
+    Logs {
+        build_id: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Download a completed build's image, checked against its sha256.
+    Download {
+        build_id: String,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The compressed copy instead.
+        #[arg(long)]
+        compressed: bool,
+    },
+    /// Cancel a queued or running build.
+    Cancel { build_id: String },
+    /// Your builds, newest first.
+    List {
+        /// Only builds in this state (QUEUED, COMPLETED, FAILED, ...).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value = "50")]
+        limit: i32,
+    },
+}
+
+type Client = BuilderServiceClient<HttpClient>;
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    // An error, not a panic, when stdout is a closed pipe.
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(v)?
+    )?;
+    Ok(())
+}
+
+pub fn run(args: ClientArgs) -> Result<std::process::ExitCode> {
+    let uri: http::Uri = args.server.parse().context("--server is not a URL")?;
+    let mut config =
+        ClientConfig::new(uri).with_default_header("authorization", format!("Bearer {}", args.key));
+    if let Some(t) = &args.tenant {
+        config = config.with_default_header("x-tenant-id", t.as_str());
+    }
+    let client = BuilderServiceClient::new(HttpClient::plaintext(), config);
+    tokio::runtime::Runtime::new()?.block_on(command(&client, args.command))
+}
+
+async fn command(client: &Client, command: ClientCommand) -> Result<std::process::ExitCode> {
+    let ok = std::process::ExitCode::SUCCESS;
+    match command {
+        ClientCommand::Create {
+            image,
+            config,
+            wait: then_wait,
+        } => {
+            let request: CreateBuildRequest = match (image, config) {
+                (_, Some(path)) => serde_json::from_slice(
+                    &std::fs::read(&path).with_context(|| path.display().to_string())?,
+                )
+                .with_context(|| format!("{}: not a CreateBuild request", path.display()))?,
+                (Some(image), None) => serde_json::from_value(serde_json::json!({
+                    "config": {"source": {"docker_image": {"image_uri": image}}}
+                }))?,
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let created = client.create_build(request).await?.into_owned();
+            eprintln!("builderd: created {}", created.build_id);
+            println!("{}", created.build_id);
+            if then_wait {
+                return wait(client, &created.build_id).await;
+            }
+            Ok(ok)
+        }
+        ClientCommand::Status { build_id } => {
+            let s = client
+                .get_build_status(GetBuildStatusRequest {
+                    build_id,
+                    ..Default::default()
+                })
+                .await?
+                .into_owned();
+            print_json(&s)?;
+            Ok(ok)
+        }
+        ClientCommand::Wait { build_id } => wait(client, &build_id).await,
+        ClientCommand::Logs { build_id, follow } => {
+            let mut stream = client
+                .stream_build_logs(StreamBuildLogsRequest {
+                    build_id,
+                    follow,
+                    ..Default::default()
+                })
+                .await?;
+            while let Some(line) = stream.message().await? {
+                let l = line.to_owned_message();
+                println!("{} {}: {}", l.level, l.component, l.message);
+            }
+            Ok(ok)
+        }
+        ClientCommand::Download {
+            build_id,
+            output,
+            compressed,
+        } => {
+            download(client, build_id, &output, compressed).await?;
+            Ok(ok)
+        }
+        ClientCommand::Cancel { build_id } => {
+            let c = client
+                .cancel_build(CancelBuildRequest {
+                    build_id,
+                    ..Default::default()
+                })
+                .await?
+                .into_owned();
+            print_json(&c)?;
+            Ok(ok)
+        }
+        ClientCommand::List { state, limit } => {
+            let state_filter = match state {
+                None => BuildState::BUILD_STATE_UNSPECIFIED,
+                Some(s) => {
+                    let name = format!("BUILD_STATE_{}", s.to_ascii_uppercase());
+                    serde_json::from_value(serde_json::Value::String(name))
+                        .with_context(|| format!("--state {s}: not a build state"))?
+                }
+            };
+            let l = client
+                .list_builds(ListBuildsRequest {
+                    state_filter: state_filter.into(),
+                    page_size: limit,
+                    ..Default::default()
+                })
+                .await?
+                .into_owned();
+            for b in &l.builds {
+                let image = serde_json::to_value(&b.config)?["source"]["dockerImage"]["imageUri"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                println!("{}  {:?}  {image}", b.build_id, b.state);
+            }
+            eprintln!("builderd: {} of {} builds", l.builds.len(), l.total_count);
+            Ok(ok)
+        }
+    }
+}
+
+/// Polls the status (a bar on a terminal) until the build ends.
+async fn wait(client: &Client, build_id: &str) -> Result<std::process::ExitCode> {
+    let bar = crate::progress::Bar::percent("queued");
+    loop {
+        let s = client
+            .get_build_status(GetBuildStatusRequest {
+                build_id: build_id.to_string(),
+                ..Default::default()
+            })
+            .await?
+            .into_owned();
+        let state = s
+            .state
+            .as_known()
+            .unwrap_or(BuildState::BUILD_STATE_UNSPECIFIED);
+        let p = s.progress.as_option().cloned().unwrap_or_default();
+        bar.show(p.percent as u64, &p.stage);
+        let done = matches!(
+            state,
+            BuildState::BUILD_STATE_COMPLETED
+                | BuildState::BUILD_STATE_FAILED
+                | BuildState::BUILD_STATE_CANCELLED
+                | BuildState::BUILD_STATE_TIMEOUT
+        );
+        if done {
+            bar.finish();
+            print_json(&s)?;
+            return Ok(if state == BuildState::BUILD_STATE_COMPLETED {
+                std::process::ExitCode::SUCCESS
+            } else {
+                if let Some(e) = s.error.as_option() {
+                    eprintln!(
+                        "builderd: build {build_id}: {:?}: {}",
+                        e.category, e.message
+                    );
+                }
+                std::process::ExitCode::FAILURE
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn download(
+    client: &Client,
+    build_id: String,
+    output: &std::path::Path,
+    compressed: bool,
+) -> Result<()> {
+    let mut stream = client
+        .get_build_artifact(GetBuildArtifactRequest {
+            build_id,
+            compressed,
+            ..Default::default()
+        })
+        .await?;
+    let pending = crate::output::Pending::new(output)?;
+    let mut file = std::io::BufWriter::new(pending.file()?);
+    let mut hash = Sha256::new();
+    let mut expected = String::new();
+    let mut bar = None;
+    while let Some(chunk) = stream.message().await? {
+        let c = chunk.to_owned_message();
+        let bar = bar
+            .get_or_insert_with(|| crate::progress::Bar::bytes(c.total_size as u64, "downloading"));
+        file.write_all(&c.data)?;
+        hash.update(&c.data);
+        bar.advance(c.data.len() as u64);
+        expected = c.sha256;
+    }
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    file.flush()?;
+    drop(file);
+    let got = builderd_oci::Digest::of_hasher(hash).hex().to_string();
+    if got != expected {
+        bail!("the download's sha256 is {got}, the build recorded {expected}: not kept");
+    }
+    pending.commit()?;
+    eprintln!("builderd: wrote {} (sha256 {got})", output.display());
+    Ok(())
+}
