@@ -500,17 +500,9 @@ fn fetch_to_cache(
     size: u64,
     progress: &dyn Fn(u64),
 ) -> Result<bool, builderd_oci::Error> {
-    if cache.has(digest, size) {
-        return Ok(false);
-    }
-    // Another build (another process) may be downloading it right now.
-    let _lock = cache.lock(digest)?;
-    if cache.has(digest, size) {
-        return Ok(false);
-    }
-    registry.download(digest, size, &cache.partial(digest), progress)?;
-    cache.commit(digest)?;
-    Ok(true)
+    cache.fetch(digest, size, |partial| {
+        registry.download(digest, size, partial, progress)
+    })
 }
 
 /// Downloads the layers not cached yet, several at once; a bar for each on a

@@ -41,7 +41,7 @@ impl BlobCache {
         self.dir.join("blobs/sha256").join(digest.hex())
     }
 
-    pub fn partial(&self, digest: &Digest) -> PathBuf {
+    fn partial(&self, digest: &Digest) -> PathBuf {
         self.dir.join("partial").join(digest.hex())
     }
 
@@ -50,9 +50,32 @@ impl BlobCache {
         std::fs::metadata(self.path(digest)).is_ok_and(|m| m.len() == size)
     }
 
+    /// Brings a blob into the cache unless it is there: `download` fills the
+    /// partial file (resuming what it finds there) and must verify it; the
+    /// result is then committed. Answers whether it downloaded. Other
+    /// processes sharing the cache wait while one downloads a blob, then find
+    /// it in place.
+    pub fn fetch(
+        &self,
+        digest: &Digest,
+        size: u64,
+        download: impl FnOnce(&Path) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        if self.has(digest, size) {
+            return Ok(false);
+        }
+        let _lock = self.lock(digest)?;
+        if self.has(digest, size) {
+            return Ok(false);
+        }
+        download(&self.partial(digest))?;
+        self.commit(digest)?;
+        Ok(true)
+    }
+
     /// Waits until no other process is downloading this blob, and keeps it
-    /// that way until the lock is dropped. Check `has` again after taking it.
-    pub fn lock(&self, digest: &Digest) -> Result<BlobLock, Error> {
+    /// that way until the lock is dropped.
+    fn lock(&self, digest: &Digest) -> Result<BlobLock, Error> {
         let path = self
             .dir
             .join("partial")
@@ -79,7 +102,7 @@ impl BlobCache {
     }
 
     /// Moves a verified download into place.
-    pub fn commit(&self, digest: &Digest) -> Result<(), Error> {
+    fn commit(&self, digest: &Digest) -> Result<(), Error> {
         std::fs::rename(self.partial(digest), self.path(digest)).map_err(|e| Error::Io {
             what: format!("cache: storing blob {digest}"),
             source: e,
@@ -96,7 +119,7 @@ impl BlobCache {
 
 /// A blob's download lock; released when dropped (the lock file stays, so
 /// no process can lock a file another has just unlinked).
-pub struct BlobLock {
+struct BlobLock {
     _file: File,
 }
 

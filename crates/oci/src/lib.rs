@@ -14,7 +14,7 @@ mod platform;
 mod reference;
 mod registry;
 
-pub use cache::{BlobCache, BlobLock};
+pub use cache::BlobCache;
 pub use digest::{Digest, VerifyingReader};
 pub use docker_archive::DockerArchive;
 pub use layout::OciLayout;

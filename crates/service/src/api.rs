@@ -166,15 +166,11 @@ impl Api {
             // Active in the database but run by no one here: a run this
             // process does not own, left by a crash; nothing to stop.
             self.store
-                .transition(&b.id, &State::UNFINISHED, State::Cancelled)
+                .transition(&b.id, &State::unfinished(), State::Cancelled)
                 .map_err(internal)?;
         }
-        let now = self
-            .store
-            .build_by_id(&b.id)
-            .map_err(internal)?
-            .map_or(State::Cancelled, |b| b.state);
-        Ok(now)
+        let now = self.store.state(&b.id).map_err(internal)?;
+        Ok(now.unwrap_or(State::Cancelled))
     }
 }
 
@@ -500,10 +496,10 @@ impl BuilderService for Api {
                     // Read the state before the lines, so no line written
                     // before the end is missed.
                     let finished = store
-                        .build_by_id(&id)
+                        .state(&id)
                         .ok()
                         .flatten()
-                        .is_none_or(|b| b.state.is_terminal());
+                        .is_none_or(State::is_terminal);
                     let lines = match store.logs_after(&id, after) {
                         Ok(l) => l,
                         Err(e) => return Some((vec![Err(internal(e))], None)),

@@ -22,8 +22,9 @@ pub fn new_key() -> String {
 }
 
 pub fn hash(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    builderd_oci::Digest::of_hasher(Sha256::new_with_prefix(key.as_bytes()))
+        .hex()
+        .to_string()
 }
 
 /// A tenant name: what `X-Tenant-ID` carries and the artifact directory's name.

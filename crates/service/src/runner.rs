@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -369,7 +369,6 @@ struct Follow {
     id: String,
     state: State,
     failure: Option<(&'static str, String)>,
-    last_progress: Option<Instant>,
 }
 
 impl Follow {
@@ -378,7 +377,6 @@ impl Follow {
             id: id.to_string(),
             state: State::Running,
             failure: None,
-            last_progress: None,
         }
     }
 
@@ -417,7 +415,6 @@ impl Follow {
                 "total": total,
                 "files": p["files"],
             });
-            self.last_progress = Some(Instant::now());
             let _ = store.set_progress(id, &progress.to_string());
         } else if let Some(message) = v["log"].as_str() {
             let level = v["level"].as_str().unwrap_or("info");

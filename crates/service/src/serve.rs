@@ -113,9 +113,7 @@ fn clean_leftovers(data_dir: &Path, store: &Store) -> Result<()> {
             .flatten()
         {
             let id = build.file_name().to_string_lossy().into_owned();
-            let keep = store
-                .build_by_id(&id)?
-                .is_some_and(|b| b.state == State::Completed);
+            let keep = store.state(&id)? == Some(State::Completed);
             if !keep {
                 std::fs::remove_dir_all(build.path())?;
             }

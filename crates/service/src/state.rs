@@ -45,15 +45,9 @@ impl State {
     ];
 
     /// Not yet final: QUEUED and the active states.
-    pub const UNFINISHED: [State; 7] = [
-        State::Queued,
-        State::Running,
-        State::Preparing,
-        State::Downloading,
-        State::Building,
-        State::Optimizing,
-        State::Packaging,
-    ];
+    pub fn unfinished() -> Vec<State> {
+        ALL.into_iter().filter(|s| !s.is_terminal()).collect()
+    }
 
     /// As stored, and as the proto enum's name after `BUILD_STATE_`.
     pub fn name(self) -> &'static str {

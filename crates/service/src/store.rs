@@ -73,6 +73,12 @@ pub struct LogLine {
     pub component: String,
 }
 
+/// The start of today (UTC), where the daily builds quota counts from.
+fn day_start_ms() -> i64 {
+    let now = now_ms();
+    now - now.rem_euclid(86_400_000)
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -254,7 +260,7 @@ impl Store {
     pub fn insert_build(&self, b: &NewBuild) -> Result<i64> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let day_start = now_ms() - now_ms().rem_euclid(86_400_000);
+        let day_start = day_start_ms();
         let today: u32 = tx.query_row(
             "SELECT COUNT(*) FROM builds WHERE tenant_id = ?1 AND created_ms >= ?2",
             params![b.tenant_id, day_start],
@@ -302,15 +308,13 @@ impl Store {
             .optional()?)
     }
 
-    pub fn build_by_id(&self, id: &str) -> Result<Option<BuildRow>> {
-        Ok(self
+    /// A build's state alone (None once it is deleted).
+    pub fn state(&self, id: &str) -> Result<Option<State>> {
+        let name: Option<String> = self
             .conn()
-            .query_row(
-                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?1"),
-                [id],
-                build_row,
-            )
-            .optional()?)
+            .query_row("SELECT state FROM builds WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        Ok(name.and_then(|n| State::parse(&n)))
     }
 
     /// A tenant's builds, newest first, after `before_seq` (a page token).
@@ -502,7 +506,7 @@ impl Store {
 
     /// The tenant's usage: (running, queued, builds today, storage bytes).
     pub fn usage(&self, tenant_id: &str) -> Result<(i64, i64, i64, i64)> {
-        let day_start = now_ms() - now_ms().rem_euclid(86_400_000);
+        let day_start = day_start_ms();
         let active: Vec<String> = State::ACTIVE
             .iter()
             .map(|s| format!("'{}'", s.name()))
