@@ -262,6 +262,7 @@ impl BuilderService for Api {
         let config_json = serde_json::to_string(&job::redacted(&config))
             .map_err(|e| ConnectError::internal(e.to_string()))?;
         let creds = job::credentials(&config);
+        let log = format!("queued: {}", job.image);
         let created = self
             .store
             .insert_build(&NewBuild {
@@ -272,6 +273,7 @@ impl BuilderService for Api {
                 max_interruptions: job.max_interruptions,
                 daily_limit: limits.daily_builds,
                 storage_limit: limits.storage_bytes,
+                log: &log,
             })
             .map_err(|e| match e {
                 StoreError::Conflict(m) => {
@@ -279,9 +281,6 @@ impl BuilderService for Api {
                 }
                 e => internal(e),
             })?;
-        let _ = self
-            .store
-            .log(&id, "info", &format!("queued: {}", job.image), "builderd");
         self.scheduler.wake();
         Response::ok(CreateBuildResponse {
             build_id: id,

@@ -195,12 +195,18 @@ impl Runner {
         if let Some(creds) = &build.creds {
             cmd.env("BUILDERD_CREDS", creds);
         }
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the fork.
+        // SAFETY: prctl and setpriority are async-signal-safe; nothing else
+        // runs in the fork.
         unsafe {
             cmd.pre_exec(|| {
                 // A build must not outlive a server killed with -9: the
                 // restarted server runs it again from the start.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Builds are batch work: the API must keep answering while
+                // they use every core.
+                if libc::setpriority(libc::PRIO_PROCESS, 0, BUILD_NICENESS) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -338,6 +344,9 @@ impl Runner {
         Ok(())
     }
 }
+
+/// The scheduling priority of build processes (as `nice -n 10`).
+const BUILD_NICENESS: libc::c_int = 10;
 
 /// The image file's name in the work and artifact directories.
 pub const ARTIFACT: &str = "rootfs.ext4";

@@ -160,9 +160,8 @@ pub async fn serve(opts: Options) -> Result<()> {
         runner,
         trust_tenant_header: opts.trust_tenant_header,
     });
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let listener =
+        listen(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
     eprintln!(
         "builderd: serving builder.v1 on http://{} (data in {}, operator key in {})",
         listener.local_addr()?,
@@ -194,6 +193,21 @@ pub async fn serve(opts: Options) -> Result<()> {
     }
     eprintln!("builderd: stopped");
     Ok(())
+}
+
+/// Connections the kernel holds for us before we accept them. The default
+/// (128) overflows when a burst of clients connects at once, and each
+/// connection dropped then waits a whole second for its SYN to be resent.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn shutdown_signal() -> &'static str {

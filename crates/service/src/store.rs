@@ -2,8 +2,13 @@
 //! keys, builds with each state change, and build logs. Several processes may
 //! open one database: `builderd tenant create` writes keys while the server
 //! runs, and the server reads keys from here on every request.
+//!
+//! One connection writes (SQLite has one writer at a time anyway); reads go
+//! to a pool of read-only connections, which WAL lets see the last commit
+//! without waiting for a write in progress, so a burst of builds reporting
+//! progress does not hold up the API's reads.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,8 +28,17 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {
+    path: PathBuf,
     conn: Mutex<Connection>,
+    /// Idle read-only connections.
+    readers: Mutex<Vec<Connection>>,
 }
+
+/// Compiled statements kept per connection: more than the store has.
+const STATEMENTS: usize = 64;
+
+/// Idle readers kept open; more are opened when more reads run at once.
+const IDLE_READERS: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct Tenant {
@@ -73,6 +87,22 @@ pub struct LogLine {
     pub component: String,
 }
 
+/// A statement run with its compiled form kept: the API runs the same few
+/// statements over and over, and parsing them again cost more than running them.
+fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// The one row of a query, its statement kept as `exec` keeps it.
+fn row<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
+}
+
 /// The start of today (UTC), where the daily builds quota counts from.
 fn day_start_ms() -> i64 {
     let now = now_ms();
@@ -119,6 +149,7 @@ CREATE TABLE IF NOT EXISTS builds (
 );
 CREATE INDEX IF NOT EXISTS builds_tenant ON builds(tenant_id, seq);
 CREATE INDEX IF NOT EXISTS builds_state ON builds(state, seq);
+CREATE INDEX IF NOT EXISTS builds_tenant_day ON builds(tenant_id, created_ms);
 CREATE TABLE IF NOT EXISTS transitions (
     build_id TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -175,6 +206,8 @@ pub struct NewBuild<'a> {
     pub daily_limit: u32,
     /// The tenant's storage quota: the insert fails when it is used up.
     pub storage_limit: u64,
+    /// The build's first log line.
+    pub log: &'a str,
 }
 
 impl Store {
@@ -183,38 +216,70 @@ impl Store {
         // Another process (`builderd tenant create`) may hold the write lock
         // for a moment.
         conn.busy_timeout(Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // A build CreateBuild answered for must survive a crash of the machine.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Store {
+            path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
         })
     }
 
+    /// The writing connection.
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (each call
         // is one statement or one transaction), so the poison is not news.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` on a read-only connection (one transaction's snapshot per
+    /// statement, as with the writer).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(Duration::from_secs(10))?;
+                c.set_prepared_statement_cache_capacity(STATEMENTS);
+                c
+            }
+        };
+        let result = f(&conn);
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        Ok(result?)
+    }
+
     pub fn create_tenant(&self, id: &str, tier: Tier, key_hash: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM tenants WHERE id = ?1", [id], |_| Ok(true))
-            .optional()?
-            .unwrap_or(false);
+        let exists: bool = row(&tx, "SELECT 1 FROM tenants WHERE id = ?1", [id], |_| {
+            Ok(true)
+        })
+        .optional()?
+        .unwrap_or(false);
         if exists {
             return Err(StoreError::Conflict(format!("tenant {id} exists already")));
         }
         let now = now_ms();
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO tenants (id, tier, created_ms) VALUES (?1, ?2, ?3)",
             params![id, tier.name(), now],
         )?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO api_keys (hash, tenant_id, created_ms) VALUES (?1, ?2, ?3)",
             params![key_hash, id, now],
         )?;
@@ -223,7 +288,8 @@ impl Store {
     }
 
     pub fn add_operator_key(&self, key_hash: &str) -> Result<()> {
-        self.conn().execute(
+        exec(
+            &self.conn(),
             "INSERT OR IGNORE INTO api_keys (hash, tenant_id, created_ms) VALUES (?1, NULL, ?2)",
             params![key_hash, now_ms()],
         )?;
@@ -231,28 +297,40 @@ impl Store {
     }
 
     pub fn tenant(&self, id: &str) -> Result<Option<Tenant>> {
-        Ok(self
-            .conn()
-            .query_row("SELECT id, tier FROM tenants WHERE id = ?1", [id], |r| {
-                tenant_row(r)
-            })
-            .optional()?)
+        self.read(|c| {
+            row(
+                c,
+                "SELECT id, tier FROM tenants WHERE id = ?1",
+                [id],
+                tenant_row,
+            )
+            .optional()
+        })
     }
 
     pub fn key_owner(&self, key_hash: &str) -> Result<Option<KeyOwner>> {
-        let row: Option<Option<String>> = self
-            .conn()
-            .query_row(
-                "SELECT tenant_id FROM api_keys WHERE hash = ?1",
+        // The key and its tenant in one statement: one snapshot, one round.
+        type Found = (bool, Option<String>, Option<String>);
+        let found: Option<Found> = self.read(|c| {
+            row(
+                c,
+                "SELECT k.tenant_id IS NULL, t.id, t.tier FROM api_keys k
+                 LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = ?1",
                 [key_hash],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .optional()?;
-        match row {
-            None => Ok(None),
-            Some(None) => Ok(Some(KeyOwner::Operator)),
-            Some(Some(tenant)) => Ok(self.tenant(&tenant)?.map(KeyOwner::Tenant)),
-        }
+            .optional()
+        })?;
+        Ok(match found {
+            None => None,
+            Some((true, _, _)) => Some(KeyOwner::Operator),
+            Some((false, Some(id), Some(tier))) => Some(KeyOwner::Tenant(Tenant {
+                id,
+                tier: Tier::parse(&tier).unwrap_or(Tier::Free),
+            })),
+            // A key whose tenant is gone speaks for no one.
+            Some((false, _, _)) => None,
+        })
     }
 
     /// Records a new QUEUED build, checking the tenant's daily and storage
@@ -261,7 +339,8 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let day_start = day_start_ms();
-        let today: u32 = tx.query_row(
+        let today: u32 = row(
+            &tx,
             "SELECT COUNT(*) FROM builds WHERE tenant_id = ?1 AND created_ms >= ?2",
             params![b.tenant_id, day_start],
             |r| r.get(0),
@@ -272,7 +351,8 @@ impl Store {
                 b.daily_limit
             )));
         }
-        let used: i64 = tx.query_row(
+        let used: i64 = row(
+            &tx,
             "SELECT COALESCE(SUM(artifact_bytes), 0) FROM builds WHERE tenant_id = ?1",
             [b.tenant_id],
             |r| r.get(0),
@@ -284,36 +364,45 @@ impl Store {
             )));
         }
         let now = now_ms();
-        tx.execute(
+        exec(&tx,
             "INSERT INTO builds (id, tenant_id, config_json, creds, state, created_ms, updated_ms, max_interruptions)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
             params![b.id, b.tenant_id, b.config_json, b.creds, State::Queued.name(), now, b.max_interruptions],
         )?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO transitions (build_id, state, at_ms) VALUES (?1, ?2, ?3)",
             params![b.id, State::Queued.name(), now],
+        )?;
+        exec(
+            &tx,
+            "INSERT INTO logs (build_id, at_ms, level, message, component) VALUES (?1, ?2, 'info', ?3, 'builderd')",
+            params![b.id, now, b.log],
         )?;
         tx.commit()?;
         Ok(now)
     }
 
     pub fn build(&self, tenant_id: &str, id: &str) -> Result<Option<BuildRow>> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.read(|c| {
+            row(
+                c,
                 &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?1 AND tenant_id = ?2"),
                 params![id, tenant_id],
                 build_row,
             )
-            .optional()?)
+            .optional()
+        })
     }
 
     /// A build's state alone (None once it is deleted).
     pub fn state(&self, id: &str) -> Result<Option<State>> {
-        let name: Option<String> = self
-            .conn()
-            .query_row("SELECT state FROM builds WHERE id = ?1", [id], |r| r.get(0))
-            .optional()?;
+        let name: Option<String> = self.read(|c| {
+            row(c, "SELECT state FROM builds WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+        })?;
         Ok(name.and_then(|n| State::parse(&n)))
     }
 
@@ -325,38 +414,40 @@ impl Store {
         before_seq: Option<i64>,
         limit: usize,
     ) -> Result<(Vec<BuildRow>, i64)> {
-        let conn = self.conn();
         let state = state.map(|s| s.name());
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {BUILD_COLUMNS} FROM builds WHERE tenant_id = ?1
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {BUILD_COLUMNS} FROM builds WHERE tenant_id = ?1
              AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR seq < ?3)
              ORDER BY seq DESC LIMIT ?4"
-        ))?;
-        let rows = stmt
-            .query_map(
-                params![tenant_id, state, before_seq, limit as i64],
-                build_row,
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let total = conn.query_row(
-            "SELECT COUNT(*) FROM builds WHERE tenant_id = ?1 AND (?2 IS NULL OR state = ?2)",
-            params![tenant_id, state],
-            |r| r.get(0),
-        )?;
-        Ok((rows, total))
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![tenant_id, state, before_seq, limit as i64],
+                    build_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let total = row(
+                conn,
+                "SELECT COUNT(*) FROM builds WHERE tenant_id = ?1 AND (?2 IS NULL OR state = ?2)",
+                params![tenant_id, state],
+                |r| r.get(0),
+            )?;
+            Ok((rows, total))
+        })
     }
 
     pub fn transitions(&self, id: &str) -> Result<Vec<(State, i64)>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT state, at_ms FROM transitions WHERE build_id = ?1 ORDER BY rowid")?;
-        let rows = stmt
-            .query_map([id], |r| {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, at_ms FROM transitions WHERE build_id = ?1 ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([id], |r| {
                 let s: String = r.get(0)?;
                 Ok((State::parse(&s).unwrap_or(State::Failed), r.get(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+            })?;
+            rows.collect()
+        })
     }
 
     /// Moves a build to `to`, only if it is in one of `from` (so a cancel and
@@ -364,8 +455,10 @@ impl Store {
     pub fn transition(&self, id: &str, from: &[State], to: State) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let current: Option<String> = tx
-            .query_row("SELECT state FROM builds WHERE id = ?1", [id], |r| r.get(0))
+        let current: Option<String> =
+            row(&tx, "SELECT state FROM builds WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()?;
         let Some(current) = current.and_then(|s| State::parse(&s)) else {
             return Ok(false);
@@ -380,7 +473,8 @@ impl Store {
             None
         };
         let finished = to.is_terminal().then_some(now);
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE builds SET state = ?2, updated_ms = ?3,
                  started_ms = COALESCE(?4, started_ms),
                  attempts = attempts + (?4 IS NOT NULL),
@@ -388,7 +482,8 @@ impl Store {
              WHERE id = ?1",
             params![id, to.name(), now, started, finished],
         )?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO transitions (build_id, state, at_ms) VALUES (?1, ?2, ?3)",
             params![id, to.name(), now],
         )?;
@@ -397,7 +492,8 @@ impl Store {
     }
 
     pub fn set_progress(&self, id: &str, progress_json: &str) -> Result<()> {
-        self.conn().execute(
+        exec(
+            &self.conn(),
             "UPDATE builds SET progress_json = ?2, updated_ms = ?3 WHERE id = ?1",
             params![id, progress_json, now_ms()],
         )?;
@@ -405,7 +501,8 @@ impl Store {
     }
 
     pub fn set_error(&self, id: &str, category: &str, message: &str) -> Result<()> {
-        self.conn().execute(
+        exec(
+            &self.conn(),
             "UPDATE builds SET error_category = ?2, error_message = ?3 WHERE id = ?1",
             params![id, category, message],
         )?;
@@ -413,7 +510,8 @@ impl Store {
     }
 
     pub fn set_artifact(&self, id: &str, artifact_json: &str, bytes: i64) -> Result<()> {
-        self.conn().execute(
+        exec(
+            &self.conn(),
             "UPDATE builds SET artifact_json = ?2, artifact_bytes = ?3 WHERE id = ?1",
             params![id, artifact_json, bytes],
         )?;
@@ -423,15 +521,15 @@ impl Store {
     pub fn delete_build(&self, id: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM logs WHERE build_id = ?1", [id])?;
-        tx.execute("DELETE FROM transitions WHERE build_id = ?1", [id])?;
-        tx.execute("DELETE FROM builds WHERE id = ?1", [id])?;
+        exec(&tx, "DELETE FROM logs WHERE build_id = ?1", [id])?;
+        exec(&tx, "DELETE FROM transitions WHERE build_id = ?1", [id])?;
+        exec(&tx, "DELETE FROM builds WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(())
     }
 
     pub fn log(&self, id: &str, level: &str, message: &str, component: &str) -> Result<()> {
-        self.conn().execute(
+        exec(&self.conn(),
             "INSERT INTO logs (build_id, at_ms, level, message, component) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, now_ms(), level, message, component],
         )?;
@@ -439,37 +537,37 @@ impl Store {
     }
 
     pub fn logs_after(&self, id: &str, after_seq: i64) -> Result<Vec<LogLine>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT seq, at_ms, level, message, component FROM logs
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, at_ms, level, message, component FROM logs
              WHERE build_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1000",
-        )?;
-        let rows = stmt
-            .query_map(params![id, after_seq], |r| {
-                Ok(LogLine {
-                    seq: r.get(0)?,
-                    at_ms: r.get(1)?,
-                    level: r.get(2)?,
-                    message: r.get(3)?,
-                    component: r.get(4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+            )?;
+            let rows = stmt
+                .query_map(params![id, after_seq], |r| {
+                    Ok(LogLine {
+                        seq: r.get(0)?,
+                        at_ms: r.get(1)?,
+                        level: r.get(2)?,
+                        message: r.get(3)?,
+                        component: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
     }
 
     /// Builds in one of `states`, oldest first.
     pub fn builds_in(&self, states: &[State]) -> Result<Vec<BuildRow>> {
-        let conn = self.conn();
         let names: Vec<String> = states.iter().map(|s| format!("'{}'", s.name())).collect();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {BUILD_COLUMNS} FROM builds WHERE state IN ({}) ORDER BY seq",
-            names.join(",")
-        ))?;
-        let rows = stmt
-            .query_map([], build_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {BUILD_COLUMNS} FROM builds WHERE state IN ({}) ORDER BY seq",
+                names.join(",")
+            ))?;
+            let rows = stmt.query_map([], build_row)?;
+            rows.collect()
+        })
     }
 
     /// After a crash: each build that was running goes back to the queue
@@ -494,7 +592,8 @@ impl Store {
                     failed.push(b.id);
                 }
             } else if self.transition(&b.id, &from, State::Queued)? {
-                self.conn().execute(
+                exec(
+                    &self.conn(),
                     "UPDATE builds SET interruptions = interruptions + 1 WHERE id = ?1",
                     [&b.id],
                 )?;
@@ -511,28 +610,31 @@ impl Store {
             .iter()
             .map(|s| format!("'{}'", s.name()))
             .collect();
-        Ok(self.conn().query_row(
-            &format!(
-                "SELECT
+        self.read(|c| {
+            row(
+                c,
+                &format!(
+                    "SELECT
                    COALESCE(SUM(state IN ({})), 0),
                    COALESCE(SUM(state = 'QUEUED'), 0),
                    COALESCE(SUM(created_ms >= ?2), 0),
                    COALESCE(SUM(artifact_bytes), 0)
                  FROM builds WHERE tenant_id = ?1",
-                active.join(",")
-            ),
-            params![tenant_id, day_start],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?)
+                    active.join(",")
+                ),
+                params![tenant_id, day_start],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+        })
     }
 
     /// Counts by final state, the average completed build time and the
     /// storage used, over one tenant's builds.
     pub fn stats(&self, tenant_id: &str) -> Result<Stats> {
-        let conn = self.conn();
+        self.read(|conn| {
         let mut stats = Stats::default();
         let mut stmt =
-            conn.prepare("SELECT state, COUNT(*) FROM builds WHERE tenant_id = ?1 GROUP BY state")?;
+            conn.prepare_cached("SELECT state, COUNT(*) FROM builds WHERE tenant_id = ?1 GROUP BY state")?;
         for row in stmt.query_map([tenant_id], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })? {
@@ -547,7 +649,7 @@ impl Store {
                 _ => {}
             }
         }
-        (stats.average_ms, stats.artifact_bytes) = conn.query_row(
+        (stats.average_ms, stats.artifact_bytes) = row(conn,
             "SELECT COALESCE(AVG(CASE WHEN state = 'COMPLETED' THEN finished_ms - started_ms END), 0),
                     COALESCE(SUM(artifact_bytes), 0)
              FROM builds WHERE tenant_id = ?1",
@@ -555,6 +657,7 @@ impl Store {
             |r| Ok((r.get::<_, f64>(0)? as i64, r.get(1)?)),
         )?;
         Ok(stats)
+        })
     }
 }
 
@@ -591,6 +694,7 @@ mod tests {
             max_interruptions: 1,
             daily_limit: daily,
             storage_limit: 1 << 30,
+            log: "queued",
         }
     }
 
