@@ -339,6 +339,84 @@ fn tenants_see_only_their_own_builds_and_auth_failures_have_their_codes() {
     assert!(!data.join("artifacts/team-a").join(&id).exists());
 }
 
+#[test]
+fn list_builds_pages_fifty_at_a_time_newest_first_and_filters_by_state() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let server = Server::start(&dir.path().join("data"), &["--workers", "4"]);
+    let key = server.tenant("lister", "enterprise");
+    let image = config(&format!("{}/app:v1", reg.addr));
+    let ids: Vec<String> = (0..53).map(|_| server.create(&key, &image)).collect();
+    // One cancelled, queued or already running: either way it ends CANCELLED.
+    let cancelled = server.create(&key, &image);
+    server.ok(
+        "CancelBuild",
+        &key,
+        &format!(r#"{{"build_id":"{cancelled}"}}"#),
+    );
+    for id in &ids {
+        server.wait_for(
+            &key,
+            id,
+            &["BUILD_STATE_COMPLETED"],
+            Duration::from_secs(120),
+        );
+    }
+
+    let first = server.ok("ListBuilds", &key, "{}");
+    let page: Vec<&str> = first["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["buildId"].as_str().unwrap())
+        .collect();
+    assert_eq!(page.len(), 50, "50 a page by default");
+    assert_eq!(num(&first["totalCount"]), 54);
+    assert_eq!(page[0], cancelled, "newest first");
+    assert_eq!(page[1], ids[52]);
+    let token = first["nextPageToken"].as_str().unwrap();
+    assert!(!token.is_empty());
+    let second = server.ok(
+        "ListBuilds",
+        &key,
+        &json!({"page_token": token}).to_string(),
+    );
+    let rest: Vec<&str> = second["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["buildId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rest,
+        [&ids[3], &ids[2], &ids[1], &ids[0]].map(|s| s.as_str())
+    );
+    assert!(second["nextPageToken"].as_str().unwrap_or("").is_empty());
+
+    let small = server.ok("ListBuilds", &key, r#"{"page_size": 7}"#);
+    assert_eq!(small["builds"].as_array().unwrap().len(), 7);
+    let only = |state: &str| {
+        let v = server.ok(
+            "ListBuilds",
+            &key,
+            &json!({"state_filter": state}).to_string(),
+        );
+        let builds = v["builds"].as_array().cloned().unwrap_or_default();
+        assert!(builds.iter().all(|b| b["state"] == state), "{v}");
+        (num(&v["totalCount"]), builds)
+    };
+    assert_eq!(only("BUILD_STATE_COMPLETED").0, 53);
+    let (n, builds) = only("BUILD_STATE_CANCELLED");
+    assert_eq!(
+        (n, builds[0]["buildId"].as_str()),
+        (1, Some(cancelled.as_str()))
+    );
+    assert_eq!(only("BUILD_STATE_FAILED").0, 0);
+    let bad = server.call("ListBuilds", Some(&key), &[], r#"{"page_token": "x"}"#);
+    assert_eq!(bad.json()["code"], "invalid_argument");
+}
+
 /// Each build's [start, end] from its recorded RUNNING and final times.
 fn run_spans(server: &Server, key: &str, ids: &[String]) -> Vec<(String, String)> {
     ids.iter()
