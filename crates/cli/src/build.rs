@@ -2,29 +2,27 @@
 //! filesystem in one pass (layers flattened newest first, file data straight
 //! into the image), with a metadata file `OUT.json` beside it.
 
-use std::fs::File;
-use std::io::{BufReader, IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use builderd_ext4::Writer;
-use builderd_flatten::Layer;
 use builderd_oci::{
-    docker_config_credentials, BlobCache, BlobStore, Compression, Credentials, Digest, Doc,
-    DockerArchive, Image, ImageRef, OciLayout, Platform, Registry, RetryPolicy, Source,
-    VerifyingReader,
+    docker_config_credentials, BlobCache, BlobStore, Credentials, DockerArchive, Image, OciLayout,
+    Platform, Registry, RetryPolicy, Source,
 };
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::boot_args::BootArgs;
 use crate::events::{self, SizeLimitExceeded};
 use crate::ext4_args::Ext4Args;
+use crate::layer_streams::Streams;
 use crate::output::Pending;
 use crate::progress::Bar;
+use crate::pull::Downloads;
 use crate::units::human;
-use builderd_import::ReadAhead;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -75,11 +73,6 @@ pub enum EventsFormat {
     Text,
     Json,
 }
-
-/// Parallel layer downloads.
-const DOWNLOADS: usize = 4;
-
-const READ_BUFFER: usize = 1 << 20;
 
 /// The metadata file written beside the image.
 #[derive(Serialize)]
@@ -149,13 +142,14 @@ pub fn run(args: Args) -> Result<()> {
         None => Platform::host(),
     };
     let source = Source::parse(&args.source)?;
+    let bars = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
     // Keeps a --no-cache build's private blob directory until the end.
     let mut _scratch = None;
-    let (store, image): (Box<dyn BlobStore>, Image) = match source {
+    let (blobs, image): (Blobs, Image) = match source {
         Source::OciLayout { dir, tag } => {
             let layout = OciLayout::open(&dir)?;
             let image = layout.resolve(tag.as_deref(), &platform)?;
-            (Box::new(layout), image)
+            (Blobs::Local(Box::new(layout)), image)
         }
         Source::Registry(r) => {
             let cache = if args.no_cache {
@@ -193,17 +187,25 @@ pub fn run(args: Args) -> Result<()> {
                 Box::new(events::warn),
             )?;
             events::stage("downloading");
-            let image = pull(&registry, &cache, &r, &platform)?;
-            (Box::new(cache), image)
+            let image = crate::pull::resolve(&registry, &cache, &r, &platform)?;
+            // The layers download in the background from now on; the
+            // flatten reads each one as it comes.
+            let downloads = Downloads::start(
+                Arc::new(registry),
+                Arc::new(cache),
+                image.layers.clone(),
+                bars.clone(),
+            );
+            (Blobs::Pull(downloads), image)
         }
         Source::OciArchive { file, tag } => {
             let layout = OciLayout::open_archive(&file)?;
             let image = layout.resolve(tag.as_deref(), &platform)?;
-            (Box::new(layout), image)
+            (Blobs::Local(Box::new(layout)), image)
         }
         Source::DockerArchive { file } => {
             let (archive, image) = DockerArchive::open(&file)?;
-            (Box::new(archive), image)
+            (Blobs::Local(Box::new(archive)), image)
         }
     };
     let resolved = Instant::now();
@@ -224,17 +226,41 @@ pub fn run(args: Args) -> Result<()> {
         .transpose()?;
     let pending = Pending::new(&args.output)?;
     let pending_json = Pending::new(&json_path)?;
-    events::stage("building");
     let mut writer = Writer::new(pending.file()?, args.ext4.options()?)?;
     let total: u64 = image.layers.iter().map(|l| l.size).sum();
     let bar = Bar::bytes(total, "writing");
-    let layers = layers(store.as_ref(), &image, &bar);
+    bar.join(&bars);
     let terminal = std::io::stderr().is_terminal();
-    let stats = builderd_flatten::flatten(&layers, &mut writer, &|layer| {
-        if !terminal {
-            events::info(&format!("layer {} written", layer.name))
-        }
-    })?;
+    events::stage("building");
+    let flattened = {
+        let open_blob = |i: usize| match &blobs {
+            Blobs::Local(store) => store
+                .open_blob(&image.layers[i].digest)
+                .map_err(std::io::Error::other),
+            Blobs::Pull(downloads) => Ok(downloads.open(i)),
+        };
+        let streams = Streams::new(&image.layers, &open_blob, bar.clone());
+        let layers = streams.layers();
+        let flattened = builderd_flatten::flatten(&layers, &mut writer, &|layer| {
+            if !terminal {
+                events::info(&format!("layer {} written", layer.name))
+            }
+        });
+        // Bound before the block ends, so the layers go before what they borrow.
+        #[allow(clippy::let_and_return)]
+        flattened
+    };
+    let stats = match (flattened, blobs) {
+        (Ok(stats), Blobs::Pull(d)) => d.finish().map(|()| stats)?,
+        (Ok(stats), Blobs::Local(_)) => stats,
+        // A layer that could not be read because its download failed: the
+        // download's own error says what happened.
+        (Err(e), Blobs::Pull(d)) => match d.abandon() {
+            Some(download) => return Err(download.into()),
+            None => return Err(e.into()),
+        },
+        (Err(e), Blobs::Local(_)) => return Err(e.into()),
+    };
     bar.finish();
     let installed = builderd_rootfs::install(&mut writer, &plan)?;
     for w in &installed.warnings {
@@ -257,7 +283,7 @@ pub fn run(args: Args) -> Result<()> {
     events::stage("packaging");
     // Hashing (CPU) and flushing to disk (I/O) overlap.
     let sha256 = std::thread::scope(|scope| {
-        let hashing = scope.spawn(|| file_sha256(pending.path()));
+        let hashing = scope.spawn(|| crate::sparse::sha256(pending.path()));
         let flushed = pending
             .file()
             .and_then(|f| f.sync_all().context("flushing the image to disk"));
@@ -357,227 +383,17 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Where the layer blobs come from.
+enum Blobs {
+    /// An OCI layout or an archive, read in place.
+    Local(Box<dyn BlobStore>),
+    /// A registry, into the blob cache: downloading.
+    Pull(Downloads),
+}
+
 /// `rootfs.ext4` → `rootfs.ext4.json`.
 fn metadata_path(output: &Path) -> PathBuf {
     let mut name = output.as_os_str().to_os_string();
     name.push(".json");
     PathBuf::from(name)
-}
-
-/// Each layer as a decompressed stream, its blob checked against its digest
-/// and size as it is read.
-fn layers<'a>(store: &'a dyn BlobStore, image: &'a Image, bar: &'a Bar) -> Vec<Layer<'a>> {
-    image
-        .layers
-        .iter()
-        .map(|info| Layer {
-            name: info.digest.to_string(),
-            open: Box::new(move || {
-                let blob = store
-                    .open_blob(&info.digest)
-                    .map_err(std::io::Error::other)?;
-                let counted = Counted {
-                    inner: blob,
-                    bar: bar.clone(),
-                };
-                let verified = BufReader::with_capacity(
-                    READ_BUFFER,
-                    VerifyingReader::new(counted, info.digest.clone(), info.size),
-                );
-                // Decompression and the digest check run on a thread of their
-                // own, beside the flatten and the image writer.
-                Ok(match info.compression {
-                    Compression::None => Box::new(ReadAhead::new(verified)) as Box<dyn Read + 'a>,
-                    Compression::Gzip => Box::new(ReadAhead::new(
-                        flate2::bufread::MultiGzDecoder::new(verified),
-                    )),
-                    Compression::Zstd => Box::new(ReadAhead::new(
-                        zstd::stream::read::Decoder::with_buffer(verified)?,
-                    )),
-                })
-            }),
-        })
-        .collect()
-}
-
-/// Moves the write bar as layer blobs are read.
-struct Counted<R> {
-    inner: R,
-    bar: Bar,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bar.advance(n as u64);
-        Ok(n)
-    }
-}
-
-/// The sha256 of a (sparse) file: holes are hashed as the zeros they read
-/// as, without reading them.
-fn file_sha256(path: &Path) -> Result<String> {
-    use std::os::unix::fs::FileExt;
-    use std::os::unix::io::AsRawFd;
-    let file = File::open(path)?;
-    let len = file.metadata()?.len();
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; READ_BUFFER];
-    let zeros = vec![0u8; READ_BUFFER];
-    let mut pos = 0u64;
-    while pos < len {
-        // SAFETY: lseek on an open descriptor; no memory is involved.
-        let data = unsafe { libc::lseek(file.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
-        let data = if data < 0 { len } else { data as u64 };
-        while pos < data {
-            let n = ((data - pos) as usize).min(zeros.len());
-            hash.update(&zeros[..n]);
-            pos += n as u64;
-        }
-        if pos >= len {
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(file.as_raw_fd(), pos as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 {
-            len
-        } else {
-            (hole as u64).min(len)
-        };
-        while pos < hole {
-            let want = ((hole - pos) as usize).min(buf.len());
-            let n = file
-                .read_at(&mut buf[..want], pos)
-                .context("reading the image back for its checksum")?;
-            if n == 0 {
-                anyhow::bail!("the image shrank while it was being checksummed");
-            }
-            hash.update(&buf[..n]);
-            pos += n as u64;
-        }
-    }
-    Ok(Digest::of_hasher(hash).hex().to_string())
-}
-
-/// Resolves the image against the registry (always: the manifest says what
-/// the tag is now) and brings every blob it needs into the cache.
-fn pull(
-    registry: &Registry,
-    cache: &BlobCache,
-    r: &ImageRef,
-    platform: &Platform,
-) -> Result<Image> {
-    let reference = r
-        .digest
-        .clone()
-        .or_else(|| r.tag.clone())
-        .unwrap_or_else(|| "latest".into());
-    let (top, digest) = registry.manifest(&reference)?;
-    let image = builderd_oci::resolve(top, digest, platform, &mut |d, size, doc| match doc {
-        Doc::Manifest => {
-            let (bytes, _) = registry.manifest(d.as_str())?;
-            d.verify(&bytes, size)?;
-            Ok(bytes)
-        }
-        Doc::Config => {
-            fetch_to_cache(registry, cache, d, size, &|_| {})?;
-            let bytes = std::fs::read(cache.path(d)).map_err(|e| builderd_oci::Error::Io {
-                what: format!("cache: blob {d}"),
-                source: e,
-            })?;
-            d.verify(&bytes, size)?;
-            Ok(bytes)
-        }
-    })?;
-    download_layers(registry, cache, &image)?;
-    Ok(image)
-}
-
-fn fetch_to_cache(
-    registry: &Registry,
-    cache: &BlobCache,
-    digest: &Digest,
-    size: u64,
-    progress: &dyn Fn(u64),
-) -> Result<bool, builderd_oci::Error> {
-    cache.fetch(digest, size, |partial| {
-        registry.download(digest, size, partial, progress)
-    })
-}
-
-/// Downloads the layers not cached yet, several at once; a bar for each on a
-/// terminal, a line for each otherwise.
-fn download_layers(registry: &Registry, cache: &BlobCache, image: &Image) -> Result<()> {
-    let terminal = std::io::stderr().is_terminal();
-    let bars = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-    )
-    .expect("the template is valid")
-    .progress_chars("=> ");
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    // Bytes fetched of each layer, for the progress events.
-    let fetched: Vec<std::sync::atomic::AtomicU64> = image
-        .layers
-        .iter()
-        .map(|_| std::sync::atomic::AtomicU64::new(0))
-        .collect();
-    let total: u64 = image.layers.iter().map(|l| l.size).sum();
-    let report = || {
-        let done = fetched
-            .iter()
-            .map(|f| f.load(std::sync::atomic::Ordering::Relaxed))
-            .sum();
-        events::progress("downloading", done, total, 0, false);
-    };
-    let failure: std::sync::Mutex<Option<builderd_oci::Error>> = std::sync::Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..DOWNLOADS.min(image.layers.len()) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(layer) = image.layers.get(i) else {
-                    break;
-                };
-                if failure.lock().unwrap().is_some() {
-                    break;
-                }
-                let short = &layer.digest.hex()[..12];
-                let bar = bars.add(indicatif::ProgressBar::new(layer.size));
-                bar.set_style(style.clone());
-                bar.set_message(format!("layer {short}"));
-                let started = Instant::now();
-                match fetch_to_cache(registry, cache, &layer.digest, layer.size, &|done| {
-                    bar.set_position(done);
-                    fetched[i].store(done, std::sync::atomic::Ordering::Relaxed);
-                    report();
-                }) {
-                    Ok(was_fetched) => {
-                        fetched[i].store(layer.size, std::sync::atomic::Ordering::Relaxed);
-                        report();
-                        bar.finish_and_clear();
-                        if !terminal {
-                            let what = if was_fetched {
-                                format!("downloaded in {:.2} s", started.elapsed().as_secs_f64())
-                            } else {
-                                "cached".to_string()
-                            };
-                            events::info(&format!(
-                                "layer {} ({}): {what}",
-                                layer.digest,
-                                human(layer.size)
-                            ));
-                        }
-                    }
-                    Err(e) => {
-                        bar.abandon();
-                        failure.lock().unwrap().get_or_insert(e);
-                    }
-                }
-            });
-        }
-    });
-    match failure.into_inner().unwrap() {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
 }

@@ -1,7 +1,6 @@
 //! The compressed copy of an image (`OUT.gz`, `OUT.zst`), written atomically,
 //! with the sha256 of the compressed bytes.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -46,7 +45,7 @@ impl<W: Write> Write for Hashing<W> {
 /// Compresses `image` into `pending` (not yet committed); answers the
 /// compressed file's sha256 and size.
 pub fn compress(image: &Path, pending: &Pending, kind: CopyFormat) -> Result<(String, u64)> {
-    let mut src = File::open(image)?;
+    let mut src = crate::sparse::read_back(image)?;
     let out = Hashing {
         inner: BufWriter::with_capacity(1 << 20, pending.file()?),
         hash: Sha256::new(),

@@ -7,10 +7,13 @@ mod client;
 mod compress;
 mod events;
 mod ext4_args;
+mod layer_streams;
 mod mkfs;
 mod output;
 mod progress;
+mod pull;
 mod serve;
+mod sparse;
 mod units;
 
 use clap::{Parser, Subcommand};

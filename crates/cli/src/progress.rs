@@ -46,6 +46,11 @@ impl Bar {
         Bar(bar)
     }
 
+    /// Shows the bar among `bars` (with the downloads' bars).
+    pub fn join(&self, bars: &indicatif::MultiProgress) {
+        bars.add(self.0.clone());
+    }
+
     pub fn advance(&self, bytes: u64) {
         self.0.inc(bytes);
         self.report(0);

@@ -265,6 +265,94 @@ fn transient_errors_are_retried_and_permanent_ones_are_not() {
     assert!(err.contains("gave up after"), "{err}");
 }
 
+/// The `log` lines of a `--events json` run, in order.
+fn logged(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["log"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn upper_layers_are_written_while_lower_ones_still_download() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    let digests = make_image(&layout, image_spec());
+    let registry = TestRegistry::start(None);
+    registry.push(&layout, "v1", "slow/app:v1", None);
+    let proxy = Proxy::start(&registry.addr);
+    let source = format!("{}/slow/app:v1", proxy.addr);
+    let reference = dir.path().join("reference.ext4");
+    let o = build(&source, &reference, &["--no-cache"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The bottom layer takes 1.5 s more to come.
+    let bottom = &digests[0];
+    *proxy.faults.slow_on.lock().unwrap() = format!("/blobs/{bottom}");
+    proxy.faults.slow_ms.store(1500, Ordering::SeqCst);
+    let out = dir.path().join("overlapped.ext4");
+    let o = build(&source, &out, &["--no-cache", "--events", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = logged(&o.stderr);
+    let at = |what: &dyn Fn(&str) -> bool| {
+        lines
+            .iter()
+            .position(|l| what(l))
+            .unwrap_or_else(|| panic!("not in {lines:#?}"))
+    };
+    // The layers are written top down; the first is another than the bottom.
+    let first_written = at(&|l| l.ends_with(" written"));
+    assert!(!lines[first_written].contains(bottom.as_str()));
+    let bottom_fetched = at(&|l| l.starts_with(&format!("layer {bottom} (")));
+    assert!(
+        first_written < bottom_fetched,
+        "the top layer was written only after the bottom one had come: {lines:#?}"
+    );
+    assert!(
+        lines[bottom_fetched].contains("downloaded in"),
+        "{lines:#?}"
+    );
+    e2fsck(&out);
+    assert!(fs::read(&out).unwrap() == fs::read(&reference).unwrap());
+}
+
+#[test]
+fn a_lower_layer_that_fails_to_download_fails_the_build_with_its_own_error() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    let digests = make_image(&layout, image_spec());
+    let registry = TestRegistry::start(None);
+    registry.push(&layout, "v1", "gone/app:v1", None);
+    let proxy = Proxy::start(&registry.addr);
+    let bottom = &digests[0];
+    *proxy.faults.fail_on.lock().unwrap() = format!("/blobs/{bottom}");
+    *proxy.faults.fail_status.lock().unwrap() = "404 Not Found".into();
+    proxy.faults.fail.store(1, Ordering::SeqCst);
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("gone.ext4");
+    let err = assert_failed(
+        &build(
+            &format!("{}/gone/app:v1", proxy.addr),
+            &out,
+            &["--cache-dir", cache.to_str().unwrap()],
+        ),
+        &out,
+    );
+    assert!(
+        err.contains(&format!("blob {bottom}: not found (404)")),
+        "{err}"
+    );
+    assert_eq!(
+        proxy.count(&format!("/blobs/{bottom}")),
+        1,
+        "no retries of a 404"
+    );
+    let hex = &bottom[7..];
+    assert!(!cache.join("blobs/sha256").join(hex).exists());
+    assert!(!cache.join("partial").join(hex).exists());
+}
+
 #[test]
 fn a_corrupt_blob_fails_and_leaves_nothing_in_the_cache() {
     let dir = tmp();

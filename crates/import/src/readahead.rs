@@ -1,16 +1,24 @@
 //! A reader that runs its source on another thread: decompression (and the
 //! digest check under it) proceeds while the consumer parses and writes.
-//! A few buffers in flight bound the memory it takes.
+//! A few buffers in flight bound the memory it takes; they go back to the
+//! thread once read, so a long stream is not a long run of fresh
+//! allocations (each a megabyte of page faults).
 
 use std::io::{self, Read};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 
 const CHUNK: usize = 1 << 20;
+/// Chunks a stream may have in flight unless told otherwise.
 const IN_FLIGHT: usize = 4;
 
+/// A chunk read: the buffer (CHUNK long) and how much of it holds data.
+type Chunk = (Vec<u8>, usize);
+
 pub struct ReadAhead {
-    chunks: Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
+    chunks: Receiver<io::Result<Chunk>>,
+    /// Read buffers going back to the thread.
+    spent: SyncSender<Vec<u8>>,
+    current: Chunk,
     pos: usize,
     done: bool,
 }
@@ -18,12 +26,25 @@ pub struct ReadAhead {
 impl ReadAhead {
     /// Starts reading `inner` on a thread of its own. If the `ReadAhead` is
     /// dropped early, the thread stops at its next chunk.
-    pub fn new(mut inner: impl Read + Send + 'static) -> ReadAhead {
-        let (tx, chunks) = mpsc::sync_channel(IN_FLIGHT);
+    pub fn new(inner: impl Read + Send + 'static) -> ReadAhead {
+        ReadAhead::with_depth(inner, IN_FLIGHT, "read-ahead")
+    }
+
+    /// As `new`, with up to `chunks` megabytes read ahead (a stream started
+    /// before it is needed gets that far while the one before it is read),
+    /// on a thread called `name`.
+    pub fn with_depth(
+        mut inner: impl Read + Send + 'static,
+        chunks: usize,
+        name: &str,
+    ) -> ReadAhead {
+        let chunks = chunks.max(1);
+        let (tx, rx) = mpsc::sync_channel(chunks);
+        let (spent, recycled) = mpsc::sync_channel::<Vec<u8>>(chunks + 1);
         std::thread::Builder::new()
-            .name("layer-read-ahead".into())
+            .name(name.into())
             .spawn(move || loop {
-                let mut buf = vec![0u8; CHUNK];
+                let mut buf = recycled.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
                 let mut filled = 0;
                 let result = loop {
                     match inner.read(&mut buf[filled..]) {
@@ -38,11 +59,10 @@ impl ReadAhead {
                         Err(e) => break Err(e),
                     }
                 };
-                buf.truncate(filled);
                 let end = filled == 0;
                 let failed = result.is_err();
                 let sent = match result {
-                    Ok(()) => tx.send(Ok(buf)),
+                    Ok(()) => tx.send(Ok((buf, filled))),
                     Err(e) => tx.send(Err(e)),
                 };
                 if end || failed || sent.is_err() {
@@ -51,8 +71,9 @@ impl ReadAhead {
             })
             .expect("spawning a read-ahead thread");
         ReadAhead {
-            chunks,
-            current: Vec::new(),
+            chunks: rx,
+            spent,
+            current: (Vec::new(), 0),
             pos: 0,
             done: false,
         }
@@ -61,14 +82,18 @@ impl ReadAhead {
 
 impl Read for ReadAhead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
+        while self.pos == self.current.1 {
             if self.done {
                 return Ok(0);
             }
             match self.chunks.recv() {
-                Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
+                Ok(Ok((_, 0))) => self.done = true,
                 Ok(Ok(chunk)) => {
-                    self.current = chunk;
+                    let old = std::mem::replace(&mut self.current, chunk);
+                    if !old.0.is_empty() {
+                        // The thread may have stopped or have enough: then it goes.
+                        let _ = self.spent.try_send(old.0);
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => {
@@ -78,8 +103,9 @@ impl Read for ReadAhead {
                 Err(_) => return Err(io::Error::other("the read-ahead thread stopped")),
             }
         }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        let (data, len) = (&self.current.0, self.current.1);
+        let n = buf.len().min(len - self.pos);
+        buf[..n].copy_from_slice(&data[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }

@@ -143,10 +143,13 @@ impl Drop for TestRegistry {
 /// (with Retry-After: 1) to the next `fail` requests whose path contains
 /// `fail_on`; and, once, ends the answer to a request whose path contains
 /// `cut_on` after `cut` bytes of its body; waits `delay_ms` before
-/// answering each blob request.
+/// answering each blob request, and `slow_ms` more before answering one
+/// whose path contains `slow_on`.
 #[derive(Clone)]
 pub struct Faults {
     pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub slow_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub slow_on: Arc<Mutex<String>>,
     pub fail: Arc<AtomicUsize>,
     pub fail_on: Arc<Mutex<String>>,
     pub fail_status: Arc<Mutex<String>>,
@@ -167,6 +170,8 @@ impl Proxy {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let faults = Faults {
             delay_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            slow_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            slow_on: Arc::new(Mutex::new(String::new())),
             fail: Arc::new(AtomicUsize::new(0)),
             fail_on: Arc::new(Mutex::new(String::new())),
             fail_status: Arc::new(Mutex::new("503 Service Unavailable".into())),
@@ -228,6 +233,10 @@ fn serve(mut client: TcpStream, upstream: &str, requests: &Mutex<Vec<String>>, f
     let delay = faults.delay_ms.load(Ordering::SeqCst);
     if delay > 0 && request_line.contains("/blobs/") {
         std::thread::sleep(Duration::from_millis(delay));
+    }
+    let slow_on = faults.slow_on.lock().unwrap().clone();
+    if !slow_on.is_empty() && request_line.contains(&slow_on) {
+        std::thread::sleep(Duration::from_millis(faults.slow_ms.load(Ordering::SeqCst)));
     }
     let cut_pattern = faults.cut_on.lock().unwrap().clone();
     let cut = if !cut_pattern.is_empty() && request_line.contains(&cut_pattern) {

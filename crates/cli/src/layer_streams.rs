@@ -1,0 +1,324 @@
+//! The layers of an image as the flatten reads them, each a decompressed tar
+//! stream whose blob is checked against its digest and size as it is read.
+//!
+//! Each stream runs on threads of its own: one reads the blob and hashes it,
+//! one decompresses. The flatten reads layers top down; when it opens one,
+//! the next one down starts too, so its decompression runs beside the
+//! current layer's (up to `LOOK_AHEAD` of output) instead of after it.
+//!
+//! A registry pull need not finish before the flatten starts: a layer being
+//! downloaded is read as it grows (`Feed`), so downloading, decompressing
+//! and writing overlap.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use builderd_flatten::Layer;
+use builderd_import::ReadAhead;
+use builderd_oci::{Compression, LayerInfo, VerifyingReader};
+
+use crate::progress::Bar;
+
+/// Megabytes of decompressed output a layer read now has in flight.
+const DEPTH: usize = 4;
+/// Megabytes of decompressed output the next layer may get ahead.
+const LOOK_AHEAD: usize = 32;
+/// Megabytes of compressed blob read ahead of the decompressor.
+const BLOB_AHEAD: usize = 4;
+const READ_BUFFER: usize = 1 << 20;
+
+/// Opens a layer's blob, as stored (compressed).
+pub type OpenBlob<'a> = dyn Fn(usize) -> io::Result<Box<dyn Read + Send>> + Sync + 'a;
+
+pub struct Streams<'a> {
+    layers: &'a [LayerInfo],
+    open_blob: &'a OpenBlob<'a>,
+    bar: Bar,
+    /// Streams started before the flatten asked for them.
+    early: Vec<Mutex<Option<Box<dyn Read + Send>>>>,
+    /// Layers opened once already (a second open is the hard-link fix-up).
+    opened: Vec<AtomicBool>,
+}
+
+impl<'a> Streams<'a> {
+    /// `bar` counts blob bytes as they are read.
+    pub fn new(layers: &'a [LayerInfo], open_blob: &'a OpenBlob<'a>, bar: Bar) -> Streams<'a> {
+        Streams {
+            layers,
+            open_blob,
+            bar,
+            early: layers.iter().map(|_| Mutex::new(None)).collect(),
+            opened: layers.iter().map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// The layers for `builderd_flatten::flatten`.
+    pub fn layers(&'a self) -> Vec<Layer<'a>> {
+        (0..self.layers.len())
+            .map(|i| Layer {
+                name: self.layers[i].digest.to_string(),
+                open: Box::new(move || self.open(i).map(|s| s as Box<dyn Read>)),
+            })
+            .collect()
+    }
+
+    fn open(&self, i: usize) -> io::Result<Box<dyn Read + Send>> {
+        let early = self.early[i].lock().unwrap().take();
+        let stream = match early {
+            Some(s) => s,
+            None => self.start(i, DEPTH)?,
+        };
+        if i > 0 && !self.opened[i].swap(true, Ordering::Relaxed) {
+            // A failure to start it shows again when the flatten opens it.
+            if let Ok(next) = self.start(i - 1, LOOK_AHEAD) {
+                *self.early[i - 1].lock().unwrap() = Some(next);
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Layer `i`'s tar stream, with up to `depth` megabytes decompressed ahead.
+    fn start(&self, i: usize, depth: usize) -> io::Result<Box<dyn Read + Send>> {
+        let info = &self.layers[i];
+        let counted = Counted {
+            inner: (self.open_blob)(i)?,
+            bar: self.bar.clone(),
+        };
+        let verified = BufReader::with_capacity(
+            READ_BUFFER,
+            ReadAhead::with_depth(
+                VerifyingReader::new(counted, info.digest.clone(), info.size),
+                BLOB_AHEAD,
+                "layer-blob",
+            ),
+        );
+        Ok(match info.compression {
+            Compression::None => Box::new(verified),
+            Compression::Gzip => Box::new(ReadAhead::with_depth(
+                flate2::bufread::MultiGzDecoder::new(verified),
+                depth,
+                "layer-inflate",
+            )),
+            Compression::Zstd => Box::new(ReadAhead::with_depth(
+                zstd::stream::read::Decoder::with_buffer(verified)?,
+                depth,
+                "layer-inflate",
+            )),
+        })
+    }
+}
+
+/// Moves the write bar as layer blobs are read.
+struct Counted<R> {
+    inner: R,
+    bar: Bar,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// A blob on its way into the cache, told by its download and read while it
+/// grows.
+#[derive(Default)]
+pub struct Feed {
+    state: Mutex<FeedState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct FeedState {
+    /// Where the bytes are: the partial file, then the cached blob.
+    path: Option<PathBuf>,
+    /// Bytes in the file so far (a download that starts over goes back to 0;
+    /// the bytes are the same, the digest says so).
+    written: u64,
+    done: bool,
+    failed: Option<String>,
+    /// Counts the changes, so a reader can wait for the next one.
+    changes: u64,
+}
+
+impl Feed {
+    /// The download writes (or resumes) into `path`.
+    pub fn writing(&self, path: &Path) {
+        self.update(|s| {
+            s.path = Some(path.to_path_buf());
+            s.written = 0;
+        });
+    }
+
+    pub fn progress(&self, written: u64) {
+        self.update(|s| s.written = written);
+    }
+
+    /// The blob is whole, verified, at `path`.
+    pub fn done(&self, path: &Path) {
+        self.update(|s| {
+            s.path = Some(path.to_path_buf());
+            s.done = true;
+        });
+    }
+
+    /// The pull failed: readers of a blob not whole yet get `why`.
+    pub fn failed(&self, why: &str) {
+        self.update(|s| {
+            if !s.done {
+                s.failed = Some(why.to_string());
+            }
+        });
+    }
+
+    fn update(&self, f: impl FnOnce(&mut FeedState)) {
+        let mut s = self.state.lock().unwrap();
+        f(&mut s);
+        s.changes += 1;
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Reads the blob from its start, waiting for bytes not written yet.
+    pub fn reader(self: &Arc<Self>) -> FeedReader {
+        FeedReader {
+            feed: self.clone(),
+            file: None,
+            pos: 0,
+            stale: None,
+        }
+    }
+}
+
+pub struct FeedReader {
+    feed: Arc<Feed>,
+    file: Option<File>,
+    pos: u64,
+    /// The change after which the file held less than the feed said (a
+    /// download starting over truncates it before it says so): wait for
+    /// the next one.
+    stale: Option<u64>,
+}
+
+impl Read for FeedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let (path, limit, changes) = {
+                let mut s = self.feed.state.lock().unwrap();
+                loop {
+                    if let Some(why) = &s.failed {
+                        return Err(io::Error::other(why.clone()));
+                    }
+                    match &s.path {
+                        _ if self.stale == Some(s.changes) => {}
+                        Some(p) if s.done => break (p.clone(), None, s.changes),
+                        Some(p) if s.written > self.pos => {
+                            break (p.clone(), Some(s.written), s.changes)
+                        }
+                        _ => {}
+                    }
+                    s = self.feed.changed.wait(s).unwrap();
+                }
+            };
+            // The file opened first stays open: a partial file renamed into
+            // the cache is still the same file.
+            if self.file.is_none() {
+                self.file = Some(File::open(&path)?);
+            }
+            let file = self.file.as_ref().expect("opened above");
+            let want = match limit {
+                Some(l) => buf.len().min((l - self.pos) as usize),
+                None => buf.len(),
+            };
+            let n = file.read_at(&mut buf[..want], self.pos)?;
+            if n == 0 && limit.is_some() {
+                self.stale = Some(changes);
+                continue;
+            }
+            self.stale = None;
+            self.pos += n as u64;
+            return Ok(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_feed_is_read_as_it_grows_and_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("partial");
+        let feed = Arc::new(Feed::default());
+        let mut reader = feed.reader();
+        let writer = {
+            let feed = feed.clone();
+            let partial = partial.clone();
+            std::thread::spawn(move || {
+                feed.writing(&partial);
+                std::fs::write(&partial, b"hello ").unwrap();
+                feed.progress(6);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                // Started over (no resume), then longer than before.
+                feed.writing(&partial);
+                std::fs::write(&partial, b"hello world").unwrap();
+                feed.progress(11);
+                let done = partial.with_extension("done");
+                std::fs::rename(&partial, &done).unwrap();
+                feed.done(&done);
+            })
+        };
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).unwrap();
+        writer.join().unwrap();
+        assert_eq!(out, b"hello world");
+    }
+
+    #[test]
+    fn a_file_truncated_before_the_feed_says_so_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("partial");
+        let feed = Arc::new(Feed::default());
+        feed.writing(&partial);
+        std::fs::write(&partial, b"hello world").unwrap();
+        feed.progress(11);
+        let mut reader = feed.reader();
+        let mut head = [0u8; 5];
+        reader.read_exact(&mut head).unwrap();
+        // The download starts over: the file is cut before the feed hears of it.
+        std::fs::write(&partial, b"").unwrap();
+        let writer = {
+            let (feed, partial) = (feed.clone(), partial.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                feed.progress(0);
+                std::fs::write(&partial, b"hello world").unwrap();
+                feed.progress(11);
+                feed.done(&partial);
+            })
+        };
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        writer.join().unwrap();
+        assert_eq!((&head[..], &rest[..]), (&b"hello"[..], &b" world"[..]));
+    }
+
+    #[test]
+    fn a_failed_download_fails_the_reader() {
+        let feed = Arc::new(Feed::default());
+        let mut reader = feed.reader();
+        feed.failed("blob sha256:ab: 404");
+        let err = reader.read(&mut [0u8; 8]).unwrap_err();
+        assert!(err.to_string().contains("404"));
+    }
+}

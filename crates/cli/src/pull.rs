@@ -1,0 +1,259 @@
+//! A registry pull: the image resolved against the registry (always: the
+//! manifest says what the tag is now), then its layers downloaded into the
+//! blob cache in the background, top layer first, several at once, while the
+//! flatten reads each one as it arrives.
+
+use std::io::{IsTerminal, Read};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::Result;
+use builderd_oci::{BlobCache, Digest, Doc, Image, ImageRef, LayerInfo, Platform, Registry};
+
+use crate::events;
+use crate::layer_streams::Feed;
+use crate::units::human;
+
+/// Parallel layer downloads.
+const DOWNLOADS: usize = 4;
+
+/// The image `r` names for `platform`; its config lands in the cache.
+pub fn resolve(
+    registry: &Registry,
+    cache: &BlobCache,
+    r: &ImageRef,
+    platform: &Platform,
+) -> Result<Image> {
+    let reference = r
+        .digest
+        .clone()
+        .or_else(|| r.tag.clone())
+        .unwrap_or_else(|| "latest".into());
+    let (top, digest) = registry.manifest(&reference)?;
+    let image = builderd_oci::resolve(top, digest, platform, &mut |d, size, doc| match doc {
+        Doc::Manifest => {
+            let (bytes, _) = registry.manifest(d.as_str())?;
+            d.verify(&bytes, size)?;
+            Ok(bytes)
+        }
+        Doc::Config => {
+            fetch(registry, cache, d, size, None, &|_| {})?;
+            let bytes = std::fs::read(cache.path(d)).map_err(|e| builderd_oci::Error::Io {
+                what: format!("cache: blob {d}"),
+                source: e,
+            })?;
+            d.verify(&bytes, size)?;
+            Ok(bytes)
+        }
+    })?;
+    Ok(image)
+}
+
+/// Brings a blob into the cache (unless it is there), telling `feed` where
+/// its bytes are as they come. Answers whether it downloaded.
+fn fetch(
+    registry: &Registry,
+    cache: &BlobCache,
+    digest: &Digest,
+    size: u64,
+    feed: Option<&Feed>,
+    progress: &dyn Fn(u64),
+) -> Result<bool, builderd_oci::Error> {
+    let fetched = cache.fetch(digest, size, |partial| {
+        if let Some(f) = feed {
+            f.writing(partial);
+        }
+        registry.download(digest, size, partial, &|done| {
+            if let Some(f) = feed {
+                f.progress(done);
+            }
+            progress(done);
+        })
+    })?;
+    if let Some(f) = feed {
+        f.done(&cache.path(digest));
+    }
+    Ok(fetched)
+}
+
+/// The layers' downloads, running.
+pub struct Downloads {
+    feeds: Vec<Arc<Feed>>,
+    /// The first download error, kept whole (the readers get only its text).
+    failure: Arc<Mutex<Option<builderd_oci::Error>>>,
+    /// Set when the build gave up: no more downloads start.
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Downloads {
+    /// Starts downloading every layer not cached yet: a bar for each in
+    /// `bars` on a terminal, a line for each otherwise.
+    pub fn start(
+        registry: Arc<Registry>,
+        cache: Arc<BlobCache>,
+        layers: Vec<LayerInfo>,
+        bars: indicatif::MultiProgress,
+    ) -> Downloads {
+        let feeds: Vec<Arc<Feed>> = layers.iter().map(|_| Arc::default()).collect();
+        let failure = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (feeds, failure, stop) = (feeds.clone(), failure.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("layer-downloads".into())
+                .spawn(move || {
+                    let pull = Pull {
+                        registry: &registry,
+                        cache: &cache,
+                        layers: &layers,
+                        feeds: &feeds,
+                        failure: &failure,
+                        stop: &stop,
+                    };
+                    pull.run(&bars)
+                })
+                .expect("spawning the download thread")
+        };
+        Downloads {
+            feeds,
+            failure,
+            stop,
+            thread,
+        }
+    }
+
+    /// Layer `i`'s blob, read as it downloads.
+    pub fn open(&self, i: usize) -> Box<dyn Read + Send> {
+        Box::new(self.feeds[i].reader())
+    }
+
+    /// Waits for the downloads (all done once the flatten has read every
+    /// layer to its end).
+    pub fn finish(self) -> Result<()> {
+        match self.settle() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The build failed: starts no more downloads, lets those under way
+    /// end (a blob whose digest is wrong is then deleted, not left as a
+    /// partial file), and answers the download error, if one caused it.
+    pub fn abandon(self) -> Option<builderd_oci::Error> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.settle()
+    }
+
+    fn settle(self) -> Option<builderd_oci::Error> {
+        if self.thread.join().is_err() {
+            return Some(builderd_oci::Error::Registry(
+                "the download thread panicked".into(),
+            ));
+        }
+        self.failure.lock().unwrap().take()
+    }
+}
+
+/// What the download workers share.
+struct Pull<'a> {
+    registry: &'a Registry,
+    cache: &'a BlobCache,
+    layers: &'a [LayerInfo],
+    feeds: &'a [Arc<Feed>],
+    failure: &'a Mutex<Option<builderd_oci::Error>>,
+    stop: &'a AtomicBool,
+}
+
+impl Pull<'_> {
+    fn run(&self, bars: &indicatif::MultiProgress) {
+        let Pull {
+            registry,
+            cache,
+            layers,
+            feeds,
+            failure,
+            stop,
+        } = *self;
+        let terminal = std::io::stderr().is_terminal();
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> ");
+        // The flatten reads the top layer first: it is fetched first.
+        let order: Vec<usize> = (0..layers.len()).rev().collect();
+        let next = AtomicUsize::new(0);
+        // Bytes fetched of each layer, for the progress events.
+        let fetched: Vec<AtomicU64> = layers.iter().map(|_| AtomicU64::new(0)).collect();
+        let total: u64 = layers.iter().map(|l| l.size).sum();
+        let report = || {
+            let done = fetched.iter().map(|f| f.load(Ordering::Relaxed)).sum();
+            events::progress("downloading", done, total, 0, false);
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..DOWNLOADS.min(layers.len()) {
+                scope.spawn(|| {
+                    while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let layer = &layers[i];
+                        if failure.lock().unwrap().is_some() || stop.load(Ordering::Relaxed) {
+                            feeds[i].failed("the pull stopped at an earlier error");
+                            continue;
+                        }
+                        let short = &layer.digest.hex()[..12];
+                        let bar = bars.add(indicatif::ProgressBar::new(layer.size));
+                        bar.set_style(style.clone());
+                        bar.set_message(format!("layer {short}"));
+                        let started = Instant::now();
+                        let progress = |done| {
+                            bar.set_position(done);
+                            fetched[i].store(done, Ordering::Relaxed);
+                            report();
+                        };
+                        match fetch(
+                            registry,
+                            cache,
+                            &layer.digest,
+                            layer.size,
+                            Some(&feeds[i]),
+                            &progress,
+                        ) {
+                            Ok(was_fetched) => {
+                                fetched[i].store(layer.size, Ordering::Relaxed);
+                                report();
+                                bar.finish_and_clear();
+                                if !terminal {
+                                    let what = if was_fetched {
+                                        format!(
+                                            "downloaded in {:.2} s",
+                                            started.elapsed().as_secs_f64()
+                                        )
+                                    } else {
+                                        "cached".to_string()
+                                    };
+                                    events::info(&format!(
+                                        "layer {} ({}): {what}",
+                                        layer.digest,
+                                        human(layer.size)
+                                    ));
+                                }
+                            }
+                            Err(e) => {
+                                bar.abandon();
+                                // Every layer not whole yet fails now, so the flatten
+                                // stops at once, whichever layer it is reading.
+                                let why = e.to_string();
+                                failure.lock().unwrap().get_or_insert(e);
+                                for f in feeds {
+                                    f.failed(&why);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
