@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use builderd_ext4::Writer;
 use builderd_oci::{
     docker_config_credentials, BlobCache, BlobStore, Credentials, DockerArchive, Image, OciLayout,
-    Platform, Registry, RetryPolicy, Source,
+    Platform, Registry, Source,
 };
 use serde::Serialize;
 
@@ -22,6 +22,7 @@ use crate::layer_streams::Streams;
 use crate::output::Pending;
 use crate::progress::Bar;
 use crate::pull::Downloads;
+use crate::retry_args::RetryArgs;
 use crate::units::human;
 
 #[derive(clap::Args)]
@@ -62,6 +63,8 @@ pub struct Args {
     /// Neither read nor write the blob cache.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    #[command(flatten)]
+    retry: RetryArgs,
     #[command(flatten)]
     ext4: Ext4Args,
     #[command(flatten)]
@@ -183,11 +186,11 @@ pub fn run(args: Args) -> Result<()> {
                 &r,
                 creds,
                 &args.insecure_registry,
-                RetryPolicy::default(),
-                Box::new(events::warn),
+                args.retry.policy(),
+                Box::new(events::retry),
             )?;
             events::stage("downloading");
-            let image = crate::pull::resolve(&registry, &cache, &r, &platform)?;
+            let image = builderd_oci::resolve_remote(&registry, &cache, &r, &platform)?;
             // The layers download in the background from now on; the
             // flatten reads each one as it comes.
             let downloads = Downloads::start(

@@ -3,8 +3,11 @@
 //! which runs each build as a child process and follows it by these.
 //!
 //! The objects: `{"stage": "downloading"}`, `{"progress": {"step", "done",
-//! "total", "files"}}`, `{"log": "…", "level": "info"|"warn"}` and, last on
-//! failure, `{"error": "…", "category": "source"|"build"|"resource"}`.
+//! "total", "files"}}`, `{"log": "…", "level": "info"|"warn"}`, `{"retry":
+//! {"cause", "attempt", "attempts", "delay_ms", "message"}}` and, last on
+//! failure, `{"error": "…", "category": "source"|"build"|"resource"}` (with
+//! `"retry_cause": "TEMPORARY_RESOURCE_ERROR"` when the machine ran short for
+//! a moment: a full disk, no memory).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,9 +76,29 @@ pub fn warn(message: &str) {
     }
 }
 
-pub fn error(message: &str, category: Category) {
+/// A registry request failed and is about to be tried again.
+pub fn retry(n: &builderd_oci::RetryNotice) {
     if json() {
-        emit(json!({ "error": message, "category": category.name() }));
+        emit(json!({ "retry": {
+            "cause": n.cause.name(),
+            "attempt": n.attempt,
+            "attempts": n.attempts,
+            "delay_ms": n.delay.as_millis() as u64,
+            "message": n.message,
+        } }));
+    } else {
+        eprintln!("builderd: warning: {n}");
+    }
+}
+
+/// The build failed; `temporary` when trying again later may pass.
+pub fn error(message: &str, category: Category, temporary: bool) {
+    if json() {
+        let mut e = json!({ "error": message, "category": category.name() });
+        if temporary {
+            e["retry_cause"] = json!(builderd_oci::RetryCause::TemporaryResource.name());
+        }
+        emit(e);
     } else {
         eprintln!("builderd: error: {message}");
     }
@@ -128,6 +151,17 @@ impl Category {
     }
 }
 
+/// The machine ran short for a moment: no space or quota left on the disk,
+/// no memory. (The size limit is a resource too, but not a passing one.)
+pub fn is_temporary(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            .is_some_and(|code| [libc::ENOSPC, libc::EDQUOT, libc::ENOMEM].contains(&code))
+    })
+}
+
 /// A problem with the SOURCE argument itself (its syntax, its platform).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -163,8 +197,10 @@ mod tests {
             .context("writing the image");
         assert_eq!(Category::of(&full), Category::Resource);
 
+        assert!(is_temporary(&full));
         let big = anyhow::Error::new(SizeLimitExceeded { size: 2, limit: 1 });
         assert_eq!(Category::of(&big), Category::Resource);
+        assert!(!is_temporary(&big));
 
         assert_eq!(
             Category::of(&anyhow::anyhow!("no systemd in the image")),

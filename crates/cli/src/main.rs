@@ -12,6 +12,7 @@ mod mkfs;
 mod output;
 mod progress;
 mod pull;
+mod retry_args;
 mod serve;
 mod sparse;
 mod units;
@@ -59,7 +60,11 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            events::error(&message(&e), events::Category::of(&e));
+            events::error(
+                &message(&e),
+                events::Category::of(&e),
+                events::is_temporary(&e),
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,7 +1,6 @@
-//! A registry pull: the image resolved against the registry (always: the
-//! manifest says what the tag is now), then its layers downloaded into the
-//! blob cache in the background, top layer first, several at once, while the
-//! flatten reads each one as it arrives.
+//! A registry pull's layers, downloaded into the blob cache in the
+//! background (after `builderd_oci::resolve_remote`), top layer first,
+//! several at once, while the flatten reads each one as it arrives.
 
 use std::io::{IsTerminal, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -10,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::Result;
-use builderd_oci::{BlobCache, Digest, Doc, Image, ImageRef, LayerInfo, Platform, Registry};
+use builderd_oci::{BlobCache, Digest, LayerInfo, Registry};
 
 use crate::events;
 use crate::layer_streams::Feed;
@@ -19,38 +18,6 @@ use crate::units::human;
 /// Parallel layer downloads.
 const DOWNLOADS: usize = 4;
 
-/// The image `r` names for `platform`; its config lands in the cache.
-pub fn resolve(
-    registry: &Registry,
-    cache: &BlobCache,
-    r: &ImageRef,
-    platform: &Platform,
-) -> Result<Image> {
-    let reference = r
-        .digest
-        .clone()
-        .or_else(|| r.tag.clone())
-        .unwrap_or_else(|| "latest".into());
-    let (top, digest) = registry.manifest(&reference)?;
-    let image = builderd_oci::resolve(top, digest, platform, &mut |d, size, doc| match doc {
-        Doc::Manifest => {
-            let (bytes, _) = registry.manifest(d.as_str())?;
-            d.verify(&bytes, size)?;
-            Ok(bytes)
-        }
-        Doc::Config => {
-            fetch(registry, cache, d, size, None, &|_| {})?;
-            let bytes = std::fs::read(cache.path(d)).map_err(|e| builderd_oci::Error::Io {
-                what: format!("cache: blob {d}"),
-                source: e,
-            })?;
-            d.verify(&bytes, size)?;
-            Ok(bytes)
-        }
-    })?;
-    Ok(image)
-}
-
 /// Brings a blob into the cache (unless it is there), telling `feed` where
 /// its bytes are as they come. Answers whether it downloaded.
 fn fetch(
@@ -58,23 +25,17 @@ fn fetch(
     cache: &BlobCache,
     digest: &Digest,
     size: u64,
-    feed: Option<&Feed>,
+    feed: &Feed,
     progress: &dyn Fn(u64),
 ) -> Result<bool, builderd_oci::Error> {
     let fetched = cache.fetch(digest, size, |partial| {
-        if let Some(f) = feed {
-            f.writing(partial);
-        }
+        feed.writing(partial);
         registry.download(digest, size, partial, &|done| {
-            if let Some(f) = feed {
-                f.progress(done);
-            }
+            feed.progress(done);
             progress(done);
         })
     })?;
-    if let Some(f) = feed {
-        f.done(&cache.path(digest));
-    }
+    feed.done(&cache.path(digest));
     Ok(fetched)
 }
 
@@ -217,7 +178,7 @@ impl Pull<'_> {
                             cache,
                             &layer.digest,
                             layer.size,
-                            Some(&feeds[i]),
+                            &feeds[i],
                             &progress,
                         ) {
                             Ok(was_fetched) => {

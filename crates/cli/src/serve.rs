@@ -33,6 +33,13 @@ pub struct ServeArgs {
     /// Stop any build after this many seconds, even if its tier allows more.
     #[arg(long, value_name = "SECONDS")]
     max_build_time: Option<u64>,
+    /// The retry policy of builds whose config gives none (or leaves fields
+    /// out), in a build config's shape, e.g. '{"max_retries": 5,
+    /// "backoff_strategy": "linear", "base_delay": "2s", "max_delay": "1m",
+    /// "retry_on": ["NETWORK_ERROR"]}'. Default: 3 retries, exponential from
+    /// 1s to 30s, on NETWORK_ERROR, TEMPORARY_RESOURCE_ERROR and REGISTRY_RATE_LIMIT.
+    #[arg(long, value_name = "JSON", value_parser = builderd_service::parse_retry_policy)]
+    default_retry_policy: Option<builderd_oci::RetryPolicy>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -50,6 +57,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         insecure_registries: args.insecure_registry,
         max_build_time: args.max_build_time.map(Duration::from_secs),
+        retry_defaults: args
+            .default_retry_policy
+            .unwrap_or_else(builderd_service::default_retry_policy),
     };
     tokio::runtime::Runtime::new()?.block_on(builderd_service::serve(opts))
 }

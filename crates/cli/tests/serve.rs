@@ -7,80 +7,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::images::make_image;
 use common::registry::{Proxy, TestRegistry};
-use common::server::Server;
+use common::server::{config, download_and_check, num, push_app, sha256_hex, Server};
 use common::*;
 use serde_json::{json, Value};
-
-/// A small image (busybox, a file per layer) pushed as NAME:v1.
-fn push_app(reg: &TestRegistry, dir: &Path, name: &str, big: Option<u64>) {
-    let layout = dir.join(format!("layout-{name}"));
-    let mut top = vec![json!({"name": "etc/app.conf", "data": format!("name={name}\n")})];
-    if let Some(size) = big {
-        top.push(json!({"name": "data/blob", "size": size}));
-    }
-    make_image(
-        &layout,
-        json!({"tag": "v1", "layers": [
-            {"entries": [{"name": "bin", "type": "dir"},
-                         {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
-                         {"name": "bin/sh", "type": "symlink", "link": "busybox"}]},
-            {"entries": top},
-        ], "config": {"Entrypoint": ["/bin/sh", "-c", "cat /etc/app.conf"]}}),
-    );
-    reg.push(&layout, "v1", &format!("{name}:v1"), None);
-}
-
-fn config(image: &str) -> Value {
-    json!({"config": {
-        "source": {"docker_image": {"image_uri": image}},
-        "target": {"microvm_rootfs": {"format": "ext4", "init_strategy": "INIT_STRATEGY_DIRECT_EXEC"}},
-        "strategy": {"docker_strategy": {"optimize_for_size": false, "remove_dev_packages": false, "preserve_layers": false}}
-    }})
-}
-
-/// A proto3 JSON integer: absent when zero, a string when 64-bit.
-fn num(v: &Value) -> i64 {
-    match v {
-        Value::Null => 0,
-        Value::String(s) => s.parse().unwrap(),
-        v => v.as_i64().unwrap(),
-    }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Downloads a completed build's image by the plain GET form, checks it
-/// with e2fsck and against the sha256 its status records.
-fn download_and_check(server: &Server, key: &str, id: &str, dir: &Path) -> Vec<u8> {
-    let status = server.status(key, id);
-    let a = server.curl(
-        &format!("/builder.v1.BuilderService/GetBuildArtifact/{id}"),
-        &["-H", &format!("Authorization: Bearer {key}")],
-    );
-    assert_eq!(a.status, 200);
-    let sha = status["artifact"]["sha256"].as_str().unwrap();
-    assert_eq!(sha256_hex(&a.body), sha);
-    assert_eq!(a.header("etag"), Some(format!("\"sha256:{sha}\"").as_str()));
-    assert_eq!(
-        a.header("content-length")
-            .unwrap()
-            .parse::<usize>()
-            .unwrap(),
-        a.body.len()
-    );
-    let file = dir.join(format!("{id}.ext4"));
-    std::fs::write(&file, &a.body).unwrap();
-    e2fsck(&file);
-    a.body
-}
 
 #[test]
 fn seed_json_over_curl_builds_and_downloads_a_checked_rootfs() {

@@ -13,6 +13,8 @@ mod manifest;
 mod platform;
 mod reference;
 mod registry;
+mod remote;
+mod retry;
 
 pub use cache::BlobCache;
 pub use digest::{Digest, VerifyingReader};
@@ -21,7 +23,9 @@ pub use layout::OciLayout;
 pub use manifest::{resolve, Compression, Doc, FetchBlob, Image, LayerInfo, RunConfig};
 pub use platform::Platform;
 pub use reference::{ImageRef, Source};
-pub use registry::{docker_config_credentials, Credentials, Registry, RetryPolicy};
+pub use registry::{docker_config_credentials, Credentials, Registry};
+pub use remote::resolve_remote;
+pub use retry::{Backoff, RetryCause, RetryNotice, RetryPolicy};
 
 /// The largest manifest, index or config read: they are small documents,
 /// and anything bigger is refused rather than read into memory.

@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::hex;
+use crate::retry::{RetryCause, RetryNotice, RetryPolicy};
 use crate::{Digest, Error, ImageRef, MAX_DOC};
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
@@ -34,24 +35,6 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// How often and how patiently to retry transient failures.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-        }
-    }
-}
-
 pub struct Registry {
     client: Client,
     /// `http://host:port` or `https://host`.
@@ -62,7 +45,7 @@ pub struct Registry {
     /// The Authorization header that worked, reused for later requests.
     auth: Mutex<Option<String>>,
     retry: RetryPolicy,
-    log: Box<dyn Fn(&str) + Send + Sync>,
+    on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync>,
 }
 
 /// Loopback registries may speak plain HTTP, as Docker allows.
@@ -169,19 +152,24 @@ fn is_tls_failure(text: &str) -> bool {
     .any(|m| t.contains(m))
 }
 
-fn transient(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+/// Why an answer may be different if asked again.
+fn transient(status: StatusCode) -> Option<RetryCause> {
+    match status.as_u16() {
+        429 => Some(RetryCause::RateLimit),
+        500 | 502 | 503 | 504 => Some(RetryCause::Network),
+        _ => None,
+    }
 }
 
 impl Registry {
     /// A client for `image`'s repository. Plain HTTP only for loopback and
-    /// for hosts in `insecure`.
+    /// for hosts in `insecure`. `on_retry` hears of each retry before its wait.
     pub fn new(
         image: &ImageRef,
         credentials: Option<Credentials>,
         insecure: &[String],
         retry: RetryPolicy,
-        log: Box<dyn Fn(&str) + Send + Sync>,
+        on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync>,
     ) -> Result<Registry, Error> {
         let host = if image.registry == "docker.io" {
             "registry-1.docker.io".to_string()
@@ -204,23 +192,40 @@ impl Registry {
             credentials,
             auth: Mutex::new(None),
             retry,
-            log,
+            on_retry,
         })
     }
 
-    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .retry
-            .base_delay
-            .saturating_mul(1 << attempt.min(16))
-            .min(self.retry.max_delay);
-        // Up to 25% jitter, so parallel downloads do not retry in step.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let jitter = exp.mul_f64(f64::from(nanos % 1000) / 4000.0);
-        retry_after.map_or(exp + jitter, |r| r.min(Duration::from_secs(60)))
+    /// After failed attempt number `attempt` (1 for the first): an error if
+    /// the policy says this is the end, else the wait before the next one,
+    /// told to `on_retry`.
+    fn after_failure(
+        &self,
+        attempt: u32,
+        cause: RetryCause,
+        message: String,
+        retry_after: Option<Duration>,
+    ) -> Result<Duration, Error> {
+        if !self.retry.retries(cause) {
+            return Err(Error::Registry(format!(
+                "{message} (not retried: {} is not in the retry policy)",
+                cause.name()
+            )));
+        }
+        if attempt > self.retry.max_retries {
+            return Err(Error::Registry(format!(
+                "{message} (gave up after {attempt} attempts)"
+            )));
+        }
+        let delay = self.retry.delay(attempt, retry_after);
+        (self.on_retry)(&RetryNotice {
+            cause,
+            attempt,
+            attempts: self.retry.max_retries + 1,
+            delay,
+            message,
+        });
+        Ok(delay)
     }
 
     /// A token or basic credentials answering `challenge`.
@@ -330,14 +335,15 @@ impl Registry {
                         self.host, self.repository
                     )));
                 }
-                Ok(resp) if transient(resp.status()) => {
+                Ok(resp) if transient(resp.status()).is_some() => {
                     let after = resp
                         .headers()
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|s| s.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    (format!("{}", resp.status()), after)
+                    let cause = transient(resp.status()).expect("matched above");
+                    (cause, format!("{}", resp.status()), after)
                 }
                 Ok(resp) => {
                     return Err(Error::Registry(format!(
@@ -355,7 +361,7 @@ impl Registry {
                     )));
                 }
                 Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
-                    (describe(&e), None)
+                    (RetryCause::Network, describe(&e), None)
                 }
                 Err(e) => {
                     return Err(Error::Registry(format!(
@@ -366,21 +372,13 @@ impl Registry {
                 }
             };
             attempt += 1;
-            if attempt >= self.retry.attempts {
-                return Err(Error::Registry(format!(
-                    "{}: {what}: {} (gave up after {attempt} attempts)",
-                    self.host, failure.0
-                )));
-            }
-            let delay = self.backoff(attempt, failure.1);
-            (self.log)(&format!(
-                "{}: {what}: {}; retrying in {:.1} s (attempt {}/{})",
-                self.host,
-                failure.0,
-                delay.as_secs_f64(),
-                attempt + 1,
-                self.retry.attempts
-            ));
+            let (cause, text, retry_after) = failure;
+            let delay = self.after_failure(
+                attempt,
+                cause,
+                format!("{}: {what}: {text}", self.host),
+                retry_after,
+            )?;
             std::thread::sleep(delay);
         }
     }
@@ -499,19 +497,16 @@ impl Registry {
             let why =
                 cut.unwrap_or_else(|| format!("the connection ended after {done} of {size} bytes"));
             attempt += 1;
-            if attempt >= self.retry.attempts {
-                return Err(Error::Registry(format!(
-                    "{}: blob {digest}: {why} (gave up after {attempt} attempts)",
+            let delay = self.after_failure(
+                attempt,
+                RetryCause::Network,
+                format!(
+                    "{}: blob {digest}: {why} (resuming where it stopped)",
                     self.host
-                )));
-            }
-            (self.log)(&format!(
-                "{}: blob {digest}: {why}; resuming (attempt {}/{})",
-                self.host,
-                attempt + 1,
-                self.retry.attempts
-            ));
-            std::thread::sleep(self.backoff(attempt, None));
+                ),
+                None,
+            )?;
+            std::thread::sleep(delay);
         }
         let got = format!("sha256:{}", hex(&hash.finalize()));
         if got != digest.as_str() {

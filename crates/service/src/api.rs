@@ -73,8 +73,27 @@ impl Api {
             .ok_or_else(|| ConnectError::not_found(format!("no build {id:?}")))
     }
 
-    pub fn status(&self, b: &BuildRow) -> GetBuildStatusResponse {
-        GetBuildStatusResponse {
+    /// A build's retries, as the API shows them.
+    fn retries(&self, b: &BuildRow) -> Result<Vec<RetryAttempt>, ConnectError> {
+        Ok(self
+            .store
+            .retries(&b.id)
+            .map_err(internal)?
+            .into_iter()
+            .map(|r| RetryAttempt {
+                attempt: r.attempt as i32,
+                cause: r.cause,
+                message: r.message,
+                delay_ms: r.delay_ms,
+                at: timestamp(r.at_ms),
+                scope: r.scope,
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    pub fn status(&self, b: &BuildRow) -> Result<GetBuildStatusResponse, ConnectError> {
+        Ok(GetBuildStatusResponse {
             build_id: b.id.clone(),
             state: EnumValue::from(b.state.proto()),
             progress: MessageField::some(progress(b)),
@@ -82,8 +101,10 @@ impl Api {
             artifact: artifact(b).into(),
             created_at: timestamp(b.created_ms),
             updated_at: timestamp(b.updated_ms),
+            retries: self.retries(b)?,
+            attempts: b.attempts as i32,
             ..Default::default()
-        }
+        })
     }
 
     fn job(&self, b: &BuildRow) -> Result<BuildJob, ConnectError> {
@@ -113,6 +134,7 @@ impl Api {
             artifact: artifact(b).into(),
             transitions,
             attempts: b.attempts as i32,
+            retries: self.retries(b)?,
             ..Default::default()
         })
     }
@@ -256,7 +278,7 @@ impl BuilderService for Api {
                 )));
             }
         }
-        let job = job::job(&config)?;
+        let job = job::job(&config, &self.runner.retry_defaults)?;
         let id = new_build_id();
         let limits = tenant.tier.limits();
         let config_json = serde_json::to_string(&job::redacted(&config))
@@ -270,7 +292,7 @@ impl BuilderService for Api {
                 tenant_id: &tenant.id,
                 config_json: &config_json,
                 creds: creds.as_deref(),
-                max_interruptions: job.max_interruptions,
+                max_interruptions: i64::from(job.retry.max_retries),
                 daily_limit: limits.daily_builds,
                 storage_limit: limits.storage_bytes,
                 log: &log,
@@ -315,7 +337,7 @@ impl BuilderService for Api {
     ) -> ServiceResult<GetBuildStatusResponse> {
         let tenant = self.caller(ctx.headers())?;
         let b = self.owned(&tenant, request.build_id)?;
-        Response::ok(self.status(&b))
+        Response::ok(self.status(&b)?)
     }
 
     async fn get_build_artifact(

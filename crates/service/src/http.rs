@@ -43,9 +43,10 @@ fn error(e: ConnectError) -> Response {
 async fn status(State(api): State<Arc<Api>>, Path(id): Path<String>, req: Request) -> Response {
     let found = api
         .caller(req.headers())
-        .and_then(|tenant| api.owned(&tenant, &id));
+        .and_then(|tenant| api.owned(&tenant, &id))
+        .and_then(|b| api.status(&b));
     match found {
-        Ok(b) => match serde_json::to_vec(&api.status(&b)) {
+        Ok(status) => match serde_json::to_vec(&status) {
             Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
             Err(e) => error(ConnectError::internal(e.to_string())),
         },

@@ -3,6 +3,9 @@
 //! A field left at its default asks for nothing and is accepted.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use builderd_oci::{Backoff, RetryCause, RetryPolicy};
 
 use crate::proto::builder::v1::{
     build_source::SourceType, build_strategy::StrategyType, build_target::TargetType, BuildConfig,
@@ -42,20 +45,34 @@ pub struct Job {
     pub working_dir: Option<String>,
     pub user: Option<String>,
     pub hostname: Option<String>,
-    /// How many server restarts may interrupt the build before it fails.
-    pub max_interruptions: i64,
+    /// The build's retry policy: its registry requests are retried by it
+    /// (NETWORK_ERROR, REGISTRY_RATE_LIMIT), the whole build is run again for
+    /// a TEMPORARY_RESOURCE_ERROR, and `max_retries` also bounds how many
+    /// server restarts may interrupt it.
+    pub retry: RetryPolicy,
 }
 
-/// Restarts a build survives when its config has no retry policy.
-pub const DEFAULT_MAX_RETRIES: i64 = 3;
+/// The server's retry policy for builds whose config has none (or leaves
+/// fields out).
+pub fn default_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 3,
+        backoff: Backoff::Exponential,
+        base_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(30),
+        retry_on: RetryCause::ALL.to_vec(),
+    }
+}
 
 fn unimplemented(field: &str, what: &str) -> Refusal {
     Refusal::Unimplemented(format!("{field}: {what} is not implemented yet"))
 }
 
-pub fn job(config: &BuildConfig) -> Result<Job, Refusal> {
+/// The job `config` asks for; what its retry policy leaves out comes from
+/// `retry_defaults`.
+pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Refusal> {
     let mut job = Job {
-        max_interruptions: DEFAULT_MAX_RETRIES,
+        retry: retry_defaults.clone(),
         init: "direct-exec",
         ..Job::default()
     };
@@ -237,23 +254,7 @@ pub fn job(config: &BuildConfig) -> Result<Job, Refusal> {
     }
 
     if let Some(r) = config.retry_policy.as_option() {
-        if r.max_retries < 0 {
-            return Err(Refusal::Invalid(format!(
-                "config.retry_policy.max_retries: {} is negative",
-                r.max_retries
-            )));
-        }
-        job.max_interruptions = r.max_retries as i64;
-        let default_shape = r.backoff_strategy.is_empty()
-            && r.base_delay.is_empty()
-            && r.max_delay.is_empty()
-            && r.retry_on.is_empty();
-        if !default_shape {
-            return Err(unimplemented(
-                "config.retry_policy (backoff_strategy, base_delay, max_delay, retry_on)",
-                "a per-build retry schedule (registry errors are retried with the server's backoff; max_retries counts restarts)",
-            ));
-        }
+        job.retry = retry_policy(r, retry_defaults)?;
     }
     if config
         .webhook
@@ -263,6 +264,73 @@ pub fn job(config: &BuildConfig) -> Result<Job, Refusal> {
         return Err(unimplemented("config.webhook", "webhook notifications"));
     }
     Ok(job)
+}
+
+/// A retry policy written as a build config writes it (JSON, the seed's
+/// shape), each field left out taken from the built-in default: how
+/// `builderd serve --default-retry-policy` is given.
+pub fn parse_retry_policy(json: &str) -> Result<RetryPolicy, String> {
+    let r: crate::proto::builder::v1::RetryPolicy =
+        serde_json::from_str(json).map_err(|e| format!("{json:?}: {e}"))?;
+    retry_policy(&r, &default_retry_policy()).map_err(|e| match e {
+        Refusal::Invalid(m) | Refusal::Unimplemented(m) => m,
+    })
+}
+
+/// A config's retry policy, each field left out taken from `defaults`.
+fn retry_policy(
+    r: &crate::proto::builder::v1::RetryPolicy,
+    defaults: &RetryPolicy,
+) -> Result<RetryPolicy, Refusal> {
+    let field = "config.retry_policy";
+    let mut p = defaults.clone();
+    p.max_retries = u32::try_from(r.max_retries).map_err(|_| {
+        Refusal::Invalid(format!(
+            "{field}.max_retries: {} is negative",
+            r.max_retries
+        ))
+    })?;
+    if !r.backoff_strategy.is_empty() {
+        p.backoff = Backoff::parse(&r.backoff_strategy.to_ascii_lowercase()).ok_or_else(|| {
+            Refusal::Invalid(format!(
+                "{field}.backoff_strategy: {:?}; use exponential, linear or fixed",
+                r.backoff_strategy
+            ))
+        })?;
+    }
+    let duration = |name: &str, text: &str, default: Duration| -> Result<Duration, Refusal> {
+        if text.is_empty() {
+            return Ok(default);
+        }
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            Refusal::Invalid(format!(
+                "{field}.{name}: {text:?} is not a duration such as \"30s\" or \"5m\" ({e})"
+            ))
+        })
+    };
+    p.base_delay = duration("base_delay", &r.base_delay, p.base_delay)?;
+    p.max_delay = duration("max_delay", &r.max_delay, p.max_delay)?;
+    if p.max_delay < p.base_delay {
+        return Err(Refusal::Invalid(format!(
+            "{field}.max_delay ({}) is shorter than base_delay ({})",
+            humantime::format_duration(p.max_delay),
+            humantime::format_duration(p.base_delay)
+        )));
+    }
+    if !r.retry_on.is_empty() {
+        p.retry_on = r
+            .retry_on
+            .iter()
+            .map(|name| {
+                RetryCause::parse(name).ok_or_else(|| {
+                    Refusal::Invalid(format!(
+                        "{field}.retry_on: {name:?}; use NETWORK_ERROR, TEMPORARY_RESOURCE_ERROR or REGISTRY_RATE_LIMIT"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(p)
 }
 
 /// The config as it is shown back and stored: registry passwords and Git
@@ -331,7 +399,7 @@ mod tests {
 
     #[test]
     fn the_three_example_configs_parse_and_name_what_is_missing() {
-        let node = job(&parse(NODE)).unwrap_err();
+        let node = job(&parse(NODE), &default_retry_policy()).unwrap_err();
         assert_eq!(
             node,
             unimplemented(
@@ -345,10 +413,10 @@ mod tests {
             Some("github_user:ghp_token")
         );
         assert!(
-            matches!(job(&webapp), Err(Refusal::Unimplemented(m)) if m.contains("optimize_for_size"))
+            matches!(job(&webapp, &default_retry_policy()), Err(Refusal::Unimplemented(m)) if m.contains("optimize_for_size"))
         );
         assert!(
-            matches!(job(&parse(GIT)), Err(Refusal::Unimplemented(m)) if m.starts_with("config.source.git_repository"))
+            matches!(job(&parse(GIT), &default_retry_policy()), Err(Refusal::Unimplemented(m)) if m.starts_with("config.source.git_repository"))
         );
         let shown = serde_json::to_string(&redacted(&webapp)).unwrap();
         assert!(
@@ -359,13 +427,16 @@ mod tests {
 
     #[test]
     fn defaults_ask_for_nothing_and_camel_case_works() {
-        let j = job(&parse(
+        let j = job(
+            &parse(
             r#"{"config": {"source": {"dockerImage": {"imageUri": "alpine:3.20"}},
               "target": {"microvmRootfs": {"initStrategy": "INIT_STRATEGY_SYSTEMD", "compression": "zstd",
                 "sizeLimitBytes": "1000", "runtimeConfig": {"cmd": ["sh"], "env": {"A": "1"}}}},
               "strategy": {"dockerStrategy": {"optimizeForSize": false, "preserveLayers": false}},
               "retryPolicy": {"maxRetries": 1}}}"#,
-        ))
+            ),
+            &default_retry_policy(),
+        )
         .unwrap();
         assert_eq!(j.image, "alpine:3.20");
         assert_eq!(
@@ -374,12 +445,55 @@ mod tests {
         );
         assert_eq!(j.cmd, Some(vec!["sh".to_string()]));
         assert_eq!(j.env.get("A").map(String::as_str), Some("1"));
-        assert_eq!(j.max_interruptions, 1);
+        assert_eq!(j.retry.max_retries, 1);
+        assert_eq!(
+            j.retry.retry_on,
+            RetryCause::ALL.to_vec(),
+            "the rest from the defaults"
+        );
+    }
+
+    #[test]
+    fn the_seeds_retry_policy_parses_and_bad_values_are_named() {
+        let j = job(
+            &parse(
+                r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
+                  "retry_policy": {"max_retries": 5, "backoff_strategy": "linear", "base_delay": "30s",
+                    "max_delay": "5m", "retry_on": ["NETWORK_ERROR", "REGISTRY_RATE_LIMIT"]}}}"#,
+            ),
+            &default_retry_policy(),
+        )
+        .unwrap();
+        assert_eq!(
+            j.retry,
+            RetryPolicy {
+                max_retries: 5,
+                backoff: Backoff::Linear,
+                base_delay: Duration::from_secs(30),
+                max_delay: Duration::from_secs(300),
+                retry_on: vec![RetryCause::Network, RetryCause::RateLimit],
+            }
+        );
+        for (policy, field) in [
+            (r#"{"backoff_strategy": "random"}"#, "backoff_strategy"),
+            (r#"{"base_delay": "soon"}"#, "base_delay"),
+            (r#"{"base_delay": "10s", "max_delay": "1s"}"#, "max_delay"),
+            (r#"{"retry_on": ["DISK_ERROR"]}"#, "retry_on"),
+            (r#"{"max_retries": -1}"#, "max_retries"),
+        ] {
+            let config = format!(
+                r#"{{"config": {{"source": {{"docker_image": {{"image_uri": "alpine"}}}}, "retry_policy": {policy}}}}}"#
+            );
+            match job(&parse(&config), &default_retry_policy()) {
+                Err(Refusal::Invalid(m)) => assert!(m.contains(field), "{m}"),
+                other => panic!("{policy}: {other:?}"),
+            }
+        }
     }
 
     #[test]
     fn invalid_values_are_refused_with_their_field() {
-        let refused = |json: &str| match job(&parse(json)) {
+        let refused = |json: &str| match job(&parse(json), &default_retry_policy()) {
             Err(Refusal::Invalid(m)) => m,
             other => panic!("{json}: {other:?}"),
         };

@@ -17,5 +17,6 @@ mod state;
 mod store;
 mod tier;
 
+pub use job::{default_retry_policy, parse_retry_policy};
 pub use serve::{create_tenant, default_data_dir, serve, Options};
 pub use tier::Tier;

@@ -14,9 +14,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use builderd_oci::{RetryCause, RetryPolicy};
+
 use crate::job::Job;
 use crate::state::State;
-use crate::store::{BuildRow, Store};
+use crate::store::{BuildRow, Retry, Store};
 
 /// Why the server stops a run before it ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub struct Runner {
     pub exe: PathBuf,
     pub data_dir: PathBuf,
     pub insecure_registries: Vec<String>,
+    /// The retry policy of builds whose config has none.
+    pub retry_defaults: RetryPolicy,
 }
 
 /// How a run ended, for the scheduler's log.
@@ -42,6 +46,8 @@ pub enum Ended {
     Cancelled,
     TimedOut,
     Requeued,
+    /// Back in the queue after a temporary failure, to run again later.
+    Retrying,
 }
 
 impl Runner {
@@ -78,6 +84,31 @@ impl Runner {
                 .map(|v| serde_json::to_string(v).expect("strings serialise"))
         };
         opt("--platform", job.platform.clone());
+        // The registry requests' share of the policy; a temporary resource
+        // shortage is retried here, by running the build again.
+        let request_causes: Vec<&str> = job
+            .retry
+            .retry_on
+            .iter()
+            .filter(|c| **c != RetryCause::TemporaryResource)
+            .map(|c| c.name())
+            .collect();
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let retries = if request_causes.is_empty() {
+            0
+        } else {
+            job.retry.max_retries
+        };
+        opt("--retries", Some(retries.to_string()));
+        opt(
+            "--retry-backoff",
+            Some(job.retry.backoff.name().to_string()),
+        );
+        opt("--retry-base-delay", Some(ms(job.retry.base_delay)));
+        opt("--retry-max-delay", Some(ms(job.retry.max_delay)));
+        if !request_causes.is_empty() {
+            opt("--retry-on", Some(request_causes.join(",")));
+        }
         opt(
             "--init-script",
             job.init_script
@@ -115,7 +146,7 @@ impl Runner {
         let result = self
             .run_child(&store, build, &job, &work, timeout, &mut stop)
             .await;
-        let ended = self.settle(&store, build, result, timeout);
+        let ended = self.settle(&store, build, &job, result, timeout);
         let _ = std::fs::remove_dir_all(&work);
         ended
     }
@@ -125,6 +156,7 @@ impl Runner {
         &self,
         store: &Store,
         build: &BuildRow,
+        job: &Job,
         result: Result<(), RunError>,
         timeout: Duration,
     ) -> Ended {
@@ -154,7 +186,16 @@ impl Runner {
                 ),
                 Ended::TimedOut,
             ),
-            Err(RunError::Failed { category, message }) => {
+            Err(RunError::Failed {
+                category,
+                message,
+                temporary,
+            }) => {
+                if temporary {
+                    if let Some(ended) = retry_build(store, build, job, &message) {
+                        return ended;
+                    }
+                }
                 (State::Failed, Some(category), message, Ended::Failed)
             }
         };
@@ -215,6 +256,7 @@ impl Runner {
         let mut child = cmd.spawn().map_err(|e| RunError::Failed {
             category: "build",
             message: format!("cannot start {}: {e}", self.exe.display()),
+            temporary: false,
         })?;
         let pgid = child.id().map(|p| p as i32);
         let kill = || {
@@ -254,16 +296,15 @@ impl Runner {
         kill();
         match status {
             Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(follow.failure.take().map_or_else(
-                || RunError::Failed {
-                    category: "build",
-                    message: format!("the build process ended with {s} without saying why"),
-                },
-                |(category, message)| RunError::Failed { category, message },
-            )),
+            Ok(s) => Err(follow.failure.take().unwrap_or_else(|| RunError::Failed {
+                category: "build",
+                message: format!("the build process ended with {s} without saying why"),
+                temporary: false,
+            })),
             Err(e) => Err(RunError::Failed {
                 category: "build",
                 message: format!("waiting for the build process: {e}"),
+                temporary: false,
             }),
         }
     }
@@ -357,6 +398,8 @@ enum RunError {
     Failed {
         category: &'static str,
         message: String,
+        /// The machine ran short for a moment: trying again later may pass.
+        temporary: bool,
     },
 }
 
@@ -365,8 +408,70 @@ impl RunError {
         RunError::Failed {
             category: "resource",
             message,
+            temporary: false,
         }
     }
+}
+
+/// A build that failed for a passing shortage goes back to the queue, to
+/// run again after the policy's wait, if its policy retries such failures
+/// and has retries left. Answers None when it does not.
+fn retry_build(store: &Store, build: &BuildRow, job: &Job, message: &str) -> Option<Ended> {
+    let id = build.id.as_str();
+    let cause = RetryCause::TemporaryResource;
+    if !job.retry.retries(cause) {
+        return None;
+    }
+    let done = store
+        .retries(id)
+        .ok()?
+        .iter()
+        .filter(|r| r.scope == "build")
+        .count() as u32;
+    if done >= job.retry.max_retries {
+        log(
+            store,
+            id,
+            "warn",
+            &format!(
+                "{} (no retries left: {done} of {})",
+                cause.name(),
+                job.retry.max_retries
+            ),
+        );
+        return None;
+    }
+    let attempt = done + 1;
+    let delay = job.retry.delay(attempt, None);
+    let notice = builderd_oci::RetryNotice {
+        cause,
+        attempt,
+        attempts: job.retry.max_retries + 1,
+        delay,
+        message: message.to_string(),
+    };
+    record_retry(store, id, &notice, "build");
+    let not_before = crate::store::now_ms() + delay.as_millis() as i64;
+    store
+        .retry_later(id, not_before)
+        .ok()?
+        .then_some(Ended::Retrying)
+}
+
+/// Keeps a retry in the build's status and logs.
+fn record_retry(store: &Store, id: &str, n: &builderd_oci::RetryNotice, scope: &str) {
+    let _ = store.add_retry(
+        id,
+        &Retry {
+            at_ms: crate::store::now_ms(),
+            attempt: i64::from(n.attempt),
+            cause: n.cause.name().to_string(),
+            message: n.message.clone(),
+            delay_ms: n.delay.as_millis() as i64,
+            scope: scope.to_string(),
+        },
+    );
+    log(store, id, "warn", &n.to_string());
 }
 
 fn log(store: &Store, id: &str, level: &str, message: &str) {
@@ -377,7 +482,7 @@ fn log(store: &Store, id: &str, level: &str, message: &str) {
 struct Follow {
     id: String,
     state: State,
-    failure: Option<(&'static str, String)>,
+    failure: Option<RunError>,
 }
 
 impl Follow {
@@ -428,15 +533,34 @@ impl Follow {
         } else if let Some(message) = v["log"].as_str() {
             let level = v["level"].as_str().unwrap_or("info");
             let _ = store.log(id, level, message, "build");
+        } else if let Some(r) = v.get("retry") {
+            if let Some(notice) = retry_notice(r) {
+                record_retry(store, id, &notice, "request");
+            }
         } else if let Some(message) = v["error"].as_str() {
             let category = match v["category"].as_str() {
                 Some("source") => "source",
                 Some("resource") => "resource",
                 _ => "build",
             };
-            self.failure = Some((category, message.to_string()));
+            self.failure = Some(RunError::Failed {
+                category,
+                message: message.to_string(),
+                temporary: v["retry_cause"].as_str() == Some(RetryCause::TemporaryResource.name()),
+            });
         }
     }
+}
+
+/// A `{"retry": …}` event of the child's.
+fn retry_notice(r: &Value) -> Option<builderd_oci::RetryNotice> {
+    Some(builderd_oci::RetryNotice {
+        cause: RetryCause::parse(r["cause"].as_str()?)?,
+        attempt: u32::try_from(r["attempt"].as_u64()?).ok()?,
+        attempts: u32::try_from(r["attempts"].as_u64()?).ok()?,
+        delay: Duration::from_millis(r["delay_ms"].as_u64()?),
+        message: r["message"].as_str()?.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -449,6 +573,7 @@ mod tests {
             exe: "builderd".into(),
             data_dir: "/data".into(),
             insecure_registries: vec!["reg:5000".into()],
+            retry_defaults: crate::job::default_retry_policy(),
         };
         let job = Job {
             image: "alpine".into(),
@@ -458,6 +583,7 @@ mod tests {
             size_limit: Some(10),
             cmd: Some(vec!["sh".into(), "-c".into(), "echo a b".into()]),
             env: [("A".to_string(), "1 2".to_string())].into(),
+            retry: crate::job::default_retry_policy(),
             ..Job::default()
         };
         let a = runner.args(&job, Path::new("/w"));
@@ -470,6 +596,9 @@ mod tests {
             ["--cmd", r#"["sh","-c","echo a b"]"#],
             ["--env", "A=1 2"],
             ["--insecure-registry", "reg:5000"],
+            ["--retries", "3"],
+            ["--retry-base-delay", "1000ms"],
+            ["--retry-on", "NETWORK_ERROR,REGISTRY_RATE_LIMIT"],
         ] {
             assert!(a.windows(2).any(|w| w == pair), "{pair:?} in {a:?}");
         }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use builderd_oci::RetryPolicy;
 use tokio::sync::{watch, Notify};
 
 use crate::job;
@@ -67,13 +68,18 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>) {
         while !self.closed.load(Ordering::Relaxed) {
             self.dispatch();
-            let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
+            // Until something changes, the next retry is due, or the poll.
+            let wait = match self.store.next_retry_ms() {
+                Ok(Some(at)) => Duration::from_millis((at - crate::store::now_ms()).max(1) as u64),
+                _ => POLL,
+            };
+            let _ = tokio::time::timeout(wait.min(POLL), self.wake.notified()).await;
         }
     }
 
     /// Starts as many queued builds as the limits allow.
     fn dispatch(self: &Arc<Self>) {
-        let queued = match self.store.builds_in(&[State::Queued]) {
+        let queued = match self.store.due() {
             Ok(q) => q,
             Err(e) => {
                 eprintln!("builderd: scheduler: {e}");
@@ -151,7 +157,7 @@ impl Scheduler {
         let this = self.clone();
         tokio::spawn(async move {
             let id = build.id.clone();
-            match job_of(&build) {
+            match job_of(&build, &this.runner.retry_defaults) {
                 Ok(job) => {
                     let ended = this
                         .runner
@@ -222,8 +228,9 @@ impl Scheduler {
 }
 
 /// The job of a stored build: its config again, with its stored credentials.
-fn job_of(build: &BuildRow) -> Result<job::Job, String> {
+fn job_of(build: &BuildRow, retry_defaults: &RetryPolicy) -> Result<job::Job, String> {
     let config: BuildConfig = serde_json::from_str(&build.config_json)
         .map_err(|e| format!("the stored config does not parse: {e}"))?;
-    job::job(&config).map_err(|r| format!("the stored config is refused now: {r:?}"))
+    job::job(&config, retry_defaults)
+        .map_err(|r| format!("the stored config is refused now: {r:?}"))
 }

@@ -35,6 +35,8 @@ pub struct Options {
     pub insecure_registries: Vec<String>,
     /// An upper bound on any build's time, below the tier's limit if smaller.
     pub max_build_time: Option<Duration>,
+    /// The retry policy of builds whose config has none.
+    pub retry_defaults: builderd_oci::RetryPolicy,
 }
 
 /// `${XDG_DATA_HOME:-~/.local/share}/builderd`.
@@ -146,6 +148,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         exe: opts.exe.clone(),
         data_dir: opts.data_dir.clone(),
         insecure_registries: opts.insecure_registries.clone(),
+        retry_defaults: opts.retry_defaults.clone(),
     });
     let scheduler = Scheduler::new(
         store.clone(),

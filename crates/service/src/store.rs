@@ -165,7 +165,24 @@ CREATE TABLE IF NOT EXISTS logs (
     component TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_build ON logs(build_id, seq);
+CREATE TABLE IF NOT EXISTS retries (
+    build_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    cause TEXT NOT NULL,
+    message TEXT NOT NULL,
+    delay_ms INTEGER NOT NULL,
+    scope TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS retries_build ON retries(build_id);
 ";
+
+/// Columns added to `builds` after its first version, each with its type;
+/// a database made before them gets them when it is opened.
+const ADDED_BUILD_COLUMNS: &[(&str, &str)] = &[
+    // A build waiting for a retry: not to start before this time.
+    ("not_before_ms", "INTEGER"),
+];
 
 const BUILD_COLUMNS: &str =
     "id, tenant_id, seq, config_json, creds, state, created_ms, started_ms, \
@@ -210,6 +227,33 @@ pub struct NewBuild<'a> {
     pub log: &'a str,
 }
 
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('builds')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, kind) in ADDED_BUILD_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE builds ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// One retry of a build, as its status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retry {
+    pub at_ms: i64,
+    /// The attempt that failed (1 for the first).
+    pub attempt: i64,
+    pub cause: String,
+    pub message: String,
+    pub delay_ms: i64,
+    /// "request": a registry request retried inside the run; "build": the
+    /// whole build run again.
+    pub scope: String,
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
@@ -222,6 +266,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        add_missing_columns(&conn)?;
         Ok(Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -523,6 +568,7 @@ impl Store {
         let tx = conn.transaction()?;
         exec(&tx, "DELETE FROM logs WHERE build_id = ?1", [id])?;
         exec(&tx, "DELETE FROM transitions WHERE build_id = ?1", [id])?;
+        exec(&tx, "DELETE FROM retries WHERE build_id = ?1", [id])?;
         exec(&tx, "DELETE FROM builds WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(())
@@ -554,6 +600,73 @@ impl Store {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
+        })
+    }
+
+    /// Queued builds that may start now (not waiting for a retry), oldest first.
+    pub fn due(&self) -> Result<Vec<BuildRow>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {BUILD_COLUMNS} FROM builds WHERE state = 'QUEUED'
+                 AND (not_before_ms IS NULL OR not_before_ms <= ?1) ORDER BY seq"
+            ))?;
+            let rows = stmt.query_map([now_ms()], build_row)?;
+            rows.collect()
+        })
+    }
+
+    /// When the next build waiting for a retry may start.
+    pub fn next_retry_ms(&self) -> Result<Option<i64>> {
+        self.read(|c| {
+            row(
+                c,
+                "SELECT MIN(not_before_ms) FROM builds WHERE state = 'QUEUED' AND not_before_ms > ?1",
+                [now_ms()],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Puts an active build back in the queue, not to start before `not_before_ms`.
+    pub fn retry_later(&self, id: &str, not_before_ms: i64) -> Result<bool> {
+        if !self.transition(id, &State::ACTIVE, State::Queued)? {
+            return Ok(false);
+        }
+        exec(
+            &self.conn(),
+            "UPDATE builds SET not_before_ms = ?2 WHERE id = ?1",
+            params![id, not_before_ms],
+        )?;
+        Ok(true)
+    }
+
+    pub fn add_retry(&self, id: &str, r: &Retry) -> Result<()> {
+        exec(
+            &self.conn(),
+            "INSERT INTO retries (build_id, at_ms, attempt, cause, message, delay_ms, scope)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, r.at_ms, r.attempt, r.cause, r.message, r.delay_ms, r.scope],
+        )?;
+        Ok(())
+    }
+
+    pub fn retries(&self, id: &str) -> Result<Vec<Retry>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT at_ms, attempt, cause, message, delay_ms, scope FROM retries
+                 WHERE build_id = ?1 ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(Retry {
+                    at_ms: r.get(0)?,
+                    attempt: r.get(1)?,
+                    cause: r.get(2)?,
+                    message: r.get(3)?,
+                    delay_ms: r.get(4)?,
+                    scope: r.get(5)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 

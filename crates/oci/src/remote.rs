@@ -1,0 +1,47 @@
+//! An image in a registry, resolved to the manifest for one platform (the
+//! tag as it is now), its config blob brought into the blob cache.
+
+use crate::{BlobCache, Digest, Doc, Error, Image, ImageRef, Platform, Registry};
+
+/// Resolves `r` for `platform`: manifests from the registry, every time;
+/// the config through the cache.
+pub fn resolve_remote(
+    registry: &Registry,
+    cache: &BlobCache,
+    r: &ImageRef,
+    platform: &Platform,
+) -> Result<Image, Error> {
+    let reference = r
+        .digest
+        .clone()
+        .or_else(|| r.tag.clone())
+        .unwrap_or_else(|| "latest".into());
+    let (top, digest) = registry.manifest(&reference)?;
+    crate::resolve(top, digest, platform, &mut |d, size, doc| match doc {
+        Doc::Manifest => {
+            let (bytes, _) = registry.manifest(d.as_str())?;
+            d.verify(&bytes, size)?;
+            Ok(bytes)
+        }
+        Doc::Config => {
+            fetch_small(registry, cache, d, size)?;
+            let bytes = std::fs::read(cache.path(d)).map_err(|e| Error::Io {
+                what: format!("cache: blob {d}"),
+                source: e,
+            })?;
+            d.verify(&bytes, size)?;
+            Ok(bytes)
+        }
+    })
+}
+
+fn fetch_small(
+    registry: &Registry,
+    cache: &BlobCache,
+    digest: &Digest,
+    size: u64,
+) -> Result<bool, Error> {
+    cache.fetch(digest, size, |partial| {
+        registry.download(digest, size, partial, &|_| {})
+    })
+}
