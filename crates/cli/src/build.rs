@@ -234,7 +234,10 @@ pub fn run(args: Args) -> Result<()> {
     let bar = Bar::bytes(total, "writing");
     bar.join(&bars);
     let terminal = std::io::stderr().is_terminal();
-    events::stage("building");
+    // A pull is downloading until its last layer is in, building after.
+    if matches!(blobs, Blobs::Local(_)) {
+        events::stage("building");
+    }
     let flattened = {
         let open_blob = |i: usize| match &blobs {
             Blobs::Local(store) => store

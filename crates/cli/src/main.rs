@@ -45,6 +45,9 @@ enum Command {
     /// Manage the service's tenants.
     #[command(subcommand)]
     Tenant(serve::TenantCommand),
+    /// List or prune the service's blob and artifact caches.
+    #[command(subcommand)]
+    Cache(serve::CacheCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::serve(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Client(args) => client::run(args),
         Command::Tenant(cmd) => serve::tenant(cmd).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Cache(cmd) => serve::cache(cmd).map(|()| std::process::ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -216,5 +216,9 @@ impl Pull<'_> {
                 });
             }
         });
+        // The flatten went on meanwhile; what is left of it is building.
+        if failure.lock().unwrap().is_none() {
+            events::stage("building");
+        }
     }
 }

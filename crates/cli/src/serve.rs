@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// 1s to 30s, on NETWORK_ERROR, TEMPORARY_RESOURCE_ERROR and REGISTRY_RATE_LIMIT.
     #[arg(long, value_name = "JSON", value_parser = builderd_service::parse_retry_policy)]
     default_retry_policy: Option<builderd_oci::RetryPolicy>,
+    /// The bound on the layer blob and artifact caches together (past it,
+    /// the least recently used go first, never what a running build reads).
+    #[arg(long, value_name = "BYTES", value_parser = crate::units::parse_bytes, default_value = "20G")]
+    cache_max_bytes: u64,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -60,6 +64,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         retry_defaults: args
             .default_retry_policy
             .unwrap_or_else(builderd_service::default_retry_policy),
+        cache_max_bytes: args.cache_max_bytes,
     };
     tokio::runtime::Runtime::new()?.block_on(builderd_service::serve(opts))
 }
@@ -95,6 +100,88 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
                 tier.name()
             );
             println!("{key}");
+            Ok(())
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum CacheCommand {
+    /// What the service caches hold (layer blobs, whole artifacts), least
+    /// recently used first.
+    Ls {
+        /// The server's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Evict what no running build uses, least recently used first, until
+    /// the caches hold at most --max-bytes (default: evict all of it).
+    Prune {
+        #[arg(long, value_name = "BYTES", value_parser = crate::units::parse_bytes, default_value = "0")]
+        max_bytes: u64,
+        /// The server's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn when(ms: i64) -> String {
+    let ago = (now_ms() - ms).max(0) / 1000;
+    match ago {
+        s if s < 120 => format!("{s} s ago"),
+        s if s < 7200 => format!("{} min ago", s / 60),
+        s if s < 172_800 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86_400),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn cache(cmd: CacheCommand) -> Result<()> {
+    use crate::units::human;
+    match cmd {
+        CacheCommand::Ls { data_dir } => {
+            let dir = data_dir.unwrap_or_else(builderd_service::default_data_dir);
+            let entries = builderd_service::cache_list(&dir)?;
+            println!(
+                "{:<9} {:<71} {:>10}  {:<14} in use",
+                "kind", "name", "size", "last used"
+            );
+            let mut total = 0;
+            for e in &entries {
+                total += e.bytes as u64;
+                println!(
+                    "{:<9} {:<71} {:>10}  {:<14} {}",
+                    e.kind.name(),
+                    e.name,
+                    human(e.bytes as u64),
+                    when(e.last_used_ms),
+                    if e.in_use { "yes" } else { "no" }
+                );
+            }
+            println!("{} entries, {}", entries.len(), human(total));
+            Ok(())
+        }
+        CacheCommand::Prune {
+            max_bytes,
+            data_dir,
+        } => {
+            let dir = data_dir.unwrap_or_else(builderd_service::default_data_dir);
+            let gone = builderd_service::cache_prune(&dir, max_bytes)?;
+            let freed: u64 = gone.iter().map(|e| e.bytes as u64).sum();
+            for e in &gone {
+                println!(
+                    "evicted {} {} ({})",
+                    e.kind.name(),
+                    e.name,
+                    human(e.bytes as u64)
+                );
+            }
+            println!("{} entries evicted, {} freed", gone.len(), human(freed));
             Ok(())
         }
     }

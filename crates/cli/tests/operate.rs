@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::registry::{Proxy, TestRegistry};
-use common::server::{config, num, push_app, Server};
+use common::server::{config, download_and_check, num, push_app, Server};
 use common::*;
 use serde_json::{json, Value};
 
@@ -220,4 +220,230 @@ fn a_full_disk_is_retried_by_running_the_build_again() {
     );
     assert!(!states.contains(&"BUILD_STATE_FAILED"), "{states:?}");
     assert!(logs(&server, &key, &id).contains("TEMPORARY_RESOURCE_ERROR"));
+}
+
+/// A build run to COMPLETED; its status.
+fn completed(server: &Server, key: &str, config: &Value) -> Value {
+    let id = server.create(key, config);
+    let s = server.wait_for(
+        key,
+        &id,
+        &["BUILD_STATE_COMPLETED", "BUILD_STATE_FAILED"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(s["state"], "BUILD_STATE_COMPLETED", "{s}");
+    s
+}
+
+fn metadata(status: &Value) -> Value {
+    serde_json::from_str(status["artifact"]["metadataJson"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn an_identical_build_is_a_cache_hit_that_fetches_no_blob() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let proxy = Proxy::start(&reg.addr);
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let a = server.tenant("team-a", "pro");
+    let b = server.tenant("team-b", "pro");
+    let image = config(&format!("{}/app:v1", proxy.addr));
+
+    let first = completed(&server, &a, &image);
+    assert_ne!(first["cacheHit"], true);
+    let (blobs, manifests) = (proxy.count("/blobs/"), proxy.count("/manifests/"));
+    let second = completed(&server, &a, &image);
+    assert_eq!(second["cacheHit"], true, "{second}");
+    assert_eq!(proxy.count("/blobs/"), blobs, "a cache hit fetched a blob");
+    assert!(
+        proxy.count("/manifests/") > manifests,
+        "the tag is resolved against the registry every time"
+    );
+    assert_eq!(second["artifact"]["sha256"], first["artifact"]["sha256"]);
+    let id = second["buildId"].as_str().unwrap();
+    download_and_check(&server, &a, id, dir.path());
+    assert_eq!(metadata(&second)["cache_hit"], true);
+    assert!(logs(&server, &a, id).contains("completed from the artifact cache"));
+
+    // Another tenant, the same image: the blobs and the artifact are shared.
+    let other = completed(&server, &b, &image);
+    assert_eq!(other["cacheHit"], true, "{other}");
+    assert_eq!(proxy.count("/blobs/"), blobs);
+
+    // An option that changes the image is another artifact.
+    let mut changed = image.clone();
+    changed["config"]["target"]["microvm_rootfs"]["runtime_config"] = json!({"env": {"MODE": "x"}});
+    let third = completed(&server, &a, &changed);
+    assert_ne!(third["cacheHit"], true, "{third}");
+    assert_ne!(third["artifact"]["sha256"], first["artifact"]["sha256"]);
+
+    // Deleting the build that made it leaves the others' copies whole.
+    let first_id = first["buildId"].as_str().unwrap();
+    server.ok(
+        "DeleteBuild",
+        &a,
+        &json!({"build_id": first_id}).to_string(),
+    );
+    download_and_check(&server, &b, other["buildId"].as_str().unwrap(), dir.path());
+    let again = completed(&server, &a, &image);
+    assert_eq!(again["cacheHit"], true, "the cache outlives the build");
+}
+
+#[test]
+fn a_cached_artifact_goes_only_to_tenants_whose_credentials_resolve_the_image() {
+    let dir = tmp();
+    let reg = TestRegistry::start(Some(("puller", "s3cret")));
+    let open = TestRegistry::start(None);
+    push_app(&open, dir.path(), "app", None);
+    // The same image in the private registry.
+    let layout = dir.path().join("layout-app");
+    reg.push(&layout, "v1", "private/app:v1", Some("puller:s3cret"));
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let image = format!("{}/private/app:v1", reg.addr);
+    let with_auth = |user: &str, pass: &str| {
+        let mut c = config(&image);
+        c["config"]["source"]["docker_image"]["registry_auth"] =
+            json!({"username": user, "password": pass});
+        c
+    };
+    let owner = server.tenant("owner", "pro");
+    let first = completed(&server, &owner, &with_auth("puller", "s3cret"));
+    assert_ne!(first["cacheHit"], true);
+
+    // No credentials, wrong ones: the registry says no, and so does the cache.
+    let nobody = server.tenant("nobody", "pro");
+    for c in [config(&image), with_auth("puller", "guess")] {
+        let id = server.create(&nobody, &c);
+        let s = server.wait_for(
+            &nobody,
+            &id,
+            &["BUILD_STATE_FAILED", "BUILD_STATE_COMPLETED"],
+            Duration::from_secs(60),
+        );
+        assert_eq!(s["state"], "BUILD_STATE_FAILED", "{s}");
+        assert_ne!(s["cacheHit"], true);
+        assert!(s["artifact"].is_null(), "{s}");
+        assert_eq!(s["error"]["category"], "ERROR_CATEGORY_SOURCE", "{s}");
+    }
+    // The right ones: a hit.
+    let friend = server.tenant("friend", "pro");
+    let hit = completed(&server, &friend, &with_auth("puller", "s3cret"));
+    assert_eq!(hit["cacheHit"], true, "{hit}");
+    assert_eq!(hit["artifact"]["sha256"], first["artifact"]["sha256"]);
+    // And the same content pulled from elsewhere is the same image: a hit too.
+    let elsewhere = completed(&server, &nobody, &config(&format!("{}/app:v1", open.addr)));
+    assert_eq!(elsewhere["cacheHit"], true, "{elsewhere}");
+    assert_eq!(
+        metadata(&elsewhere)["source"],
+        format!("{}/app:v1", open.addr),
+        "the metadata names this build's source, not the one first built"
+    );
+}
+
+/// `builderd cache ARGS --data-dir DATA`: its output.
+fn cache_cmd(data: &std::path::Path, args: &[&str]) -> String {
+    let out = builderd()
+        .arg("cache")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_cache_keeps_under_its_bound_and_spares_what_a_running_build_reads() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    for name in ["one", "two", "three"] {
+        push_app(&reg, dir.path(), name, Some(2_000_000));
+    }
+    let proxy = Proxy::start(&reg.addr);
+    let data = dir.path().join("data");
+    // An artifact is about 9 MB, the busybox layer 1 MB: room for one build.
+    let server = Server::start(&data, &["--cache-max-bytes", "16M"]);
+    let key = server.tenant("lru", "pro");
+    for name in ["one", "two", "three"] {
+        completed(&server, &key, &config(&format!("{}/{name}:v1", proxy.addr)));
+        let held = store_bytes(&data);
+        assert!(held <= 16 << 20, "the cache holds {held} bytes, over 16M");
+    }
+    let ls = cache_cmd(&data, &["ls"]);
+    assert_eq!(
+        ls.lines().filter(|l| l.starts_with("artifact ")).count(),
+        1,
+        "room for one artifact: {ls}"
+    );
+    // The newest build's artifact is what stayed.
+    let three = completed(&server, &key, &config(&format!("{}/three:v1", proxy.addr)));
+    assert_eq!(three["cacheHit"], true, "{three}");
+    let one = completed(&server, &key, &config(&format!("{}/one:v1", proxy.addr)));
+    assert_ne!(one["cacheHit"], true, "the oldest was evicted first");
+
+    // A slow build holds its blobs while `cache prune` empties the rest.
+    proxy.faults.delay_ms.store(1500, Ordering::SeqCst);
+    let slow = server.create(&key, &config(&format!("{}/two:v1", proxy.addr)));
+    server.wait_for(
+        &key,
+        &slow,
+        &["BUILD_STATE_DOWNLOADING", "BUILD_STATE_BUILDING"],
+        Duration::from_secs(60),
+    );
+    let ls = cache_cmd(&data, &["ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("blob ") && l.ends_with(" yes")),
+        "{ls}"
+    );
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("artifact ") && l.ends_with(" no")),
+        "{ls}"
+    );
+    let pruned = cache_cmd(&data, &["prune"]);
+    assert!(pruned.contains("evicted artifact "), "{pruned}");
+    assert!(pruned.contains("entries evicted"), "{pruned}");
+    let left = cache_cmd(&data, &["ls"]);
+    assert!(
+        left.lines()
+            .filter(|l| l.starts_with("blob ") || l.starts_with("artifact "))
+            .all(|l| l.ends_with(" yes")),
+        "only blobs in use are left: {left}"
+    );
+    proxy.faults.delay_ms.store(0, Ordering::SeqCst);
+    let s = server.wait_for(
+        &key,
+        &slow,
+        &["BUILD_STATE_COMPLETED", "BUILD_STATE_FAILED"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(s["state"], "BUILD_STATE_COMPLETED", "{s}");
+}
+
+/// Bytes under the data directory's caches (blobs and artifacts).
+fn store_bytes(data: &std::path::Path) -> u64 {
+    fn walk(p: &std::path::Path) -> u64 {
+        std::fs::read_dir(p)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| {
+                        let m = e.metadata().unwrap();
+                        if m.is_dir() {
+                            walk(&e.path())
+                        } else {
+                            m.len()
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(&data.join("blobs/blobs")) + walk(&data.join("cache/artifacts"))
 }

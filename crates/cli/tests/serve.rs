@@ -278,8 +278,10 @@ fn list_builds_pages_fifty_at_a_time_newest_first_and_filters_by_state() {
     let key = server.tenant("lister", "enterprise");
     let image = config(&format!("{}/app:v1", reg.addr));
     let ids: Vec<String> = (0..53).map(|_| server.create(&key, &image)).collect();
-    // One cancelled, queued or already running: either way it ends CANCELLED.
-    let cancelled = server.create(&key, &image);
+    // One cancelled: its registry accepts connections and never answers.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stuck = config(&format!("{}/stuck:v1", hole.local_addr().unwrap()));
+    let cancelled = server.create(&key, &stuck);
     server.ok(
         "CancelBuild",
         &key,

@@ -38,7 +38,12 @@ impl BlobCache {
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join("blobs/sha256").join(digest.hex())
+        self.blobs_dir().join(digest.hex())
+    }
+
+    /// Where the blobs are, each named by its sha256 in hex.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.dir.join("blobs/sha256")
     }
 
     fn partial(&self, digest: &Digest) -> PathBuf {

@@ -23,8 +23,10 @@ pub use layout::OciLayout;
 pub use manifest::{resolve, Compression, Doc, FetchBlob, Image, LayerInfo, RunConfig};
 pub use platform::Platform;
 pub use reference::{ImageRef, Source};
-pub use registry::{docker_config_credentials, Credentials, Registry};
+pub use registry::{docker_config_credentials, http_client, Credentials, Registry};
 pub use remote::resolve_remote;
+/// The HTTP client `http_client` makes, to share among `Registry::with_client`s.
+pub use reqwest::blocking::Client as HttpClient;
 pub use retry::{Backoff, RetryCause, RetryNotice, RetryPolicy};
 
 /// The largest manifest, index or config read: they are small documents,

@@ -161,6 +161,18 @@ fn transient(status: StatusCode) -> Option<RetryCause> {
     }
 }
 
+/// The HTTP client registries are reached with: the system's trusted
+/// certificates, a connect timeout, and `timeout` for a whole request (None
+/// where blobs are downloaded: they are large).
+pub fn http_client(timeout: Option<Duration>) -> Result<Client, Error> {
+    Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(timeout)
+        .user_agent(concat!("builderd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::Registry(format!("cannot create an HTTP client: {e}")))
+}
+
 impl Registry {
     /// A client for `image`'s repository. Plain HTTP only for loopback and
     /// for hosts in `insecure`. `on_retry` hears of each retry before its wait.
@@ -171,6 +183,26 @@ impl Registry {
         retry: RetryPolicy,
         on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync>,
     ) -> Result<Registry, Error> {
+        Ok(Registry::with_client(
+            http_client(None)?,
+            image,
+            credentials,
+            insecure,
+            retry,
+            on_retry,
+        ))
+    }
+
+    /// As `new`, over an HTTP client made once (`http_client`) and shared:
+    /// a service resolving many images need not set up TLS for each.
+    pub fn with_client(
+        client: Client,
+        image: &ImageRef,
+        credentials: Option<Credentials>,
+        insecure: &[String],
+        retry: RetryPolicy,
+        on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync>,
+    ) -> Registry {
         let host = if image.registry == "docker.io" {
             "registry-1.docker.io".to_string()
         } else {
@@ -178,13 +210,7 @@ impl Registry {
         };
         let plain =
             is_loopback(&host) || insecure.iter().any(|h| h == &host || h == &image.registry);
-        let client = Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(None)
-            .user_agent(concat!("builderd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Registry(format!("cannot create an HTTP client: {e}")))?;
-        Ok(Registry {
+        Registry {
             client,
             base: format!("{}://{host}", if plain { "http" } else { "https" }),
             host,
@@ -193,7 +219,7 @@ impl Registry {
             auth: Mutex::new(None),
             retry,
             on_retry,
-        })
+        }
     }
 
     /// After failed attempt number `attempt` (1 for the first): an error if

@@ -103,6 +103,7 @@ impl Api {
             updated_at: timestamp(b.updated_ms),
             retries: self.retries(b)?,
             attempts: b.attempts as i32,
+            cache_hit: b.cache_hit,
             ..Default::default()
         })
     }
@@ -135,6 +136,7 @@ impl Api {
             transitions,
             attempts: b.attempts as i32,
             retries: self.retries(b)?,
+            cache_hit: b.cache_hit,
             ..Default::default()
         })
     }

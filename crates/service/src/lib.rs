@@ -7,7 +7,9 @@ pub mod proto {
 }
 
 mod api;
+mod artifact;
 mod auth;
+mod cache;
 mod http;
 mod job;
 mod runner;
@@ -18,5 +20,6 @@ mod store;
 mod tier;
 
 pub use job::{default_retry_policy, parse_retry_policy};
-pub use serve::{create_tenant, default_data_dir, serve, Options};
+pub use serve::{cache_list, cache_prune, create_tenant, default_data_dir, serve, Options};
+pub use store::{CacheEntry, CacheKind};
 pub use tier::Tier;

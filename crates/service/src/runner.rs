@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use builderd_oci::{RetryCause, RetryPolicy};
 
+use crate::cache::Cache;
 use crate::job::Job;
 use crate::state::State;
 use crate::store::{BuildRow, Retry, Store};
@@ -36,6 +37,18 @@ pub struct Runner {
     pub insecure_registries: Vec<String>,
     /// The retry policy of builds whose config has none.
     pub retry_defaults: RetryPolicy,
+    /// The artifact cache, and the blob cache the builds share.
+    pub cache: Arc<Cache>,
+    /// For resolving images here before a build runs.
+    pub http: builderd_oci::HttpClient,
+}
+
+/// What a run made, when it made something.
+pub enum Outcome {
+    /// The build process wrote the artifact into the work directory.
+    Built,
+    /// The cache had it: linked in, with the cached metadata.
+    Cached { key: String, meta: Value },
 }
 
 /// How a run ended, for the scheduler's log.
@@ -143,12 +156,108 @@ impl Runner {
     ) -> Ended {
         let id = build.id.as_str();
         let work = self.work_dir(id);
+        let deadline = tokio::time::Instant::now() + timeout;
         let result = self
-            .run_child(&store, build, &job, &work, timeout, &mut stop)
+            .attempt(&store, build, &job, &work, deadline, &mut stop)
             .await;
         let ended = self.settle(&store, build, &job, result, timeout);
+        let _ = store.release_blobs(id);
         let _ = std::fs::remove_dir_all(&work);
+        let (cache, store) = (self.cache.clone(), store.clone());
+        let evicted = tokio::task::spawn_blocking(move || cache.evict(&store, None)).await;
+        if let Ok(Err(e)) = evicted {
+            eprintln!("builderd: cache eviction: {e}");
+        }
         ended
+    }
+
+    /// Resolves the image with the build's own credentials (so a tenant only
+    /// ever gets a cached artifact of an image it can pull), takes the
+    /// artifact from the cache when it is there, and otherwise builds it.
+    async fn attempt(
+        &self,
+        store: &Arc<Store>,
+        build: &BuildRow,
+        job: &Job,
+        work: &Path,
+        deadline: tokio::time::Instant,
+        stop: &mut watch::Receiver<Option<Stop>>,
+    ) -> Result<Outcome, RunError> {
+        let id = build.id.as_str();
+        let _ = store.transition(id, &State::ACTIVE, State::Preparing);
+        let resolving = self.resolve(store, build, job);
+        let image = tokio::select! {
+            image = resolving => image?,
+            _ = tokio::time::sleep_until(deadline) => return Err(RunError::TimedOut),
+            why = stopped(stop) => return Err(RunError::Stopped(why)),
+        };
+        let mut blobs = vec![(image.config_digest.to_string(), 0)];
+        blobs.extend(image.layers.iter().map(|l| (l.digest.to_string(), l.size)));
+        let _ = store.lease_blobs(id, &blobs);
+        let key = self.cache.key(&image.manifest_digest, job);
+        let dest = self.artifact_dir(&build.tenant_id, id);
+        let cache = self.cache.clone();
+        let k = key.clone();
+        let hit = tokio::task::spawn_blocking(move || cache.link_into(&k, &dest))
+            .await
+            .map_err(|e| RunError::resource(format!("the artifact cache: {e}")))?
+            .map_err(|e| RunError::resource(format!("the artifact cache: {e}")))?;
+        if let Some(meta) = hit {
+            return Ok(Outcome::Cached { key, meta });
+        }
+        self.run_child(store, build, job, work, deadline, stop)
+            .await
+            .map(|()| Outcome::Built)
+    }
+
+    /// The image for the build's platform, resolved against its registry
+    /// (manifests, every time; the config through the blob cache).
+    async fn resolve(
+        &self,
+        store: &Arc<Store>,
+        build: &BuildRow,
+        job: &Job,
+    ) -> Result<builderd_oci::Image, RunError> {
+        let failed = |message: String| RunError::Failed {
+            category: "source",
+            message,
+            temporary: false,
+        };
+        let Ok(builderd_oci::Source::Registry(r)) = builderd_oci::Source::parse(&job.image) else {
+            return Err(failed(format!("{}: not a registry reference", job.image)));
+        };
+        let platform = match &job.platform {
+            Some(p) => builderd_oci::Platform::parse(p).map_err(|e| failed(e.to_string()))?,
+            None => builderd_oci::Platform::host(),
+        };
+        let creds = build
+            .creds
+            .as_deref()
+            .and_then(|c| c.split_once(':'))
+            .map(|(u, p)| builderd_oci::Credentials {
+                username: u.into(),
+                password: p.into(),
+            });
+        let (store, id) = (store.clone(), build.id.clone());
+        let registry = builderd_oci::Registry::with_client(
+            self.http.clone(),
+            &r,
+            creds,
+            &self.insecure_registries,
+            job.retry.clone(),
+            Box::new(move |n| record_retry(&store, &id, n, "request")),
+        );
+        let cache = self.cache.clone();
+        let resolved = tokio::task::spawn_blocking(move || {
+            builderd_oci::resolve_remote(&registry, &cache.blobs, &r, &platform)
+        })
+        .await
+        .map_err(|e| failed(format!("resolving the image: {e}")))?;
+        resolved.map_err(|e| RunError::Failed {
+            category: "source",
+            temporary: crate::artifact::short_of_space(&e),
+            message: e.to_string(),
+        })
     }
 
     /// Records how the run ended.
@@ -157,12 +266,15 @@ impl Runner {
         store: &Store,
         build: &BuildRow,
         job: &Job,
-        result: Result<(), RunError>,
+        result: Result<Outcome, RunError>,
         timeout: Duration,
     ) -> Ended {
         let id = build.id.as_str();
         let (to, category, message, ended) = match result {
-            Ok(()) => return self.finish(store, build),
+            Ok(Outcome::Built) => return self.finish(store, build, job),
+            Ok(Outcome::Cached { key, meta }) => {
+                return self.finish_cached(store, build, job, &key, meta)
+            }
             Err(RunError::Stopped(Stop::Cancel)) => (
                 State::Cancelled,
                 None,
@@ -213,7 +325,7 @@ impl Runner {
         build: &BuildRow,
         job: &Job,
         work: &Path,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
         stop: &mut watch::Receiver<Option<Stop>>,
     ) -> Result<(), RunError> {
         let id = build.id.as_str();
@@ -266,7 +378,7 @@ impl Runner {
             }
         };
         let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
-        let deadline = tokio::time::sleep(timeout);
+        let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         let mut follow = Follow::new(id);
         let mut stderr_open = true;
@@ -282,13 +394,10 @@ impl Runner {
                     let _ = child.wait().await;
                     return Err(RunError::TimedOut);
                 }
-                changed = stop.changed() => {
-                    let why = if changed.is_ok() { *stop.borrow() } else { Some(Stop::Requeue) };
-                    if let Some(why) = why {
-                        kill();
-                        let _ = child.wait().await;
-                        return Err(RunError::Stopped(why));
-                    }
+                why = stopped(stop) => {
+                    kill();
+                    let _ = child.wait().await;
+                    return Err(RunError::Stopped(why));
                 }
             }
         };
@@ -308,82 +417,6 @@ impl Runner {
             }),
         }
     }
-
-    /// Moves the image and its metadata into the artifact store and records
-    /// them; the build completes only when they are in place.
-    fn finish(&self, store: &Store, build: &BuildRow) -> Ended {
-        let id = build.id.as_str();
-        match self.keep_artifact(store, build) {
-            Ok(()) => {
-                let _ = store.transition(id, &State::ACTIVE, State::Completed);
-                log(store, id, "info", "completed");
-                Ended::Completed
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(self.artifact_dir(&build.tenant_id, id));
-                let _ = store.set_error(id, e.0, &e.1);
-                log(store, id, "error", &e.1);
-                let _ = store.transition(id, &State::ACTIVE, State::Failed);
-                Ended::Failed
-            }
-        }
-    }
-
-    fn keep_artifact(&self, store: &Store, build: &BuildRow) -> Result<(), (&'static str, String)> {
-        let id = build.id.as_str();
-        let work = self.work_dir(id);
-        let dest = self.artifact_dir(&build.tenant_id, id);
-        let io = |e: std::io::Error| ("resource", format!("storing the artifact: {e}"));
-        std::fs::create_dir_all(&dest).map_err(io)?;
-        let meta_path = work.join(format!("{ARTIFACT}.json"));
-        let meta = std::fs::read(&meta_path).map_err(io)?;
-        let mut meta: Value = serde_json::from_slice(&meta)
-            .map_err(|e| ("build", format!("the build's metadata: {e}")))?;
-        // Name the files as a download names them, not by the work directory.
-        for key in ["image", "compressed"] {
-            if let Some(file) = meta[key]["file"].as_str() {
-                let name = Path::new(file)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                meta[key]["file"] = Value::String(name);
-            }
-        }
-        let size = meta["image"]["size_bytes"].as_i64().unwrap_or(0)
-            + meta["compressed"]["size_bytes"].as_i64().unwrap_or(0);
-        let (_, _, _, used) = store
-            .usage(&build.tenant_id)
-            .map_err(|e| ("resource", e.to_string()))?;
-        let limit = store
-            .tenant(&build.tenant_id)
-            .ok()
-            .flatten()
-            .map(|t| t.tier.limits().storage_bytes)
-            .unwrap_or(0);
-        if (used + size) as u64 > limit {
-            return Err((
-                "resource",
-                format!(
-                    "the artifact ({size} bytes) does not fit in the tenant's storage quota ({used} of {limit} bytes used); delete builds to free space"
-                ),
-            ));
-        }
-        for name in [
-            ARTIFACT.to_string(),
-            format!("{ARTIFACT}.json"),
-            format!("{ARTIFACT}.gz"),
-            format!("{ARTIFACT}.zst"),
-        ] {
-            let from = work.join(&name);
-            if from.exists() {
-                std::fs::rename(&from, dest.join(&name)).map_err(io)?;
-            }
-        }
-        store
-            .set_artifact(id, &meta.to_string(), size)
-            .map_err(|e| ("resource", e.to_string()))?;
-        Ok(())
-    }
 }
 
 /// The scheduling priority of build processes (as `nice -n 10`).
@@ -392,7 +425,7 @@ const BUILD_NICENESS: libc::c_int = 10;
 /// The image file's name in the work and artifact directories.
 pub const ARTIFACT: &str = "rootfs.ext4";
 
-enum RunError {
+pub enum RunError {
     Stopped(Stop),
     TimedOut,
     Failed {
@@ -404,7 +437,7 @@ enum RunError {
 }
 
 impl RunError {
-    fn resource(message: String) -> RunError {
+    pub fn resource(message: String) -> RunError {
         RunError::Failed {
             category: "resource",
             message,
@@ -474,7 +507,7 @@ fn record_retry(store: &Store, id: &str, n: &builderd_oci::RetryNotice, scope: &
     log(store, id, "warn", &n.to_string());
 }
 
-fn log(store: &Store, id: &str, level: &str, message: &str) {
+pub fn log(store: &Store, id: &str, level: &str, message: &str) {
     let _ = store.log(id, level, message, "builderd");
 }
 
@@ -489,7 +522,8 @@ impl Follow {
     fn new(id: &str) -> Follow {
         Follow {
             id: id.to_string(),
-            state: State::Running,
+            // The server resolved the image first.
+            state: State::Preparing,
             failure: None,
         }
     }
@@ -502,7 +536,7 @@ impl Follow {
             return;
         };
         if let Some(stage) = v["stage"].as_str() {
-            if let Some(to) = State::from_stage(stage) {
+            if let Some(to) = State::from_stage(stage).filter(|to| *to != self.state) {
                 if store.transition(id, &State::ACTIVE, to).unwrap_or(false) {
                     self.state = to;
                     let (start, _) = to.percent_range();
@@ -552,6 +586,19 @@ impl Follow {
     }
 }
 
+/// Waits until the server asks the run to stop, and says why (a server
+/// going away requeues).
+async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+    loop {
+        if stop.changed().await.is_err() {
+            return Stop::Requeue;
+        }
+        if let Some(why) = *stop.borrow() {
+            return why;
+        }
+    }
+}
+
 /// A `{"retry": …}` event of the child's.
 fn retry_notice(r: &Value) -> Option<builderd_oci::RetryNotice> {
     Some(builderd_oci::RetryNotice {
@@ -569,11 +616,14 @@ mod tests {
 
     #[test]
     fn job_options_become_build_arguments() {
+        let data = tempfile::tempdir().unwrap();
         let runner = Runner {
             exe: "builderd".into(),
             data_dir: "/data".into(),
             insecure_registries: vec!["reg:5000".into()],
             retry_defaults: crate::job::default_retry_policy(),
+            cache: Arc::new(Cache::open(data.path(), None, 0).unwrap()),
+            http: builderd_oci::http_client(None).unwrap(),
         };
         let job = Job {
             image: "alpine".into(),

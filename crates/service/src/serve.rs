@@ -16,10 +16,11 @@ use anyhow::{Context, Result};
 
 use crate::api::Api;
 use crate::auth;
+use crate::cache::Cache;
 use crate::runner::Runner;
 use crate::scheduler::Scheduler;
 use crate::state::State;
-use crate::store::Store;
+use crate::store::{CacheEntry, Store};
 use crate::tier::Tier;
 
 pub struct Options {
@@ -37,7 +38,12 @@ pub struct Options {
     pub max_build_time: Option<Duration>,
     /// The retry policy of builds whose config has none.
     pub retry_defaults: builderd_oci::RetryPolicy,
+    /// The bound on the blob and artifact caches together.
+    pub cache_max_bytes: u64,
 }
+
+/// The longest one request of an image's resolution may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `${XDG_DATA_HOME:-~/.local/share}/builderd`.
 pub fn default_data_dir() -> PathBuf {
@@ -71,6 +77,24 @@ pub fn create_tenant(data_dir: &Path, name: &str, tier: Tier) -> Result<String> 
     let key = auth::new_key();
     store.create_tenant(name, tier, &auth::hash(&key))?;
     Ok(key)
+}
+
+/// `builderd cache ls`: what the service's caches hold, least recently used
+/// first.
+pub fn cache_list(data_dir: &Path) -> Result<Vec<CacheEntry>> {
+    let store = open_store(data_dir)?;
+    Cache::open(data_dir, None, 0)?.adopt(&store)?;
+    Ok(store.cache_entries()?)
+}
+
+/// `builderd cache prune`: evicts what no running build uses, least
+/// recently used first, until the caches hold at most `max_bytes`. Safe
+/// while a server runs on the same directory.
+pub fn cache_prune(data_dir: &Path, max_bytes: u64) -> Result<Vec<CacheEntry>> {
+    let store = open_store(data_dir)?;
+    let cache = Cache::open(data_dir, None, max_bytes)?;
+    cache.adopt(&store)?;
+    Ok(cache.evict(&store, None)?)
 }
 
 /// The operator key: made on first start, then read from the data directory.
@@ -144,11 +168,29 @@ pub async fn serve(opts: Options) -> Result<()> {
         );
     }
     clean_leftovers(&opts.data_dir, &store)?;
+    let cache = Arc::new(
+        Cache::open(&opts.data_dir, Some(&opts.exe), opts.cache_max_bytes)
+            .context("opening the cache")?,
+    );
+    // No build runs yet: no blob is in use.
+    store.clear_leases()?;
+    cache.adopt(&store).context("reading the cache")?;
+    let evicted = cache.evict(&store, None)?;
+    if !evicted.is_empty() {
+        eprintln!(
+            "builderd: cache over its bound: {} entries evicted",
+            evicted.len()
+        );
+    }
     let runner = Arc::new(Runner {
         exe: opts.exe.clone(),
         data_dir: opts.data_dir.clone(),
         insecure_registries: opts.insecure_registries.clone(),
         retry_defaults: opts.retry_defaults.clone(),
+        cache,
+        // Resolving reads manifests and configs only: a registry that
+        // stops answering should not hold a build for its whole time limit.
+        http: builderd_oci::http_client(Some(RESOLVE_TIMEOUT))?,
     });
     let scheduler = Scheduler::new(
         store.clone(),

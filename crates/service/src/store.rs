@@ -76,6 +76,8 @@ pub struct BuildRow {
     pub error_category: Option<String>,
     pub error_message: Option<String>,
     pub artifact_json: Option<String>,
+    /// Completed with an artifact from the cache.
+    pub cache_hit: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -175,6 +177,19 @@ CREATE TABLE IF NOT EXISTS retries (
     scope TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS retries_build ON retries(build_id);
+CREATE TABLE IF NOT EXISTS cache_entries (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    last_used_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS blob_leases (
+    build_id TEXT NOT NULL,
+    digest TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS blob_leases_digest ON blob_leases(digest);
+CREATE INDEX IF NOT EXISTS blob_leases_build ON blob_leases(build_id);
 ";
 
 /// Columns added to `builds` after its first version, each with its type;
@@ -182,12 +197,14 @@ CREATE INDEX IF NOT EXISTS retries_build ON retries(build_id);
 const ADDED_BUILD_COLUMNS: &[(&str, &str)] = &[
     // A build waiting for a retry: not to start before this time.
     ("not_before_ms", "INTEGER"),
+    // Completed with an artifact from the cache.
+    ("cache_hit", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 const BUILD_COLUMNS: &str =
     "id, tenant_id, seq, config_json, creds, state, created_ms, started_ms, \
     finished_ms, updated_ms, attempts, interruptions, max_interruptions, progress_json, \
-    error_category, error_message, artifact_json";
+    error_category, error_message, artifact_json, cache_hit";
 
 fn build_row(r: &rusqlite::Row) -> rusqlite::Result<BuildRow> {
     let state: String = r.get(5)?;
@@ -209,6 +226,7 @@ fn build_row(r: &rusqlite::Row) -> rusqlite::Result<BuildRow> {
         error_category: r.get(14)?,
         error_message: r.get(15)?,
         artifact_json: r.get(16)?,
+        cache_hit: r.get(17)?,
     })
 }
 
@@ -238,6 +256,43 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the cache holds: layer and config blobs, by digest, and whole
+/// artifacts, by the key of what made them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheKind {
+    Blob,
+    Artifact,
+}
+
+impl CacheKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheKind::Blob => "blob",
+            CacheKind::Artifact => "artifact",
+        }
+    }
+
+    fn parse(s: &str) -> CacheKind {
+        if s == "artifact" {
+            CacheKind::Artifact
+        } else {
+            CacheKind::Blob
+        }
+    }
+}
+
+/// One thing in the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub kind: CacheKind,
+    /// A blob's digest, an artifact's key.
+    pub name: String,
+    pub bytes: i64,
+    pub last_used_ms: i64,
+    /// A blob a running build reads.
+    pub in_use: bool,
 }
 
 /// One retry of a build, as its status shows it.
@@ -668,6 +723,175 @@ impl Store {
             })?;
             rows.collect()
         })
+    }
+
+    /// Records that a build reads these blobs (digest, size): none of them
+    /// is evicted until `release_blobs`; each counts as used now.
+    pub fn lease_blobs(&self, build_id: &str, blobs: &[(String, u64)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        for (digest, size) in blobs {
+            exec(
+                &tx,
+                "INSERT INTO blob_leases (build_id, digest) VALUES (?1, ?2)",
+                params![build_id, digest],
+            )?;
+            exec(
+                &tx,
+                "INSERT INTO cache_entries (kind, name, bytes, last_used_ms) VALUES ('blob', ?1, ?2, ?3)
+                 ON CONFLICT (kind, name) DO UPDATE SET last_used_ms = ?3, bytes = ?2",
+                params![digest, *size as i64, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn release_blobs(&self, build_id: &str) -> Result<()> {
+        exec(
+            &self.conn(),
+            "DELETE FROM blob_leases WHERE build_id = ?1",
+            [build_id],
+        )?;
+        Ok(())
+    }
+
+    /// At start: no build runs, so no blob is in use.
+    pub fn clear_leases(&self) -> Result<()> {
+        exec(&self.conn(), "DELETE FROM blob_leases", [])?;
+        Ok(())
+    }
+
+    /// Records a cache entry found or made (used now).
+    pub fn add_cache_entry(&self, kind: CacheKind, name: &str, bytes: u64) -> Result<()> {
+        exec(
+            &self.conn(),
+            "INSERT INTO cache_entries (kind, name, bytes, last_used_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (kind, name) DO UPDATE SET last_used_ms = ?4, bytes = ?3",
+            params![kind.name(), name, bytes as i64, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Records that a blob found on disk is in the cache, unless it is known
+    /// (an older server's, or one a crash left unrecorded).
+    pub fn adopt_cache_entry(
+        &self,
+        kind: CacheKind,
+        name: &str,
+        bytes: u64,
+        used_ms: i64,
+    ) -> Result<()> {
+        exec(
+            &self.conn(),
+            "INSERT OR IGNORE INTO cache_entries (kind, name, bytes, last_used_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![kind.name(), name, bytes as i64, used_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn touch_cache_entry(&self, kind: CacheKind, name: &str) -> Result<()> {
+        exec(
+            &self.conn(),
+            "UPDATE cache_entries SET last_used_ms = ?3 WHERE kind = ?1 AND name = ?2",
+            params![kind.name(), name, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Everything in the cache, least recently used first.
+    pub fn cache_entries(&self) -> Result<Vec<CacheEntry>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, name, bytes, last_used_ms,
+                        EXISTS (SELECT 1 FROM blob_leases l WHERE kind = 'blob' AND l.digest = name)
+                 FROM cache_entries ORDER BY last_used_ms, name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(CacheEntry {
+                    kind: CacheKind::parse(&r.get::<_, String>(0)?),
+                    name: r.get(1)?,
+                    bytes: r.get(2)?,
+                    last_used_ms: r.get(3)?,
+                    in_use: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Evicts least recently used entries not in use until the cache holds
+    /// at most `max_bytes`; `remove` deletes an entry's files. All of it in
+    /// one write transaction, so no build takes a lease on a blob between
+    /// the check and the removal. Answers what went.
+    pub fn evict(
+        &self,
+        max_bytes: u64,
+        remove: &mut dyn FnMut(&CacheEntry) -> std::io::Result<()>,
+    ) -> Result<Vec<CacheEntry>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut total: i64 = row(
+            &tx,
+            "SELECT COALESCE(SUM(bytes), 0) FROM cache_entries",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut gone = Vec::new();
+        if total as u64 > max_bytes {
+            let candidates: Vec<CacheEntry> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT kind, name, bytes, last_used_ms FROM cache_entries c
+                     WHERE NOT (kind = 'blob' AND EXISTS (SELECT 1 FROM blob_leases l WHERE l.digest = c.name))
+                     ORDER BY last_used_ms, name",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(CacheEntry {
+                        kind: CacheKind::parse(&r.get::<_, String>(0)?),
+                        name: r.get(1)?,
+                        bytes: r.get(2)?,
+                        last_used_ms: r.get(3)?,
+                        in_use: false,
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for entry in candidates {
+                if total as u64 <= max_bytes {
+                    break;
+                }
+                match remove(&entry) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(StoreError::Conflict(format!(
+                            "evicting {} {}: {e}",
+                            entry.kind.name(),
+                            entry.name
+                        )))
+                    }
+                }
+                exec(
+                    &tx,
+                    "DELETE FROM cache_entries WHERE kind = ?1 AND name = ?2",
+                    params![entry.kind.name(), entry.name],
+                )?;
+                total -= entry.bytes;
+                gone.push(entry);
+            }
+        }
+        tx.commit()?;
+        Ok(gone)
+    }
+
+    pub fn set_cache_hit(&self, id: &str) -> Result<()> {
+        exec(
+            &self.conn(),
+            "UPDATE builds SET cache_hit = 1 WHERE id = ?1",
+            [id],
+        )?;
+        Ok(())
     }
 
     /// Builds in one of `states`, oldest first.

@@ -1,0 +1,198 @@
+//! A completed build's artifact: moved from the work directory (or linked
+//! from the cache) into `artifacts/TENANT/BUILD/`, checked against the
+//! tenant's storage quota and the build's size limit, recorded, and put in
+//! the artifact cache for the next build of the same inputs.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::job::Job;
+use crate::runner::{log, Ended, Runner, ARTIFACT};
+use crate::state::State;
+use crate::store::{BuildRow, CacheKind, Store};
+
+/// Why an artifact cannot be kept: the error category and message.
+type Refused = (&'static str, String);
+
+/// The machine ran short of space or memory somewhere under `e`.
+pub fn short_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.raw_os_error(),
+                Some(libc::ENOSPC | libc::EDQUOT | libc::ENOMEM)
+            ) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// The bytes an artifact takes: the image and its compressed copy.
+fn artifact_bytes(meta: &Value) -> i64 {
+    meta["image"]["size_bytes"].as_i64().unwrap_or(0)
+        + meta["compressed"]["size_bytes"].as_i64().unwrap_or(0)
+}
+
+/// Does `size` more fit in the tenant's storage quota?
+fn check_storage(store: &Store, tenant: &str, size: i64) -> Result<(), Refused> {
+    let (_, _, _, used) = store
+        .usage(tenant)
+        .map_err(|e| ("resource", e.to_string()))?;
+    let limit = store
+        .tenant(tenant)
+        .ok()
+        .flatten()
+        .map(|t| t.tier.limits().storage_bytes)
+        .unwrap_or(0);
+    if (used + size) as u64 > limit {
+        return Err((
+            "resource",
+            format!(
+                "the artifact ({size} bytes) does not fit in the tenant's storage quota ({used} of {limit} bytes used); delete builds to free space"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Runner {
+    /// Moves the image and its metadata into the artifact store and records
+    /// them; the build completes only when they are in place. Then the
+    /// artifact goes into the cache.
+    pub fn finish(&self, store: &Store, build: &BuildRow, job: &Job) -> Ended {
+        let id = build.id.as_str();
+        match self.keep_artifact(store, build) {
+            Ok(meta) => {
+                let _ = store.transition(id, &State::ACTIVE, State::Completed);
+                log(store, id, "info", "completed");
+                // What the build process resolved is what it built.
+                if let Some(manifest) = meta["manifest_digest"]
+                    .as_str()
+                    .and_then(|d| builderd_oci::Digest::parse(d).ok())
+                {
+                    let key = self.cache.key(&manifest, job);
+                    match self
+                        .cache
+                        .insert(&key, &self.artifact_dir(&build.tenant_id, id))
+                    {
+                        Ok(bytes) => {
+                            let _ = store.add_cache_entry(CacheKind::Artifact, &key, bytes);
+                        }
+                        Err(e) => log(store, id, "warn", &format!("not cached: {e}")),
+                    }
+                }
+                Ended::Completed
+            }
+            Err(e) => self.refuse(store, build, e),
+        }
+    }
+
+    /// Completes a build with the cached artifact `key`, already linked into
+    /// its artifact directory, `meta` being the cached build's metadata.
+    pub fn finish_cached(
+        &self,
+        store: &Store,
+        build: &BuildRow,
+        job: &Job,
+        key: &str,
+        mut meta: Value,
+    ) -> Ended {
+        let id = build.id.as_str();
+        // This build's own account: its source, and no one else's timings.
+        meta["source"] = Value::String(job.image.clone());
+        meta["cache_hit"] = Value::Bool(true);
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("timings_ms");
+        }
+        let size = artifact_bytes(&meta);
+        let kept = (|| {
+            let image = meta["image"]["size_bytes"].as_u64().unwrap_or(0);
+            if let Some(limit) = job.size_limit.filter(|l| image > *l) {
+                return Err((
+                    "resource",
+                    format!("the image is {image} bytes, over the size limit of {limit} bytes; raise size_limit_bytes or make the image smaller"),
+                ));
+            }
+            check_storage(store, &build.tenant_id, size)?;
+            let dest = self.artifact_dir(&build.tenant_id, id);
+            std::fs::write(dest.join(format!("{ARTIFACT}.json")), meta.to_string())
+                .map_err(|e| ("resource", format!("storing the artifact: {e}")))?;
+            store
+                .set_artifact(id, &meta.to_string(), size)
+                .and_then(|()| store.set_cache_hit(id))
+                .map_err(|e| ("resource", e.to_string()))
+        })();
+        match kept {
+            Ok(()) => {
+                let _ = store.touch_cache_entry(CacheKind::Artifact, key);
+                let _ = store.transition(id, &State::ACTIVE, State::Completed);
+                log(
+                    store,
+                    id,
+                    "info",
+                    &format!(
+                        "completed from the artifact cache: manifest {} was built before with the same options",
+                        meta["manifest_digest"].as_str().unwrap_or("?")
+                    ),
+                );
+                Ended::Completed
+            }
+            Err(e) => self.refuse(store, build, e),
+        }
+    }
+
+    fn refuse(&self, store: &Store, build: &BuildRow, (category, message): Refused) -> Ended {
+        let id = build.id.as_str();
+        let _ = std::fs::remove_dir_all(self.artifact_dir(&build.tenant_id, id));
+        let _ = store.set_error(id, category, &message);
+        log(store, id, "error", &message);
+        let _ = store.transition(id, &State::ACTIVE, State::Failed);
+        Ended::Failed
+    }
+
+    /// Moves the build's files into its artifact directory; answers the
+    /// metadata as recorded.
+    fn keep_artifact(&self, store: &Store, build: &BuildRow) -> Result<Value, Refused> {
+        let id = build.id.as_str();
+        let work = self.work_dir(id);
+        let dest = self.artifact_dir(&build.tenant_id, id);
+        let io = |e: std::io::Error| ("resource", format!("storing the artifact: {e}"));
+        std::fs::create_dir_all(&dest).map_err(io)?;
+        let meta_path = work.join(format!("{ARTIFACT}.json"));
+        let meta = std::fs::read(&meta_path).map_err(io)?;
+        let mut meta: Value = serde_json::from_slice(&meta)
+            .map_err(|e| ("build", format!("the build's metadata: {e}")))?;
+        // Name the files as a download names them, not by the work directory.
+        for key in ["image", "compressed"] {
+            if let Some(file) = meta[key]["file"].as_str() {
+                let name = Path::new(file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                meta[key]["file"] = Value::String(name);
+            }
+        }
+        let size = artifact_bytes(&meta);
+        check_storage(store, &build.tenant_id, size)?;
+        for name in [
+            ARTIFACT.to_string(),
+            format!("{ARTIFACT}.gz"),
+            format!("{ARTIFACT}.zst"),
+        ] {
+            let from = work.join(&name);
+            if from.exists() {
+                std::fs::rename(&from, dest.join(&name)).map_err(io)?;
+            }
+        }
+        std::fs::write(dest.join(format!("{ARTIFACT}.json")), meta.to_string()).map_err(io)?;
+        store
+            .set_artifact(id, &meta.to_string(), size)
+            .map_err(|e| ("resource", e.to_string()))?;
+        Ok(meta)
+    }
+}

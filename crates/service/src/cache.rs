@@ -1,0 +1,227 @@
+//! The artifact cache and the bound on what is cached.
+//!
+//! A build whose inputs are those of one built before (the same manifest,
+//! every option that shapes the image, the same builderd binary) gets that
+//! artifact instead of building again. Entries live under
+//! `DATA/cache/artifacts/KEY/` as hard links to a completed build's files,
+//! so a cached artifact outlives the build that made it, and each tenant's
+//! copy is a link of its own (deleting one deletes no other).
+//!
+//! Layer and config blobs are cached by digest in `DATA/blobs` (the blob
+//! cache `builderd build` fills) and shared by all tenants: a blob is only
+//! ever used after a tenant's own credentials resolved a manifest naming it.
+//! Together they are bounded: past `max_bytes`, the least recently used
+//! entries go first, never a blob a running build has leased.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use builderd_oci::{BlobCache, Digest};
+use serde_json::Value;
+
+use crate::job::Job;
+use crate::runner::ARTIFACT;
+use crate::store::{CacheEntry, CacheKind, Store};
+
+pub struct Cache {
+    artifacts: PathBuf,
+    pub blobs: BlobCache,
+    /// Past this, entries are evicted.
+    pub max_bytes: u64,
+    /// Names the builderd binary that makes the images: another binary may
+    /// make other bytes.
+    builder_id: String,
+}
+
+/// The files of an artifact, the image first.
+fn artifact_files() -> [String; 4] {
+    [
+        ARTIFACT.to_string(),
+        format!("{ARTIFACT}.json"),
+        format!("{ARTIFACT}.gz"),
+        format!("{ARTIFACT}.zst"),
+    ]
+}
+
+impl Cache {
+    /// The cache of the data directory; `builder` is the binary that
+    /// builds (None to list or prune the cache only).
+    pub fn open(data_dir: &Path, builder: Option<&Path>, max_bytes: u64) -> io::Result<Cache> {
+        let artifacts = data_dir.join("cache/artifacts");
+        fs::create_dir_all(&artifacts)?;
+        let blobs = BlobCache::open(&data_dir.join("blobs")).map_err(io::Error::other)?;
+        let builder_id = match builder {
+            Some(path) => {
+                let mut file = fs::File::open(path)?;
+                let mut hash = <sha2::Sha256 as sha2::Digest>::new();
+                io::copy(&mut file, &mut hash)?;
+                Digest::of_hasher(hash).hex().to_string()
+            }
+            None => String::new(),
+        };
+        Ok(Cache {
+            artifacts,
+            blobs,
+            max_bytes,
+            builder_id,
+        })
+    }
+
+    /// The key of what a build would make: the platform's manifest and
+    /// everything of the job that shapes the image (not the reference, which
+    /// the manifest stands for, nor the size limit, checked against the
+    /// image, nor the retry policy).
+    pub fn key(&self, manifest: &Digest, job: &Job) -> String {
+        let inputs = serde_json::json!({
+            "builder": self.builder_id,
+            "manifest": manifest.as_str(),
+            "platform": job.platform,
+            "init": job.init,
+            "init_script": job.init_script,
+            "compression": job.compression,
+            "entrypoint": job.entrypoint,
+            "cmd": job.cmd,
+            "env": job.env,
+            "working_dir": job.working_dir,
+            "user": job.user,
+            "hostname": job.hostname,
+        });
+        Digest::of(inputs.to_string().as_bytes()).hex().to_string()
+    }
+
+    fn entry(&self, key: &str) -> PathBuf {
+        self.artifacts.join(key)
+    }
+
+    /// Links the cached artifact `key` into `dest` (created); answers its
+    /// metadata, or None when it is not cached.
+    pub fn link_into(&self, key: &str, dest: &Path) -> io::Result<Option<Value>> {
+        let entry = self.entry(key);
+        let meta = match fs::read(entry.join(format!("{ARTIFACT}.json"))) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta: Value = serde_json::from_slice(&meta).map_err(io::Error::other)?;
+        fs::create_dir_all(dest)?;
+        // The image and its compressed copy; the metadata is the build's own.
+        for name in artifact_files().iter().filter(|n| !n.ends_with(".json")) {
+            match link_or_copy(&entry.join(name), &dest.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound && name != ARTIFACT => {}
+                // Evicted just now: as if it had not been there.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(meta))
+    }
+
+    /// Keeps a completed build's artifact (its files in `from`) as `key`;
+    /// answers its size.
+    pub fn insert(&self, key: &str, from: &Path) -> io::Result<u64> {
+        let entry = self.entry(key);
+        if entry.exists() {
+            return dir_bytes(&entry);
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{key}."))
+            .tempdir_in(&self.artifacts)?;
+        for name in artifact_files() {
+            match link_or_copy(&from.join(&name), &tmp.path().join(&name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let tmp = tmp.keep();
+        if let Err(e) = fs::rename(&tmp, &entry) {
+            let _ = fs::remove_dir_all(&tmp);
+            // Another build of the same inputs got there first.
+            if !entry.exists() {
+                return Err(e);
+            }
+        }
+        dir_bytes(&entry)
+    }
+
+    /// Deletes an entry's files.
+    pub fn remove(&self, e: &CacheEntry) -> io::Result<()> {
+        match e.kind {
+            CacheKind::Blob => {
+                let digest = Digest::parse(&e.name).map_err(io::Error::other)?;
+                fs::remove_file(self.blobs.path(&digest))
+            }
+            CacheKind::Artifact => {
+                // Gone in one step (a build linking from it finds nothing),
+                // then removed.
+                let gone = self.artifacts.join(format!(".{}.gone", e.name));
+                fs::rename(self.entry(&e.name), &gone)?;
+                fs::remove_dir_all(&gone)
+            }
+        }
+    }
+
+    /// Evicts down to `max_bytes` (None: this cache's bound).
+    pub fn evict(
+        &self,
+        store: &Store,
+        max_bytes: Option<u64>,
+    ) -> crate::store::Result<Vec<CacheEntry>> {
+        store.evict(max_bytes.unwrap_or(self.max_bytes), &mut |e| self.remove(e))
+    }
+
+    /// At start: records what is on disk but not in the database (a blob
+    /// of an older server, an entry a crash left unrecorded), used when its
+    /// file was last changed; removes the half-made entries a crash left.
+    pub fn adopt(&self, store: &Store) -> io::Result<()> {
+        for f in fs::read_dir(self.blobs.blobs_dir())?.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let meta = f.metadata()?;
+            if meta.is_file() && name.len() == 64 {
+                store
+                    .adopt_cache_entry(
+                        CacheKind::Blob,
+                        &format!("sha256:{name}"),
+                        meta.len(),
+                        mtime_ms(&meta),
+                    )
+                    .map_err(io::Error::other)?;
+            }
+        }
+        for d in fs::read_dir(&self.artifacts)?.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                fs::remove_dir_all(d.path())?;
+                continue;
+            }
+            let bytes = dir_bytes(&d.path())?;
+            store
+                .adopt_cache_entry(CacheKind::Artifact, &name, bytes, mtime_ms(&d.metadata()?))
+                .map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+fn mtime_ms(m: &fs::Metadata) -> i64 {
+    m.mtime() * 1000 + m.mtime_nsec() / 1_000_000
+}
+
+fn dir_bytes(dir: &Path) -> io::Result<u64> {
+    let mut n = 0;
+    for f in fs::read_dir(dir)?.flatten() {
+        n += f.metadata()?.len();
+    }
+    Ok(n)
+}
+
+/// A hard link where the two are on one filesystem, else a copy.
+fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::hard_link(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => fs::copy(from, to).map(drop),
+        other => other,
+    }
+}
