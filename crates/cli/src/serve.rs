@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// the least recently used go first, never what a running build reads).
     #[arg(long, value_name = "BYTES", value_parser = crate::units::parse_bytes, default_value = "20G")]
     cache_max_bytes: u64,
+    /// Let webhooks go to loopback, link-local and private addresses (off:
+    /// a tenant's webhook must not reach into the server's own network).
+    #[arg(long)]
+    allow_private_webhooks: bool,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -65,6 +69,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .default_retry_policy
             .unwrap_or_else(builderd_service::default_retry_policy),
         cache_max_bytes: args.cache_max_bytes,
+        allow_private_webhooks: args.allow_private_webhooks,
     };
     tokio::runtime::Runtime::new()?.block_on(builderd_service::serve(opts))
 }
@@ -76,6 +81,27 @@ pub enum TenantCommand {
         name: String,
         #[arg(long, value_parser = parse_tier)]
         tier: Tier,
+        /// The server's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Show a tenant's webhook and the secret its deliveries are signed
+    /// with; set it with --url (events and headers with it), remove it with
+    /// --url "", make a new secret with --rotate-secret.
+    Webhook {
+        name: String,
+        /// Where every build's events go (http or https).
+        #[arg(long)]
+        url: Option<String>,
+        /// Only these events (default: all): build.queued, build.started,
+        /// build.completed, build.failed, build.cancelled, build.timeout.
+        #[arg(long, value_delimiter = ',', requires = "url")]
+        events: Vec<String>,
+        /// A header to send with each delivery, NAME:VALUE.
+        #[arg(long, value_name = "NAME:VALUE", requires = "url")]
+        header: Vec<String>,
+        #[arg(long)]
+        rotate_secret: bool,
         /// The server's data directory.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -100,6 +126,43 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
                 tier.name()
             );
             println!("{key}");
+            Ok(())
+        }
+        TenantCommand::Webhook {
+            name,
+            url,
+            events,
+            header,
+            rotate_secret,
+            data_dir,
+        } => {
+            let dir = data_dir.unwrap_or_else(builderd_service::default_data_dir);
+            let update = match url {
+                Some(url) => Some(builderd_service::Webhook {
+                    url,
+                    events,
+                    headers: header
+                        .iter()
+                        .map(|h| {
+                            h.split_once(':')
+                                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                                .with_context(|| format!("--header {h:?}: give NAME:VALUE"))
+                        })
+                        .collect::<Result<_>>()?,
+                }),
+                None => None,
+            };
+            let (w, secret) = builderd_service::tenant_webhook(&dir, &name, update, rotate_secret)?;
+            let headers: serde_json::Map<String, serde_json::Value> = w
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"tenant": name, "url": w.url, "events": w.events,
+                                   "headers": headers, "secret": secret})
+            );
             Ok(())
         }
     }

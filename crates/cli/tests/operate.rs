@@ -447,3 +447,393 @@ fn store_bytes(data: &std::path::Path) -> u64 {
     }
     walk(&data.join("blobs/blobs")) + walk(&data.join("cache/artifacts"))
 }
+
+/// One request a webhook receiver got, and what it answered.
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+    answered: u16,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+/// A webhook receiver on loopback: records every request; answers 503
+/// while `down` is set, 200 otherwise.
+struct Receiver {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, d) = (got.clone(), down.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut r = BufReader::new(conn);
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.trim_end().split_once(':') {
+                        headers.push((k.trim().to_string(), v.trim().to_string()));
+                    }
+                }
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len];
+                if r.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let answered = if d.load(Ordering::SeqCst) { 503 } else { 200 };
+                g.lock().unwrap().push(Received {
+                    path,
+                    headers,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                    answered,
+                });
+                let _ = r.get_mut().write_all(
+                    format!(
+                        "HTTP/1.1 {answered} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        Receiver { url, got, down }
+    }
+
+    /// Waits until `done` holds of what was received; answers it all.
+    fn wait(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.got.lock().unwrap().clone();
+            if done(&got) {
+                return got;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: got {got:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The events delivered (answered 200) at `path`, in order.
+fn events_at(got: &[Received], path: &str) -> Vec<String> {
+    got.iter()
+        .filter(|r| r.path == path && r.answered == 200)
+        .map(|r| r.json()["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Checks a delivery's signature with openssl: HMAC-SHA256 of TIMESTAMP.BODY.
+fn assert_signed(r: &Received, secret: &str) {
+    use std::io::Write;
+    let mut openssl = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let signed = format!("{}.{}", r.header("X-Builderd-Timestamp"), r.body);
+    openssl
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(signed.as_bytes())
+        .unwrap();
+    let out = String::from_utf8(openssl.wait_with_output().unwrap().stdout).unwrap();
+    let hex = out.trim().rsplit(' ').next().unwrap();
+    assert_eq!(
+        r.header("X-Builderd-Signature"),
+        format!("v1={hex}"),
+        "a bad signature on {r:?}"
+    );
+    let age = now_s() - r.header("X-Builderd-Timestamp").parse::<i64>().unwrap();
+    assert!((0..60).contains(&age), "the timestamp is {age} s old");
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `builderd tenant webhook NAME ARGS`: the tenant's webhook as JSON.
+fn tenant_webhook(data: &std::path::Path, name: &str, args: &[&str]) -> Value {
+    let out = builderd()
+        .args(["tenant", "webhook", name])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn with_webhook(mut c: Value, hook: Value) -> Value {
+    c["config"]["webhook"] = hook;
+    c
+}
+
+#[test]
+fn webhooks_are_signed_and_every_event_arrives() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let recv = Receiver::start();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--allow-private-webhooks"]);
+    let key = server.tenant("hooks", "pro");
+    let tenant = tenant_webhook(
+        &data,
+        "hooks",
+        &[
+            "--url",
+            &format!("{}/tenant", recv.url),
+            "--events",
+            "build.completed,build.failed",
+            "--header",
+            "X-Team: alpha",
+        ],
+    );
+    let secret = tenant["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"), "{tenant}");
+    let hook = json!({"url": format!("{}/build", recv.url), "headers": {"X-Custom": "yes"}});
+
+    let id = server.create(
+        &key,
+        &with_webhook(config(&format!("{}/app:v1", reg.addr)), hook.clone()),
+    );
+    let status = server.wait_for(
+        &key,
+        &id,
+        &["BUILD_STATE_COMPLETED"],
+        Duration::from_secs(60),
+    );
+    let got = recv.wait("the completed build's events", |g| {
+        events_at(g, "/build").len() >= 3 && !events_at(g, "/tenant").is_empty()
+    });
+    assert_eq!(
+        events_at(&got, "/build"),
+        ["build.queued", "build.started", "build.completed"]
+    );
+    assert_eq!(events_at(&got, "/tenant"), ["build.completed"]);
+    for r in &got {
+        assert_signed(r, &secret);
+        let body = r.json();
+        assert_eq!(
+            r.header("X-Builderd-Event"),
+            body["event"].as_str().unwrap()
+        );
+        assert_eq!(
+            r.header("X-Builderd-Delivery"),
+            body["id"].as_str().unwrap()
+        );
+        assert_eq!(body["build"]["build_id"], id.as_str());
+        assert_eq!(r.header("Content-Type"), "application/json");
+        let custom = if r.path == "/build" {
+            ("X-Custom", "yes")
+        } else {
+            ("X-Team", "alpha")
+        };
+        assert_eq!(r.header(custom.0), custom.1, "{r:?}");
+    }
+    let completed = got.iter().find(|r| r.path == "/tenant").unwrap().json();
+    assert_eq!(completed["build"]["state"], "BUILD_STATE_COMPLETED");
+    assert_eq!(
+        completed["build"]["artifact"]["sha256"],
+        status["artifact"]["sha256"]
+    );
+    assert_eq!(
+        completed["build"]["artifact"]["size_bytes"]
+            .as_i64()
+            .unwrap(),
+        num(&status["artifact"]["sizeBytes"])
+    );
+    let timings: Vec<&str> = completed["build"]["timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(timings.first(), Some(&"BUILD_STATE_QUEUED"));
+    assert_eq!(timings.last(), Some(&"BUILD_STATE_COMPLETED"));
+
+    // A failure: its event to both, with the error.
+    let missing = server.create(
+        &key,
+        &with_webhook(config(&format!("{}/app:gone", reg.addr)), hook),
+    );
+    server.wait_for(
+        &key,
+        &missing,
+        &["BUILD_STATE_FAILED"],
+        Duration::from_secs(60),
+    );
+    let got = recv.wait("the failed build's events", |g| {
+        g.iter()
+            .filter(|r| {
+                r.json()["build"]["build_id"] == missing.as_str()
+                    && r.json()["event"] == "build.failed"
+            })
+            .count()
+            == 2
+    });
+    let failed = got
+        .iter()
+        .find(|r| r.path == "/tenant" && r.json()["event"] == "build.failed")
+        .unwrap()
+        .json();
+    assert_eq!(
+        failed["build"]["error"]["category"],
+        "ERROR_CATEGORY_SOURCE"
+    );
+    assert!(failed["build"]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not found"));
+    let ids: std::collections::HashSet<&str> = got
+        .iter()
+        .map(|r| r.header("X-Builderd-Delivery"))
+        .collect();
+    assert_eq!(ids.len(), got.len(), "every delivery has its own id");
+}
+
+#[test]
+fn pending_webhook_deliveries_survive_a_restart() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let recv = Receiver::start();
+    recv.down.store(true, Ordering::SeqCst);
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &["--allow-private-webhooks"]);
+    let key = server.tenant("durable", "pro");
+    let secret = tenant_webhook(&data, "durable", &[])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hook = json!({"url": format!("{}/hook", recv.url), "events": ["build.completed"]});
+    let id = server.create(
+        &key,
+        &with_webhook(config(&format!("{}/app:v1", reg.addr)), hook),
+    );
+    server.wait_for(
+        &key,
+        &id,
+        &["BUILD_STATE_COMPLETED"],
+        Duration::from_secs(60),
+    );
+    // Refused while the receiver is down; then the server dies.
+    let refused = recv.wait("a first attempt", |g| !g.is_empty());
+    assert_eq!(refused[0].answered, 503);
+    server.kill9();
+    recv.down.store(false, Ordering::SeqCst);
+    server.restart();
+    let got = recv.wait("the delivery after the restart", |g| {
+        g.iter().any(|r| r.answered == 200)
+    });
+    let ok = got.iter().find(|r| r.answered == 200).unwrap();
+    assert_signed(ok, &secret);
+    assert_eq!(ok.json()["event"], "build.completed");
+    assert_eq!(
+        ok.header("X-Builderd-Delivery"),
+        refused[0].header("X-Builderd-Delivery"),
+        "the same delivery, tried again"
+    );
+    assert_eq!(ok.body, refused[0].body, "the same body, tried again");
+    std::thread::sleep(Duration::from_secs(2));
+    let after = recv.got.lock().unwrap().clone();
+    assert_eq!(
+        after.iter().filter(|r| r.answered == 200).count(),
+        1,
+        "delivered once: {after:#?}"
+    );
+}
+
+#[test]
+fn webhooks_to_private_addresses_are_refused() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let recv = Receiver::start();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = server.tenant("careful", "pro");
+    let image = config(&format!("{}/app:v1", reg.addr));
+    for url in [
+        format!("{}/hook", recv.url),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        "http://10.1.2.3/hook".to_string(),
+        "http://[::1]:8080/hook".to_string(),
+        "http://localhost:8080/hook".to_string(),
+    ] {
+        let a = server.call(
+            "CreateBuild",
+            Some(&key),
+            &[],
+            &with_webhook(image.clone(), json!({"url": url})).to_string(),
+        );
+        let v = a.json();
+        assert_eq!(v["code"], "invalid_argument", "{url}: {v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("--allow-private-webhooks"),
+            "{v}"
+        );
+    }
+    // A tenant's webhook set outside the API is checked when it is sent.
+    tenant_webhook(
+        &data,
+        "careful",
+        &["--url", &format!("{}/tenant", recv.url)],
+    );
+    let id = server.create(&key, &image);
+    server.wait_for(
+        &key,
+        &id,
+        &["BUILD_STATE_COMPLETED"],
+        Duration::from_secs(60),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        recv.got.lock().unwrap().is_empty(),
+        "a delivery reached a loopback address"
+    );
+}

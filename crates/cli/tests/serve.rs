@@ -151,11 +151,19 @@ fn configs_are_refused_by_name_when_not_implemented_or_invalid() {
         "{v}"
     );
     let webhook = r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
-        "webhook": {"url": "https://example.com/hook", "events": ["build.completed"]}}}"#;
-    assert!(code(webhook).1["message"]
-        .as_str()
-        .unwrap()
-        .contains("webhook"));
+        "webhook": {"url": "https://example.com/hook", "events": ["build.finished"]}}}"#;
+    let (status, v) = code(webhook);
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("config.webhook.events"),
+        "{v}"
+    );
     // Invalid values: invalid_argument.
     let (status, v) = code(
         r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},

@@ -27,6 +27,8 @@ pub struct Api {
     pub scheduler: Arc<Scheduler>,
     pub runner: Arc<Runner>,
     pub trust_tenant_header: bool,
+    /// Webhooks may go to loopback and private addresses.
+    pub allow_private_webhooks: bool,
 }
 
 const DEFAULT_PAGE: usize = 50;
@@ -281,6 +283,11 @@ impl BuilderService for Api {
             }
         }
         let job = job::job(&config, &self.runner.retry_defaults)?;
+        if let Some(w) = config.webhook.as_option().filter(|w| !w.url.is_empty()) {
+            crate::webhook::check_url(&w.url, self.allow_private_webhooks)
+                .await
+                .map_err(|e| ConnectError::invalid_argument(format!("config.webhook.url: {e}")))?;
+        }
         let id = new_build_id();
         let limits = tenant.tier.limits();
         let config_json = serde_json::to_string(&job::redacted(&config))

@@ -256,14 +256,46 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
     if let Some(r) = config.retry_policy.as_option() {
         job.retry = retry_policy(r, retry_defaults)?;
     }
-    if config
-        .webhook
-        .as_option()
-        .is_some_and(|w| !w.url.is_empty() || !w.events.is_empty() || !w.headers.is_empty())
-    {
-        return Err(unimplemented("config.webhook", "webhook notifications"));
+    if let Some(w) = config.webhook.as_option() {
+        check_webhook(&w.url, &w.events, w.headers.keys().map(String::as_str))
+            .map_err(Refusal::Invalid)?;
     }
     Ok(job)
+}
+
+/// A webhook's events and headers must mean something; its URL must be
+/// one (whether its address may be reached is checked where names resolve).
+pub fn check_webhook<'a>(
+    url: &str,
+    events: &[String],
+    headers: impl IntoIterator<Item = &'a str>,
+) -> Result<(), String> {
+    let field = "config.webhook";
+    if url.is_empty() {
+        if !events.is_empty() {
+            return Err(format!("{field}.url: empty, but events are named"));
+        }
+        return Ok(());
+    }
+    if let Some(bad) = events
+        .iter()
+        .find(|e| !crate::webhook::EVENTS.contains(&e.as_str()))
+    {
+        return Err(format!(
+            "{field}.events: {bad:?}; use {}",
+            crate::webhook::EVENTS.join(", ")
+        ));
+    }
+    for h in headers {
+        let lower = h.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(format!("{field}.headers: {h:?} is not a header name"));
+        }
+        if lower == "content-type" || lower == "host" || lower.starts_with("x-builderd-") {
+            return Err(format!("{field}.headers: {h} is builderd's to set"));
+        }
+    }
+    Ok(())
 }
 
 /// A retry policy written as a build config writes it (JSON, the seed's

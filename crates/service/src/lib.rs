@@ -18,8 +18,11 @@ mod serve;
 mod state;
 mod store;
 mod tier;
+mod webhook;
 
 pub use job::{default_retry_policy, parse_retry_policy};
-pub use serve::{cache_list, cache_prune, create_tenant, default_data_dir, serve, Options};
-pub use store::{CacheEntry, CacheKind};
+pub use serve::{
+    cache_list, cache_prune, create_tenant, default_data_dir, serve, tenant_webhook, Options,
+};
+pub use store::{CacheEntry, CacheKind, Webhook};
 pub use tier::Tier;

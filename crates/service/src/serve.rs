@@ -20,7 +20,7 @@ use crate::cache::Cache;
 use crate::runner::Runner;
 use crate::scheduler::Scheduler;
 use crate::state::State;
-use crate::store::{CacheEntry, Store};
+use crate::store::{CacheEntry, Store, Webhook};
 use crate::tier::Tier;
 
 pub struct Options {
@@ -40,6 +40,8 @@ pub struct Options {
     pub retry_defaults: builderd_oci::RetryPolicy,
     /// The bound on the blob and artifact caches together.
     pub cache_max_bytes: u64,
+    /// Webhooks may go to loopback and private addresses.
+    pub allow_private_webhooks: bool,
 }
 
 /// The longest one request of an image's resolution may take.
@@ -77,6 +79,30 @@ pub fn create_tenant(data_dir: &Path, name: &str, tier: Tier) -> Result<String> 
     let key = auth::new_key();
     store.create_tenant(name, tier, &auth::hash(&key))?;
     Ok(key)
+}
+
+/// `builderd tenant webhook`: a tenant's webhook and signing secret, after
+/// `update` (a new webhook; an empty URL removes it) and, with `rotate`, a
+/// new secret. Safe while a server runs on the same directory.
+pub fn tenant_webhook(
+    data_dir: &Path,
+    name: &str,
+    update: Option<Webhook>,
+    rotate: bool,
+) -> Result<(Webhook, String)> {
+    let store = open_store(data_dir)?;
+    if let Some(w) = &update {
+        crate::job::check_webhook(&w.url, &w.events, w.headers.iter().map(|(k, _)| k.as_str()))
+            .map_err(|e| anyhow::anyhow!(e.replace("config.webhook", "the webhook")))?;
+    }
+    if update.is_some() || rotate {
+        let w = match update {
+            Some(w) => w,
+            None => store.tenant_webhook(name)?.0,
+        };
+        store.set_tenant_webhook(name, &w, rotate)?;
+    }
+    Ok(store.tenant_webhook(name)?)
 }
 
 /// `builderd cache ls`: what the service's caches hold, least recently used
@@ -199,11 +225,14 @@ pub async fn serve(opts: Options) -> Result<()> {
         opts.max_build_time,
     );
     tokio::spawn(scheduler.clone().run());
+    let deliverer = crate::webhook::Deliverer::new(store.clone(), opts.allow_private_webhooks)?;
+    tokio::spawn(deliverer.run());
     let api = Arc::new(Api {
         store,
         scheduler: scheduler.clone(),
         runner,
         trust_tenant_header: opts.trust_tenant_header,
+        allow_private_webhooks: opts.allow_private_webhooks,
     });
     let listener =
         listen(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;

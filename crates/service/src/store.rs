@@ -17,6 +17,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::state::State;
 use crate::tier::Tier;
 
+mod outbox;
+
+pub use outbox::{Delivery, Webhook};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
@@ -28,6 +32,8 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {
+    /// Told when a commit wrote webhook deliveries.
+    pub outbox_wake: tokio::sync::Notify,
     path: PathBuf,
     conn: Mutex<Connection>,
     /// Idle read-only connections.
@@ -190,15 +196,38 @@ CREATE TABLE IF NOT EXISTS blob_leases (
 );
 CREATE INDEX IF NOT EXISTS blob_leases_digest ON blob_leases(digest);
 CREATE INDEX IF NOT EXISTS blob_leases_build ON blob_leases(build_id);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    build_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    url TEXT NOT NULL,
+    headers_json TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms INTEGER NOT NULL,
+    delivered_ms INTEGER,
+    failed_ms INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(next_ms)
+    WHERE delivered_ms IS NULL AND failed_ms IS NULL;
 ";
 
-/// Columns added to `builds` after its first version, each with its type;
-/// a database made before them gets them when it is opened.
-const ADDED_BUILD_COLUMNS: &[(&str, &str)] = &[
+/// Columns added after a table's first version: table, column, type. A
+/// database made before them gets them when it is opened.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // A build waiting for a retry: not to start before this time.
-    ("not_before_ms", "INTEGER"),
+    ("builds", "not_before_ms", "INTEGER"),
     // Completed with an artifact from the cache.
-    ("cache_hit", "INTEGER NOT NULL DEFAULT 0"),
+    ("builds", "cache_hit", "INTEGER NOT NULL DEFAULT 0"),
+    // The tenant's own webhook (events as a JSON list, headers as an object)
+    // and the secret its deliveries are signed with.
+    ("tenants", "webhook_url", "TEXT"),
+    ("tenants", "webhook_events", "TEXT"),
+    ("tenants", "webhook_headers", "TEXT"),
+    ("tenants", "webhook_secret", "TEXT"),
 ];
 
 const BUILD_COLUMNS: &str =
@@ -246,13 +275,14 @@ pub struct NewBuild<'a> {
 }
 
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
-    let have: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('builds')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (name, kind) in ADDED_BUILD_COLUMNS {
-        if !have.iter().any(|h| h == name) {
-            conn.execute_batch(&format!("ALTER TABLE builds ADD COLUMN {name} {kind}"))?;
+    for (table, name, kind) in ADDED_COLUMNS {
+        let have: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, name],
+            |r| r.get(0),
+        )?;
+        if !have {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {kind}"))?;
         }
     }
     Ok(())
@@ -323,6 +353,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         add_missing_columns(&conn)?;
         Ok(Store {
+            outbox_wake: tokio::sync::Notify::new(),
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -375,8 +406,8 @@ impl Store {
         let now = now_ms();
         exec(
             &tx,
-            "INSERT INTO tenants (id, tier, created_ms) VALUES (?1, ?2, ?3)",
-            params![id, tier.name(), now],
+            "INSERT INTO tenants (id, tier, created_ms, webhook_secret) VALUES (?1, ?2, ?3, ?4)",
+            params![id, tier.name(), now, outbox::new_secret()],
         )?;
         exec(
             &tx,
@@ -479,7 +510,11 @@ impl Store {
             "INSERT INTO logs (build_id, at_ms, level, message, component) VALUES (?1, ?2, 'info', ?3, 'builderd')",
             params![b.id, now, b.log],
         )?;
+        let hooks = outbox::on_transition(&tx, b.id, State::Queued, true)?;
         tx.commit()?;
+        if hooks > 0 {
+            self.outbox_wake.notify_one();
+        }
         Ok(now)
     }
 
@@ -587,7 +622,11 @@ impl Store {
             "INSERT INTO transitions (build_id, state, at_ms) VALUES (?1, ?2, ?3)",
             params![id, to.name(), now],
         )?;
+        let hooks = outbox::on_transition(&tx, id, to, false)?;
         tx.commit()?;
+        if hooks > 0 {
+            self.outbox_wake.notify_one();
+        }
         Ok(true)
     }
 

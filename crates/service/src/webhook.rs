@@ -1,0 +1,372 @@
+//! Webhooks: each build event (build.queued, build.started,
+//! build.completed, build.failed, build.cancelled, build.timeout) goes to
+//! the build's webhook and to its tenant's, as JSON signed with the
+//! tenant's secret.
+//!
+//! Deliveries are written to an outbox in the same transaction as the state
+//! change that causes them (`store/outbox.rs`), so a crash loses none, and
+//! are sent here, by a task of their own: a build never waits for one. A
+//! delivery that fails is tried again with a growing wait, across restarts,
+//! up to `MAX_ATTEMPTS` times. Each carries its id (the idempotency key) in
+//! the body and in `X-Builderd-Delivery`; a receiver may see one more than
+//! once (a crash between sending and recording), never with another body.
+//!
+//! The signature: `X-Builderd-Signature: v1=HEX`, HEX the HMAC-SHA256 under
+//! the tenant's secret of `TIMESTAMP.BODY`, TIMESTAMP the Unix seconds in
+//! `X-Builderd-Timestamp` (new for each attempt, so an old request cannot
+//! be replayed as new).
+//!
+//! Webhook URLs that resolve to loopback, link-local, private or other
+//! non-public addresses are refused (a webhook must not reach into the
+//! server's own network) unless the operator allows them. The check is made
+//! when the URL is given and again on each delivery, by the resolver the
+//! connection uses, so a name that changes its address is caught too.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+
+use crate::state::State;
+use crate::store::{Delivery, Store};
+
+pub const EVENTS: [&str; 6] = [
+    "build.queued",
+    "build.started",
+    "build.completed",
+    "build.failed",
+    "build.cancelled",
+    "build.timeout",
+];
+
+/// Tries of one delivery before it is given up.
+pub const MAX_ATTEMPTS: i64 = 12;
+/// The wait after the first failure, doubling to `MAX_WAIT`.
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries sent at once.
+const IN_FLIGHT: usize = 8;
+
+/// The event a move to `to` makes, if any (a retry or a restart that puts
+/// a build back in the queue makes none: it was queued already).
+pub fn event_of(to: State, created: bool) -> Option<&'static str> {
+    Some(match to {
+        State::Queued if created => "build.queued",
+        State::Running => "build.started",
+        State::Completed => "build.completed",
+        State::Failed => "build.failed",
+        State::Cancelled => "build.cancelled",
+        State::Timeout => "build.timeout",
+        _ => return None,
+    })
+}
+
+/// `v1=HEX`: HMAC-SHA256 of `TIMESTAMP.BODY` under `secret`.
+pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("v1={hex}")
+}
+
+/// May a webhook reach this address? Only public unicast ones.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+                || (a == 198 && (18..20).contains(&b)) // benchmarking
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
+        }
+    }
+}
+
+/// Checks a webhook URL: http or https, a host, and unless `allow_private`,
+/// only public addresses for it.
+pub async fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("{url:?}: only http and https webhooks are sent"));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| format!("{url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if allow_private {
+        return Ok(());
+    }
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("{url:?}: cannot resolve {host}: {e}"))?
+            .collect(),
+    };
+    match addrs.iter().find(|a| !is_public(a.ip())) {
+        Some(a) => Err(private(&host, a.ip())),
+        None => Ok(()),
+    }
+}
+
+fn private(host: &str, ip: IpAddr) -> String {
+    format!(
+        "{host} resolves to {ip}, a loopback, link-local or private address: webhooks go to public addresses only (the operator may allow others with --allow-private-webhooks)"
+    )
+}
+
+/// Resolves names for webhook connections, keeping only addresses a
+/// webhook may reach.
+struct Guard;
+
+impl reqwest::dns::Resolve for Guard {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
+                return Err(private(&host, a.ip()).into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+pub struct Deliverer {
+    store: Arc<Store>,
+    client: reqwest::Client,
+    allow_private: bool,
+}
+
+/// Why a delivery did not go: worth another try, or not.
+enum Failure {
+    Again(String),
+    Never(String),
+}
+
+impl Deliverer {
+    pub fn new(store: Arc<Store>, allow_private: bool) -> anyhow::Result<Arc<Deliverer>> {
+        let mut client = reqwest::Client::builder()
+            .timeout(SEND_TIMEOUT)
+            // A redirect could lead anywhere, past the address check.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("builderd/", env!("CARGO_PKG_VERSION")));
+        if !allow_private {
+            client = client.dns_resolver(Arc::new(Guard));
+        }
+        Ok(Arc::new(Deliverer {
+            store,
+            client: client.build()?,
+            allow_private,
+        }))
+    }
+
+    /// Sends what is due, for ever; the store says when new deliveries wait.
+    pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        loop {
+            let due = self
+                .store
+                .due_deliveries(crate::store::now_ms(), IN_FLIGHT * 4)
+                .unwrap_or_default();
+            let mut sending = Vec::new();
+            for d in due {
+                let permit = slots.clone().acquire_owned().await.expect("never closed");
+                let this = self.clone();
+                sending.push(tokio::spawn(async move {
+                    this.deliver(d).await;
+                    drop(permit);
+                }));
+            }
+            for s in sending {
+                let _ = s.await;
+            }
+            let next = self.store.next_delivery_ms().ok().flatten();
+            let wait = next.map_or(Duration::from_secs(5), |at| {
+                Duration::from_millis((at - crate::store::now_ms()).clamp(0, 5000) as u64)
+            });
+            if wait.is_zero() {
+                continue;
+            }
+            let _ = tokio::time::timeout(wait, self.store.outbox_wake.notified()).await;
+        }
+    }
+
+    async fn deliver(&self, d: Delivery) {
+        let result = self.send(&d).await;
+        let store = &self.store;
+        let _ = match result {
+            Ok(()) => store.delivered(&d.id),
+            Err(Failure::Never(why)) => store.delivery_given_up(&d.id, &why),
+            Err(Failure::Again(why)) if d.attempts + 1 >= MAX_ATTEMPTS => store.delivery_given_up(
+                &d.id,
+                &format!("{why} (gave up after {MAX_ATTEMPTS} attempts)"),
+            ),
+            Err(Failure::Again(why)) => {
+                let wait = FIRST_WAIT
+                    .saturating_mul(1 << d.attempts.clamp(0, 20))
+                    .min(MAX_WAIT);
+                store.delivery_failed(
+                    &d.id,
+                    &why,
+                    crate::store::now_ms() + wait.as_millis() as i64,
+                )
+            }
+        };
+    }
+
+    async fn send(&self, d: &Delivery) -> Result<(), Failure> {
+        let url = reqwest::Url::parse(&d.url).map_err(|e| Failure::Never(e.to_string()))?;
+        // The resolver guards names; an address written in the URL it never sees.
+        if let Some(ip) = url.host_str().and_then(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok()
+        }) {
+            if !self.allow_private && !is_public(ip) {
+                return Err(Failure::Never(private(&ip.to_string(), ip)));
+            }
+        }
+        let timestamp = crate::store::now_ms() / 1000;
+        let mut req = self.client.post(url);
+        for (k, v) in &d.headers {
+            req = req.header(k, v);
+        }
+        let resp = req
+            .header("Content-Type", "application/json")
+            .header("X-Builderd-Event", &d.event)
+            .header("X-Builderd-Delivery", &d.id)
+            .header("X-Builderd-Timestamp", timestamp.to_string())
+            .header("X-Builderd-Signature", sign(&d.secret, timestamp, &d.body))
+            .body(d.body.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                let text = describe(&e);
+                if text.contains("webhooks go to public addresses only") {
+                    Failure::Never(text)
+                } else {
+                    Failure::Again(text)
+                }
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Failure::Again(format!("the receiver answered {status}")))
+        }
+    }
+}
+
+/// An error with its causes.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text = format!("{text}: {s}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111", "1.1.1.1"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_timestamp_and_body() {
+        // RFC 4231 test case 2's key and data, framed as we frame them.
+        let sig = sign("Jefe", 1, "what do ya want for nothing?");
+        assert!(sig.starts_with("v1=") && sig.len() == 3 + 64);
+        assert_ne!(sig, sign("Jefe", 2, "what do ya want for nothing?"));
+        // HMAC itself, against the RFC's expected value.
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"what do ya want for nothing?");
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked() {
+        assert!(check_url("ftp://example.com/x", true).await.is_err());
+        assert!(check_url("http://127.0.0.1:9/hook", false)
+            .await
+            .unwrap_err()
+            .contains("--allow-private-webhooks"));
+        assert!(check_url("http://[::1]:9/hook", false).await.is_err());
+        assert!(check_url("http://169.254.169.254/latest", false)
+            .await
+            .is_err());
+        assert!(check_url("http://localhost:9/hook", false).await.is_err());
+        assert!(check_url("http://127.0.0.1:9/hook", true).await.is_ok());
+    }
+}
