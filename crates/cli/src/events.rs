@@ -4,7 +4,8 @@
 //!
 //! The objects: `{"stage": "downloading"}`, `{"progress": {"step", "done",
 //! "total", "files"}}`, `{"log": "…", "level": "info"|"warn"}`, `{"retry":
-//! {"cause", "attempt", "attempts", "delay_ms", "message"}}` and, last on
+//! {"cause", "attempt", "attempts", "delay_ms", "message"}}`, `{"pulled":
+//! {"bytes"}}` for each layer downloaded and, last on
 //! failure, `{"error": "…", "category": "source"|"build"|"resource"}` (with
 //! `"retry_cause": "TEMPORARY_RESOURCE_ERROR"` when the machine ran short for
 //! a moment: a full disk, no memory).
@@ -73,6 +74,14 @@ pub fn warn(message: &str) {
         emit(json!({ "log": message, "level": "warn" }));
     } else {
         eprintln!("builderd: warning: {message}");
+    }
+}
+
+/// A layer of `bytes` was downloaded into the blob cache (for the
+/// service's count of bytes pulled).
+pub fn pulled(bytes: u64) {
+    if json() {
+        emit(json!({ "pulled": { "bytes": bytes } }));
     }
 }
 

@@ -182,6 +182,9 @@ impl Pull<'_> {
                             &progress,
                         ) {
                             Ok(was_fetched) => {
+                                if was_fetched {
+                                    events::pulled(layer.size);
+                                }
                                 fetched[i].store(layer.size, Ordering::Relaxed);
                                 report();
                                 bar.finish_and_clear();

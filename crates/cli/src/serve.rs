@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// a tenant's webhook must not reach into the server's own network).
     #[arg(long)]
     allow_private_webhooks: bool,
+    /// Serve Prometheus `/metrics` on this address instead of the API's.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -70,6 +73,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .unwrap_or_else(builderd_service::default_retry_policy),
         cache_max_bytes: args.cache_max_bytes,
         allow_private_webhooks: args.allow_private_webhooks,
+        metrics_listen: args.metrics_listen,
     };
     tokio::runtime::Runtime::new()?.block_on(builderd_service::serve(opts))
 }

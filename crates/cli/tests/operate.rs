@@ -837,3 +837,233 @@ fn webhooks_to_private_addresses_are_refused() {
         "a delivery reached a loopback address"
     );
 }
+
+/// One sample of a scrape, as the Prometheus client's parser read it.
+#[derive(Debug, serde::Deserialize)]
+struct Sample {
+    family: String,
+    name: String,
+    labels: std::collections::BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Scrapes `url` and parses it with the Python Prometheus client's
+/// OpenMetrics parser (which fails on anything malformed).
+fn scrape(url: &str) -> Vec<Sample> {
+    let out = Command::new("curl")
+        .args(["-sf", "-H", "Accept: application/openmetrics-text", url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {url}: {out:?}");
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-clients/venv/bin/python");
+    let mut parser = Command::new(python)
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/parse_metrics.py"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut parser.stdin.take().unwrap(), &out.stdout).unwrap();
+    let parsed = parser.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "the scrape does not parse: {}\n{}",
+        String::from_utf8_lossy(&parsed.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&parsed.stdout).unwrap()
+}
+
+/// The value of sample `name` with (at least) `labels`; 0 when absent.
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+#[test]
+fn metrics_show_the_counters_moving_as_builds_run() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let proxy = Proxy::start(&reg.addr);
+    let recv = Receiver::start();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--allow-private-webhooks"]);
+    let key = server.tenant("watched", "pro");
+    let metrics = format!("{}/metrics", server.url);
+    let completed_pro = [
+        ("state", "COMPLETED"),
+        ("source_type", "docker_image"),
+        ("tier", "pro"),
+    ];
+
+    // No key needed; every series is builderd's.
+    let before = scrape(&metrics);
+    assert!(!before.is_empty());
+    for s in &before {
+        assert!(s.family.starts_with("builderd_"), "{s:?}");
+    }
+    assert_eq!(
+        sample(&before, "builderd_builds_total", &completed_pro),
+        0.0
+    );
+    assert_eq!(sample(&before, "builderd_cache_misses_total", &[]), 0.0);
+
+    // A build that needs one retry (503 on the manifest) and pulls its layers.
+    *proxy.faults.fail_on.lock().unwrap() = "/manifests/".into();
+    proxy.faults.fail.store(1, Ordering::SeqCst);
+    let image = config(&format!("{}/app:v1", proxy.addr));
+    let first = completed(&server, &key, &image);
+    let layer_bytes: u64 = metadata(&first)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    let after_one = scrape(&metrics);
+    assert_eq!(
+        sample(&after_one, "builderd_builds_total", &completed_pro),
+        1.0
+    );
+    assert_eq!(
+        sample(&after_one, "builderd_builds_total", &[("state", "QUEUED")]),
+        1.0
+    );
+    assert_eq!(sample(&after_one, "builderd_cache_misses_total", &[]), 1.0);
+    assert_eq!(sample(&after_one, "builderd_cache_hits_total", &[]), 0.0);
+    assert_eq!(
+        sample(&after_one, "builderd_pulled_bytes_total", &[]),
+        layer_bytes as f64
+    );
+    assert_eq!(
+        sample(
+            &after_one,
+            "builderd_retries_total",
+            &[("cause", "NETWORK_ERROR"), ("scope", "request")]
+        ),
+        1.0
+    );
+    for stage in [
+        "QUEUED",
+        "RUNNING",
+        "PREPARING",
+        "DOWNLOADING",
+        "BUILDING",
+        "PACKAGING",
+    ] {
+        assert_eq!(
+            sample(
+                &after_one,
+                "builderd_stage_duration_seconds_count",
+                &[("stage", stage)]
+            ),
+            1.0,
+            "{stage}"
+        );
+    }
+    assert!(sample(&after_one, "builderd_stage_duration_seconds_sum", &[]) > 0.0);
+    assert!(sample(&after_one, "builderd_artifacts_bytes", &[]) > 0.0);
+    assert!(sample(&after_one, "builderd_cache_bytes", &[("kind", "blob")]) >= layer_bytes as f64);
+
+    // The same again, with a webhook: a cache hit, nothing pulled, one delivery.
+    let hook = json!({"url": format!("{}/hook", recv.url), "events": ["build.completed"]});
+    let second = completed(&server, &key, &with_webhook(image.clone(), hook));
+    assert_eq!(second["cacheHit"], true);
+    recv.wait("the delivery", |g| !events_at(g, "/hook").is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after_two = loop {
+        let s = scrape(&metrics);
+        if sample(
+            &s,
+            "builderd_webhook_deliveries_total",
+            &[("outcome", "delivered")],
+        ) >= 1.0
+            || std::time::Instant::now() > deadline
+        {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        sample(&after_two, "builderd_builds_total", &completed_pro),
+        2.0
+    );
+    assert_eq!(sample(&after_two, "builderd_cache_hits_total", &[]), 1.0);
+    assert_eq!(sample(&after_two, "builderd_cache_misses_total", &[]), 1.0);
+    assert_eq!(
+        sample(&after_two, "builderd_pulled_bytes_total", &[]),
+        layer_bytes as f64
+    );
+    assert_eq!(
+        sample(
+            &after_two,
+            "builderd_webhook_deliveries_total",
+            &[("outcome", "delivered")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&after_two, "builderd_webhook_deliveries_pending", &[]),
+        0.0
+    );
+
+    // Queue depth and the builds in each state, now: one waits on a
+    // registry that never answers.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stuck = server.create(
+        &key,
+        &config(&format!("{}/app:v1", hole.local_addr().unwrap())),
+    );
+    server.wait_for(
+        &key,
+        &stuck,
+        &["BUILD_STATE_PREPARING"],
+        Duration::from_secs(30),
+    );
+    let busy = scrape(&metrics);
+    assert_eq!(
+        sample(
+            &busy,
+            "builderd_builds_current",
+            &[("state", "PREPARING"), ("tier", "pro")]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&busy, "builderd_queue_depth", &[]), 0.0);
+    server.ok("CancelBuild", &key, &json!({"build_id": stuck}).to_string());
+    server.wait_for(
+        &key,
+        &stuck,
+        &["BUILD_STATE_CANCELLED"],
+        Duration::from_secs(10),
+    );
+    let done = scrape(&metrics);
+    assert_eq!(sample(&done, "builderd_builds_current", &[]), 0.0);
+    assert_eq!(
+        sample(&done, "builderd_builds_total", &[("state", "CANCELLED")]),
+        1.0
+    );
+}
+
+#[test]
+fn metrics_listen_moves_the_metrics_off_the_api_port() {
+    let dir = tmp();
+    let port = common::server::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = Server::start(&dir.path().join("data"), &["--metrics-listen", &addr]);
+    assert_eq!(server.curl("/metrics", &[]).status, 404);
+    let samples = scrape(&format!("http://{addr}/metrics"));
+    assert_eq!(sample(&samples, "builderd_queue_depth", &[]), 0.0);
+    assert!(samples.iter().any(|s| s.name == "builderd_queue_depth"));
+}

@@ -299,6 +299,8 @@ impl BuilderService for Api {
             .insert_build(&NewBuild {
                 id: &id,
                 tenant_id: &tenant.id,
+                source_type: crate::job::Job::SOURCE_TYPE,
+                tier: tenant.tier,
                 config_json: &config_json,
                 creds: creds.as_deref(),
                 max_interruptions: i64::from(job.retry.max_retries),

@@ -1,5 +1,5 @@
 //! The HTTP face: builder.v1 over Connect and gRPC (connectrpc, on one port,
-//! HTTP/1.1 and HTTP/2), `/healthz`, and the original service's plain GET
+//! HTTP/1.1 and HTTP/2), `/healthz`, `/metrics`, and the original service's plain GET
 //! forms: `GetBuildStatus/{id}` as JSON and `GetBuildArtifact/{id}` as the raw
 //! image bytes (Content-Length, Range, an ETag of its sha256).
 
@@ -14,9 +14,10 @@ use tower::ServiceExt;
 
 use crate::api::Api;
 
-pub fn router(api: Arc<Api>) -> axum::Router {
+/// The API's routes; with `with_metrics`, `/metrics` too.
+pub fn router(api: Arc<Api>, with_metrics: bool) -> axum::Router {
     let connect = connectrpc::Router::new().add_service(api.clone());
-    axum::Router::new()
+    let mut routes = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/builder.v1.BuilderService/GetBuildStatus/{id}",
@@ -26,8 +27,35 @@ pub fn router(api: Arc<Api>) -> axum::Router {
             "/builder.v1.BuilderService/GetBuildArtifact/{id}",
             get(artifact),
         )
+        .with_state(api.clone());
+    if with_metrics {
+        routes = routes.merge(metrics_router(api));
+    }
+    routes.fallback_service(connect.into_axum_service())
+}
+
+/// `/metrics` alone (for `--metrics-listen`), open to any caller: it names
+/// no tenant's builds.
+pub fn metrics_router(api: Arc<Api>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics))
         .with_state(api)
-        .fallback_service(connect.into_axum_service())
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    let store = api.store.clone();
+    match tokio::task::spawn_blocking(move || store.metrics.encode(&store)).await {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// A Connect error as the Connect protocol writes it for unary calls.

@@ -52,6 +52,12 @@ pub struct Job {
     pub retry: RetryPolicy,
 }
 
+impl Job {
+    /// What a job is built from: a registry image, the one source
+    /// implemented yet (git and archive sources are refused at CreateBuild).
+    pub const SOURCE_TYPE: &'static str = "docker_image";
+}
+
 /// The server's retry policy for builds whose config has none (or leaves
 /// fields out).
 pub fn default_retry_policy() -> RetryPolicy {

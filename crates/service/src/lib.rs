@@ -12,6 +12,7 @@ mod auth;
 mod cache;
 mod http;
 mod job;
+mod metrics;
 mod runner;
 mod scheduler;
 mod serve;

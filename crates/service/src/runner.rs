@@ -202,6 +202,7 @@ impl Runner {
             .await
             .map_err(|e| RunError::resource(format!("the artifact cache: {e}")))?
             .map_err(|e| RunError::resource(format!("the artifact cache: {e}")))?;
+        store.metrics.cache_lookup(hit.is_some());
         if let Some(meta) = hit {
             return Ok(Outcome::Cached { key, meta });
         }
@@ -493,6 +494,7 @@ fn retry_build(store: &Store, build: &BuildRow, job: &Job, message: &str) -> Opt
 
 /// Keeps a retry in the build's status and logs.
 fn record_retry(store: &Store, id: &str, n: &builderd_oci::RetryNotice, scope: &str) {
+    store.metrics.retry(n.cause.name(), scope);
     let _ = store.add_retry(
         id,
         &Retry {
@@ -567,6 +569,8 @@ impl Follow {
         } else if let Some(message) = v["log"].as_str() {
             let level = v["level"].as_str().unwrap_or("info");
             let _ = store.log(id, level, message, "build");
+        } else if let Some(bytes) = v["pulled"]["bytes"].as_u64() {
+            store.metrics.pulled(bytes);
         } else if let Some(r) = v.get("retry") {
             if let Some(notice) = retry_notice(r) {
                 record_retry(store, id, &notice, "request");

@@ -42,6 +42,8 @@ pub struct Options {
     pub cache_max_bytes: u64,
     /// Webhooks may go to loopback and private addresses.
     pub allow_private_webhooks: bool,
+    /// Serve `/metrics` here instead of on the API's address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The longest one request of an image's resolution may take.
@@ -242,10 +244,21 @@ pub async fn serve(opts: Options) -> Result<()> {
         opts.data_dir.display(),
         key_path.display()
     );
+    if let Some(addr) = opts.metrics_listen {
+        let metrics =
+            listen(addr).with_context(|| format!("cannot listen on {addr} for the metrics"))?;
+        eprintln!(
+            "builderd: metrics on http://{}/metrics",
+            metrics.local_addr()?
+        );
+        let routes = crate::http::metrics_router(api.clone());
+        tokio::spawn(async move { axum::serve(metrics, routes).await });
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let with_metrics = opts.metrics_listen.is_none();
     let server = tokio::spawn(async move {
         let mut stop_rx = stop_rx;
-        axum::serve(listener, crate::http::router(api))
+        axum::serve(listener, crate::http::router(api, with_metrics))
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             })

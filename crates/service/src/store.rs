@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::state::State;
 use crate::tier::Tier;
 
+mod gauges;
 mod outbox;
 
 pub use outbox::{Delivery, Webhook};
@@ -34,6 +35,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     /// Told when a commit wrote webhook deliveries.
     pub outbox_wake: tokio::sync::Notify,
+    /// Counted as the store records what happens.
+    pub metrics: crate::metrics::Metrics,
     path: PathBuf,
     conn: Mutex<Connection>,
     /// Idle read-only connections.
@@ -228,6 +231,13 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("tenants", "webhook_events", "TEXT"),
     ("tenants", "webhook_headers", "TEXT"),
     ("tenants", "webhook_secret", "TEXT"),
+    // What the build is made from, for the metrics: docker_image,
+    // git_repository or archive.
+    (
+        "builds",
+        "source_type",
+        "TEXT NOT NULL DEFAULT 'docker_image'",
+    ),
 ];
 
 const BUILD_COLUMNS: &str =
@@ -263,6 +273,10 @@ fn build_row(r: &rusqlite::Row) -> rusqlite::Result<BuildRow> {
 pub struct NewBuild<'a> {
     pub id: &'a str,
     pub tenant_id: &'a str,
+    /// docker_image, git_repository or archive.
+    pub source_type: &'a str,
+    /// The tenant's tier, for the metrics.
+    pub tier: Tier,
     pub config_json: &'a str,
     pub creds: Option<&'a str>,
     pub max_interruptions: i64,
@@ -354,6 +368,7 @@ impl Store {
         add_missing_columns(&conn)?;
         Ok(Store {
             outbox_wake: tokio::sync::Notify::new(),
+            metrics: crate::metrics::Metrics::default(),
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -496,9 +511,9 @@ impl Store {
         }
         let now = now_ms();
         exec(&tx,
-            "INSERT INTO builds (id, tenant_id, config_json, creds, state, created_ms, updated_ms, max_interruptions)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
-            params![b.id, b.tenant_id, b.config_json, b.creds, State::Queued.name(), now, b.max_interruptions],
+            "INSERT INTO builds (id, tenant_id, config_json, creds, state, created_ms, updated_ms, max_interruptions, source_type)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
+            params![b.id, b.tenant_id, b.config_json, b.creds, State::Queued.name(), now, b.max_interruptions, b.source_type],
         )?;
         exec(
             &tx,
@@ -512,6 +527,8 @@ impl Store {
         )?;
         let hooks = outbox::on_transition(&tx, b.id, State::Queued, true)?;
         tx.commit()?;
+        self.metrics
+            .transition(None, State::Queued, b.source_type, b.tier.name());
         if hooks > 0 {
             self.outbox_wake.notify_one();
         }
@@ -590,12 +607,19 @@ impl Store {
     pub fn transition(&self, id: &str, from: &[State], to: State) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let current: Option<String> =
-            row(&tx, "SELECT state FROM builds WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(current) = current.and_then(|s| State::parse(&s)) else {
+        let current: Option<(String, String, String, i64)> = row(
+            &tx,
+            "SELECT b.state, b.source_type, t.tier,
+                    (SELECT MAX(at_ms) FROM transitions WHERE build_id = b.id)
+             FROM builds b JOIN tenants t ON t.id = b.tenant_id WHERE b.id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+        let Some((current, source_type, tier, since)) = current else {
+            return Ok(false);
+        };
+        let Some(current) = State::parse(&current) else {
             return Ok(false);
         };
         if !from.contains(&current) {
@@ -624,6 +648,8 @@ impl Store {
         )?;
         let hooks = outbox::on_transition(&tx, id, to, false)?;
         tx.commit()?;
+        self.metrics
+            .transition(Some((current, now - since)), to, &source_type, &tier);
         if hooks > 0 {
             self.outbox_wake.notify_one();
         }
@@ -1065,6 +1091,8 @@ mod tests {
         NewBuild {
             id,
             tenant_id: "acme",
+            source_type: "docker_image",
+            tier: Tier::Free,
             config_json: "{}",
             creds: None,
             max_interruptions: 1,

@@ -252,6 +252,7 @@ impl Store {
             "UPDATE webhook_deliveries SET delivered_ms = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
             params![id, now_ms()],
         )?;
+        self.metrics.delivery(crate::metrics::Delivery::Delivered);
         Ok(())
     }
 
@@ -262,6 +263,7 @@ impl Store {
             "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = ?2, next_ms = ?3 WHERE id = ?1",
             params![id, why, next_ms],
         )?;
+        self.metrics.delivery(crate::metrics::Delivery::Failed);
         Ok(())
     }
 
@@ -271,6 +273,7 @@ impl Store {
             "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = ?2, failed_ms = ?3 WHERE id = ?1",
             params![id, why, now_ms()],
         )?;
+        self.metrics.delivery(crate::metrics::Delivery::GivenUp);
         Ok(())
     }
 
