@@ -5,7 +5,8 @@
 //! The objects: `{"stage": "downloading"}`, `{"progress": {"step", "done",
 //! "total", "files"}}`, `{"log": "…", "level": "info"|"warn"}`, `{"retry":
 //! {"cause", "attempt", "attempts", "delay_ms", "message"}}`, `{"pulled":
-//! {"bytes"}}` for each layer downloaded and, last on
+//! {"bytes"}}` for each layer downloaded, `{"usage": {"cpu_ms",
+//! "peak_memory_bytes", "disk_written_bytes"}}` at the end and, last on
 //! failure, `{"error": "…", "category": "source"|"build"|"resource"}` (with
 //! `"retry_cause": "TEMPORARY_RESOURCE_ERROR"` when the machine ran short for
 //! a moment: a full disk, no memory).
@@ -83,6 +84,45 @@ pub fn pulled(bytes: u64) {
     if json() {
         emit(json!({ "pulled": { "bytes": bytes } }));
     }
+}
+
+/// What this build process and the processes it waited for used, told
+/// once at its end (before any error).
+pub fn usage() {
+    if !json() {
+        return;
+    }
+    let (self_cpu, self_rss) = rusage(libc::RUSAGE_SELF);
+    let (child_cpu, child_rss) = rusage(libc::RUSAGE_CHILDREN);
+    emit(json!({ "usage": {
+        "cpu_ms": self_cpu + child_cpu,
+        "peak_memory_bytes": self_rss.max(child_rss),
+        "disk_written_bytes": written_bytes(),
+    } }));
+}
+
+/// CPU milliseconds (user and system) and peak resident bytes.
+fn rusage(who: libc::c_int) -> (u64, u64) {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut u) } != 0 {
+        return (0, 0);
+    }
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    // ru_maxrss is in KiB on Linux.
+    (ms(u.ru_utime) + ms(u.ru_stime), u.ru_maxrss as u64 * 1024)
+}
+
+/// Bytes this process sent to storage (`write_bytes` of /proc/self/io).
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A registry request failed and is about to be tried again.

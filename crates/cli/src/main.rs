@@ -61,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Tenant(cmd) => serve::tenant(cmd).map(|()| std::process::ExitCode::SUCCESS),
         Command::Cache(cmd) => serve::cache(cmd).map(|()| std::process::ExitCode::SUCCESS),
     };
+    events::usage();
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Serve Prometheus `/metrics` on this address instead of the API's.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Delete the artifacts and logs of builds finished longer ago than
+    /// this (e.g. 30d, 12h); their records stay. Default: keep them.
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -74,6 +78,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         cache_max_bytes: args.cache_max_bytes,
         allow_private_webhooks: args.allow_private_webhooks,
         metrics_listen: args.metrics_listen,
+        retention: args.retention,
     };
     tokio::runtime::Runtime::new()?.block_on(builderd_service::serve(opts))
 }

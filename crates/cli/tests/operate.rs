@@ -1067,3 +1067,83 @@ fn metrics_listen_moves_the_metrics_off_the_api_port() {
     assert_eq!(sample(&samples, "builderd_queue_depth", &[]), 0.0);
     assert!(samples.iter().any(|s| s.name == "builderd_queue_depth"));
 }
+
+#[test]
+fn a_build_records_what_it_used() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = server.tenant("frugal", "pro");
+    let s = completed(&server, &key, &config(&format!("{}/app:v1", reg.addr)));
+    let u = &s["resourceUsage"];
+    assert!(u["cpuSeconds"].as_f64().unwrap() > 0.0, "{s}");
+    let peak = num(&u["peakMemoryBytes"]);
+    assert!(peak > 1 << 20 && peak < 256 << 20, "{s}");
+    let artifact = data
+        .join("artifacts/frugal")
+        .join(s["buildId"].as_str().unwrap());
+    // The image's size as the tenant's storage counts it.
+    let image = std::fs::metadata(artifact.join("rootfs.ext4"))
+        .unwrap()
+        .len();
+    assert_eq!(num(&u["diskBytes"]) as u64, image, "{s}");
+    // Bytes sent to storage: none on a tmpfs.
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&fs.stdout).trim() != "tmpfs" {
+        assert!(num(&u["diskWrittenBytes"]) > 0, "{s}");
+    }
+    // A cache hit runs no build process.
+    let hit = completed(&server, &key, &config(&format!("{}/app:v1", reg.addr)));
+    assert_eq!(hit["cacheHit"], true);
+    assert_eq!(num(&hit["resourceUsage"]["peakMemoryBytes"]), 0);
+}
+
+#[test]
+fn retention_deletes_old_artifacts_and_logs_and_usage_follows() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--retention", "3s"]);
+    let key = server.tenant("forgetful", "pro");
+    let quotas = || server.ok("GetTenantQuotas", &key, "{}");
+    let s = completed(&server, &key, &config(&format!("{}/app:v1", reg.addr)));
+    let id = s["buildId"].as_str().unwrap().to_string();
+    let artifact = data.join("artifacts/forgetful").join(&id);
+    assert!(artifact.join("rootfs.ext4").exists());
+    let used = num(&quotas()["usage"]["storageBytes"]);
+    assert!(used > 0);
+    assert!(!logs(&server, &key, &id).is_empty());
+    download_and_check(&server, &key, &id, dir.path());
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let expired = loop {
+        let s = server.status(&key, &id);
+        if s.get("expiredAt").is_some() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "never expired: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The record stays; the files, the logs and their bytes go.
+    assert_eq!(expired["state"], "BUILD_STATE_COMPLETED");
+    assert_eq!(expired["artifact"]["sha256"], s["artifact"]["sha256"]);
+    assert_eq!(num(&expired["resourceUsage"]["diskBytes"]), 0);
+    assert!(!artifact.exists());
+    assert_eq!(num(&quotas()["usage"]["storageBytes"]), 0);
+    assert_eq!(logs(&server, &key, &id), "");
+    let download = server.curl(
+        &format!("/builder.v1.BuilderService/GetBuildArtifact/{id}"),
+        &["-H", &format!("Authorization: Bearer {key}")],
+    );
+    assert_eq!(download.status, 404);
+    assert!(String::from_utf8_lossy(&download.body).contains("retention"));
+    let stats = server.ok("GetBuildStats", &key, "{}");
+    assert_eq!(num(&stats["completedBuilds"]), 1, "{stats}");
+}

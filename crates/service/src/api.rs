@@ -106,6 +106,8 @@ impl Api {
             retries: self.retries(b)?,
             attempts: b.attempts as i32,
             cache_hit: b.cache_hit,
+            resource_usage: MessageField::some(resource_usage(b)),
+            expired_at: b.expired_ms.map(timestamp).unwrap_or_default(),
             ..Default::default()
         })
     }
@@ -139,6 +141,8 @@ impl Api {
             attempts: b.attempts as i32,
             retries: self.retries(b)?,
             cache_hit: b.cache_hit,
+            resource_usage: MessageField::some(resource_usage(b)),
+            expired_at: b.expired_ms.map(timestamp).unwrap_or_default(),
             ..Default::default()
         })
     }
@@ -149,6 +153,12 @@ impl Api {
         b: &BuildRow,
         compressed: bool,
     ) -> Result<(PathBuf, Artifact), ConnectError> {
+        if b.expired_ms.is_some() {
+            return Err(ConnectError::not_found(format!(
+                "the artifact of build {} was deleted by the retention policy",
+                b.id
+            )));
+        }
         let a = match (b.state, artifact(b)) {
             (State::Completed, Some(a)) => a,
             (s, _) => {
@@ -233,6 +243,16 @@ fn error(b: &BuildRow) -> Option<BuildError> {
         message,
         ..Default::default()
     })
+}
+
+fn resource_usage(b: &BuildRow) -> ResourceUsage {
+    ResourceUsage {
+        cpu_seconds: b.usage.cpu_ms as f64 / 1000.0,
+        peak_memory_bytes: b.usage.peak_memory_bytes,
+        disk_written_bytes: b.usage.disk_written_bytes,
+        disk_bytes: b.artifact_bytes,
+        ..Default::default()
+    }
 }
 
 /// The artifact as recorded from the build's metadata file.

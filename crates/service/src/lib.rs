@@ -13,6 +13,7 @@ mod cache;
 mod http;
 mod job;
 mod metrics;
+mod retention;
 mod runner;
 mod scheduler;
 mod serve;

@@ -19,7 +19,7 @@ use builderd_oci::{RetryCause, RetryPolicy};
 use crate::cache::Cache;
 use crate::job::Job;
 use crate::state::State;
-use crate::store::{BuildRow, Retry, Store};
+use crate::store::{BuildRow, Retry, Store, Usage};
 
 /// Why the server stops a run before it ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -569,6 +569,16 @@ impl Follow {
         } else if let Some(message) = v["log"].as_str() {
             let level = v["level"].as_str().unwrap_or("info");
             let _ = store.log(id, level, message, "build");
+        } else if let Some(u) = v.get("usage") {
+            let n = |k: &str| u[k].as_i64().unwrap_or(0);
+            let _ = store.add_usage(
+                id,
+                &Usage {
+                    cpu_ms: n("cpu_ms"),
+                    peak_memory_bytes: n("peak_memory_bytes"),
+                    disk_written_bytes: n("disk_written_bytes"),
+                },
+            );
         } else if let Some(bytes) = v["pulled"]["bytes"].as_u64() {
             store.metrics.pulled(bytes);
         } else if let Some(r) = v.get("retry") {

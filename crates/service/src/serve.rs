@@ -44,6 +44,8 @@ pub struct Options {
     pub allow_private_webhooks: bool,
     /// Serve `/metrics` here instead of on the API's address.
     pub metrics_listen: Option<SocketAddr>,
+    /// Delete the artifacts and logs of builds finished longer ago.
+    pub retention: Option<Duration>,
 }
 
 /// The longest one request of an image's resolution may take.
@@ -227,6 +229,14 @@ pub async fn serve(opts: Options) -> Result<()> {
         opts.max_build_time,
     );
     tokio::spawn(scheduler.clone().run());
+    if let Some(age) = opts.retention {
+        let retention = crate::retention::Retention {
+            store: store.clone(),
+            artifacts: opts.data_dir.join("artifacts"),
+            age,
+        };
+        tokio::spawn(retention.run());
+    }
     let deliverer = crate::webhook::Deliverer::new(store.clone(), opts.allow_private_webhooks)?;
     tokio::spawn(deliverer.run());
     let api = Arc::new(Api {

@@ -19,6 +19,7 @@ use crate::tier::Tier;
 
 mod gauges;
 mod outbox;
+mod retention;
 
 pub use outbox::{Delivery, Webhook};
 
@@ -87,6 +88,22 @@ pub struct BuildRow {
     pub artifact_json: Option<String>,
     /// Completed with an artifact from the cache.
     pub cache_hit: bool,
+    /// What its artifact files take on disk.
+    pub artifact_bytes: i64,
+    /// When the retention policy deleted its artifact and logs.
+    pub expired_ms: Option<i64>,
+    pub usage: Usage,
+}
+
+/// What a build's processes used, over all its runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time, user and system.
+    pub cpu_ms: i64,
+    /// The largest resident set of any of its processes.
+    pub peak_memory_bytes: i64,
+    /// Bytes its processes wrote to storage.
+    pub disk_written_bytes: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -238,12 +255,19 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
         "source_type",
         "TEXT NOT NULL DEFAULT 'docker_image'",
     ),
+    // What the build's processes used (summed over runs; memory: the peak).
+    ("builds", "cpu_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("builds", "peak_memory_bytes", "INTEGER NOT NULL DEFAULT 0"),
+    ("builds", "disk_written_bytes", "INTEGER NOT NULL DEFAULT 0"),
+    // When the retention policy deleted the build's artifact and logs.
+    ("builds", "expired_ms", "INTEGER"),
 ];
 
 const BUILD_COLUMNS: &str =
     "id, tenant_id, seq, config_json, creds, state, created_ms, started_ms, \
     finished_ms, updated_ms, attempts, interruptions, max_interruptions, progress_json, \
-    error_category, error_message, artifact_json, cache_hit";
+    error_category, error_message, artifact_json, cache_hit, artifact_bytes, expired_ms, \
+    cpu_ms, peak_memory_bytes, disk_written_bytes";
 
 fn build_row(r: &rusqlite::Row) -> rusqlite::Result<BuildRow> {
     let state: String = r.get(5)?;
@@ -266,6 +290,13 @@ fn build_row(r: &rusqlite::Row) -> rusqlite::Result<BuildRow> {
         error_message: r.get(15)?,
         artifact_json: r.get(16)?,
         cache_hit: r.get(17)?,
+        artifact_bytes: r.get(18)?,
+        expired_ms: r.get(19)?,
+        usage: Usage {
+            cpu_ms: r.get(20)?,
+            peak_memory_bytes: r.get(21)?,
+            disk_written_bytes: r.get(22)?,
+        },
     })
 }
 
@@ -948,6 +979,19 @@ impl Store {
         }
         tx.commit()?;
         Ok(gone)
+    }
+
+    /// Adds one run's usage to the build's.
+    pub fn add_usage(&self, id: &str, u: &Usage) -> Result<()> {
+        exec(
+            &self.conn(),
+            "UPDATE builds SET cpu_ms = cpu_ms + ?2,
+                 peak_memory_bytes = MAX(peak_memory_bytes, ?3),
+                 disk_written_bytes = disk_written_bytes + ?4
+             WHERE id = ?1",
+            params![id, u.cpu_ms, u.peak_memory_bytes, u.disk_written_bytes],
+        )?;
+        Ok(())
     }
 
     pub fn set_cache_hit(&self, id: &str) -> Result<()> {
