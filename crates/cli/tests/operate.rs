@@ -1147,3 +1147,37 @@ fn retention_deletes_old_artifacts_and_logs_and_usage_follows() {
     let stats = server.ok("GetBuildStats", &key, "{}");
     assert_eq!(num(&stats["completedBuilds"]), 1, "{stats}");
 }
+
+#[test]
+fn grpc_health_is_serving_until_shutdown() {
+    use std::io::BufRead;
+    let dir = tmp();
+    let mut server = Server::start(&dir.path().join("data"), &[]);
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-clients/venv/bin/python");
+    let mut client = Command::new(python)
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/health_client.py"),
+        )
+        .arg(server.url.trim_start_matches("http://"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        first,
+        json!({"server": "SERVING", "builder": "SERVING", "unknown": "NOT_FOUND", "watch": "SERVING"})
+    );
+    // SIGTERM: the watcher hears NOT_SERVING before the server goes.
+    assert!(server.terminate().success());
+    let rest: Vec<Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        rest.first(),
+        Some(&json!({"watch": "NOT_SERVING"})),
+        "{rest:?}"
+    );
+    assert!(client.wait().unwrap().success());
+}

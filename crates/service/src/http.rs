@@ -1,5 +1,5 @@
 //! The HTTP face: builder.v1 over Connect and gRPC (connectrpc, on one port,
-//! HTTP/1.1 and HTTP/2), `/healthz`, `/metrics`, and the original service's plain GET
+//! HTTP/1.1 and HTTP/2), `grpc.health.v1`, `/healthz`, `/metrics`, and the original service's plain GET
 //! forms: `GetBuildStatus/{id}` as JSON and `GetBuildArtifact/{id}` as the raw
 //! image bytes (Content-Length, Range, an ETag of its sha256).
 
@@ -10,13 +10,20 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use connectrpc::ConnectError;
+use connectrpc_health::StaticChecker;
 use tower::ServiceExt;
 
 use crate::api::Api;
 
-/// The API's routes; with `with_metrics`, `/metrics` too.
-pub fn router(api: Arc<Api>, with_metrics: bool) -> axum::Router {
+/// The API's routes, `grpc.health.v1` among them (the whole server and
+/// builder.v1 SERVING; the checker answered marks them NOT_SERVING on
+/// shutdown); with `with_metrics`, `/metrics` too.
+pub fn router(api: Arc<Api>, with_metrics: bool) -> (axum::Router, Arc<StaticChecker>) {
     let connect = connectrpc::Router::new().add_service(api.clone());
+    let (connect, health) = connectrpc_health::install_static(
+        connect,
+        ["", crate::proto::builder::v1::BUILDER_SERVICE_SERVICE_NAME],
+    );
     let mut routes = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -31,7 +38,7 @@ pub fn router(api: Arc<Api>, with_metrics: bool) -> axum::Router {
     if with_metrics {
         routes = routes.merge(metrics_router(api));
     }
-    routes.fallback_service(connect.into_axum_service())
+    (routes.fallback_service(connect.into_axum_service()), health)
 }
 
 /// `/metrics` alone (for `--metrics-listen`), open to any caller: it names

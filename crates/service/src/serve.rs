@@ -266,9 +266,10 @@ pub async fn serve(opts: Options) -> Result<()> {
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let with_metrics = opts.metrics_listen.is_none();
+    let (routes, health) = crate::http::router(api, with_metrics);
     let server = tokio::spawn(async move {
         let mut stop_rx = stop_rx;
-        axum::serve(listener, crate::http::router(api, with_metrics))
+        axum::serve(listener, routes)
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             })
@@ -279,6 +280,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         "builderd: {signal}: no new connections; running builds have {} s to finish",
         opts.shutdown_grace.as_secs()
     );
+    health.shutdown();
     let _ = stop_tx.send(true);
     scheduler.shutdown(opts.shutdown_grace).await;
     // Followed log streams would keep connections open for ever.
