@@ -55,9 +55,31 @@ pub struct ServeArgs {
     /// this (e.g. 30d, 12h); their records stay. Default: keep them.
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
     retention: Option<Duration>,
+    /// The server's own log on stderr: lines for a person, or one JSON
+    /// object a line (timestamp, level, message and fields) for a collector.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let fmt = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
+    init_logging(args.log_format);
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

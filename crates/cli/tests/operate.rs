@@ -1181,3 +1181,36 @@ fn grpc_health_is_serving_until_shutdown() {
     );
     assert!(client.wait().unwrap().success());
 }
+
+#[test]
+fn log_format_json_writes_one_object_a_line() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let log = dir.path().join("server.log");
+    let mut server =
+        Server::start_logged(&dir.path().join("data"), &["--log-format", "json"], &log);
+    let key = server.tenant("logged", "pro");
+    let s = completed(&server, &key, &config(&format!("{}/app:v1", reg.addr)));
+    assert!(server.terminate().success());
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    for l in &lines {
+        assert!(l["timestamp"].is_string() && l["level"].is_string(), "{l}");
+    }
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} in {lines:#?}"))
+    };
+    assert_eq!(find("serving builder.v1")["url"], server.url.as_str());
+    let ended = find("build ended");
+    assert_eq!(ended["build_id"], s["buildId"]);
+    assert_eq!(ended["tenant_id"], "logged");
+    assert_eq!(ended["level"], "INFO");
+    find("stopped");
+}

@@ -28,11 +28,9 @@ impl Retention {
             let swept = tokio::task::spawn_blocking(move || sweep(&this.0, &this.1, this.2)).await;
             match swept {
                 Ok(Ok(0)) => {}
-                Ok(Ok(n)) => {
-                    eprintln!("builderd: retention: {n} builds' artifacts and logs deleted")
-                }
-                Ok(Err(e)) => eprintln!("builderd: retention: {e}"),
-                Err(e) => eprintln!("builderd: retention: {e}"),
+                Ok(Ok(n)) => tracing::info!(builds = n, "retention: artifacts and logs deleted"),
+                Ok(Err(e)) => tracing::error!(error = %e, "retention"),
+                Err(e) => tracing::error!(error = %e, "retention"),
             }
             tokio::time::sleep(every).await;
         }

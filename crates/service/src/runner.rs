@@ -166,7 +166,7 @@ impl Runner {
         let (cache, store) = (self.cache.clone(), store.clone());
         let evicted = tokio::task::spawn_blocking(move || cache.evict(&store, None)).await;
         if let Ok(Err(e)) = evicted {
-            eprintln!("builderd: cache eviction: {e}");
+            tracing::error!(error = %e, "cache eviction");
         }
         ended
     }

@@ -82,7 +82,7 @@ impl Scheduler {
         let queued = match self.store.due() {
             Ok(q) => q,
             Err(e) => {
-                eprintln!("builderd: scheduler: {e}");
+                tracing::error!(error = %e, "scheduler: reading the queue");
                 return;
             }
         };
@@ -142,7 +142,7 @@ impl Scheduler {
             // Cancelled (or deleted) since the queue was read.
             Ok(false) => return,
             Err(e) => {
-                eprintln!("builderd: scheduler: {}: {e}", build.id);
+                tracing::error!(build_id = %build.id, error = %e, "scheduler: starting a build");
                 return;
             }
         }
@@ -163,7 +163,12 @@ impl Scheduler {
                         .runner
                         .run(store.clone(), &build, job, timeout, stop_rx)
                         .await;
-                    eprintln!("builderd: build {id}: {ended:?}");
+                    tracing::info!(
+                        build_id = %id,
+                        tenant_id = %build.tenant_id,
+                        outcome = ?ended,
+                        "build ended"
+                    );
                 }
                 Err(message) => {
                     let _ = store.set_error(&id, "build", &message);

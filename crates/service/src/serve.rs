@@ -191,10 +191,10 @@ pub async fn serve(opts: Options) -> Result<()> {
         );
     }
     if !requeued.is_empty() || !failed.is_empty() {
-        eprintln!(
-            "builderd: after a restart: {} interrupted builds queued again, {} failed (interrupted too often)",
-            requeued.len(),
-            failed.len()
+        tracing::warn!(
+            requeued = requeued.len(),
+            failed = failed.len(),
+            "after a restart: interrupted builds queued again, or failed when interrupted too often"
         );
     }
     clean_leftovers(&opts.data_dir, &store)?;
@@ -207,10 +207,7 @@ pub async fn serve(opts: Options) -> Result<()> {
     cache.adopt(&store).context("reading the cache")?;
     let evicted = cache.evict(&store, None)?;
     if !evicted.is_empty() {
-        eprintln!(
-            "builderd: cache over its bound: {} entries evicted",
-            evicted.len()
-        );
+        tracing::info!(entries = evicted.len(), "cache over its bound: evicted");
     }
     let runner = Arc::new(Runner {
         exe: opts.exe.clone(),
@@ -248,19 +245,16 @@ pub async fn serve(opts: Options) -> Result<()> {
     });
     let listener =
         listen(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
-    eprintln!(
-        "builderd: serving builder.v1 on http://{} (data in {}, operator key in {})",
-        listener.local_addr()?,
-        opts.data_dir.display(),
-        key_path.display()
+    tracing::info!(
+        url = %format!("http://{}", listener.local_addr()?),
+        data_dir = %opts.data_dir.display(),
+        operator_key = %key_path.display(),
+        "serving builder.v1"
     );
     if let Some(addr) = opts.metrics_listen {
         let metrics =
             listen(addr).with_context(|| format!("cannot listen on {addr} for the metrics"))?;
-        eprintln!(
-            "builderd: metrics on http://{}/metrics",
-            metrics.local_addr()?
-        );
+        tracing::info!(url = %format!("http://{}/metrics", metrics.local_addr()?), "serving metrics");
         let routes = crate::http::metrics_router(api.clone());
         tokio::spawn(async move { axum::serve(metrics, routes).await });
     }
@@ -276,9 +270,10 @@ pub async fn serve(opts: Options) -> Result<()> {
             .await
     });
     let signal = shutdown_signal().await;
-    eprintln!(
-        "builderd: {signal}: no new connections; running builds have {} s to finish",
-        opts.shutdown_grace.as_secs()
+    tracing::info!(
+        signal,
+        grace_s = opts.shutdown_grace.as_secs(),
+        "shutting down: no new connections; running builds have the grace period to finish"
     );
     health.shutdown();
     let _ = stop_tx.send(true);
@@ -288,9 +283,9 @@ pub async fn serve(opts: Options) -> Result<()> {
         .await
         .is_err()
     {
-        eprintln!("builderd: closing the connections still open");
+        tracing::info!("closing the connections still open");
     }
-    eprintln!("builderd: stopped");
+    tracing::info!("stopped");
     Ok(())
 }
 

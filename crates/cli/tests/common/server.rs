@@ -16,6 +16,8 @@ pub struct Server {
     pub data: PathBuf,
     port: u16,
     args: Vec<String>,
+    /// Where the server's stderr goes (None: the test's).
+    log: Option<PathBuf>,
 }
 
 pub fn free_port() -> u16 {
@@ -62,6 +64,21 @@ impl Server {
             data: data.to_path_buf(),
             port: free_port(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            log: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// As `start`, with the server's stderr appended to `log`.
+    pub fn start_logged(data: &Path, args: &[&str], log: &Path) -> Server {
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            data: data.to_path_buf(),
+            port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            log: Some(log.to_path_buf()),
         };
         s.restart();
         s
@@ -79,7 +96,16 @@ impl Server {
             .arg(&self.data)
             .args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log {
+                Some(log) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(log)
+                        .unwrap(),
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .unwrap();
         self.child = Some(child);
