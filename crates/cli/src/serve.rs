@@ -59,6 +59,11 @@ pub struct ServeArgs {
     /// object a line (timestamp, level, message and fields) for a collector.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export a trace of each build (a span per stage) to this
+    /// OpenTelemetry collector over OTLP/HTTP with JSON, e.g.
+    /// http://collector:4318 (spans go to its /v1/traces).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,6 +106,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         allow_private_webhooks: args.allow_private_webhooks,
         metrics_listen: args.metrics_listen,
         retention: args.retention,
+        otlp_endpoint: args.otlp_endpoint,
     };
     tokio::runtime::Runtime::new()?.block_on(builderd_service::serve(opts))
 }

@@ -1214,3 +1214,132 @@ fn log_format_json_writes_one_object_a_line() {
     assert_eq!(ended["level"], "INFO");
     find("stopped");
 }
+
+/// The spans an OTLP/HTTP JSON export request carries, with the resource's
+/// service.name beside each.
+fn otlp_spans(body: &Value) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for rs in body["resourceSpans"].as_array().into_iter().flatten() {
+        let service = rs["resource"]["attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["key"] == "service.name")
+            .map(|a| a["value"]["stringValue"].as_str().unwrap().to_string())
+            .unwrap_or_default();
+        for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+            for span in ss["spans"].as_array().into_iter().flatten() {
+                out.push((service.clone(), span.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// A span attribute's value, whatever its type.
+fn attribute<'a>(span: &'a Value, key: &str) -> &'a Value {
+    let a = span["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == key)
+        .unwrap_or_else(|| panic!("no {key} in {span}"));
+    a["value"].as_object().unwrap().values().next().unwrap()
+}
+
+#[test]
+fn each_build_is_a_trace_with_a_span_per_stage_sent_over_otlp() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    push_app(&reg, dir.path(), "app", None);
+    let collector = Receiver::start();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--otlp-endpoint", &collector.url],
+    );
+    let key = server.tenant("traced", "pro");
+    let built = completed(&server, &key, &config(&format!("{}/app:v1", reg.addr)));
+    let missing = server.create(&key, &config(&format!("{}/app:gone", reg.addr)));
+    server.wait_for(
+        &key,
+        &missing,
+        &["BUILD_STATE_FAILED"],
+        Duration::from_secs(60),
+    );
+    let trace_of = |id: &str| id.trim_start_matches("build_").to_string();
+    let (built_trace, failed_trace) = (
+        trace_of(built["buildId"].as_str().unwrap()),
+        trace_of(&missing),
+    );
+    let spans_of = |got: &[Received], trace: &str| -> Vec<(String, Value)> {
+        got.iter()
+            .filter(|r| r.path == "/v1/traces")
+            .flat_map(|r| otlp_spans(&r.json()))
+            .filter(|(_, s)| s["traceId"].as_str().unwrap().eq_ignore_ascii_case(trace))
+            .collect()
+    };
+    let got = collector.wait("both builds' traces", |g| {
+        spans_of(g, &built_trace)
+            .iter()
+            .any(|(_, s)| s["name"] == "build")
+            && spans_of(g, &failed_trace)
+                .iter()
+                .any(|(_, s)| s["name"] == "build")
+    });
+
+    let spans = spans_of(&got, &built_trace);
+    assert!(spans.iter().all(|(service, _)| service == "builderd"));
+    let root = &spans.iter().find(|(_, s)| s["name"] == "build").unwrap().1;
+    assert_eq!(attribute(root, "builderd.build_id"), &built["buildId"]);
+    assert_eq!(attribute(root, "builderd.state"), "COMPLETED");
+    assert_eq!(attribute(root, "builderd.tenant_id"), "traced");
+    let mut stages: Vec<&Value> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s["name"] != "build")
+        .collect();
+    stages.sort_by_key(|s| num(&s["startTimeUnixNano"]));
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    // The states the build passed through, as its record has them.
+    let job = server.ok(
+        "GetBuild",
+        &key,
+        &json!({"build_id": built["buildId"]}).to_string(),
+    );
+    let passed: Vec<String> = job["build"]["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["state"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("BUILD_STATE_")
+                .to_ascii_lowercase()
+        })
+        .filter(|s| s != "completed")
+        .collect();
+    assert_eq!(names, passed);
+    assert!(names.starts_with(&["queued", "running", "preparing", "downloading", "building"]));
+    for (i, s) in stages.iter().enumerate() {
+        assert_eq!(s["parentSpanId"], root["spanId"], "{s}");
+        assert!(num(&s["endTimeUnixNano"]) >= num(&s["startTimeUnixNano"]));
+        match stages.get(i + 1) {
+            Some(next) => assert_eq!(s["endTimeUnixNano"], next["startTimeUnixNano"]),
+            None => assert_eq!(s["endTimeUnixNano"], root["endTimeUnixNano"]),
+        }
+    }
+    assert_eq!(stages[0]["startTimeUnixNano"], root["startTimeUnixNano"]);
+
+    let failed = spans_of(&got, &failed_trace);
+    let root = &failed.iter().find(|(_, s)| s["name"] == "build").unwrap().1;
+    assert_eq!(attribute(root, "builderd.state"), "FAILED");
+    assert_eq!(num(&root["status"]["code"]), 2, "an error status: {root}");
+    assert!(
+        root["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{root}"
+    );
+}

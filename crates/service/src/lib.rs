@@ -20,6 +20,7 @@ mod serve;
 mod state;
 mod store;
 mod tier;
+mod traces;
 mod webhook;
 
 pub use job::{default_retry_policy, parse_retry_policy};

@@ -46,6 +46,8 @@ pub struct Options {
     pub metrics_listen: Option<SocketAddr>,
     /// Delete the artifacts and logs of builds finished longer ago.
     pub retention: Option<Duration>,
+    /// Export traces to this OTLP/HTTP collector.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The longest one request of an image's resolution may take.
@@ -180,6 +182,12 @@ fn clean_leftovers(data_dir: &Path, store: &Store) -> Result<()> {
 
 pub async fn serve(opts: Options) -> Result<()> {
     let store = Arc::new(open_store(&opts.data_dir)?);
+    if let Some(endpoint) = opts.otlp_endpoint.clone() {
+        let traces = tokio::task::spawn_blocking(move || crate::traces::Traces::new(&endpoint))
+            .await?
+            .context("setting up the OTLP trace exporter")?;
+        let _ = store.traces.set(traces);
+    }
     let key_path = operator_key(&opts.data_dir, &store)?;
     let (requeued, failed) = store.recover_interrupted()?;
     for id in &requeued {
@@ -237,7 +245,7 @@ pub async fn serve(opts: Options) -> Result<()> {
     let deliverer = crate::webhook::Deliverer::new(store.clone(), opts.allow_private_webhooks)?;
     tokio::spawn(deliverer.run());
     let api = Arc::new(Api {
-        store,
+        store: store.clone(),
         scheduler: scheduler.clone(),
         runner,
         trust_tenant_header: opts.trust_tenant_header,
@@ -285,6 +293,12 @@ pub async fn serve(opts: Options) -> Result<()> {
     {
         tracing::info!("closing the connections still open");
     }
+    tokio::task::spawn_blocking(move || {
+        if let Some(t) = store.traces.get() {
+            t.shutdown();
+        }
+    })
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

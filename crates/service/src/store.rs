@@ -38,6 +38,8 @@ pub struct Store {
     pub outbox_wake: tokio::sync::Notify,
     /// Counted as the store records what happens.
     pub metrics: crate::metrics::Metrics,
+    /// Where ended builds' traces go, when traces are on.
+    pub traces: std::sync::OnceLock<crate::traces::Traces>,
     path: PathBuf,
     conn: Mutex<Connection>,
     /// Idle read-only connections.
@@ -400,6 +402,7 @@ impl Store {
         Ok(Store {
             outbox_wake: tokio::sync::Notify::new(),
             metrics: crate::metrics::Metrics::default(),
+            traces: std::sync::OnceLock::new(),
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -578,6 +581,19 @@ impl Store {
         })
     }
 
+    /// Any tenant's build, for the server's own use.
+    pub(crate) fn build_by_id(&self, id: &str) -> Result<Option<BuildRow>> {
+        self.read(|c| {
+            row(
+                c,
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?1"),
+                [id],
+                build_row,
+            )
+            .optional()
+        })
+    }
+
     /// A build's state alone (None once it is deleted).
     pub fn state(&self, id: &str) -> Result<Option<State>> {
         let name: Option<String> = self.read(|c| {
@@ -681,6 +697,9 @@ impl Store {
         tx.commit()?;
         self.metrics
             .transition(Some((current, now - since)), to, &source_type, &tier);
+        if to.is_terminal() {
+            self.trace_ended(id, &source_type);
+        }
         if hooks > 0 {
             self.outbox_wake.notify_one();
         }
