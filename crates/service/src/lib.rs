@@ -1,6 +1,8 @@
 //! builder.v1 as a service: the Connect/gRPC API, tenants and their API keys,
 //! tier quotas, a durable queue in SQLite, and the runner that turns each
-//! accepted build into a `builderd build` child process.
+//! accepted build into a `builderd build` child process; and what operating
+//! it takes: the artifact cache, retries, signed webhooks from an outbox,
+//! Prometheus metrics, OTLP traces, health checks and retention.
 
 pub mod proto {
     connectrpc::include_generated!();
