@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::registry::{Proxy, TestRegistry};
-use common::server::{config, download_and_check, num, push_app, Server};
+use common::server::{config, download_and_check, num, push_app, python_client, Server};
 use common::*;
 use serde_json::{json, Value};
 
@@ -589,18 +589,11 @@ fn now_s() -> i64 {
 
 /// `builderd tenant webhook NAME ARGS`: the tenant's webhook as JSON.
 fn tenant_webhook(data: &std::path::Path, name: &str, args: &[&str]) -> Value {
-    let out = builderd()
+    let out = run(builderd()
         .args(["tenant", "webhook", name])
         .args(args)
         .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(data));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -855,12 +848,7 @@ fn scrape(url: &str) -> Vec<Sample> {
         .output()
         .unwrap();
     assert!(out.status.success(), "curl {url}: {out:?}");
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/test-clients/venv/bin/python");
-    let mut parser = Command::new(python)
-        .arg(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/parse_metrics.py"),
-        )
+    let mut parser = python_client("parse_metrics.py")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1153,12 +1141,7 @@ fn grpc_health_is_serving_until_shutdown() {
     use std::io::BufRead;
     let dir = tmp();
     let mut server = Server::start(&dir.path().join("data"), &[]);
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/test-clients/venv/bin/python");
-    let mut client = Command::new(python)
-        .arg(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/health_client.py"),
-        )
+    let mut client = python_client("health_client.py")
         .arg(server.url.trim_start_matches("http://"))
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -58,27 +58,22 @@ impl Server {
     /// Starts `builderd serve` on a free port with `data` as its data
     /// directory, and waits for /healthz.
     pub fn start(data: &Path, args: &[&str]) -> Server {
-        let mut s = Server {
-            child: None,
-            url: String::new(),
-            data: data.to_path_buf(),
-            port: free_port(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            log: None,
-        };
-        s.restart();
-        s
+        Server::launch(data, args, None)
     }
 
     /// As `start`, with the server's stderr appended to `log`.
     pub fn start_logged(data: &Path, args: &[&str], log: &Path) -> Server {
+        Server::launch(data, args, Some(log))
+    }
+
+    fn launch(data: &Path, args: &[&str], log: Option<&Path>) -> Server {
         let mut s = Server {
             child: None,
             url: String::new(),
             data: data.to_path_buf(),
             port: free_port(),
             args: args.iter().map(|a| a.to_string()).collect(),
-            log: Some(log.to_path_buf()),
+            log: log.map(Path::to_path_buf),
         };
         s.restart();
         s
@@ -329,4 +324,19 @@ pub fn download_and_check(server: &Server, key: &str, id: &str, dir: &Path) -> V
     std::fs::write(&file, &a.body).unwrap();
     e2fsck(&file);
     a.body
+}
+
+/// The clients' directory: connect_client.mjs, the Python clients, node_modules.
+pub fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// The set-up's Python (grpcio, prometheus-client) running `script` from
+/// the clients' directory.
+pub fn python_client(script: &str) -> Command {
+    let python =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-clients/venv/bin/python");
+    let mut cmd = Command::new(python);
+    cmd.arg(clients_dir().join(script));
+    cmd
 }
