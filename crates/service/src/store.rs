@@ -654,7 +654,7 @@ impl Store {
     pub fn transition(&self, id: &str, from: &[State], to: State) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let current: Option<(String, String, String, i64)> = row(
+        let current: Option<(String, String, String, Option<i64>)> = row(
             &tx,
             "SELECT b.state, b.source_type, t.tier,
                     (SELECT MAX(at_ms) FROM transitions WHERE build_id = b.id)
@@ -695,8 +695,12 @@ impl Store {
         )?;
         let hooks = outbox::on_transition(&tx, id, to, false)?;
         tx.commit()?;
-        self.metrics
-            .transition(Some((current, now - since)), to, &source_type, &tier);
+        self.metrics.transition(
+            Some((current, now - since.unwrap_or(now))),
+            to,
+            &source_type,
+            &tier,
+        );
         if to.is_terminal() {
             self.trace_ended(id, &source_type);
         }
