@@ -566,6 +566,9 @@ fn cancel_stops_the_work_within_two_seconds() {
         (Some(true), Some("BUILD_STATE_CANCELLED"))
     );
     assert!(!data.join("work").join(&running).exists());
+    // What the killed process had used, read before the kill.
+    let usage = &server.status(&key, &running)["resourceUsage"];
+    assert!(num(&usage["peakMemoryBytes"]) > 1 << 20, "{usage}");
     let c = server.ok(
         "CancelBuild",
         &key,

@@ -391,11 +391,13 @@ impl Runner {
                 },
                 status = child.wait(), if !stderr_open => break status,
                 _ = &mut deadline => {
+                    record_usage_before_kill(store, id, pgid);
                     kill();
                     let _ = child.wait().await;
                     return Err(RunError::TimedOut);
                 }
                 why = stopped(stop) => {
+                    record_usage_before_kill(store, id, pgid);
                     kill();
                     let _ = child.wait().await;
                     return Err(RunError::Stopped(why));
@@ -418,6 +420,48 @@ impl Runner {
             }),
         }
     }
+}
+
+/// A build process about to be killed cannot tell what it used: read it
+/// from /proc instead (CPU time, peak resident memory, bytes written).
+fn record_usage_before_kill(store: &Store, id: &str, pid: Option<i32>) {
+    let Some(pid) = pid else { return };
+    let proc = |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok();
+    // utime and stime: fields 14 and 15, counted after the ")" that ends the
+    // command name (which may hold spaces).
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    let cpu_ms = proc("stat")
+        .and_then(|s| {
+            let fields: Vec<i64> = s
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            Some(fields.iter().sum::<i64>() * 1000 / ticks)
+        })
+        .unwrap_or(0);
+    let field = |file: &str, name: &str| {
+        proc(file)
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let _ = store.add_usage(
+        id,
+        &Usage {
+            cpu_ms,
+            // In kB.
+            peak_memory_bytes: field("status", "VmHWM:") * 1024,
+            disk_written_bytes: field("io", "write_bytes:"),
+        },
+    );
 }
 
 /// The scheduling priority of build processes (as `nice -n 10`).
