@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import ROOT, call, free_port, ms, percentile, push_image, request, start_registry  # noqa: E402
+from load import ROOT, call, create_tenant, ms, percentile, push_image, start_registry, start_server  # noqa: E402
 
 
 def main():
@@ -37,20 +37,8 @@ def main():
         registry, reg = start_registry(work)
         push_image(reg, "bench/app", "v1")
         data = os.path.join(work, "data")
-        key = subprocess.run([builderd, "tenant", "create", "bench", "--tier", "enterprise", "--data-dir", data],
-                             check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip().splitlines()[-1]
-        port = free_port()
-        server = subprocess.Popen([builderd, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(400):
-            try:
-                if request("GET", f"{url}/healthz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            sys.exit("the server did not get ready")
+        key = create_tenant(builderd, data, "bench", "enterprise")
+        server, url = start_server(builderd, data)
         config = {"config": {"source": {"docker_image": {"image_uri": f"{reg}/bench/app:v1"}},
                              "target": {"microvm_rootfs": {"format": "ext4", "init_strategy": "INIT_STRATEGY_DIRECT_EXEC"}}}}
 

@@ -116,6 +116,29 @@ def call(server, method, key, body):
     return json.loads(data)
 
 
+def create_tenant(builderd, data, name, tier):
+    """`builderd tenant create`: the new key."""
+    out = subprocess.run([builderd, "tenant", "create", name, "--tier", tier, "--data-dir", data],
+                         check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def start_server(builderd, data, *args):
+    """`builderd serve` on a free loopback port, once /healthz answers: (process, URL)."""
+    port = free_port()
+    server = subprocess.Popen([builderd, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data, *args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(400):
+        try:
+            if request("GET", f"{url}/healthz")[0] == 200:
+                return server, url
+        except OSError:
+            time.sleep(0.05)
+    server.kill()
+    sys.exit("the server did not get ready")
+
+
 def percentile(sorted_values, p):
     i = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
     return sorted_values[i]
@@ -158,21 +181,8 @@ def main():
         for i in range(args.tenants):
             tier = "pro" if i % 2 == 0 else "enterprise"
             name = f"tenant-{i:02d}"
-            out = subprocess.run([builderd, "tenant", "create", name, "--tier", tier, "--data-dir", data],
-                                 check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
-            tenants.append((name, tier, out.strip().splitlines()[-1]))
-        port = free_port()
-        server = subprocess.Popen([builderd, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
-                                   "--workers", str(args.workers)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(400):
-            try:
-                if request("GET", f"{url}/healthz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            sys.exit("the server did not get ready")
+            tenants.append((name, tier, create_tenant(builderd, data, name, tier)))
+        server, url = start_server(builderd, data, "--workers", str(args.workers))
 
         config = {"config": {"source": {"docker_image": {"image_uri": f"{reg}/load/app:v1"}},
                              "target": {"microvm_rootfs": {"format": "ext4", "init_strategy": "INIT_STRATEGY_DIRECT_EXEC"}}}}
