@@ -695,6 +695,8 @@ impl Store {
         )?;
         let hooks = outbox::on_transition(&tx, id, to, false)?;
         tx.commit()?;
+        // The trace reads the build again: not while holding the writer.
+        drop(conn);
         self.metrics.transition(
             Some((current, now - since.unwrap_or(now))),
             to,
