@@ -2,9 +2,8 @@
 //! stream whose blob is checked against its digest and size as it is read.
 //!
 //! Each stream runs on threads of its own: one reads the blob and hashes it,
-//! one decompresses. The flatten reads layers top down; when it opens one,
-//! the next one down starts too, so its decompression runs beside the
-//! current layer's (up to `LOOK_AHEAD` of output) instead of after it.
+//! one decompresses. The flatten reads the layers side by side (its lanes),
+//! so every layer decompresses at once.
 //!
 //! A registry pull need not finish before the flatten starts: a layer being
 //! downloaded is read as it grows (`Feed`), so downloading, decompressing
@@ -14,7 +13,6 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use builderd_flatten::Layer;
@@ -23,10 +21,8 @@ use builderd_oci::{Compression, LayerInfo, VerifyingReader};
 
 use crate::progress::Bar;
 
-/// Megabytes of decompressed output a layer read now has in flight.
+/// Megabytes of decompressed output a layer has in flight.
 const DEPTH: usize = 4;
-/// Megabytes of decompressed output the next layer may get ahead.
-const LOOK_AHEAD: usize = 32;
 /// Megabytes of compressed blob read ahead of the decompressor.
 const BLOB_AHEAD: usize = 4;
 const READ_BUFFER: usize = 1 << 20;
@@ -38,10 +34,6 @@ pub struct Streams<'a> {
     layers: &'a [LayerInfo],
     open_blob: &'a OpenBlob<'a>,
     bar: Bar,
-    /// Streams started before the flatten asked for them.
-    early: Vec<Mutex<Option<Box<dyn Read + Send>>>>,
-    /// Layers opened once already (a second open is the hard-link fix-up).
-    opened: Vec<AtomicBool>,
 }
 
 impl<'a> Streams<'a> {
@@ -51,8 +43,6 @@ impl<'a> Streams<'a> {
             layers,
             open_blob,
             bar,
-            early: layers.iter().map(|_| Mutex::new(None)).collect(),
-            opened: layers.iter().map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -61,28 +51,14 @@ impl<'a> Streams<'a> {
         (0..self.layers.len())
             .map(|i| Layer {
                 name: self.layers[i].digest.to_string(),
-                open: Box::new(move || self.open(i).map(|s| s as Box<dyn Read>)),
+                size: self.layers[i].size,
+                open: Box::new(move || self.open(i)),
             })
             .collect()
     }
 
+    /// Layer `i`'s tar stream.
     fn open(&self, i: usize) -> io::Result<Box<dyn Read + Send>> {
-        let early = self.early[i].lock().unwrap().take();
-        let stream = match early {
-            Some(s) => s,
-            None => self.start(i, DEPTH)?,
-        };
-        if i > 0 && !self.opened[i].swap(true, Ordering::Relaxed) {
-            // A failure to start it shows again when the flatten opens it.
-            if let Ok(next) = self.start(i - 1, LOOK_AHEAD) {
-                *self.early[i - 1].lock().unwrap() = Some(next);
-            }
-        }
-        Ok(stream)
-    }
-
-    /// Layer `i`'s tar stream, with up to `depth` megabytes decompressed ahead.
-    fn start(&self, i: usize, depth: usize) -> io::Result<Box<dyn Read + Send>> {
         let info = &self.layers[i];
         let counted = Counted {
             inner: (self.open_blob)(i)?,
@@ -100,12 +76,12 @@ impl<'a> Streams<'a> {
             Compression::None => Box::new(verified),
             Compression::Gzip => Box::new(ReadAhead::with_depth(
                 flate2::bufread::MultiGzDecoder::new(verified),
-                depth,
+                DEPTH,
                 "layer-inflate",
             )),
             Compression::Zstd => Box::new(ReadAhead::with_depth(
                 zstd::stream::read::Decoder::with_buffer(verified)?,
-                depth,
+                DEPTH,
                 "layer-inflate",
             )),
         })

@@ -159,6 +159,21 @@ fn overlay_semantics_match_umoci() {
         Path::new("usr/sbin")
     );
     assert_eq!(meta["flatten"]["hardlinks_fixed"], json!(2));
+
+    // Content an upper layer masks was read beside the rest (the layers are
+    // read side by side) but none of it is left in the image's bytes.
+    let bytes = fs::read(&out).unwrap();
+    for masked in [
+        "removed above",
+        "under a dir that becomes a file",
+        "a file that becomes a dir",
+    ] {
+        assert!(
+            !bytes.windows(masked.len()).any(|w| w == masked.as_bytes()),
+            "{masked:?} is still in the image"
+        );
+    }
+    assert!(bytes.windows(13).any(|w| w == b"upper content"));
 }
 
 #[test]

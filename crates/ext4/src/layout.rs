@@ -1,7 +1,8 @@
 //! Block geometry and the block allocator.
 //!
 //! The image is laid out as hcsshim's tar2ext4 does: file data streams into
-//! blocks from a single forward-moving cursor; directories, extent trees,
+//! blocks from a single forward-moving cursor (lanes writing side by side
+//! take it in chunks, see `lanes`); directories, extent trees,
 //! xattr blocks, the journal, bitmaps and inode tables are placed after the
 //! data when the tree is complete. With `flex_bg` the bitmaps and inode tables
 //! of every group may live anywhere, so they all go at the end.

@@ -24,6 +24,7 @@
 //! ```
 
 mod checksum;
+mod content;
 mod dir;
 mod dirhash;
 mod entry;
@@ -31,13 +32,16 @@ mod extent;
 mod image;
 mod inode;
 mod journal;
+mod lanes;
 mod layout;
 mod superblock;
 mod tree;
 mod writer;
 mod xattr;
 
+pub use content::{ContentSink, FileData};
 pub use entry::{DeviceKind, Metadata, Timestamp, Xattr};
+pub use lanes::{Lane, LaneFile, Lanes};
 pub use layout::BLOCK_SIZE;
 pub use writer::{EntryKind, FileWriter, Free, Options, Summary, Writer};
 

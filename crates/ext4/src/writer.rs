@@ -1,9 +1,10 @@
 //! The public writer: entries in, image out.
 //!
 //! File data goes into the image the moment it arrives (one forward cursor,
-//! all-zero blocks left as holes); `finish` then numbers the inodes in tree
-//! order and writes directories, extent trees, xattr blocks, the journal,
-//! inode tables, bitmaps, descriptors and superblocks after the data.
+//! or lanes taking chunks of it; all-zero blocks left as holes); `finish`
+//! then numbers the inodes in tree order and writes directories, extent
+//! trees, xattr blocks, the journal, inode tables, bitmaps, descriptors and
+//! superblocks after the data.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -11,12 +12,14 @@ use std::fs::File;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::checksum;
+use crate::content::{Content, ContentSink, FileData, Place};
 use crate::dir::{self, Child};
 use crate::entry::{DeviceKind, Metadata, Timestamp};
 use crate::extent;
 use crate::image::{is_zero, BlockOut};
 use crate::inode::{self, InodeRecord};
 use crate::journal;
+use crate::lanes::Lanes;
 use crate::layout::{
     self, Allocator, Run, BLOCKS_PER_GROUP, BLOCK_SIZE, INODES_PER_BLOCK, INODE_SIZE,
 };
@@ -86,6 +89,10 @@ pub struct Writer {
     tree: Tree,
     opts: Options,
     label: [u8; 16],
+    /// Lanes hold the cursor.
+    lanes_out: bool,
+    /// Blocks written and then not used, zeroed at the end.
+    discarded: Vec<Run>,
 }
 
 /// Minimum headroom when sizing to content: 1 MiB.
@@ -128,6 +135,8 @@ impl Writer {
             tree: Tree::new(),
             opts,
             label,
+            lanes_out: false,
+            discarded: Vec::new(),
         })
     }
 
@@ -140,15 +149,56 @@ impl Writer {
     /// call [`FileWriter::finish`]. Until then the file is not in the tree.
     pub fn file(&mut self, path: &[u8], meta: Metadata) -> Result<FileWriter<'_>, Error> {
         crate::tree::components(path)?;
+        self.check_no_lanes()?;
         Ok(FileWriter {
             w: self,
-            path: path.to_vec(),
             meta,
-            next_block: 0,
-            partial: Vec::with_capacity(BLOCK_SIZE),
-            extents: Vec::new(),
-            hash: Xxh3::new(),
+            content: Content::new(path),
         })
+    }
+
+    /// Puts a file whose content a lane wrote into the tree (replacing any
+    /// entry there).
+    pub fn add_file(&mut self, path: &[u8], meta: Metadata, data: FileData) -> Result<(), Error> {
+        let kind = Kind::File {
+            size: data.size,
+            extents: data.extents,
+            content_hash: data.content_hash,
+        };
+        self.insert(path, meta, kind)
+    }
+
+    /// Content written but not used (masked by an upper layer): its blocks
+    /// stay free and are zeroed when the image is finished, so nothing of
+    /// it is left in the image.
+    pub fn discard(&mut self, data: FileData) {
+        self.discarded
+            .extend(crate::tree::extent_runs(&data.extents));
+    }
+
+    /// Lets `count` threads write file data at once ([`Lanes`]); the writer
+    /// itself writes no data until [`Writer::join_lanes`].
+    pub fn lanes(&mut self, count: usize) -> Result<Lanes, Error> {
+        self.check_no_lanes()?;
+        self.out.flush_and_wait()?;
+        let lanes = Lanes::new(self.alloc.clone(), count.max(1), self.out.file())?;
+        self.lanes_out = true;
+        Ok(lanes)
+    }
+
+    /// Takes the cursor back from the lanes (all of them ended).
+    pub fn join_lanes(&mut self, lanes: Lanes) {
+        self.alloc = lanes.into_allocator();
+        self.lanes_out = false;
+    }
+
+    fn check_no_lanes(&self) -> Result<(), Error> {
+        if self.lanes_out {
+            return Err(Error::Invalid(
+                "the writer's cursor is with its lanes until they are joined".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Adds a symbolic link.
@@ -257,6 +307,7 @@ impl Writer {
 
     /// Completes the image: metadata after the data, then the superblocks.
     pub fn finish(self) -> Result<(Summary, File), Error> {
+        self.check_no_lanes()?;
         Finisher::run(self)
     }
 }
@@ -273,126 +324,62 @@ pub enum EntryKind<'a> {
 /// Streams one regular file's content into the image.
 pub struct FileWriter<'w> {
     w: &'w mut Writer,
-    path: Vec<u8>,
     meta: Metadata,
-    /// Logical block of the first byte in `partial`.
-    next_block: u64,
-    partial: Vec<u8>,
-    extents: Vec<Extent>,
-    hash: Xxh3,
+    content: Content,
 }
 
-/// Files are limited by 32-bit logical block numbers: 16 TiB.
-const MAX_FILE_BLOCKS: u64 = 1 << 32;
+/// The writer's own cursor, one block at a time.
+struct Cursor<'a> {
+    alloc: &'a mut Allocator,
+    out: &'a mut BlockOut,
+}
+
+impl Place for Cursor<'_> {
+    fn place(&mut self, _logical: u64, block: &[u8]) -> Result<u32, Error> {
+        let phys = self.alloc.one()?;
+        self.out.write(u64::from(phys), block)?;
+        Ok(phys)
+    }
+}
 
 impl FileWriter<'_> {
     /// Appends content.
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), Error> {
-        if !self.partial.is_empty() {
-            let take = (BLOCK_SIZE - self.partial.len()).min(data.len());
-            self.partial.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.partial.len() == BLOCK_SIZE {
-                let block = std::mem::take(&mut self.partial);
-                self.put_block(&block)?;
-                self.partial = block;
-                self.partial.clear();
-            }
-        }
-        let whole = data.len() / BLOCK_SIZE * BLOCK_SIZE;
-        for block in data[..whole].chunks_exact(BLOCK_SIZE) {
-            self.put_block(block)?;
-        }
-        self.partial.extend_from_slice(&data[whole..]);
-        Ok(())
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        let mut to = Cursor {
+            alloc: &mut self.w.alloc,
+            out: &mut self.w.out,
+        };
+        self.content.write(data, &mut to)
     }
 
     /// Appends `len` bytes of zeros as a hole.
-    pub fn skip(&mut self, mut len: u64) -> Result<(), Error> {
-        if !self.partial.is_empty() {
-            let fill = ((BLOCK_SIZE - self.partial.len()) as u64).min(len);
-            self.write(&vec![0u8; fill as usize])?;
-            len -= fill;
-        }
-        if self.partial.is_empty() {
-            self.next_block += len / BLOCK_SIZE as u64;
-            self.partial.resize((len % BLOCK_SIZE as u64) as usize, 0);
-        }
-        self.check_size()
-    }
-
-    /// Bytes of content so far.
-    fn len(&self) -> u64 {
-        self.next_block * BLOCK_SIZE as u64 + self.partial.len() as u64
-    }
-
-    fn check_size(&self) -> Result<(), Error> {
-        if self.next_block > MAX_FILE_BLOCKS
-            || (self.next_block == MAX_FILE_BLOCKS && !self.partial.is_empty())
-        {
-            return Err(Error::path(
-                &self.path,
-                "is larger than ext4's 16 TiB file size limit",
-            ));
-        }
-        Ok(())
-    }
-
-    fn put_block(&mut self, block: &[u8]) -> Result<(), Error> {
-        let logical = self.next_block;
-        self.next_block += 1;
-        self.check_size()?;
-        if is_zero(block) {
-            return Ok(());
-        }
-        self.hash.update(&logical.to_le_bytes());
-        self.hash.update(block);
-        let phys = self.w.alloc.one()?;
-        self.w.out.write(u64::from(phys), block)?;
-        let logical = logical as u32;
-        match self.extents.last_mut() {
-            Some(e)
-                if e.logical + e.len == logical
-                    && e.start + e.len == phys
-                    && e.len < layout::MAX_EXTENT_LEN =>
-            {
-                e.len += 1
-            }
-            _ => self.extents.push(Extent {
-                logical,
-                start: phys,
-                len: 1,
-            }),
-        }
-        Ok(())
+    pub fn skip(&mut self, len: u64) -> Result<(), Error> {
+        let mut to = Cursor {
+            alloc: &mut self.w.alloc,
+            out: &mut self.w.out,
+        };
+        self.content.skip(len, &mut to)
     }
 
     /// Ends the file and puts it in the tree (replacing any entry there).
-    pub fn finish(mut self) -> Result<(), Error> {
-        let size = self.len();
-        if !self.partial.is_empty() {
-            let mut block = std::mem::take(&mut self.partial);
-            block.resize(BLOCK_SIZE, 0);
-            self.put_block(&block)?;
-        }
-        self.hash.update(&size.to_le_bytes());
-        let kind = Kind::File {
-            size,
-            extents: std::mem::take(&mut self.extents),
-            content_hash: self.hash.digest128(),
-        };
-        let meta = std::mem::take(&mut self.meta);
-        self.w
-            .tree
-            .insert(
-                &self.path,
-                Node {
-                    meta,
-                    kind,
-                    implicit: false,
-                },
-            )
-            .map(drop)
+    pub fn finish(self) -> Result<(), Error> {
+        let FileWriter { w, meta, content } = self;
+        let path = content.path().to_vec();
+        let data = content.finish(&mut Cursor {
+            alloc: &mut w.alloc,
+            out: &mut w.out,
+        })?;
+        w.add_file(&path, meta, data)
+    }
+}
+
+impl ContentSink for FileWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        FileWriter::write(self, data)
+    }
+
+    fn skip(&mut self, len: u64) -> Result<(), Error> {
+        FileWriter::skip(self, len)
     }
 }
 
@@ -1071,6 +1058,7 @@ impl Finisher {
             self.w.out.write_at(offset, &sb.encode(g as u32))?;
         }
         let file = self.w.out.finish(total * BLOCK_SIZE as u64)?;
+        crate::image::zero_runs(&file, &self.w.discarded)?;
         let summary = Summary {
             inodes: self.order.len() as u64,
             entries: self.entries,

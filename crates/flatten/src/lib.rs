@@ -24,6 +24,7 @@
 
 mod normalize;
 mod overlay;
+mod side_by_side;
 
 pub use normalize::normalize;
 pub use overlay::{flatten, Layer, Stats};

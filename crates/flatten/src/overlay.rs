@@ -2,21 +2,26 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
+use std::sync::mpsc::Receiver;
 
 use builderd_ext4::Writer;
 use builderd_import::{EntryKind, TarReader};
 
 use crate::normalize::{ancestors, base, join, normalize, parent};
+use crate::side_by_side::{self, Event, Item, MAX_LANES};
 use crate::Error;
 
 /// One layer of an image.
 pub struct Layer<'a> {
     /// Names the layer in errors and logs (its digest).
     pub name: String,
-    /// Opens the layer's uncompressed tar stream. Called once, and again only
-    /// for a hard link whose target an upper layer replaced.
+    /// Bytes of its stored (compressed) blob: lanes are balanced by it.
+    pub size: u64,
+    /// Opens the layer's uncompressed tar stream, on a thread of its own.
+    /// Called once, and again only for a hard link whose target an upper
+    /// layer replaced.
     #[allow(clippy::type_complexity)]
-    pub open: Box<dyn Fn() -> io::Result<Box<dyn Read + 'a>> + 'a>,
+    pub open: Box<dyn Fn() -> io::Result<Box<dyn Read + Send + 'a>> + Send + Sync + 'a>,
 }
 
 /// What the flatten did.
@@ -67,6 +72,8 @@ pub fn flatten<'a>(
     w: &mut Writer,
     progress: &dyn Fn(&Layer<'a>),
 ) -> Result<Stats, Error> {
+    let lanes = w.lanes(layers.len().clamp(1, MAX_LANES))?;
+    let (plan, receivers) = side_by_side::assign(layers, lanes.count());
     let mut f = Flatten {
         w,
         layers,
@@ -76,10 +83,27 @@ pub fn flatten<'a>(
         pending: Vec::new(),
         stats: Stats::default(),
     };
-    for k in (0..layers.len()).rev() {
-        f.layer(k)?;
-        progress(&layers[k]);
-    }
+    let passed = std::thread::scope(|scope| {
+        for (index, order) in plan.into_iter().enumerate() {
+            let lanes = &lanes;
+            std::thread::Builder::new()
+                .name(format!("flatten-lane-{index}"))
+                .spawn_scoped(scope, move || {
+                    side_by_side::run_lane(lanes, index, layers, order)
+                })
+                .expect("spawning a lane thread");
+        }
+        let passed: Result<(), Error> = (0..layers.len()).rev().try_for_each(|k| {
+            f.layer(k, &receivers[k])?;
+            progress(&layers[k]);
+            Ok(())
+        });
+        // Lanes still reading stop at their next entry.
+        drop(receivers);
+        passed
+    });
+    f.w.join_lanes(lanes);
+    passed?;
     f.resolve_links()?;
     Ok(f.stats)
 }
@@ -101,7 +125,7 @@ fn is_whiteout_meta(name: &[u8]) -> bool {
     name.starts_with(b".wh..wh.")
 }
 
-fn open<'a>(layer: &Layer<'a>) -> Result<TarReader<Box<dyn Read + 'a>>, Error> {
+pub(crate) fn open<'a>(layer: &Layer<'a>) -> Result<TarReader<Box<dyn Read + Send + 'a>>, Error> {
     let input = (layer.open)().map_err(|source| Error::Open {
         layer: layer.name.clone(),
         source,
@@ -109,7 +133,7 @@ fn open<'a>(layer: &Layer<'a>) -> Result<TarReader<Box<dyn Read + 'a>>, Error> {
     Ok(TarReader::new(input, "its tar stream"))
 }
 
-fn layer_err(layer: &Layer<'_>) -> impl Fn(builderd_import::Error) -> Error {
+pub(crate) fn layer_err(layer: &Layer<'_>) -> impl Fn(builderd_import::Error) -> Error {
     let name = layer.name.clone();
     move |source| Error::Layer {
         layer: name.clone(),
@@ -137,25 +161,41 @@ impl Flatten<'_, '_, '_> {
         }
     }
 
-    fn layer(&mut self, k: usize) -> Result<(), Error> {
-        let mut reader = open(&self.layers[k])?;
+    /// The next entry of layer `k` from its lane; `None` at its end.
+    fn next_item(&self, k: usize, from: &Receiver<Event>) -> Result<Option<Item>, Error> {
+        match from.recv() {
+            Ok(Event::Item(item)) => Ok(Some(item)),
+            Ok(Event::End) => Ok(None),
+            Ok(Event::Failed(e)) => Err(e),
+            Err(_) => Err(Error::Open {
+                layer: self.layers[k].name.clone(),
+                source: io::Error::other("its reading stopped before its end"),
+            }),
+        }
+    }
+
+    fn layer(&mut self, k: usize, from: &Receiver<Event>) -> Result<(), Error> {
         let mut here: HashMap<Vec<u8>, State> = HashMap::new();
         let mut opaque_here: HashSet<Vec<u8>> = HashSet::new();
         let mut whiteouts_here: Vec<Vec<u8>> = Vec::new();
-        while let Some(entry) = reader.next_entry().map_err(layer_err(&self.layers[k]))? {
-            let path = normalize(&entry.path);
+        while let Some(mut entry) = self.next_item(k, from)? {
+            let path = std::mem::take(&mut entry.path);
             let name = base(&path);
-            if name == b".wh..wh..opq" {
+            let skip = if name == b".wh..wh..opq" {
                 opaque_here.insert(parent(&path).to_vec());
                 self.stats.whiteouts += 1;
-                continue;
-            }
-            if is_whiteout_meta(name) {
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(b".wh.") {
+                true
+            } else if is_whiteout_meta(name) {
+                true
+            } else if let Some(hidden) = name.strip_prefix(b".wh.") {
                 whiteouts_here.push(join(parent(&path), hidden));
                 self.stats.whiteouts += 1;
+                true
+            } else {
+                false
+            };
+            if skip {
+                self.discard(&mut entry);
                 continue;
             }
             let is_dir = entry.kind == EntryKind::Dir;
@@ -166,6 +206,7 @@ impl Flatten<'_, '_, '_> {
             }
             if self.masked(&path, is_dir) {
                 self.stats.masked += 1;
+                self.discard(&mut entry);
                 continue;
             }
             if path.is_empty() && !is_dir {
@@ -182,11 +223,8 @@ impl Flatten<'_, '_, '_> {
                     State::Dir
                 }
                 EntryKind::File => {
-                    let mut out = self.w.file(&path, meta)?;
-                    reader
-                        .copy_data(&entry, &mut out)
-                        .map_err(layer_err(&self.layers[k]))?;
-                    out.finish()?;
+                    let data = entry.data.take().expect("a lane writes every file");
+                    self.w.add_file(&path, meta, data)?;
                     self.origin.insert(path.clone(), k);
                     State::NonDir
                 }
@@ -233,7 +271,6 @@ impl Flatten<'_, '_, '_> {
                 }
             }
         }
-        reader.drain().map_err(layer_err(&self.layers[k]))?;
         // A whiteout masks lower layers only; an entry for the same path in
         // this layer stays, and a directory recreated here hides the lower
         // directory's contents.
@@ -260,6 +297,12 @@ impl Flatten<'_, '_, '_> {
         }
         self.opaque_above.extend(opaque_here);
         Ok(())
+    }
+
+    fn discard(&mut self, entry: &mut Item) {
+        if let Some(data) = entry.data.take() {
+            self.w.discard(data);
+        }
     }
 
     /// Upper layers put entries under `link` without a directory entry for

@@ -10,7 +10,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 use std::rc::Rc;
 
-use builderd_ext4::{DeviceKind, FileWriter, Metadata, Timestamp, Writer, Xattr};
+use builderd_ext4::{ContentSink, DeviceKind, Metadata, Timestamp, Writer, Xattr};
 use tar::EntryType;
 
 use crate::tarstream::TarStream;
@@ -220,7 +220,7 @@ impl<R: Read> TarReader<R> {
     }
 
     /// Streams the current file entry's data into `out` (holes stay holes).
-    pub fn copy_data(&mut self, entry: &Entry, out: &mut FileWriter<'_>) -> Result<(), Error> {
+    pub fn copy_data(&mut self, entry: &Entry, out: &mut impl ContentSink) -> Result<(), Error> {
         match &entry.sparse {
             Some(sparse) => copy_sparse(
                 &mut self.stream,
@@ -252,7 +252,7 @@ fn truncated(path: &[u8], got: u64, want: u64) -> Error {
 fn copy(
     r: &mut impl Read,
     path: &[u8],
-    out: &mut builderd_ext4::FileWriter<'_>,
+    out: &mut impl ContentSink,
     buf: &mut [u8],
     limit: u64,
 ) -> Result<(), Error> {
@@ -288,7 +288,7 @@ fn copy_sparse<R: Read>(
     path: &[u8],
     stored: u64,
     sparse: &Sparse,
-    out: &mut builderd_ext4::FileWriter<'_>,
+    out: &mut impl ContentSink,
     buf: &mut [u8],
 ) -> Result<(), Error> {
     let map = match &sparse.map {
