@@ -4,7 +4,7 @@
 //! thread once read, so a long stream is not a long run of fresh
 //! allocations (each a megabyte of page faults).
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
 const CHUNK: usize = 1 << 20;
@@ -82,9 +82,21 @@ impl ReadAhead {
 
 impl Read for ReadAhead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let data = self.fill_buf()?;
+        let n = buf.len().min(data.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The chunks as they came, without a copy: for a consumer that only looks
+/// at the bytes (a hash, a compressor).
+impl BufRead for ReadAhead {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.current.1 {
             if self.done {
-                return Ok(0);
+                return Ok(&[]);
             }
             match self.chunks.recv() {
                 Ok(Ok((_, 0))) => self.done = true,
@@ -103,11 +115,11 @@ impl Read for ReadAhead {
                 Err(_) => return Err(io::Error::other("the read-ahead thread stopped")),
             }
         }
-        let (data, len) = (&self.current.0, self.current.1);
-        let n = buf.len().min(len - self.pos);
-        buf[..n].copy_from_slice(&data[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(&self.current.0[self.pos..self.current.1])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.current.1);
     }
 }
 
