@@ -10,7 +10,7 @@
 //! and writing overlap.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -58,7 +58,7 @@ impl<'a> Streams<'a> {
     }
 
     /// Layer `i`'s tar stream.
-    fn open(&self, i: usize) -> io::Result<Box<dyn Read + Send>> {
+    fn open(&self, i: usize) -> io::Result<Box<dyn BufRead + Send>> {
         let info = &self.layers[i];
         let counted = Counted {
             inner: (self.open_blob)(i)?,

@@ -1,7 +1,7 @@
 //! The newest-first overlay pass and the hard-link fix-up.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 use std::sync::mpsc::Receiver;
 
 use builderd_ext4::Writer;
@@ -21,7 +21,7 @@ pub struct Layer<'a> {
     /// Called once, and again only for a hard link whose target an upper
     /// layer replaced.
     #[allow(clippy::type_complexity)]
-    pub open: Box<dyn Fn() -> io::Result<Box<dyn Read + Send + 'a>> + Send + Sync + 'a>,
+    pub open: Box<dyn Fn() -> io::Result<Box<dyn BufRead + Send + 'a>> + Send + Sync + 'a>,
 }
 
 /// What the flatten did.
@@ -125,7 +125,9 @@ fn is_whiteout_meta(name: &[u8]) -> bool {
     name.starts_with(b".wh..wh.")
 }
 
-pub(crate) fn open<'a>(layer: &Layer<'a>) -> Result<TarReader<Box<dyn Read + Send + 'a>>, Error> {
+pub(crate) fn open<'a>(
+    layer: &Layer<'a>,
+) -> Result<TarReader<Box<dyn BufRead + Send + 'a>>, Error> {
     let input = (layer.open)().map_err(|source| Error::Open {
         layer: layer.name.clone(),
         source,

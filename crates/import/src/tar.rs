@@ -56,16 +56,22 @@ pub fn import_tar(archive: &Path, w: &mut Writer, progress: &dyn Progress) -> Re
 
 /// Wraps a stream in the decompressor its first bytes call for: gzip, zstd,
 /// or none.
-fn decompress<'a>(mut input: impl BufRead + 'a) -> io::Result<Box<dyn Read + 'a>> {
+fn decompress<'a>(mut input: impl BufRead + 'a) -> io::Result<Box<dyn BufRead + 'a>> {
     let magic = input
         .fill_buf()?
         .get(..4)
         .map(|m| m.to_vec())
         .unwrap_or_default();
     Ok(if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(input))
+        Box::new(BufReader::with_capacity(
+            CHUNK,
+            flate2::bufread::MultiGzDecoder::new(input),
+        ))
     } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Box::new(zstd::stream::read::Decoder::with_buffer(input)?)
+        Box::new(BufReader::with_capacity(
+            CHUNK,
+            zstd::stream::read::Decoder::with_buffer(input)?,
+        ))
     } else {
         Box::new(input)
     })
@@ -111,22 +117,21 @@ pub struct Entry {
     sparse: Option<Sparse>,
 }
 
-/// Reads entries from an (uncompressed) tar stream.
-pub struct TarReader<R: Read> {
+/// Reads entries from an (uncompressed) tar stream. File data goes from
+/// the stream's own buffers to the writer, without a copy between.
+pub struct TarReader<R: BufRead> {
     stream: TarStream<R>,
     name: String,
     last_path: Vec<u8>,
-    buf: Vec<u8>,
 }
 
-impl<R: Read> TarReader<R> {
+impl<R: BufRead> TarReader<R> {
     /// `name` names the archive in errors.
     pub fn new(input: R, name: &str) -> Self {
         TarReader {
             stream: TarStream::new(input),
             name: name.to_string(),
             last_path: Vec::new(),
-            buf: vec![0; CHUNK],
         }
     }
 
@@ -222,21 +227,8 @@ impl<R: Read> TarReader<R> {
     /// Streams the current file entry's data into `out` (holes stay holes).
     pub fn copy_data(&mut self, entry: &Entry, out: &mut impl ContentSink) -> Result<(), Error> {
         match &entry.sparse {
-            Some(sparse) => copy_sparse(
-                &mut self.stream,
-                &entry.path,
-                entry.stored,
-                sparse,
-                out,
-                &mut self.buf,
-            ),
-            None => copy(
-                &mut self.stream,
-                &entry.path,
-                out,
-                &mut self.buf,
-                entry.stored,
-            ),
+            Some(sparse) => copy_sparse(&mut self.stream, &entry.path, entry.stored, sparse, out),
+            None => copy(&mut self.stream, &entry.path, out, entry.stored),
         }
     }
 }
@@ -250,25 +242,25 @@ fn truncated(path: &[u8], got: u64, want: u64) -> Error {
 
 /// Copies `limit` bytes of the member's data.
 fn copy(
-    r: &mut impl Read,
+    r: &mut impl BufRead,
     path: &[u8],
     out: &mut impl ContentSink,
-    buf: &mut [u8],
     limit: u64,
 ) -> Result<(), Error> {
     let mut done = 0u64;
     while done < limit {
-        let want = ((limit - done) as usize).min(buf.len());
-        let n = match r.read(&mut buf[..want]) {
-            Ok(0) => return Err(truncated(path, done, limit)),
-            Ok(n) => n,
+        let data = match r.fill_buf() {
+            Ok([]) => return Err(truncated(path, done, limit)),
+            Ok(data) => data,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(truncated(path, done, limit))
             }
             Err(e) => return Err(Error::io(path, e)),
         };
-        out.write(&buf[..n])?;
+        let n = data.len().min((limit - done) as usize);
+        out.write(&data[..n])?;
+        r.consume(n);
         done += n as u64;
     }
     Ok(())
@@ -283,13 +275,12 @@ struct Sparse {
     map: Option<Vec<(u64, u64)>>,
 }
 
-fn copy_sparse<R: Read>(
+fn copy_sparse<R: BufRead>(
     stream: &mut TarStream<R>,
     path: &[u8],
     stored: u64,
     sparse: &Sparse,
     out: &mut impl ContentSink,
-    buf: &mut [u8],
 ) -> Result<(), Error> {
     let map = match &sparse.map {
         Some(map) => map.clone(),
@@ -311,7 +302,7 @@ fn copy_sparse<R: Read>(
             ));
         }
         out.skip(offset - pos)?;
-        copy(stream, path, out, buf, len)?;
+        copy(stream, path, out, len)?;
         pos = offset + len;
     }
     out.skip(sparse.real_size - pos)?;

@@ -6,7 +6,7 @@
 //! breaks binary xattr values (a `security.capability` holding 0x0a, say).
 //! PAX records here are length-delimited, as the standard defines them.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 const BLOCK: usize = 512;
 
@@ -283,6 +283,30 @@ impl<R: Read> Read for TarStream<R> {
         }
         self.remaining -= n as u64;
         Ok(n)
+    }
+}
+
+/// The current member's data, from the stream's own buffer.
+impl<R: BufRead> BufRead for TarStream<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.remaining == 0 {
+            return Ok(&[]);
+        }
+        let remaining = self.remaining;
+        let data = self.r.fill_buf()?;
+        if data.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the archive ends {remaining} bytes before this member's end"),
+            ));
+        }
+        Ok(&data[..data.len().min(remaining as usize)])
+    }
+
+    fn consume(&mut self, n: usize) {
+        let n = (n as u64).min(self.remaining);
+        self.r.consume(n as usize);
+        self.remaining -= n;
     }
 }
 
