@@ -15,19 +15,13 @@ const STAGE_BYTES: usize = 4 << 20;
 /// Buffers in flight to the writer; bounds memory to a few stages.
 const IN_FLIGHT: usize = 3;
 
-enum Job {
-    Write(u64, Vec<u8>),
-    /// Everything before it is written: say so.
-    Sync(mpsc::Sender<()>),
-}
-
 /// Writes blocks at their place in the image. Runs of adjacent blocks are
 /// collected and written together; everything never written stays a hole.
 pub struct BlockOut {
     file: Arc<File>,
     stage: Vec<u8>,
     stage_block: u64,
-    to_writer: Option<SyncSender<Job>>,
+    to_writer: Option<SyncSender<(u64, Vec<u8>)>>,
     recycled: Receiver<Vec<u8>>,
     writer: Option<JoinHandle<io::Result<()>>>,
 }
@@ -35,23 +29,16 @@ pub struct BlockOut {
 impl BlockOut {
     pub fn new(file: File) -> Self {
         let file = Arc::new(file);
-        let (to_writer, jobs) = mpsc::sync_channel::<Job>(IN_FLIGHT);
+        let (to_writer, jobs) = mpsc::sync_channel::<(u64, Vec<u8>)>(IN_FLIGHT);
         let (give_back, recycled) = mpsc::channel();
         let target = file.clone();
         let writer = std::thread::Builder::new()
             .name("ext4-image-writer".into())
             .spawn(move || {
-                for job in jobs {
-                    match job {
-                        Job::Write(offset, mut buf) => {
-                            target.write_all_at(&buf, offset)?;
-                            buf.clear();
-                            let _ = give_back.send(buf);
-                        }
-                        Job::Sync(done) => {
-                            let _ = done.send(());
-                        }
-                    }
+                for (offset, mut buf) in jobs {
+                    target.write_all_at(&buf, offset)?;
+                    buf.clear();
+                    let _ = give_back.send(buf);
                 }
                 Ok(())
             })
@@ -82,7 +69,7 @@ impl BlockOut {
     /// Writes bytes at a byte offset (superblocks, which are not whole blocks).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.flush()?;
-        self.send(Job::Write(offset, data.to_vec()))
+        self.send(offset, data.to_vec())
     }
 
     /// The image file, for those who write or read it beside this.
@@ -90,20 +77,8 @@ impl BlockOut {
         self.file.clone()
     }
 
-    /// Flushes and waits until everything so far is in the file.
-    pub fn flush_and_wait(&mut self) -> io::Result<()> {
-        self.flush()?;
-        let (done, written) = mpsc::channel();
-        self.send(Job::Sync(done))?;
-        written.recv().map_err(|_| {
-            self.stop()
-                .err()
-                .unwrap_or_else(|| io::Error::other("the image writer stopped"))
-        })
-    }
-
-    fn send(&mut self, job: Job) -> io::Result<()> {
-        let sent = self.to_writer.as_ref().map(|tx| tx.send(job));
+    fn send(&mut self, offset: u64, buf: Vec<u8>) -> io::Result<()> {
+        let sent = self.to_writer.as_ref().map(|tx| tx.send((offset, buf)));
         match sent {
             Some(Ok(())) => Ok(()),
             // The writer stopped: its error says why.
@@ -124,7 +99,7 @@ impl BlockOut {
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(STAGE_BYTES));
         let full = std::mem::replace(&mut self.stage, fresh);
-        self.send(Job::Write(self.stage_block * BLOCK_SIZE as u64, full))
+        self.send(self.stage_block * BLOCK_SIZE as u64, full)
     }
 
     /// Waits for the writer to finish everything sent.
@@ -161,7 +136,7 @@ impl Drop for BlockOut {
 /// used), as holes where the filesystem can punch them.
 pub fn zero_runs(file: &File, runs: &[crate::layout::Run]) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;
-    let zeros = vec![0u8; 1 << 20];
+    let mut zeros = Vec::new();
     for r in runs {
         let (mut at, end) = (
             u64::from(r.start) * BLOCK_SIZE as u64,
@@ -176,6 +151,9 @@ pub fn zero_runs(file: &File, runs: &[crate::layout::Run]) -> io::Result<()> {
                 (end - at) as libc::off_t,
             )
         } == 0;
+        if !punched && zeros.is_empty() {
+            zeros = vec![0u8; 1 << 20];
+        }
         while !punched && at < end {
             let n = ((end - at) as usize).min(zeros.len());
             file.write_all_at(&zeros[..n], at)?;

@@ -180,7 +180,7 @@ impl Writer {
     /// itself writes no data until [`Writer::join_lanes`].
     pub fn lanes(&mut self, count: usize) -> Result<Lanes, Error> {
         self.check_no_lanes()?;
-        self.out.flush_and_wait()?;
+        // Lanes write beside the writer thread, never where it does.
         let lanes = Lanes::new(self.alloc.clone(), count.max(1), self.out.file())?;
         self.lanes_out = true;
         Ok(lanes)
@@ -190,6 +190,13 @@ impl Writer {
     pub fn join_lanes(&mut self, lanes: Lanes) {
         self.alloc = lanes.into_allocator();
         self.lanes_out = false;
+    }
+
+    fn cursor(&mut self) -> Cursor<'_> {
+        Cursor {
+            alloc: &mut self.alloc,
+            out: &mut self.out,
+        }
     }
 
     fn check_no_lanes(&self) -> Result<(), Error> {
@@ -345,30 +352,19 @@ impl Place for Cursor<'_> {
 impl FileWriter<'_> {
     /// Appends content.
     pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        let mut to = Cursor {
-            alloc: &mut self.w.alloc,
-            out: &mut self.w.out,
-        };
-        self.content.write(data, &mut to)
+        self.content.write(data, &mut self.w.cursor())
     }
 
     /// Appends `len` bytes of zeros as a hole.
     pub fn skip(&mut self, len: u64) -> Result<(), Error> {
-        let mut to = Cursor {
-            alloc: &mut self.w.alloc,
-            out: &mut self.w.out,
-        };
-        self.content.skip(len, &mut to)
+        self.content.skip(len, &mut self.w.cursor())
     }
 
     /// Ends the file and puts it in the tree (replacing any entry there).
     pub fn finish(self) -> Result<(), Error> {
         let FileWriter { w, meta, content } = self;
         let path = content.path().to_vec();
-        let data = content.finish(&mut Cursor {
-            alloc: &mut w.alloc,
-            out: &mut w.out,
-        })?;
+        let data = content.finish(&mut w.cursor())?;
         w.add_file(&path, meta, data)
     }
 }

@@ -33,6 +33,9 @@ pub struct Item {
     pub data: Option<FileData>,
 }
 
+/// A lane's layers in the order it reads them, each with where its entries go.
+pub type LaneLayers = Vec<(usize, Sender<Event>)>;
+
 pub enum Event {
     Item(Item),
     /// The layer was read to its end (its digest checked).
@@ -43,13 +46,9 @@ pub enum Event {
 /// Each lane's layers, newest first, with the channel each layer's entries
 /// go to; and the other ends of the channels, by layer. A layer goes to the
 /// lane with the fewest blob bytes so far.
-#[allow(clippy::type_complexity)]
-pub fn assign(
-    layers: &[Layer<'_>],
-    lanes: usize,
-) -> (Vec<Vec<(usize, Sender<Event>)>>, Vec<Receiver<Event>>) {
+pub fn assign(layers: &[Layer<'_>], lanes: usize) -> (Vec<LaneLayers>, Vec<Receiver<Event>>) {
     let mut load = vec![0u64; lanes];
-    let mut plan: Vec<Vec<(usize, Sender<Event>)>> = (0..lanes).map(|_| Vec::new()).collect();
+    let mut plan: Vec<LaneLayers> = (0..lanes).map(|_| Vec::new()).collect();
     let mut receivers: Vec<Option<Receiver<Event>>> = (0..layers.len()).map(|_| None).collect();
     for k in (0..layers.len()).rev() {
         let lane = (0..lanes).min_by_key(|&l| (load[l], l)).unwrap_or(0);
@@ -69,12 +68,7 @@ pub fn assign(
 
 /// Runs one lane: its layers in order, each entry sent as it is read.
 /// Stops at the first failure, or when the overlay pass stops listening.
-pub fn run_lane(
-    lanes: &Lanes,
-    index: usize,
-    layers: &[Layer<'_>],
-    order: Vec<(usize, Sender<Event>)>,
-) {
+pub fn run_lane(lanes: &Lanes, index: usize, layers: &[Layer<'_>], order: LaneLayers) {
     let mut lane = Some(lanes.lane(index));
     let count = order.len();
     for (i, (k, to)) in order.into_iter().enumerate() {
