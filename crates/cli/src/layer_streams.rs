@@ -208,7 +208,16 @@ impl Read for FeedReader {
             // The file opened first stays open: a partial file renamed into
             // the cache is still the same file.
             if self.file.is_none() {
-                self.file = Some(File::open(&path)?);
+                match File::open(&path) {
+                    Ok(f) => self.file = Some(f),
+                    // Renamed into the cache between the look at the feed
+                    // and the open: the feed says where to next.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.stale = Some(changes);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let file = self.file.as_ref().expect("opened above");
             let want = match limit {
@@ -287,6 +296,30 @@ mod tests {
         reader.read_to_end(&mut rest).unwrap();
         writer.join().unwrap();
         assert_eq!((&head[..], &rest[..]), (&b"hello"[..], &b" world"[..]));
+    }
+
+    #[test]
+    fn a_blob_renamed_into_the_cache_before_the_reader_opens_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (partial, done) = (dir.path().join("partial"), dir.path().join("done"));
+        let feed = Arc::new(Feed::default());
+        feed.writing(&partial);
+        std::fs::write(&partial, b"whole").unwrap();
+        feed.progress(5);
+        // Renamed, and the feed not told yet: the reader finds no file.
+        std::fs::rename(&partial, &done).unwrap();
+        let mut reader = feed.reader();
+        let teller = {
+            let (feed, done) = (feed.clone(), done.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                feed.done(&done);
+            })
+        };
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).unwrap();
+        teller.join().unwrap();
+        assert_eq!(out, b"whole");
     }
 
     #[test]
