@@ -1,21 +1,24 @@
 //! Reading an image file back: holes (free space, unused inode tables, the
 //! journal's unwritten blocks) read as the zeros they are without asking the
 //! kernel for them, and the reading runs on a thread of its own so that
-//! whoever consumes the bytes (the sha256, a compressor) only computes.
+//! whoever consumes the bytes (the sha256, a compressor) only computes. The
+//! image's file data was written around the page cache (see
+//! `builderd_ext4::direct`), so it is read back the same way, in large reads.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{self, BufRead, Read};
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Result;
+use builderd_ext4::direct::DirectFile;
 use builderd_import::ReadAhead;
 use sha2::{Digest as _, Sha256};
 
 /// The file's bytes in order, holes as zeros.
 pub struct SparseReader {
-    file: File,
+    file: DirectFile,
     len: u64,
     pos: u64,
     /// Where the data (or hole) the position is in ends.
@@ -25,8 +28,10 @@ pub struct SparseReader {
 
 impl SparseReader {
     pub fn open(path: &Path) -> io::Result<SparseReader> {
-        let file = File::open(path)?;
-        let len = file.metadata()?.len();
+        let file = DirectFile::new(Arc::new(
+            OpenOptions::new().read(true).write(true).open(path)?,
+        ));
+        let len = file.buffered().metadata()?.len();
         Ok(SparseReader {
             file,
             len,
@@ -38,7 +43,13 @@ impl SparseReader {
 
     fn seek(&self, whence: libc::c_int) -> u64 {
         // SAFETY: lseek on an open descriptor; no memory is involved.
-        let at = unsafe { libc::lseek(self.file.as_raw_fd(), self.pos as libc::off_t, whence) };
+        let at = unsafe {
+            libc::lseek(
+                self.file.buffered().as_raw_fd(),
+                self.pos as libc::off_t,
+                whence,
+            )
+        };
         // ENXIO: no data at or after pos; other errors: read it all as data.
         if at < 0 {
             if whence == libc::SEEK_DATA {
@@ -91,11 +102,17 @@ impl Read for SparseReader {
     }
 }
 
+/// Bytes per read when reading the image back: reads around the page
+/// cache reach the disk's speed only when large (measured on this project's
+/// machines: 1 MiB reads ran at half the speed of 8 MiB ones).
+const READ_BACK_CHUNK: usize = 8 << 20;
+
 /// The image read back on its own thread.
 pub fn read_back(path: &Path) -> io::Result<ReadAhead> {
-    Ok(ReadAhead::with_depth(
+    Ok(ReadAhead::with_chunks(
         SparseReader::open(path)?,
-        4,
+        3,
+        READ_BACK_CHUNK,
         "image-read-back",
     ))
 }
@@ -123,6 +140,7 @@ pub fn sha256(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::{Seek, SeekFrom, Write};
 
     #[test]

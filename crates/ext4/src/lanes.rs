@@ -11,10 +11,10 @@
 //! same from run to run.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::content::{Content, ContentSink, FileData, Place};
+use crate::direct::{aligned_buf, AlignedBuf, DirectFile};
 use crate::layout::{Allocator, Run, BLOCK_SIZE};
 use crate::Error;
 
@@ -23,7 +23,8 @@ const CHUNK_BLOCKS: u64 = 1024;
 /// A lane says how far it is at least this often (bytes of position), so
 /// that lanes waiting on it move on.
 const PUBLISH_EVERY: u64 = 256 << 10;
-/// Bytes a lane gathers before writing them.
+/// Bytes a lane gathers before writing them (around the page cache, see
+/// [`crate::direct`]).
 const STAGE_BYTES: usize = 4 << 20;
 
 /// The lanes of one writer; [`crate::Writer::join_lanes`] hands the cursor
@@ -31,7 +32,7 @@ const STAGE_BYTES: usize = 4 << 20;
 pub struct Lanes {
     state: Mutex<State>,
     turn: Condvar,
-    file: Arc<File>,
+    file: DirectFile,
 }
 
 struct State {
@@ -60,7 +61,7 @@ impl Lanes {
                 first,
             }),
             turn: Condvar::new(),
-            file,
+            file: DirectFile::new(file),
         })
     }
 
@@ -81,7 +82,7 @@ impl Lanes {
             pos: 0,
             published: 0,
             runs,
-            stage: Vec::with_capacity(STAGE_BYTES),
+            stage: aligned_buf(STAGE_BYTES),
             stage_block: 0,
         }
     }
@@ -130,7 +131,7 @@ pub struct Lane<'a> {
     published: u64,
     /// What is left of its chunk, in order.
     runs: Vec<Run>,
-    stage: Vec<u8>,
+    stage: AlignedBuf,
     stage_block: u64,
 }
 

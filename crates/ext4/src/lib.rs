@@ -26,6 +26,7 @@
 mod checksum;
 mod content;
 mod dir;
+pub mod direct;
 mod dirhash;
 mod entry;
 mod extent;
