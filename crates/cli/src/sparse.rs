@@ -31,7 +31,7 @@ impl SparseReader {
         let file = DirectFile::new(Arc::new(
             OpenOptions::new().read(true).write(true).open(path)?,
         ));
-        let len = file.buffered().metadata()?.len();
+        let len = file.buffered_file().metadata()?.len();
         Ok(SparseReader {
             file,
             len,
@@ -45,7 +45,7 @@ impl SparseReader {
         // SAFETY: lseek on an open descriptor; no memory is involved.
         let at = unsafe {
             libc::lseek(
-                self.file.buffered().as_raw_fd(),
+                self.file.buffered_file().as_raw_fd(),
                 self.pos as libc::off_t,
                 whence,
             )

@@ -54,9 +54,9 @@ impl DirectFile {
         }
     }
 
-    /// Only the buffered descriptor (for tests of the fallback).
-    #[cfg(test)]
-    fn buffered_only(file: Arc<File>) -> DirectFile {
+    /// Only the buffered descriptor: for output that stays in the page
+    /// cache.
+    pub fn buffered(file: Arc<File>) -> DirectFile {
         DirectFile {
             buffered: file,
             direct: None,
@@ -112,7 +112,7 @@ impl DirectFile {
         self.direct.is_some() && !self.refused.load(Ordering::Relaxed)
     }
 
-    pub fn buffered(&self) -> &File {
+    pub fn buffered_file(&self) -> &Arc<File> {
         &self.buffered
     }
 }
@@ -169,6 +169,6 @@ mod tests {
             assert!(direct.is_direct(), "a disk filesystem takes O_DIRECT");
         }
         check_round_trip(direct);
-        check_round_trip(DirectFile::buffered_only(file));
+        check_round_trip(DirectFile::buffered(file));
     }
 }

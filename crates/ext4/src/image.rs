@@ -1,6 +1,5 @@
 //! The image file: block writes gathered into large sequential writes, done
-//! by a writer thread so that reading the source overlaps writing the image
-//! (writing into the page cache is most of the cost of a build).
+//! by a writer thread so that reading the source overlaps writing the image.
 
 use std::fs::File;
 use std::io;
@@ -9,27 +8,34 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::direct::{aligned_buf, AlignedBuf, DirectFile};
 use crate::layout::BLOCK_SIZE;
 
 const STAGE_BYTES: usize = 4 << 20;
-/// Buffers in flight to the writer; bounds memory to a few stages.
+/// Buffers in flight to the writer (the writer's own output); bounds memory
+/// to a few stages.
 const IN_FLIGHT: usize = 3;
 
 /// Writes blocks at their place in the image. Runs of adjacent blocks are
 /// collected and written together; everything never written stays a hole.
 pub struct BlockOut {
-    file: Arc<File>,
-    stage: Vec<u8>,
+    file: Arc<DirectFile>,
+    stage: AlignedBuf,
     stage_block: u64,
-    to_writer: Option<SyncSender<(u64, Vec<u8>)>>,
-    recycled: Receiver<Vec<u8>>,
+    to_writer: Option<SyncSender<(u64, AlignedBuf)>>,
+    recycled: Receiver<AlignedBuf>,
     writer: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl BlockOut {
+    /// The writer's output, through the page cache.
     pub fn new(file: File) -> Self {
-        let file = Arc::new(file);
-        let (to_writer, jobs) = mpsc::sync_channel::<(u64, Vec<u8>)>(IN_FLIGHT);
+        BlockOut::on(Arc::new(DirectFile::buffered(Arc::new(file))), IN_FLIGHT)
+    }
+
+    /// Writes to `file` with up to `in_flight` stages queued for its thread.
+    pub fn on(file: Arc<DirectFile>, in_flight: usize) -> Self {
+        let (to_writer, jobs) = mpsc::sync_channel::<(u64, AlignedBuf)>(in_flight);
         let (give_back, recycled) = mpsc::channel();
         let target = file.clone();
         let writer = std::thread::Builder::new()
@@ -45,7 +51,7 @@ impl BlockOut {
             .expect("spawning the image writer thread");
         BlockOut {
             file,
-            stage: Vec::with_capacity(STAGE_BYTES),
+            stage: aligned_buf(STAGE_BYTES),
             stage_block: 0,
             to_writer: Some(to_writer),
             recycled,
@@ -61,23 +67,25 @@ impl BlockOut {
             self.stage_block = block;
         }
         self.stage.extend_from_slice(data);
-        let padded = self.stage.len().next_multiple_of(BLOCK_SIZE);
-        self.stage.resize(padded, 0);
+        let pad = self.stage.len().next_multiple_of(BLOCK_SIZE) - self.stage.len();
+        if pad > 0 {
+            self.stage.extend_from_slice(&[0u8; BLOCK_SIZE][..pad]);
+        }
         Ok(())
     }
 
     /// Writes bytes at a byte offset (superblocks, which are not whole blocks).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.flush()?;
-        self.send(offset, data.to_vec())
+        self.send(offset, AlignedBuf::from_slice(crate::direct::ALIGN, data))
     }
 
     /// The image file, for those who write or read it beside this.
     pub fn file(&self) -> Arc<File> {
-        self.file.clone()
+        self.file.buffered_file().clone()
     }
 
-    fn send(&mut self, offset: u64, buf: Vec<u8>) -> io::Result<()> {
+    fn send(&mut self, offset: u64, buf: AlignedBuf) -> io::Result<()> {
         let sent = self.to_writer.as_ref().map(|tx| tx.send((offset, buf)));
         match sent {
             Some(Ok(())) => Ok(()),
@@ -97,7 +105,7 @@ impl BlockOut {
         let fresh = self
             .recycled
             .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(STAGE_BYTES));
+            .unwrap_or_else(|_| aligned_buf(STAGE_BYTES));
         let full = std::mem::replace(&mut self.stage, fresh);
         self.send(self.stage_block * BLOCK_SIZE as u64, full)
     }
@@ -113,13 +121,19 @@ impl BlockOut {
         }
     }
 
+    /// Flushes and waits for every write; nothing more can be written.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.stop()
+    }
+
     /// Flushes, waits for every write, sets the image's length; returns the
     /// file.
     pub fn finish(mut self, len: u64) -> io::Result<File> {
         self.flush()?;
         self.stop()?;
-        self.file.set_len(len)?;
-        let file = self.file.clone();
+        let file = self.file.buffered_file().clone();
+        file.set_len(len)?;
         drop(self);
         Arc::try_unwrap(file).map_err(|_| io::Error::other("the image file is still shared"))
     }

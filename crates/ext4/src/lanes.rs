@@ -14,7 +14,8 @@ use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::content::{Content, ContentSink, FileData, Place};
-use crate::direct::{aligned_buf, AlignedBuf, DirectFile};
+use crate::direct::DirectFile;
+use crate::image::BlockOut;
 use crate::layout::{Allocator, Run, BLOCK_SIZE};
 use crate::Error;
 
@@ -23,16 +24,16 @@ const CHUNK_BLOCKS: u64 = 1024;
 /// A lane says how far it is at least this often (bytes of position), so
 /// that lanes waiting on it move on.
 const PUBLISH_EVERY: u64 = 256 << 10;
-/// Bytes a lane gathers before writing them (around the page cache, see
-/// [`crate::direct`]).
-const STAGE_BYTES: usize = 4 << 20;
+/// Stages a lane's writer thread may have queued: one is written (around
+/// the page cache, see [`crate::direct`]) while the next fills.
+const LANE_IN_FLIGHT: usize = 1;
 
 /// The lanes of one writer; [`crate::Writer::join_lanes`] hands the cursor
 /// back.
 pub struct Lanes {
     state: Mutex<State>,
     turn: Condvar,
-    file: DirectFile,
+    file: Arc<DirectFile>,
 }
 
 struct State {
@@ -61,7 +62,7 @@ impl Lanes {
                 first,
             }),
             turn: Condvar::new(),
-            file: DirectFile::new(file),
+            file: Arc::new(DirectFile::new(file)),
         })
     }
 
@@ -82,8 +83,7 @@ impl Lanes {
             pos: 0,
             published: 0,
             runs,
-            stage: aligned_buf(STAGE_BYTES),
-            stage_block: 0,
+            out: BlockOut::on(self.file.clone(), LANE_IN_FLIGHT),
         }
     }
 
@@ -131,8 +131,7 @@ pub struct Lane<'a> {
     published: u64,
     /// What is left of its chunk, in order.
     runs: Vec<Run>,
-    stage: AlignedBuf,
-    stage_block: u64,
+    out: BlockOut,
 }
 
 impl<'a> Lane<'a> {
@@ -158,19 +157,9 @@ impl<'a> Lane<'a> {
         }
     }
 
-    /// Ends the lane: what it gathered is written.
+    /// Ends the lane once everything it wrote is in the file.
     pub fn finish(mut self) -> Result<(), Error> {
-        self.flush()
-    }
-
-    fn flush(&mut self) -> Result<(), Error> {
-        if !self.stage.is_empty() {
-            self.lanes
-                .file
-                .write_all_at(&self.stage, self.stage_block * BLOCK_SIZE as u64)?;
-            self.stage.clear();
-        }
-        Ok(())
+        Ok(self.out.close()?)
     }
 
     fn take_block(&mut self, pos: u64) -> Result<u32, Error> {
@@ -187,16 +176,6 @@ impl<'a> Lane<'a> {
             self.runs.pop();
         }
         Ok(block)
-    }
-
-    fn write_block(&mut self, phys: u32, block: &[u8]) -> Result<(), Error> {
-        let next = self.stage_block + (self.stage.len() / BLOCK_SIZE) as u64;
-        if self.stage.is_empty() || u64::from(phys) != next || self.stage.len() >= STAGE_BYTES {
-            self.flush()?;
-            self.stage_block = u64::from(phys);
-        }
-        self.stage.extend_from_slice(block);
-        Ok(())
     }
 }
 
@@ -223,7 +202,7 @@ impl Place for LanePlace<'_, '_> {
     fn place(&mut self, logical: u64, block: &[u8]) -> Result<u32, Error> {
         let pos = self.lane.pos + logical * BLOCK_SIZE as u64;
         let phys = self.lane.take_block(pos)?;
-        self.lane.write_block(phys, block)?;
+        self.lane.out.write(u64::from(phys), block)?;
         self.lane.maybe_publish(pos);
         Ok(phys)
     }
