@@ -66,9 +66,9 @@ impl DirectFile {
 
     /// The descriptor around the page cache, if this transfer may use it.
     fn direct_for(&self, buf: &[u8], offset: u64) -> Option<&File> {
-        let aligned = (buf.as_ptr() as usize) % ALIGN == 0
-            && buf.len() % ALIGN == 0
-            && offset % ALIGN as u64 == 0;
+        let aligned = (buf.as_ptr() as usize).is_multiple_of(ALIGN)
+            && buf.len().is_multiple_of(ALIGN)
+            && offset.is_multiple_of(ALIGN as u64);
         match &self.direct {
             Some(f) if aligned && !self.refused.load(Ordering::Relaxed) => Some(f),
             _ => None,
