@@ -1,120 +1,176 @@
 //! Reading an image file back: holes (free space, unused inode tables, the
 //! journal's unwritten blocks) read as the zeros they are without asking the
-//! kernel for them, and the reading runs on a thread of its own so that
+//! kernel for them, and the reading runs on threads of their own so that
 //! whoever consumes the bytes (the sha256, a compressor) only computes. The
 //! image's file data was written around the page cache (see
-//! `builderd_ext4::direct`), so it is read back the same way, in large reads.
+//! `builderd_ext4::direct`), so it is read back the same way, from the disk,
+//! in large reads several at a time.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, Read};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 
 use anyhow::Result;
-use builderd_ext4::direct::DirectFile;
-use builderd_import::ReadAhead;
+use builderd_ext4::direct::{aligned_buf, AlignedBuf, DirectFile};
 use sha2::{Digest as _, Sha256};
 
-/// The file's bytes in order, holes as zeros.
-pub struct SparseReader {
-    file: DirectFile,
-    len: u64,
-    pos: u64,
-    /// Where the data (or hole) the position is in ends.
-    run_end: u64,
-    in_hole: bool,
+/// Bytes per read. Reads around the page cache reach the disk's speed only
+/// when large and several at a time (measured here with fio on an image:
+/// 8 MiB reads one at a time 0.84 to 0.91 GB/s, four at a time 1.0 to
+/// 1.1 GB/s; 1 MiB reads one at a time about half as fast).
+const CHUNK: usize = 8 << 20;
+/// Reader threads, each with one read in flight.
+const READERS: usize = 4;
+
+/// A chunk read: the buffer and how much of it holds data (0: the end).
+type Chunk = (AlignedBuf, usize);
+
+/// The image's bytes in order, holes as zeros, read ahead by several
+/// threads: thread `t` reads chunks `t`, `t + READERS`, ...
+pub struct ReadBack {
+    chunks: Vec<Receiver<io::Result<Chunk>>>,
+    /// Read buffers going back to the thread that filled them.
+    spent: Vec<SyncSender<AlignedBuf>>,
+    next: usize,
+    current: Chunk,
+    pos: usize,
+    done: bool,
 }
 
-impl SparseReader {
-    pub fn open(path: &Path) -> io::Result<SparseReader> {
-        let file = DirectFile::new(Arc::new(
-            OpenOptions::new().read(true).write(true).open(path)?,
-        ));
-        let len = file.buffered_file().metadata()?.len();
-        Ok(SparseReader {
-            file,
-            len,
-            pos: 0,
-            run_end: 0,
-            in_hole: false,
-        })
+/// The image read back.
+pub fn read_back(path: &Path) -> io::Result<ReadBack> {
+    let file = Arc::new(DirectFile::new(Arc::new(
+        OpenOptions::new().read(true).write(true).open(path)?,
+    )));
+    let len = file.buffered_file().metadata()?.len();
+    let mut chunks = Vec::new();
+    let mut spent = Vec::new();
+    for t in 0..READERS {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (give_back, recycled) = mpsc::sync_channel::<AlignedBuf>(2);
+        let file = file.clone();
+        std::thread::Builder::new()
+            .name("image-read-back".into())
+            .spawn(move || {
+                let mut at = (t * CHUNK) as u64;
+                loop {
+                    let mut buf = recycled.try_recv().unwrap_or_else(|_| {
+                        let mut b = aligned_buf(CHUNK);
+                        b.resize(CHUNK, 0);
+                        b
+                    });
+                    let want = len.saturating_sub(at).min(CHUNK as u64) as usize;
+                    let read = read_chunk(&file, at, &mut buf[..want]);
+                    let last = want == 0 || read.is_err();
+                    if tx.send(read.map(|()| (buf, want))).is_err() || last {
+                        return;
+                    }
+                    at += (READERS * CHUNK) as u64;
+                }
+            })
+            .expect("spawning an image read-back thread");
+        chunks.push(rx);
+        spent.push(give_back);
     }
+    Ok(ReadBack {
+        chunks,
+        spent,
+        next: 0,
+        current: (aligned_buf(0), 0),
+        pos: 0,
+        done: false,
+    })
+}
 
-    fn seek(&self, whence: libc::c_int) -> u64 {
-        // SAFETY: lseek on an open descriptor; no memory is involved.
-        let at = unsafe {
-            libc::lseek(
-                self.file.buffered_file().as_raw_fd(),
-                self.pos as libc::off_t,
-                whence,
-            )
+/// Where the data at or after `at` starts (SEEK_DATA) or ends (SEEK_HOLE);
+/// `None` when there is none (or the filesystem cannot say: then all of it
+/// is read as data).
+fn seek(file: &DirectFile, at: u64, whence: libc::c_int) -> Option<u64> {
+    // SAFETY: lseek on an open descriptor; no memory is involved. Every
+    // reader moves the shared file position, which no read uses (they all
+    // give their offset).
+    let r = unsafe { libc::lseek(file.buffered_file().as_raw_fd(), at as libc::off_t, whence) };
+    (r >= 0).then_some(r as u64)
+}
+
+/// Fills `buf` with the file's bytes from `at`: holes as zeros, data read.
+fn read_chunk(file: &DirectFile, at: u64, buf: &mut [u8]) -> io::Result<()> {
+    let end = at + buf.len() as u64;
+    let mut pos = at;
+    while pos < end {
+        let data = match seek(file, pos, libc::SEEK_DATA) {
+            Some(d) => d.min(end),
+            // ENXIO: only a hole from here on; any other error: read it.
+            None if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => end,
+            None => pos,
         };
-        // ENXIO: no data at or after pos; other errors: read it all as data.
-        if at < 0 {
-            if whence == libc::SEEK_DATA {
-                self.len
-            } else {
-                self.len.max(self.pos)
-            }
-        } else {
-            (at as u64).min(self.len)
+        buf[(pos - at) as usize..(data - at) as usize].fill(0);
+        pos = data;
+        if pos == end {
+            break;
         }
-    }
-
-    /// Finds the run (data or hole) the position is in.
-    fn next_run(&mut self) {
-        let data = self.seek(libc::SEEK_DATA);
-        if data > self.pos {
-            self.in_hole = true;
-            self.run_end = data;
-        } else {
-            self.in_hole = false;
-            self.run_end = self.seek(libc::SEEK_HOLE).max(self.pos + 1).min(self.len);
-        }
-    }
-}
-
-impl Read for SparseReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.len || buf.is_empty() {
-            return Ok(0);
-        }
-        if self.pos >= self.run_end {
-            self.next_run();
-        }
-        let want = buf.len().min((self.run_end - self.pos) as usize);
-        let n = if self.in_hole {
-            buf[..want].fill(0);
-            want
-        } else {
-            let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        let hole = seek(file, pos, libc::SEEK_HOLE)
+            .unwrap_or(end)
+            .clamp(pos + 1, end);
+        while pos < hole {
+            let n = file.read_at(&mut buf[(pos - at) as usize..(hole - at) as usize], pos)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the image shrank while it was read back",
                 ));
             }
-            n
-        };
-        self.pos += n as u64;
-        Ok(n)
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
+impl BufRead for ReadBack {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.current.1 {
+            if self.done {
+                return Ok(&[]);
+            }
+            let t = self.next;
+            self.next = (t + 1) % READERS;
+            match self.chunks[t].recv() {
+                Ok(Ok((_, 0))) => self.done = true,
+                Ok(Ok(chunk)) => {
+                    let old = std::mem::replace(&mut self.current, chunk);
+                    if !old.0.is_empty() {
+                        // Back to the thread it came from (the one before t).
+                        let from = (t + READERS - 1) % READERS;
+                        let _ = self.spent[from].try_send(old.0);
+                    }
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => return Err(io::Error::other("an image read-back thread stopped")),
+            }
+        }
+        Ok(&self.current.0[self.pos..self.current.1])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.current.1);
     }
 }
 
-/// Bytes per read when reading the image back: reads around the page
-/// cache reach the disk's speed only when large (measured on this project's
-/// machines: 1 MiB reads ran at half the speed of 8 MiB ones).
-const READ_BACK_CHUNK: usize = 8 << 20;
-
-/// The image read back on its own thread.
-pub fn read_back(path: &Path) -> io::Result<ReadAhead> {
-    Ok(ReadAhead::with_chunks(
-        SparseReader::open(path)?,
-        3,
-        READ_BACK_CHUNK,
-        "image-read-back",
-    ))
+impl Read for ReadBack {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let data = self.fill_buf()?;
+        let n = buf.len().min(data.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        self.consume(n);
+        Ok(n)
+    }
 }
 
 /// The sha256 of an image file, as hex.
@@ -144,22 +200,29 @@ mod tests {
     use std::io::{Seek, SeekFrom, Write};
 
     #[test]
-    fn holes_read_as_zeros_and_the_hash_is_the_files() {
+    fn holes_read_as_zeros_in_order_and_the_hash_is_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sparse");
         let mut f = File::create(&path).unwrap();
-        f.write_all(b"head").unwrap();
-        f.seek(SeekFrom::Start(5 << 20)).unwrap();
-        f.write_all(&[7u8; 70000]).unwrap();
-        f.set_len(9 << 20).unwrap();
+        let mut put = |at: u64, data: &[u8]| {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(data).unwrap();
+        };
+        const MIB: u64 = 1 << 20;
+        put(0, b"head");
+        put(5 * MIB, &[7u8; 70000]);
+        // Data across the first chunk boundary, a hole across the next
+        // ones, more chunks than readers, and an end that is no multiple
+        // of anything.
+        let pattern: Vec<u8> = (0..3 * MIB).map(|i| (i % 251) as u8 | 1).collect();
+        put(7 * MIB, &pattern);
+        put(40 * MIB + 12345, b"tail");
+        f.set_len(41 * MIB + 5000).unwrap();
         drop(f);
         let whole = std::fs::read(&path).unwrap();
         let mut read = Vec::new();
-        SparseReader::open(&path)
-            .unwrap()
-            .read_to_end(&mut read)
-            .unwrap();
-        assert!(read == whole);
+        read_back(&path).unwrap().read_to_end(&mut read).unwrap();
+        assert!(read.len() == whole.len() && read == whole);
         assert_eq!(
             sha256(&path).unwrap(),
             builderd_oci::Digest::of(&whole).hex()

@@ -2,26 +2,22 @@
 //! digest check under it) proceeds while the consumer parses and writes.
 //! A few buffers in flight bound the memory it takes; they go back to the
 //! thread once read, so a long stream is not a long run of fresh
-//! allocations (each a megabyte of page faults). The buffers are aligned
-//! for O_DIRECT, so a source that reads around the page cache can fill them.
+//! allocations (each a megabyte of page faults).
 
 use std::io::{self, BufRead, Read};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
-use builderd_ext4::direct::{aligned_buf, AlignedBuf};
-
-/// Bytes a chunk holds unless told otherwise.
 const CHUNK: usize = 1 << 20;
 /// Chunks a stream may have in flight unless told otherwise.
 const IN_FLIGHT: usize = 4;
 
-/// A chunk read: the buffer (a chunk long) and how much of it holds data.
-type Chunk = (AlignedBuf, usize);
+/// A chunk read: the buffer (CHUNK long) and how much of it holds data.
+type Chunk = (Vec<u8>, usize);
 
 pub struct ReadAhead {
     chunks: Receiver<io::Result<Chunk>>,
     /// Read buffers going back to the thread.
-    spent: SyncSender<AlignedBuf>,
+    spent: SyncSender<Vec<u8>>,
     current: Chunk,
     pos: usize,
     done: bool,
@@ -37,29 +33,18 @@ impl ReadAhead {
     /// As `new`, with up to `chunks` megabytes read ahead (a stream started
     /// before it is needed gets that far while the one before it is read),
     /// on a thread called `name`.
-    pub fn with_depth(inner: impl Read + Send + 'static, chunks: usize, name: &str) -> ReadAhead {
-        ReadAhead::with_chunks(inner, chunks, CHUNK, name)
-    }
-
-    /// As `with_depth`, with chunks of `chunk_bytes` (reads around the page
-    /// cache go at the disk's speed only when they are large).
-    pub fn with_chunks(
+    pub fn with_depth(
         mut inner: impl Read + Send + 'static,
         chunks: usize,
-        chunk_bytes: usize,
         name: &str,
     ) -> ReadAhead {
         let chunks = chunks.max(1);
         let (tx, rx) = mpsc::sync_channel(chunks);
-        let (spent, recycled) = mpsc::sync_channel::<AlignedBuf>(chunks + 1);
+        let (spent, recycled) = mpsc::sync_channel::<Vec<u8>>(chunks + 1);
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || loop {
-                let mut buf = recycled.try_recv().unwrap_or_else(|_| {
-                    let mut b = aligned_buf(chunk_bytes);
-                    b.resize(chunk_bytes, 0);
-                    b
-                });
+                let mut buf = recycled.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
                 let mut filled = 0;
                 let result = loop {
                     match inner.read(&mut buf[filled..]) {
@@ -88,7 +73,7 @@ impl ReadAhead {
         ReadAhead {
             chunks: rx,
             spent,
-            current: (aligned_buf(0), 0),
+            current: (Vec::new(), 0),
             pos: 0,
             done: false,
         }
