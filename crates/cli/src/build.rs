@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::boot_args::BootArgs;
 use crate::events::{self, SizeLimitExceeded};
 use crate::ext4_args::Ext4Args;
-use crate::layer_streams::Streams;
+use crate::layer_streams::{Blob, Streams};
 use crate::output::Pending;
 use crate::progress::Bar;
 use crate::pull::Downloads;
@@ -240,9 +240,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     let flattened = {
         let open_blob = |i: usize| match &blobs {
-            Blobs::Local(store) => store
-                .open_blob(&image.layers[i].digest)
-                .map_err(std::io::Error::other),
+            Blobs::Local(store) => Ok(Blob {
+                reader: store
+                    .open_blob(&image.layers[i].digest)
+                    .map_err(std::io::Error::other)?,
+                verified: false,
+            }),
             Blobs::Pull(downloads) => Ok(downloads.open(i)),
         };
         let streams = Streams::new(&image.layers, &open_blob, bar.clone());

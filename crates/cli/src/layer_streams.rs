@@ -27,8 +27,17 @@ const DEPTH: usize = 4;
 const BLOB_AHEAD: usize = 4;
 const READ_BUFFER: usize = 1 << 20;
 
-/// Opens a layer's blob, as stored (compressed).
-pub type OpenBlob<'a> = dyn Fn(usize) -> io::Result<Box<dyn Read + Send>> + Sync + 'a;
+/// A layer's blob, as stored (compressed).
+pub struct Blob {
+    pub reader: Box<dyn Read + Send>,
+    /// The reader ends only once the blob's size and digest are verified
+    /// (a download into the cache checks them as it writes): no second
+    /// check is needed.
+    pub verified: bool,
+}
+
+/// Opens a layer's blob.
+pub type OpenBlob<'a> = dyn Fn(usize) -> io::Result<Blob> + Sync + 'a;
 
 pub struct Streams<'a> {
     layers: &'a [LayerInfo],
@@ -60,18 +69,21 @@ impl<'a> Streams<'a> {
     /// Layer `i`'s tar stream.
     fn open(&self, i: usize) -> io::Result<Box<dyn BufRead + Send>> {
         let info = &self.layers[i];
+        let blob = (self.open_blob)(i)?;
         let counted = Counted {
-            inner: (self.open_blob)(i)?,
+            inner: blob.reader,
             bar: self.bar.clone(),
         };
-        let verified = BufReader::with_capacity(
-            READ_BUFFER,
-            ReadAhead::with_depth(
+        let checked: Box<dyn Read + Send> = if blob.verified {
+            Box::new(counted)
+        } else {
+            Box::new(ReadAhead::with_depth(
                 VerifyingReader::new(counted, info.digest.clone(), info.size),
                 BLOB_AHEAD,
                 "layer-blob",
-            ),
-        );
+            ))
+        };
+        let verified = BufReader::with_capacity(READ_BUFFER, checked);
         Ok(match info.compression {
             Compression::None => Box::new(verified),
             Compression::Gzip => Box::new(ReadAhead::with_depth(
@@ -118,6 +130,9 @@ struct FeedState {
     /// the bytes are the same, the digest says so).
     written: u64,
     done: bool,
+    /// A download (which verifies what it writes) brings the blob, as
+    /// opposed to finding it in the cache.
+    downloaded: bool,
     failed: Option<String>,
     /// Counts the changes, so a reader can wait for the next one.
     changes: u64,
@@ -129,6 +144,7 @@ impl Feed {
         self.update(|s| {
             s.path = Some(path.to_path_buf());
             s.written = 0;
+            s.downloaded = true;
         });
     }
 
@@ -159,6 +175,17 @@ impl Feed {
         s.changes += 1;
         drop(s);
         self.changed.notify_all();
+    }
+
+    /// Waits until the blob is found in the cache or its download starts
+    /// (or the pull fails); answers whether a download brings it, that is,
+    /// whether its reader ends only on a verified blob.
+    pub fn downloaded(&self) -> bool {
+        let mut s = self.state.lock().unwrap();
+        while s.path.is_none() && s.failed.is_none() {
+            s = self.changed.wait(s).unwrap();
+        }
+        s.downloaded
     }
 
     /// Reads the blob from its start, waiting for bytes not written yet.
@@ -320,6 +347,29 @@ mod tests {
         reader.read_to_end(&mut out).unwrap();
         teller.join().unwrap();
         assert_eq!(out, b"whole");
+    }
+
+    #[test]
+    fn only_a_blob_brought_by_a_download_counts_as_verified_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cached = Arc::new(Feed::default());
+        let teller = {
+            let (feed, path) = (cached.clone(), dir.path().join("cached"));
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                feed.done(&path);
+            })
+        };
+        // Waits for the pull to say where the blob comes from.
+        assert!(!cached.downloaded());
+        teller.join().unwrap();
+        let fetched = Feed::default();
+        fetched.writing(&dir.path().join("partial"));
+        fetched.done(&dir.path().join("blob"));
+        assert!(fetched.downloaded());
+        let failed = Feed::default();
+        failed.failed("stopped");
+        assert!(!failed.downloaded());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! background (after `builderd_oci::resolve_remote`), top layer first,
 //! several at once, while the flatten reads each one as it arrives.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,7 +12,7 @@ use anyhow::Result;
 use builderd_oci::{BlobCache, Digest, LayerInfo, Registry};
 
 use crate::events;
-use crate::layer_streams::Feed;
+use crate::layer_streams::{Blob, Feed};
 use crate::units::human;
 
 /// Parallel layer downloads.
@@ -86,9 +86,13 @@ impl Downloads {
         }
     }
 
-    /// Layer `i`'s blob, read as it downloads.
-    pub fn open(&self, i: usize) -> Box<dyn Read + Send> {
-        Box::new(self.feeds[i].reader())
+    /// Layer `i`'s blob, read as it downloads. A blob being downloaded is
+    /// verified by its download, and its reader ends only after that.
+    pub fn open(&self, i: usize) -> Blob {
+        Blob {
+            verified: self.feeds[i].downloaded(),
+            reader: Box::new(self.feeds[i].reader()),
+        }
     }
 
     /// Waits for the downloads (all done once the flatten has read every
