@@ -6,7 +6,7 @@
 //! `builderd_ext4::direct`), so it is read back the same way, from the disk,
 //! in large reads several at a time.
 
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::io::{self, BufRead, Read};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -42,9 +42,7 @@ pub struct ReadBack {
 
 /// The image read back.
 pub fn read_back(path: &Path) -> io::Result<ReadBack> {
-    let file = Arc::new(DirectFile::new(Arc::new(
-        OpenOptions::new().read(true).write(true).open(path)?,
-    )));
+    let file = Arc::new(DirectFile::new(Arc::new(File::open(path)?)));
     let len = file.buffered_file().metadata()?.len();
     let mut chunks = Vec::new();
     let mut spent = Vec::new();
@@ -196,7 +194,6 @@ pub fn sha256(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::File;
     use std::io::{Seek, SeekFrom, Write};
 
     #[test]

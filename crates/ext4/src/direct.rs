@@ -4,9 +4,9 @@
 //! byte and fresh memory for every page: on a virtual machine that hands
 //! freed memory back to its host, each of those pages is a fault the host
 //! has to serve, and that, not the decompression, was most of a build's
-//! time. Where the filesystem refuses O_DIRECT (tmpfs on older kernels,
-//! some network filesystems), or for a write that is not block-aligned,
-//! the ordinary buffered file is used instead, with the same result.
+//! time. Where the filesystem refuses O_DIRECT (tmpfs, for one), or for a
+//! transfer that is not block-aligned, the ordinary buffered file is used
+//! instead, with the same result.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -37,16 +37,19 @@ pub struct DirectFile {
 }
 
 impl DirectFile {
-    /// `file` (read-write) and, where the filesystem allows, a second
-    /// descriptor of it opened with O_DIRECT.
+    /// `file` and, where the filesystem allows, a second descriptor of it
+    /// opened with O_DIRECT (read-write, or read-only where writing is not
+    /// allowed).
     pub fn new(file: Arc<File>) -> DirectFile {
         let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-        let direct = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok();
+        let open = |write: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(write)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+        };
+        let direct = open(true).or_else(|_| open(false)).ok();
         DirectFile {
             buffered: file,
             direct,
