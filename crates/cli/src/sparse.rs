@@ -7,14 +7,15 @@
 //! in large reads several at a time.
 
 use std::fs::File;
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc;
 use std::sync::Arc;
 
 use anyhow::Result;
 use builderd_ext4::direct::{aligned_buf, AlignedBuf, DirectFile};
+use builderd_import::Chunks;
 use sha2::{Digest as _, Sha256};
 
 /// Bytes per read. Reads around the page cache reach the disk's speed only
@@ -25,27 +26,15 @@ const CHUNK: usize = 8 << 20;
 /// Reader threads, each with one read in flight.
 const READERS: usize = 4;
 
-/// A chunk read: the buffer and how much of it holds data (0: the end).
-type Chunk = (AlignedBuf, usize);
-
 /// The image's bytes in order, holes as zeros, read ahead by several
 /// threads: thread `t` reads chunks `t`, `t + READERS`, ...
-pub struct ReadBack {
-    chunks: Vec<Receiver<io::Result<Chunk>>>,
-    /// Read buffers going back to the thread that filled them.
-    spent: Vec<SyncSender<AlignedBuf>>,
-    next: usize,
-    current: Chunk,
-    pos: usize,
-    done: bool,
-}
+pub type ReadBack = Chunks<AlignedBuf>;
 
 /// The image read back.
 pub fn read_back(path: &Path) -> io::Result<ReadBack> {
     let file = Arc::new(DirectFile::new(Arc::new(File::open(path)?)));
     let len = file.buffered_file().metadata()?.len();
-    let mut chunks = Vec::new();
-    let mut spent = Vec::new();
+    let mut lanes = Vec::new();
     for t in 0..READERS {
         let (tx, rx) = mpsc::sync_channel(1);
         let (give_back, recycled) = mpsc::sync_channel::<AlignedBuf>(2);
@@ -70,17 +59,9 @@ pub fn read_back(path: &Path) -> io::Result<ReadBack> {
                 }
             })
             .expect("spawning an image read-back thread");
-        chunks.push(rx);
-        spent.push(give_back);
+        lanes.push((rx, give_back));
     }
-    Ok(ReadBack {
-        chunks,
-        spent,
-        next: 0,
-        current: (aligned_buf(0), 0),
-        pos: 0,
-        done: false,
-    })
+    Ok(Chunks::new(lanes))
 }
 
 /// Where the data at or after `at` starts (SEEK_DATA) or ends (SEEK_HOLE);
@@ -127,50 +108,6 @@ fn read_chunk(file: &DirectFile, at: u64, buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-impl BufRead for ReadBack {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.pos == self.current.1 {
-            if self.done {
-                return Ok(&[]);
-            }
-            let t = self.next;
-            self.next = (t + 1) % READERS;
-            match self.chunks[t].recv() {
-                Ok(Ok((_, 0))) => self.done = true,
-                Ok(Ok(chunk)) => {
-                    let old = std::mem::replace(&mut self.current, chunk);
-                    if !old.0.is_empty() {
-                        // Back to the thread it came from (the one before t).
-                        let from = (t + READERS - 1) % READERS;
-                        let _ = self.spent[from].try_send(old.0);
-                    }
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                Err(_) => return Err(io::Error::other("an image read-back thread stopped")),
-            }
-        }
-        Ok(&self.current.0[self.pos..self.current.1])
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.current.1);
-    }
-}
-
-impl Read for ReadBack {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let data = self.fill_buf()?;
-        let n = buf.len().min(data.len());
-        buf[..n].copy_from_slice(&data[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
 /// The sha256 of an image file, as hex.
 pub fn sha256(path: &Path) -> Result<String> {
     let mut hash = Sha256::new();
@@ -194,7 +131,7 @@ pub fn sha256(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Seek, SeekFrom, Write};
+    use std::io::{Read, Seek, SeekFrom, Write};
 
     #[test]
     fn holes_read_as_zeros_in_order_and_the_hash_is_the_files() {

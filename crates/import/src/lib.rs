@@ -9,7 +9,7 @@ mod tar;
 mod tarstream;
 
 pub use dir::import_dir;
-pub use readahead::ReadAhead;
+pub use readahead::{Chunk, Chunks, Lane, ReadAhead};
 pub use tar::{import_tar, Entry, EntryKind, TarReader};
 
 /// Reports progress: bytes of input consumed so far (file data for a

@@ -11,28 +11,98 @@ const CHUNK: usize = 1 << 20;
 /// Chunks a stream may have in flight unless told otherwise.
 const IN_FLIGHT: usize = 4;
 
-/// A chunk read: the buffer (CHUNK long) and how much of it holds data.
-type Chunk = (Vec<u8>, usize);
+/// A chunk read: the buffer and how much of it holds data (0: the end).
+pub type Chunk<B> = (B, usize);
 
-pub struct ReadAhead {
-    chunks: Receiver<io::Result<Chunk>>,
-    /// Read buffers going back to the thread.
-    spent: SyncSender<Vec<u8>>,
-    current: Chunk,
+/// One producing thread's ends: its chunks, and where spent buffers go back.
+pub type Lane<B> = (Receiver<io::Result<Chunk<B>>>, SyncSender<B>);
+
+/// Chunks made by one or more threads, read in turn: with `n` threads, the
+/// `t`-th gives chunks `t`, `t + n`, ... of the stream. A chunk of no data
+/// ends it; an error ends it after the data before it.
+pub struct Chunks<B> {
+    lanes: Vec<Lane<B>>,
+    next: usize,
+    /// The chunk being read and the lane it came from.
+    current: Option<(Chunk<B>, usize)>,
     pos: usize,
     done: bool,
 }
 
+impl<B: AsRef<[u8]>> Chunks<B> {
+    pub fn new(lanes: Vec<Lane<B>>) -> Chunks<B> {
+        Chunks {
+            lanes,
+            next: 0,
+            current: None,
+            pos: 0,
+            done: false,
+        }
+    }
+
+    fn available(&self) -> usize {
+        self.current.as_ref().map_or(0, |((_, n), _)| *n)
+    }
+}
+
+/// The chunks as they came, without a copy: for a consumer that only looks
+/// at the bytes (a hash, a compressor).
+impl<B: AsRef<[u8]>> BufRead for Chunks<B> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.available() {
+            if self.done {
+                return Ok(&[]);
+            }
+            let t = self.next;
+            self.next = (t + 1) % self.lanes.len();
+            match self.lanes[t].0.recv() {
+                Ok(Ok((_, 0))) => self.done = true,
+                Ok(Ok(chunk)) => {
+                    if let Some(((old, _), from)) = self.current.replace((chunk, t)) {
+                        // The thread may have stopped or have enough: then it goes.
+                        let _ = self.lanes[from].1.try_send(old);
+                    }
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => return Err(io::Error::other("a read-ahead thread stopped")),
+            }
+        }
+        let ((buf, n), _) = self.current.as_ref().expect("filled above");
+        Ok(&buf.as_ref()[self.pos..*n])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.available());
+    }
+}
+
+impl<B: AsRef<[u8]>> Read for Chunks<B> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let data = self.fill_buf()?;
+        let n = buf.len().min(data.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// A source read on a thread of its own, a megabyte at a time.
+pub type ReadAhead = Chunks<Vec<u8>>;
+
 impl ReadAhead {
     /// Starts reading `inner` on a thread of its own. If the `ReadAhead` is
     /// dropped early, the thread stops at its next chunk.
-    pub fn new(inner: impl Read + Send + 'static) -> ReadAhead {
+    pub fn spawn(inner: impl Read + Send + 'static) -> ReadAhead {
         ReadAhead::with_depth(inner, IN_FLIGHT, "read-ahead")
     }
 
-    /// As `new`, with up to `chunks` megabytes read ahead (a stream started
-    /// before it is needed gets that far while the one before it is read),
-    /// on a thread called `name`.
+    /// As `spawn`, with up to `chunks` megabytes read ahead (a stream
+    /// started before it is needed gets that far while the one before it
+    /// is read), on a thread called `name`.
     pub fn with_depth(
         mut inner: impl Read + Send + 'static,
         chunks: usize,
@@ -70,56 +140,7 @@ impl ReadAhead {
                 }
             })
             .expect("spawning a read-ahead thread");
-        ReadAhead {
-            chunks: rx,
-            spent,
-            current: (Vec::new(), 0),
-            pos: 0,
-            done: false,
-        }
-    }
-}
-
-impl Read for ReadAhead {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let data = self.fill_buf()?;
-        let n = buf.len().min(data.len());
-        buf[..n].copy_from_slice(&data[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-/// The chunks as they came, without a copy: for a consumer that only looks
-/// at the bytes (a hash, a compressor).
-impl BufRead for ReadAhead {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.pos == self.current.1 {
-            if self.done {
-                return Ok(&[]);
-            }
-            match self.chunks.recv() {
-                Ok(Ok((_, 0))) => self.done = true,
-                Ok(Ok(chunk)) => {
-                    let old = std::mem::replace(&mut self.current, chunk);
-                    if !old.0.is_empty() {
-                        // The thread may have stopped or have enough: then it goes.
-                        let _ = self.spent.try_send(old.0);
-                    }
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                Err(_) => return Err(io::Error::other("the read-ahead thread stopped")),
-            }
-        }
-        Ok(&self.current.0[self.pos..self.current.1])
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.pos = (self.pos + n).min(self.current.1);
+        Chunks::new(vec![(rx, spent)])
     }
 }
 
@@ -133,7 +154,7 @@ mod tests {
             .map(|i| (i * 31 % 251) as u8)
             .collect();
         let mut out = Vec::new();
-        ReadAhead::new(io::Cursor::new(data.clone()))
+        ReadAhead::spawn(io::Cursor::new(data.clone()))
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, data);
@@ -156,7 +177,7 @@ mod tests {
                 Ok(n)
             }
         }
-        let mut r = ReadAhead::new(Failing(10));
+        let mut r = ReadAhead::spawn(Failing(10));
         let mut out = Vec::new();
         let err = r.read_to_end(&mut out).unwrap_err();
         assert_eq!(err.to_string(), "digest mismatch");
