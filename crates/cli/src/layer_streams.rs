@@ -267,6 +267,19 @@ impl Read for FeedReader {
 mod tests {
     use super::*;
 
+    /// Tells `feed` something 50 ms from now, on a thread of its own (the
+    /// download, as a reader already waiting on the feed sees it).
+    fn later(
+        feed: &Arc<Feed>,
+        tell: impl FnOnce(&Feed) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let feed = feed.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tell(&feed);
+        })
+    }
+
     #[test]
     fn a_feed_is_read_as_it_grows_and_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -310,9 +323,8 @@ mod tests {
         // The download starts over: the file is cut before the feed hears of it.
         std::fs::write(&partial, b"").unwrap();
         let writer = {
-            let (feed, partial) = (feed.clone(), partial.clone());
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(50));
+            let partial = partial.clone();
+            later(&feed, move |feed| {
                 feed.progress(0);
                 std::fs::write(&partial, b"hello world").unwrap();
                 feed.progress(11);
@@ -337,11 +349,8 @@ mod tests {
         std::fs::rename(&partial, &done).unwrap();
         let mut reader = feed.reader();
         let teller = {
-            let (feed, done) = (feed.clone(), done.clone());
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                feed.done(&done);
-            })
+            let done = done.clone();
+            later(&feed, move |feed| feed.done(&done))
         };
         let mut out = Vec::new();
         reader.read_to_end(&mut out).unwrap();
@@ -353,13 +362,8 @@ mod tests {
     fn only_a_blob_brought_by_a_download_counts_as_verified_by_it() {
         let dir = tempfile::tempdir().unwrap();
         let cached = Arc::new(Feed::default());
-        let teller = {
-            let (feed, path) = (cached.clone(), dir.path().join("cached"));
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                feed.done(&path);
-            })
-        };
+        let path = dir.path().join("cached");
+        let teller = later(&cached, move |feed| feed.done(&path));
         // Waits for the pull to say where the blob comes from.
         assert!(!cached.downloaded());
         teller.join().unwrap();
