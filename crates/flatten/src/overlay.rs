@@ -1,5 +1,6 @@
 //! The newest-first overlay pass and the hard-link fix-up.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead};
 use std::sync::mpsc::Receiver;
@@ -46,6 +47,16 @@ enum State {
     ImplicitDir,
     NonDir,
     Whiteout,
+}
+
+/// The parent directory of the entries being read, and what is known of it
+/// in this layer.
+struct DirMemo {
+    dir: Vec<u8>,
+    /// Upper layers hide everything in it ([`Flatten::inside_masked`]).
+    masked: bool,
+    /// Its ancestors and itself are recorded, in `above` or this layer's map.
+    implied: bool,
 }
 
 struct PendingLink {
@@ -146,16 +157,24 @@ pub(crate) fn layer_err(layer: &Layer<'_>) -> impl Fn(builderd_import::Error) ->
 impl Flatten<'_, '_, '_> {
     /// Is `path` (of an entry of kind `kind`) hidden by an upper layer?
     fn masked(&self, path: &[u8], is_dir: bool) -> bool {
-        if !path.is_empty() && self.opaque_above.contains(&b""[..]) {
-            return true;
-        }
-        for a in ancestors(path) {
-            if matches!(self.above.get(a), Some(State::NonDir | State::Whiteout))
-                || self.opaque_above.contains(a)
-            {
-                return true;
-            }
-        }
+        (!path.is_empty() && self.inside_masked(parent(path))) || self.itself_masked(path, is_dir)
+    }
+
+    /// Is everything in directory `dir` hidden by an upper layer: is `dir`
+    /// or one of its ancestors a non-directory, a whiteout or opaque there?
+    fn inside_masked(&self, dir: &[u8]) -> bool {
+        let opaque = |a: &[u8]| !self.opaque_above.is_empty() && self.opaque_above.contains(a);
+        opaque(b"")
+            || ancestors(dir)
+                .chain(Some(dir).filter(|d| !d.is_empty()))
+                .any(|a| {
+                    matches!(self.above.get(a), Some(State::NonDir | State::Whiteout)) || opaque(a)
+                })
+    }
+
+    /// Is `path` itself taken by an upper layer (a directory only implied
+    /// there still takes a directory's metadata)?
+    fn itself_masked(&self, path: &[u8], is_dir: bool) -> bool {
         match self.above.get(path) {
             None => false,
             Some(State::ImplicitDir) => !is_dir,
@@ -180,6 +199,10 @@ impl Flatten<'_, '_, '_> {
         let mut here: HashMap<Vec<u8>, State> = HashMap::new();
         let mut opaque_here: HashSet<Vec<u8>> = HashSet::new();
         let mut whiteouts_here: Vec<Vec<u8>> = Vec::new();
+        // A tar has a directory's entries together: what the layers above
+        // say of the last parent seen is kept rather than looked up again
+        // for each of them.
+        let mut last_dir: Option<DirMemo> = None;
         while let Some(mut entry) = self.next_item(k, from)? {
             let path = std::mem::take(&mut entry.path);
             let name = base(&path);
@@ -204,9 +227,20 @@ impl Flatten<'_, '_, '_> {
             if let EntryKind::Symlink(target) = &entry.kind {
                 if self.above.get(&path) == Some(&State::ImplicitDir) {
                     self.follow_link(&path, target)?;
+                    // It moved entries of `above`.
+                    last_dir = None;
                 }
             }
-            if self.masked(&path, is_dir) {
+            let dir = parent(&path);
+            let memo = match &mut last_dir {
+                Some(memo) if memo.dir == dir => memo,
+                slot => slot.insert(DirMemo {
+                    dir: dir.to_vec(),
+                    masked: self.inside_masked(dir),
+                    implied: false,
+                }),
+            };
+            if (!path.is_empty() && memo.masked) || self.itself_masked(&path, is_dir) {
                 self.stats.masked += 1;
                 self.discard(&mut entry);
                 continue;
@@ -267,10 +301,13 @@ impl Flatten<'_, '_, '_> {
             };
             self.stats.written += 1;
             here.insert(path.clone(), state);
-            for a in ancestors(&path) {
-                if !self.above.contains_key(a) && !here.contains_key(a) {
-                    here.insert(a.to_vec(), State::ImplicitDir);
+            if !memo.implied {
+                for a in ancestors(&path) {
+                    if !self.above.contains_key(a) && !here.contains_key(a) {
+                        here.insert(a.to_vec(), State::ImplicitDir);
+                    }
                 }
+                memo.implied = true;
             }
         }
         // A whiteout masks lower layers only; an entry for the same path in
@@ -290,11 +327,14 @@ impl Flatten<'_, '_, '_> {
             }
         }
         for (path, state) in here {
-            match self.above.get(&path) {
-                None | Some(State::ImplicitDir) => {
-                    self.above.insert(path, state);
+            match self.above.entry(path) {
+                Entry::Vacant(slot) => {
+                    slot.insert(state);
                 }
-                Some(_) => {}
+                Entry::Occupied(mut slot) if *slot.get() == State::ImplicitDir => {
+                    slot.insert(state);
+                }
+                Entry::Occupied(_) => {}
             }
         }
         self.opaque_above.extend(opaque_here);
