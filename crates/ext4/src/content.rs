@@ -3,7 +3,9 @@
 //! kept. Where a block goes is the caller's ([`Place`]): the writer's own
 //! cursor, or a lane's share of it when layers are written side by side.
 
-use xxhash_rust::xxh3::Xxh3;
+// twox-hash picks AVX2 at run time (xxhash-rust only at build time, so SSE2
+// in a portable build); both compute the same XXH3-128.
+use twox_hash::xxhash3_128::Hasher as Xxh3;
 
 use crate::layout::{self, BLOCK_SIZE};
 use crate::tree::Extent;
@@ -124,8 +126,8 @@ impl Content {
         if crate::image::is_zero(block) {
             return Ok(());
         }
-        self.hash.update(&logical.to_le_bytes());
-        self.hash.update(block);
+        self.hash.write(&logical.to_le_bytes());
+        self.hash.write(block);
         let phys = to.place(logical, block)?;
         let logical = logical as u32;
         match self.extents.last_mut() {
@@ -153,11 +155,11 @@ impl Content {
             block.resize(BLOCK_SIZE, 0);
             self.put_block(&block, to)?;
         }
-        self.hash.update(&size.to_le_bytes());
+        self.hash.write(&size.to_le_bytes());
         Ok(FileData {
             size,
             extents: self.extents,
-            content_hash: self.hash.digest128(),
+            content_hash: self.hash.finish_128(),
         })
     }
 }

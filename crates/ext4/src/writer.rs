@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::xxhash3_128::Hasher as Xxh3;
 
 use crate::checksum;
 use crate::content::{Content, ContentSink, FileData, Place};
@@ -486,60 +486,59 @@ impl Finisher {
         for &id in &self.order {
             let node = self.w.tree.node(id);
             let m = &node.meta;
-            h.update(&self.ino[id as usize].to_le_bytes());
-            h.update(&m.mode.to_le_bytes());
-            h.update(&m.uid.to_le_bytes());
-            h.update(&m.gid.to_le_bytes());
+            h.write(&self.ino[id as usize].to_le_bytes());
+            h.write(&m.mode.to_le_bytes());
+            h.write(&m.uid.to_le_bytes());
+            h.write(&m.gid.to_le_bytes());
             for t in [m.atime, m.mtime, m.ctime] {
-                h.update(&t.secs.to_le_bytes());
-                h.update(&t.nanos.to_le_bytes());
+                h.write(&t.secs.to_le_bytes());
+                h.write(&t.nanos.to_le_bytes());
             }
             for x in &m.xattrs {
-                h.update(&(x.name.len() as u64).to_le_bytes());
-                h.update(&x.name);
-                h.update(&(x.value.len() as u64).to_le_bytes());
-                h.update(&x.value);
+                h.write(&(x.name.len() as u64).to_le_bytes());
+                h.write(&x.name);
+                h.write(&(x.value.len() as u64).to_le_bytes());
+                h.write(&x.value);
             }
             match &node.kind {
                 Kind::Dir(children) => {
-                    h.update(b"d");
+                    h.write(b"d");
                     for (name, &child) in children {
-                        h.update(&(name.len() as u64).to_le_bytes());
-                        h.update(name);
-                        h.update(&self.ino[child as usize].to_le_bytes());
+                        h.write(&(name.len() as u64).to_le_bytes());
+                        h.write(name);
+                        h.write(&self.ino[child as usize].to_le_bytes());
                     }
                 }
                 Kind::File { content_hash, .. } => {
-                    h.update(b"f");
-                    h.update(&content_hash.to_le_bytes());
+                    h.write(b"f");
+                    h.write(&content_hash.to_le_bytes());
                 }
                 Kind::Symlink(target) => {
-                    h.update(b"l");
-                    h.update(target);
+                    h.write(b"l");
+                    h.write(target);
                 }
                 Kind::Device(kind, major, minor) => {
-                    h.update(if *kind == DeviceKind::Char {
+                    h.write(if *kind == DeviceKind::Char {
                         b"c"
                     } else {
                         b"b"
                     });
-                    h.update(&major.to_le_bytes());
-                    h.update(&minor.to_le_bytes());
+                    h.write(&major.to_le_bytes());
+                    h.write(&minor.to_le_bytes());
                 }
-                Kind::Fifo => h.update(b"p"),
-                Kind::Socket => h.update(b"s"),
+                Kind::Fifo => h.write(b"p"),
+                Kind::Socket => h.write(b"s"),
             }
         }
-        h.update(self.w.opts.label.as_bytes());
-        let digest = h.digest128().to_le_bytes();
+        h.write(self.w.opts.label.as_bytes());
+        let digest = h.finish_128().to_le_bytes();
         let uuid = self.w.opts.uuid.unwrap_or_else(|| {
             let mut u = digest;
             u[6] = (u[6] & 0x0f) | 0x80; // version 8: custom, content-derived
             u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
             u
         });
-        let seed_bytes =
-            xxhash_rust::xxh3::xxh3_128_with_seed(&digest, 0x6275_696c_6465_7264).to_le_bytes();
+        let seed_bytes = Xxh3::oneshot_with_seed(0x6275_696c_6465_7264, &digest).to_le_bytes();
         let mut seed = [0u32; 4];
         for (i, w) in seed.iter_mut().enumerate() {
             *w = u32::from_le_bytes(seed_bytes[4 * i..4 * i + 4].try_into().unwrap());
