@@ -238,7 +238,7 @@ pub fn run(args: Args) -> Result<()> {
     if matches!(blobs, Blobs::Local(_)) {
         events::stage("building");
     }
-    let flattened = {
+    let (flattened, checks) = {
         let open_blob = |i: usize| match &blobs {
             Blobs::Local(store) => Ok(Blob {
                 reader: store
@@ -255,9 +255,8 @@ pub fn run(args: Args) -> Result<()> {
                 events::info(&format!("layer {} written", layer.name))
             }
         });
-        // Bound before the block ends, so the layers go before what they borrow.
-        #[allow(clippy::let_and_return)]
-        flattened
+        drop(layers);
+        (flattened, streams.take_checks())
     };
     let stats = match (flattened, blobs) {
         (Ok(stats), Blobs::Pull(d)) => d.finish().map(|()| stats)?,
@@ -266,9 +265,11 @@ pub fn run(args: Args) -> Result<()> {
         // download's own error says what happened.
         (Err(e), Blobs::Pull(d)) => match d.abandon() {
             Some(download) => return Err(download.into()),
-            None => return Err(e.into()),
+            None => return Err(checks.join().err().map_or(e.into(), Into::into)),
         },
-        (Err(e), Blobs::Local(_)) => return Err(e.into()),
+        // A blob that is not what its digest says fails to decompress or
+        // parse first, more often than not: its check says why.
+        (Err(e), Blobs::Local(_)) => return Err(checks.join().err().map_or(e.into(), Into::into)),
     };
     bar.finish();
     let installed = builderd_rootfs::install(&mut writer, &plan)?;
@@ -290,14 +291,16 @@ pub fn run(args: Args) -> Result<()> {
     }
     let finished = Instant::now();
     events::stage("packaging");
-    // Hashing (CPU) and flushing to disk (I/O) overlap.
+    // Hashing (CPU) and flushing to disk (I/O) overlap, and the blob checks
+    // still running get the core the hash leaves idle.
     let sha256 = std::thread::scope(|scope| {
         let hashing = scope.spawn(|| crate::sparse::sha256(pending.path()));
         let flushed = pending
             .file()
             .and_then(|f| f.sync_all().context("flushing the image to disk"));
         let sha256 = hashing.join().expect("the hashing thread does not panic");
-        flushed.and(sha256)
+        let checked = checks.join().map_err(anyhow::Error::from);
+        checked.and(flushed).and(sha256)
     })?;
     let checksummed = Instant::now();
     let compressed = match &copy {

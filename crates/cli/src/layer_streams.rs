@@ -1,9 +1,10 @@
 //! The layers of an image as the flatten reads them, each a decompressed tar
-//! stream whose blob is checked against its digest and size as it is read.
+//! stream whose blob is checked against its digest and size: by its
+//! download as it arrives, or else by a [`BlobChecks`] thread that reads the
+//! blob once more at idle priority.
 //!
-//! Each stream runs on threads of its own: one reads the blob and hashes it,
-//! one decompresses. The flatten reads the layers side by side (its lanes),
-//! so every layer decompresses at once.
+//! Each stream decompresses on a thread of its own. The flatten reads the
+//! layers side by side (its lanes), so every layer decompresses at once.
 //!
 //! A registry pull need not finish before the flatten starts: a layer being
 //! downloaded is read as it grows (`Feed`), so downloading, decompressing
@@ -17,14 +18,13 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use builderd_flatten::Layer;
 use builderd_import::ReadAhead;
-use builderd_oci::{Compression, LayerInfo, VerifyingReader};
+use builderd_oci::{Compression, LayerInfo};
 
+use crate::blob_checks::BlobChecks;
 use crate::progress::Bar;
 
 /// Megabytes of decompressed output a layer has in flight.
 const DEPTH: usize = 4;
-/// Megabytes of compressed blob read ahead of the decompressor.
-const BLOB_AHEAD: usize = 4;
 const READ_BUFFER: usize = 1 << 20;
 
 /// A layer's blob, as stored (compressed).
@@ -36,13 +36,14 @@ pub struct Blob {
     pub verified: bool,
 }
 
-/// Opens a layer's blob.
+/// Opens a layer's blob; each call reads it from its start.
 pub type OpenBlob<'a> = dyn Fn(usize) -> io::Result<Blob> + Sync + 'a;
 
 pub struct Streams<'a> {
     layers: &'a [LayerInfo],
     open_blob: &'a OpenBlob<'a>,
     bar: Bar,
+    checks: Mutex<BlobChecks>,
 }
 
 impl<'a> Streams<'a> {
@@ -52,7 +53,14 @@ impl<'a> Streams<'a> {
             layers,
             open_blob,
             bar,
+            checks: Mutex::default(),
         }
+    }
+
+    /// The digest checks of the blobs opened so far, for the caller to join
+    /// before it keeps what the flatten made.
+    pub fn take_checks(&self) -> BlobChecks {
+        std::mem::take(&mut self.checks.lock().unwrap())
     }
 
     /// The layers for `builderd_flatten::flatten`.
@@ -77,22 +85,21 @@ impl<'a> Streams<'a> {
         let checked: Box<dyn Read + Send> = if blob.verified {
             Box::new(counted)
         } else {
-            Box::new(ReadAhead::with_depth(
-                VerifyingReader::new(counted, info.digest.clone(), info.size),
-                BLOB_AHEAD,
-                "layer-blob",
-            ))
+            let again = (self.open_blob)(i)?;
+            self.checks.lock().unwrap().spawn(info, again.reader)?;
+            // Never past the size the manifest gives, whatever the file holds.
+            Box::new(counted.take(info.size))
         };
-        let verified = BufReader::with_capacity(READ_BUFFER, checked);
+        let blob = BufReader::with_capacity(READ_BUFFER, checked);
         Ok(match info.compression {
-            Compression::None => Box::new(verified),
+            Compression::None => Box::new(blob),
             Compression::Gzip => Box::new(ReadAhead::with_depth(
-                flate2::bufread::MultiGzDecoder::new(verified),
+                flate2::bufread::MultiGzDecoder::new(blob),
                 DEPTH,
                 "layer-inflate",
             )),
             Compression::Zstd => Box::new(ReadAhead::with_depth(
-                zstd::stream::read::Decoder::with_buffer(verified)?,
+                zstd::stream::read::Decoder::with_buffer(blob)?,
                 DEPTH,
                 "layer-inflate",
             )),
