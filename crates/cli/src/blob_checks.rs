@@ -7,9 +7,12 @@
 //! of its own of the blob, the hash runs when a core has nothing else to do:
 //! mostly while the image's own sha256 runs on one core after the flatten.
 //! The build joins the checks before it keeps anything, so a blob that does
-//! not match its digest still fails it and leaves no output.
+//! not match its digest still fails it and leaves no output. Joining puts
+//! the checks back at normal priority first: on a machine kept busy by
+//! other builds, an idle-priority thread would hardly ever run.
 
 use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use builderd_oci::{LayerInfo, VerifyingReader};
@@ -17,29 +20,63 @@ use builderd_oci::{LayerInfo, VerifyingReader};
 /// The checks under way.
 #[derive(Default)]
 pub struct BlobChecks {
-    running: Vec<JoinHandle<io::Result<()>>>,
+    running: Vec<Check>,
+}
+
+struct Check {
+    thread: JoinHandle<io::Result<()>>,
+    priority: Arc<Mutex<Priority>>,
+}
+
+/// A check thread's priority, settled under its lock so that the thread
+/// lowering it and the join raising it cannot cross.
+#[derive(Default)]
+struct Priority {
+    /// The thread's id once it runs at idle priority.
+    idle_tid: Option<libc::pid_t>,
+    /// The join came: the thread stays at (or goes back to) normal priority.
+    hurried: bool,
 }
 
 impl BlobChecks {
     /// Checks `blob` (read from its start) against `layer`'s digest and size.
     pub fn spawn(&mut self, layer: &LayerInfo, blob: Box<dyn Read + Send>) -> io::Result<()> {
         let mut verifying = VerifyingReader::new(blob, layer.digest.clone(), layer.size);
-        let handle = std::thread::Builder::new()
+        let priority = Arc::new(Mutex::new(Priority::default()));
+        let mine = priority.clone();
+        let thread = std::thread::Builder::new()
             .name("blob-check".into())
             .spawn(move || {
-                idle_priority();
-                io::copy(&mut verifying, &mut io::sink()).map(drop)
+                {
+                    let mut p = mine.lock().unwrap();
+                    if !p.hurried && set_policy(0, libc::SCHED_IDLE) {
+                        // SAFETY: gettid has no preconditions.
+                        p.idle_tid = Some(unsafe { libc::gettid() });
+                    }
+                }
+                let checked = io::copy(&mut verifying, &mut io::sink()).map(drop);
+                // Its id may go to another thread once this one ends.
+                mine.lock().unwrap().idle_tid = None;
+                checked
             })?;
-        self.running.push(handle);
+        self.running.push(Check { thread, priority });
         Ok(())
     }
 
-    /// Waits for every check; the first failure (its message names the
-    /// blob's digest).
+    /// Waits for every check, at normal priority; the first failure (its
+    /// message names the blob's digest).
     pub fn join(self) -> io::Result<()> {
+        for check in &self.running {
+            let mut p = check.priority.lock().unwrap();
+            p.hurried = true;
+            if let Some(tid) = p.idle_tid.take() {
+                set_policy(tid, libc::SCHED_OTHER);
+            }
+        }
         let mut first = Ok(());
-        for handle in self.running {
-            let result = handle
+        for check in self.running {
+            let result = check
+                .thread
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("a blob check panicked")));
             if first.is_ok() {
@@ -50,14 +87,14 @@ impl BlobChecks {
     }
 }
 
-/// Runs this thread only when a core would otherwise idle. Should the
-/// kernel refuse, the check runs at normal priority: slower builds, the
-/// same result.
-fn idle_priority() {
+/// Sets thread `tid`'s (0: this thread's) scheduling policy; whether the
+/// kernel took it. Should it refuse, a check runs at the priority it has:
+/// slower builds, the same result.
+fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> bool {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sets the calling thread's (pid 0) policy; `param` outlives
-    // the call.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    // SAFETY: `param` outlives the call; a thread that has ended by now
+    // makes the call fail (ESRCH), nothing else.
+    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
 }
 
 #[cfg(test)]
@@ -97,5 +134,44 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// A blob read one byte at a time, slowly, noting the policy of the
+    /// thread that reads it.
+    struct Watched {
+        left: &'static [u8],
+        policies: Arc<Mutex<Vec<libc::c_int>>>,
+    }
+
+    impl Read for Watched {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            // SAFETY: asks for this thread's policy; no memory is involved.
+            let policy = unsafe { libc::sched_getscheduler(0) };
+            self.policies.lock().unwrap().push(policy);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let Some((&b, rest)) = self.left.split_first() else {
+                return Ok(0);
+            };
+            buf[0] = b;
+            self.left = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_check_runs_at_idle_priority_until_it_is_joined() {
+        let content = b"ten bytes!";
+        let policies = Arc::new(Mutex::new(Vec::new()));
+        let mut checks = BlobChecks::default();
+        let blob = Watched {
+            left: content,
+            policies: policies.clone(),
+        };
+        checks.spawn(&layer(content), Box::new(blob)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        checks.join().unwrap();
+        let seen = policies.lock().unwrap().clone();
+        assert_eq!(seen.first(), Some(&libc::SCHED_IDLE), "{seen:?}");
+        assert_eq!(seen.last(), Some(&libc::SCHED_OTHER), "{seen:?}");
     }
 }
