@@ -28,9 +28,12 @@ pub struct BlockOut {
 }
 
 impl BlockOut {
-    /// The writer's output, through the page cache.
+    /// The writer's output: around the page cache, like the lanes' (see
+    /// [`crate::direct`]), so that the metadata the finish writes is neither
+    /// copied into fresh page-cache pages nor flushed in the way of the
+    /// image's read-back.
     pub fn new(file: File) -> Self {
-        BlockOut::on(Arc::new(DirectFile::buffered(Arc::new(file))), IN_FLIGHT)
+        BlockOut::on(Arc::new(DirectFile::new(Arc::new(file))), IN_FLIGHT)
     }
 
     /// Writes to `file` with up to `in_flight` stages queued for its thread.
@@ -81,8 +84,8 @@ impl BlockOut {
     }
 
     /// The image file, for those who write or read it beside this.
-    pub fn file(&self) -> Arc<File> {
-        self.file.buffered_file().clone()
+    pub fn file(&self) -> Arc<DirectFile> {
+        self.file.clone()
     }
 
     fn send(&mut self, offset: u64, buf: AlignedBuf) -> io::Result<()> {

@@ -10,7 +10,6 @@
 //! decompressors share the cores while the image stays byte for byte the
 //! same from run to run.
 
-use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::content::{Content, ContentSink, FileData, Place};
@@ -50,7 +49,11 @@ impl Lanes {
     /// Each lane starts with a chunk of its own (given in lane order), so a
     /// lane with little to write never waits for the others, even for one
     /// whose input is slow to come.
-    pub(crate) fn new(mut alloc: Allocator, count: usize, file: Arc<File>) -> Result<Lanes, Error> {
+    pub(crate) fn new(
+        mut alloc: Allocator,
+        count: usize,
+        file: Arc<DirectFile>,
+    ) -> Result<Lanes, Error> {
         let first = (0..count)
             .map(|_| alloc.runs(CHUNK_BLOCKS).map(Some))
             .collect::<Result<_, _>>()?;
@@ -62,7 +65,7 @@ impl Lanes {
                 first,
             }),
             turn: Condvar::new(),
-            file: Arc::new(DirectFile::new(file)),
+            file,
         })
     }
 
@@ -239,7 +242,7 @@ mod tests {
     /// Three lanes write files of their own; `pause(lane, file)` slows some
     /// of them down. Returns every file's data, by lane.
     fn write(pause: &(dyn Fn(usize, usize) -> u64 + Sync)) -> Vec<Vec<FileData>> {
-        let file = Arc::new(tempfile::tempfile().unwrap());
+        let file = Arc::new(DirectFile::new(Arc::new(tempfile::tempfile().unwrap())));
         let lanes = Lanes::new(Allocator::new(DEFAULT_GDT_RESERVE, u64::MAX), 3, file).unwrap();
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..3)
