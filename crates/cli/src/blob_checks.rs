@@ -92,8 +92,9 @@ impl BlobChecks {
 /// slower builds, the same result.
 fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> bool {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` outlives the call; a thread that has ended by now
-    // makes the call fail (ESRCH), nothing else.
+    // SAFETY: `param` outlives the call. A `tid` given here is a live
+    // check's: a check clears its id, under the lock `join` holds, before
+    // it ends.
     unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
 }
 
