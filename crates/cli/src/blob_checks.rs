@@ -15,7 +15,7 @@ use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use builderd_oci::{LayerInfo, VerifyingReader};
+use builderd_oci::{Digest, LayerInfo, VerifyingReader};
 
 /// The checks under way.
 #[derive(Default)]
@@ -24,8 +24,24 @@ pub struct BlobChecks {
 }
 
 struct Check {
+    digest: Digest,
     thread: JoinHandle<io::Result<()>>,
     priority: Arc<Mutex<Priority>>,
+}
+
+/// A check that failed: which blob, and why.
+#[derive(Debug)]
+pub struct Failed {
+    pub digest: Digest,
+    pub error: io::Error,
+}
+
+impl Failed {
+    /// The blob's bytes are not what its digest says (as opposed to a
+    /// failure to read them).
+    pub fn mismatch(&self) -> bool {
+        self.error.kind() == io::ErrorKind::InvalidData
+    }
 }
 
 /// A check thread's priority, settled under its lock so that the thread
@@ -59,13 +75,17 @@ impl BlobChecks {
                 mine.lock().unwrap().idle_tid = None;
                 checked
             })?;
-        self.running.push(Check { thread, priority });
+        self.running.push(Check {
+            digest: layer.digest.clone(),
+            thread,
+            priority,
+        });
         Ok(())
     }
 
     /// Waits for every check, at normal priority; the first failure (its
     /// message names the blob's digest).
-    pub fn join(self) -> io::Result<()> {
+    pub fn join(self) -> Result<(), Failed> {
         for check in &self.running {
             let mut p = check.priority.lock().unwrap();
             p.hurried = true;
@@ -79,8 +99,11 @@ impl BlobChecks {
                 .thread
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("a blob check panicked")));
-            if first.is_ok() {
-                first = result;
+            if let (Ok(()), Err(error)) = (&first, result) {
+                first = Err(Failed {
+                    digest: check.digest,
+                    error,
+                });
             }
         }
         first
@@ -129,11 +152,13 @@ mod tests {
             checks
                 .spawn(&good, Box::new(io::Cursor::new(wrong.to_vec())))
                 .unwrap();
-            let err = checks.join().unwrap_err().to_string();
+            let failed = checks.join().unwrap_err();
+            let err = failed.error.to_string();
             assert!(
                 err.contains("digest") && err.contains(good.digest.as_str()),
                 "{err}"
             );
+            assert!(failed.digest == good.digest && failed.mismatch());
         }
     }
 

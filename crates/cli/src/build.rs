@@ -15,6 +15,7 @@ use builderd_oci::{
 };
 use serde::Serialize;
 
+use crate::blob_checks::Failed;
 use crate::boot_args::BootArgs;
 use crate::events::{self, SizeLimitExceeded};
 use crate::ext4_args::Ext4Args;
@@ -148,6 +149,8 @@ pub fn run(args: Args) -> Result<()> {
     let bars = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
     // Keeps a --no-cache build's private blob directory until the end.
     let mut _scratch = None;
+    // The cache a registry build reads from, to drop a blob that fails its check.
+    let mut cached = None;
     let (blobs, image): (Blobs, Image) = match source {
         Source::OciLayout { dir, tag } => {
             let layout = OciLayout::open(&dir)?;
@@ -191,11 +194,13 @@ pub fn run(args: Args) -> Result<()> {
             )?;
             events::stage("downloading");
             let image = builderd_oci::resolve_remote(&registry, &cache, &r, &platform)?;
+            let cache = Arc::new(cache);
+            cached = Some(cache.clone());
             // The layers download in the background from now on; the
             // flatten reads each one as it comes.
             let downloads = Downloads::start(
                 Arc::new(registry),
-                Arc::new(cache),
+                cache,
                 image.layers.clone(),
                 bars.clone(),
             );
@@ -265,11 +270,13 @@ pub fn run(args: Args) -> Result<()> {
         // download's own error says what happened.
         (Err(e), Blobs::Pull(d)) => match d.abandon() {
             Some(download) => return Err(download.into()),
-            None => return Err(checks.join().err().map_or(e.into(), Into::into)),
+            None => return Err(checks.join().err().map_or(e.into(), |f| failed(f, &cached))),
         },
         // A blob that is not what its digest says fails to decompress or
         // parse first, more often than not: its check says why.
-        (Err(e), Blobs::Local(_)) => return Err(checks.join().err().map_or(e.into(), Into::into)),
+        (Err(e), Blobs::Local(_)) => {
+            return Err(checks.join().err().map_or(e.into(), |f| failed(f, &cached)))
+        }
     };
     bar.finish();
     let installed = builderd_rootfs::install(&mut writer, &plan)?;
@@ -299,7 +306,7 @@ pub fn run(args: Args) -> Result<()> {
             .file()
             .and_then(|f| f.sync_all().context("flushing the image to disk"));
         let sha256 = hashing.join().expect("the hashing thread does not panic");
-        let checked = checks.join().map_err(anyhow::Error::from);
+        let checked = checks.join().map_err(|f| failed(f, &cached));
         checked.and(flushed).and(sha256)
     })?;
     let checksummed = Instant::now();
@@ -393,6 +400,21 @@ pub fn run(args: Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The error of a failed blob check. A cached blob whose bytes are not what
+/// its digest says leaves the cache, so that the next build downloads it.
+fn failed(f: Failed, cache: &Option<Arc<BlobCache>>) -> anyhow::Error {
+    let Some(cache) = cache.as_ref().filter(|_| f.mismatch()) else {
+        return f.error.into();
+    };
+    match cache.remove(&f.digest) {
+        Ok(()) => anyhow::Error::from(f.error).context(format!(
+            "the cached blob {} is removed from the cache; building again downloads it",
+            f.digest
+        )),
+        Err(e) => anyhow::Error::from(f.error).context(format!("{e}")),
+    }
 }
 
 /// Where the layer blobs come from.

@@ -389,6 +389,42 @@ fn a_corrupt_blob_fails_and_leaves_nothing_in_the_cache() {
 }
 
 #[test]
+fn a_cached_blob_that_fails_its_check_leaves_the_cache_and_is_downloaded_again() {
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    make_image(&layout, image_spec());
+    let registry = TestRegistry::start(None);
+    registry.push(&layout, "v1", "cached/app:v1", None);
+    let cache = dir.path().join("cache");
+    let cache_arg = ["--cache-dir", cache.to_str().unwrap()];
+    let source = format!("{}/cached/app:v1", registry.addr);
+    let first = dir.path().join("first.ext4");
+    let o = build(&source, &first, &cache_arg);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The cached copy of the largest layer goes bad on the disk.
+    let digest = registry_layer_digest(&layout);
+    let cached = cache.join("blobs/sha256").join(&digest[7..]);
+    let mut data = fs::read(&cached).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0x55;
+    fs::write(&cached, &data).unwrap();
+    let bad = dir.path().join("bad.ext4");
+    let err = assert_failed(&build(&source, &bad, &cache_arg), &bad);
+    assert!(err.contains("digest") && err.contains(&digest), "{err}");
+    assert!(!cached.exists(), "the bad blob is still in the cache");
+
+    let again = dir.path().join("again.ext4");
+    let o = build(&source, &again, &cache_arg);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        cached.exists(),
+        "the blob was not downloaded into the cache again"
+    );
+    assert_eq!(fs::read(&first).unwrap(), fs::read(&again).unwrap());
+}
+
+#[test]
 fn bearer_token_auth_through_a_token_server() {
     let dir = tmp();
     let layout = dir.path().join("layout");

@@ -114,6 +114,19 @@ impl BlobCache {
         })
     }
 
+    /// Drops a cached blob found not to match its digest, so that the next
+    /// build downloads it again.
+    pub fn remove(&self, digest: &Digest) -> Result<(), Error> {
+        let _lock = self.lock(digest)?;
+        match std::fs::remove_file(self.path(digest)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                what: format!("cache: removing blob {digest}"),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn open_blob(&self, digest: &Digest) -> Result<File, Error> {
         File::open(self.path(digest)).map_err(|e| Error::Io {
             what: format!("cache: blob {digest}"),
