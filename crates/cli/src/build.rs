@@ -270,12 +270,20 @@ pub fn run(args: Args) -> Result<()> {
         // download's own error says what happened.
         (Err(e), Blobs::Pull(d)) => match d.abandon() {
             Some(download) => return Err(download.into()),
-            None => return Err(checks.join().err().map_or(e.into(), |f| failed(f, &cached))),
+            None => {
+                return Err(checks
+                    .join()
+                    .err()
+                    .map_or(e.into(), |f| failed(f, cached.as_deref())))
+            }
         },
         // A blob that is not what its digest says fails to decompress or
         // parse first, more often than not: its check says why.
         (Err(e), Blobs::Local(_)) => {
-            return Err(checks.join().err().map_or(e.into(), |f| failed(f, &cached)))
+            return Err(checks
+                .join()
+                .err()
+                .map_or(e.into(), |f| failed(f, cached.as_deref())))
         }
     };
     bar.finish();
@@ -306,7 +314,7 @@ pub fn run(args: Args) -> Result<()> {
             .file()
             .and_then(|f| f.sync_all().context("flushing the image to disk"));
         let sha256 = hashing.join().expect("the hashing thread does not panic");
-        let checked = checks.join().map_err(|f| failed(f, &cached));
+        let checked = checks.join().map_err(|f| failed(f, cached.as_deref()));
         checked.and(flushed).and(sha256)
     })?;
     let checksummed = Instant::now();
@@ -404,8 +412,8 @@ pub fn run(args: Args) -> Result<()> {
 
 /// The error of a failed blob check. A cached blob whose bytes are not what
 /// its digest says leaves the cache, so that the next build downloads it.
-fn failed(f: Failed, cache: &Option<Arc<BlobCache>>) -> anyhow::Error {
-    let Some(cache) = cache.as_ref().filter(|_| f.mismatch()) else {
+fn failed(f: Failed, cache: Option<&BlobCache>) -> anyhow::Error {
+    let Some(cache) = cache.filter(|_| f.mismatch()) else {
         return f.error.into();
     };
     match cache.remove(&f.digest) {
@@ -413,7 +421,7 @@ fn failed(f: Failed, cache: &Option<Arc<BlobCache>>) -> anyhow::Error {
             "the cached blob {} is removed from the cache; building again downloads it",
             f.digest
         )),
-        Err(e) => anyhow::Error::from(f.error).context(format!("{e}")),
+        Err(e) => anyhow::Error::from(f.error).context(e),
     }
 }
 
