@@ -161,6 +161,7 @@ impl Pull<'_> {
         std::thread::scope(|scope| {
             for _ in 0..DOWNLOADS.min(layers.len()) {
                 scope.spawn(|| {
+                    let _guard = FailFeedsOnPanic(feeds);
                     while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
                         let layer = &layers[i];
                         if failure.lock().unwrap().is_some() || stop.load(Ordering::Relaxed) {
@@ -227,5 +228,41 @@ impl Pull<'_> {
         if failure.lock().unwrap().is_none() {
             events::stage("building");
         }
+    }
+}
+
+/// Fails every feed not whole yet when a download worker panics, so that no
+/// reader waits for bytes that will never come.
+struct FailFeedsOnPanic<'a>(&'a [Arc<Feed>]);
+
+impl Drop for FailFeedsOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for f in self.0 {
+                f.failed("a layer download panicked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_panicking_download_fails_the_readers_instead_of_leaving_them_waiting() {
+        let feeds: Vec<Arc<Feed>> = (0..2).map(|_| Arc::default()).collect();
+        let mut reader = feeds[1].reader();
+        let worker = {
+            let feeds = feeds.clone();
+            std::thread::spawn(move || {
+                let _guard = FailFeedsOnPanic(&feeds);
+                panic!("a download bug");
+            })
+        };
+        assert!(worker.join().is_err());
+        let err = reader.read(&mut [0u8; 8]).unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
     }
 }
