@@ -242,6 +242,19 @@ mod tests {
         )));
         assert_eq!(Category::of(&in_io), Category::Source);
 
+        // A blob found not to match its digest while it is read.
+        let blob = b"layer";
+        let mut checked = builderd_oci::VerifyingReader::new(
+            &b"layeR"[..],
+            builderd_oci::Digest::of(blob),
+            blob.len() as u64,
+        );
+        let mismatch = std::io::copy(&mut checked, &mut std::io::sink()).unwrap_err();
+        assert_eq!(
+            Category::of(&anyhow::Error::new(mismatch)),
+            Category::Source
+        );
+
         let full = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC))
             .context("writing the image");
         assert_eq!(Category::of(&full), Category::Resource);

@@ -106,10 +106,15 @@ impl<R: Read> Read for VerifyingReader<R> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
         self.hash.update(&buf[..n]);
+        // The registry error inside, so that whoever reads the I/O error
+        // can tell a bad blob (the source's fault) from a failed read.
         let mismatch = |reason: String| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("blob with digest {}: {reason}", self.expected),
+                crate::Error::Digest {
+                    digest: self.expected.to_string(),
+                    reason,
+                },
             )
         };
         if self.read > self.size {
@@ -163,6 +168,10 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap_err();
         assert!(err.to_string().contains(good.as_str()), "{err}");
+        assert!(matches!(
+            err.get_ref().and_then(|e| e.downcast_ref::<crate::Error>()),
+            Some(crate::Error::Digest { .. })
+        ));
         assert!(VerifyingReader::new(&b"hello!"[..], good.clone(), 5)
             .read_to_end(&mut out)
             .is_err());
