@@ -106,7 +106,7 @@ impl<R: Read> Read for VerifyingReader<R> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
         self.hash.update(&buf[..n]);
-        // The registry error inside, so that whoever reads the I/O error
+        // This crate's Digest error inside, so that whoever reads the I/O error
         // can tell a bad blob (the source's fault) from a failed read.
         let mismatch = |reason: String| {
             io::Error::new(
