@@ -190,6 +190,7 @@ pub fn run(args: Args) -> Result<()> {
                 creds,
                 &args.insecure_registry,
                 args.retry.policy(),
+                args.retry.stall_timeout(),
                 Box::new(events::retry),
             )?;
             events::stage("downloading");

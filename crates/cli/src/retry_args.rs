@@ -24,6 +24,10 @@ pub struct RetryArgs {
     #[arg(long, value_name = "CAUSE,...", value_delimiter = ',', value_parser = parse_cause,
           default_value = "NETWORK_ERROR,REGISTRY_RATE_LIMIT")]
     retry_on: Vec<RetryCause>,
+    /// A registry connection that sends nothing for this long fails its
+    /// request, which is then tried again (a download resumes where it stopped).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "60s")]
+    stall_timeout: Duration,
 }
 
 fn parse_backoff(s: &str) -> Result<Backoff, String> {
@@ -45,5 +49,9 @@ impl RetryArgs {
             max_delay: self.retry_max_delay.max(self.retry_base_delay),
             retry_on: self.retry_on.clone(),
         }
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
     }
 }

@@ -234,6 +234,30 @@ fn transient_errors_are_retried_and_permanent_ones_are_not() {
     );
     assert_eq!(fs::read(&resumed).unwrap(), fs::read(&out).unwrap());
 
+    // A download that stalls (the connection open, nothing more coming) is
+    // given up after --stall-timeout and resumed.
+    proxy.faults.stall.store(true, Ordering::SeqCst);
+    proxy.faults.cut.store(1000, Ordering::SeqCst);
+    let unstuck = dir.path().join("unstuck.ext4");
+    let before = proxy.count(&big);
+    let o = build(
+        &format!("{}/flaky/app:v1", proxy.addr),
+        &unstuck,
+        &["--no-cache", "--stall-timeout", "1s"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("nothing came for 1s after 1000 of") && err.contains("resuming"),
+        "{err}"
+    );
+    assert_eq!(
+        proxy.count(&big) - before,
+        2,
+        "the stalled request and a ranged one"
+    );
+    assert_eq!(fs::read(&unstuck).unwrap(), fs::read(&out).unwrap());
+
     // A missing tag fails at once: one request for it, no retries.
     let missing = dir.path().join("missing.ext4");
     let before = proxy.count("/manifests/nope");

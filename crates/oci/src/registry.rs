@@ -45,6 +45,8 @@ pub struct Registry {
     /// The Authorization header that worked, reused for later requests.
     auth: Mutex<Option<String>>,
     retry: RetryPolicy,
+    /// The client's wait for each read, where known (to say so when it runs out).
+    stall: Option<Duration>,
     on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync>,
 }
 
@@ -161,9 +163,19 @@ fn transient(status: StatusCode) -> Option<RetryCause> {
     }
 }
 
+/// A body read that failed because nothing came in time (reqwest says so
+/// only in the error's causes; its own text reads "error decoding response body").
+fn is_timeout(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+        .is_some_and(reqwest::Error::is_timeout)
+}
+
 /// The HTTP client registries are reached with: the system's trusted
-/// certificates, a connect timeout, and `timeout` for a whole request (None
-/// where blobs are downloaded: they are large).
+/// certificates, a connect timeout, and `timeout` for each wait: for an
+/// answer's head, and for each read of its body (reqwest's blocking client
+/// sets no deadline for the whole request, so a long download is never cut
+/// short while bytes keep coming; a connection that stalls is).
 pub fn http_client(timeout: Option<Duration>) -> Result<Client, Error> {
     Client::builder()
         .connect_timeout(Duration::from_secs(15))
@@ -176,21 +188,27 @@ pub fn http_client(timeout: Option<Duration>) -> Result<Client, Error> {
 impl Registry {
     /// A client for `image`'s repository. Plain HTTP only for loopback and
     /// for hosts in `insecure`. `on_retry` hears of each retry before its wait.
+    /// A connection that sends nothing for `stall` fails its request (which
+    /// the retry policy may try again; a download resumes where it stopped).
     pub fn new(
         image: &ImageRef,
         credentials: Option<Credentials>,
         insecure: &[String],
         retry: RetryPolicy,
+        stall: Duration,
         on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync>,
     ) -> Result<Registry, Error> {
-        Ok(Registry::with_client(
-            http_client(None)?,
-            image,
-            credentials,
-            insecure,
-            retry,
-            on_retry,
-        ))
+        Ok(Registry {
+            stall: Some(stall),
+            ..Registry::with_client(
+                http_client(Some(stall))?,
+                image,
+                credentials,
+                insecure,
+                retry,
+                on_retry,
+            )
+        })
     }
 
     /// As `new`, over an HTTP client made once (`http_client`) and shared:
@@ -218,6 +236,7 @@ impl Registry {
             credentials,
             auth: Mutex::new(None),
             retry,
+            stall: None,
             on_retry,
         }
     }
@@ -498,6 +517,12 @@ impl Registry {
                 let n = match resp.read(&mut buf) {
                     Ok(0) => break None,
                     Ok(n) => n,
+                    Err(e) if is_timeout(&e) => {
+                        let waited = self.stall.map_or("too long".into(), |d| format!("{d:?}"));
+                        break Some(format!(
+                            "nothing came for {waited} after {done} of {size} bytes"
+                        ));
+                    }
                     Err(e) => break Some(e.to_string()),
                 };
                 if done + n as u64 > size {

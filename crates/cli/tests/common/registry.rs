@@ -142,7 +142,8 @@ impl Drop for TestRegistry {
 /// A proxy to a registry: records each request line; answers `fail_status`
 /// (with Retry-After: 1) to the next `fail` requests whose path contains
 /// `fail_on`; and, once, ends the answer to a request whose path contains
-/// `cut_on` after `cut` bytes of its body; waits `delay_ms` before
+/// `cut_on` after `cut` bytes of its body (with `stall`, holds it open,
+/// sending nothing more, until the client hangs up); waits `delay_ms` before
 /// answering each blob request, and `slow_ms` more before answering one
 /// whose path contains `slow_on`.
 #[derive(Clone)]
@@ -155,6 +156,7 @@ pub struct Faults {
     pub fail_status: Arc<Mutex<String>>,
     pub cut: Arc<AtomicUsize>,
     pub cut_on: Arc<Mutex<String>>,
+    pub stall: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct Proxy {
@@ -177,6 +179,7 @@ impl Proxy {
             fail_status: Arc::new(Mutex::new("503 Service Unavailable".into())),
             cut: Arc::new(AtomicUsize::new(0)),
             cut_on: Arc::new(Mutex::new(String::new())),
+            stall: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let (r, f, up) = (requests.clone(), faults.clone(), upstream.to_string());
         std::thread::spawn(move || {
@@ -274,6 +277,10 @@ fn serve(mut client: TcpStream, upstream: &str, requests: &Mutex<Vec<String>>, f
         if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
             if answer.len() >= end + 4 + cut {
                 let _ = client.write_all(&answer[..end + 4 + cut]);
+                if faults.stall.load(Ordering::SeqCst) {
+                    // Until the client gives up: it sends nothing more.
+                    let _ = client.read(&mut [0u8; 1]);
+                }
                 return;
             }
         }
