@@ -177,18 +177,23 @@ fn transient_errors_are_retried_and_permanent_ones_are_not() {
     let registry = TestRegistry::start(None);
     registry.push(&layout, "v1", "flaky/app:v1", None);
     let proxy = Proxy::start(&registry.addr);
+    // A build through the proxy that must succeed: what it logged.
+    let through_proxy = |out: &Path, extra: &[&str]| {
+        let o = build(
+            &format!("{}/flaky/app:v1", proxy.addr),
+            out,
+            &[&["--no-cache"], extra].concat(),
+        );
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    };
 
     // 503 twice on the manifest, then 200.
     *proxy.faults.fail_on.lock().unwrap() = "/manifests/".into();
     proxy.faults.fail.store(2, Ordering::SeqCst);
     let out = dir.path().join("retried.ext4");
-    let o = build(
-        &format!("{}/flaky/app:v1", proxy.addr),
-        &out,
-        &["--no-cache"],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let err = through_proxy(&out, &[]);
     assert_eq!(
         err.matches("503 Service Unavailable; retrying").count(),
         2,
@@ -201,13 +206,7 @@ fn transient_errors_are_retried_and_permanent_ones_are_not() {
     *proxy.faults.fail_status.lock().unwrap() = "429 Too Many Requests".into();
     proxy.faults.fail.store(1, Ordering::SeqCst);
     let limited = dir.path().join("limited.ext4");
-    let o = build(
-        &format!("{}/flaky/app:v1", proxy.addr),
-        &limited,
-        &["--no-cache"],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let err = through_proxy(&limited, &[]);
     assert!(
         err.contains("429 Too Many Requests; retrying in 1.0 s"),
         "Retry-After is honoured: {err}"
@@ -219,13 +218,7 @@ fn transient_errors_are_retried_and_permanent_ones_are_not() {
     proxy.faults.cut.store(1000, Ordering::SeqCst);
     let resumed = dir.path().join("resumed.ext4");
     let before = proxy.count(&big);
-    let o = build(
-        &format!("{}/flaky/app:v1", proxy.addr),
-        &resumed,
-        &["--no-cache"],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let err = through_proxy(&resumed, &[]);
     assert!(err.contains("resuming"), "{err}");
     assert_eq!(
         proxy.count(&big) - before,
@@ -240,13 +233,7 @@ fn transient_errors_are_retried_and_permanent_ones_are_not() {
     proxy.faults.cut.store(1000, Ordering::SeqCst);
     let unstuck = dir.path().join("unstuck.ext4");
     let before = proxy.count(&big);
-    let o = build(
-        &format!("{}/flaky/app:v1", proxy.addr),
-        &unstuck,
-        &["--no-cache", "--stall-timeout", "1s"],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let err = through_proxy(&unstuck, &["--stall-timeout", "1s"]);
     assert!(
         err.contains("nothing came for 1s after 1000 of") && err.contains("resuming"),
         "{err}"
