@@ -126,7 +126,9 @@ def create_tenant(builderd, data, name, tier):
 def start_server(builderd, data, *args):
     """`builderd serve` on a free loopback port, once /healthz answers: (process, URL)."""
     port = free_port()
-    server = subprocess.Popen([builderd, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data, *args],
+    # The registry is on loopback: the builds may pull from it.
+    server = subprocess.Popen([builderd, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
+                               "--allow-private-registries", *args],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(400):

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use builderd_ext4::Writer;
 use builderd_oci::{
     docker_config_credentials, BlobCache, BlobStore, Credentials, DockerArchive, Image, OciLayout,
-    Platform, Registry, Source,
+    Outbound, Platform, Registry, Source,
 };
 use serde::Serialize;
 
@@ -58,6 +58,17 @@ pub struct Args {
     /// Allow plain HTTP to this registry (loopback registries always may).
     #[arg(long, value_name = "HOST[:PORT]")]
     insecure_registry: Vec<String>,
+    /// Connect to public addresses only: no loopback, private, link-local or
+    /// other special-purpose address, for the registry, its token realm and
+    /// every redirect (the service's builds run so, unless its operator
+    /// allows private registries).
+    #[arg(long)]
+    public_only: bool,
+    /// After resolving a registry image, print `{"resolved": …}` (with
+    /// --events json) and wait for a line "build" on stdin before going on
+    /// (the service looks in its artifact cache meanwhile).
+    #[arg(long, hide = true)]
+    hold_after_resolve: bool,
     /// The blob cache, shared by all builds.
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -185,16 +196,26 @@ pub fn run(args: Args) -> Result<()> {
                 None if args.no_docker_config => None,
                 None => docker_config_credentials(&r.registry),
             };
+            let outbound = if args.public_only {
+                Outbound::public_only("--allow-private-registries")
+            } else {
+                Outbound::any()
+            };
             let registry = Registry::new(
                 &r,
                 creds,
                 &args.insecure_registry,
-                args.retry.policy(),
+                args.retry.policy()?,
                 args.retry.stall_timeout(),
+                &outbound,
                 Box::new(events::retry),
             )?;
-            events::stage("downloading");
             let image = builderd_oci::resolve_remote(&registry, &cache, &r, &platform)?;
+            if args.hold_after_resolve {
+                events::resolved(&image);
+                wait_for_go()?;
+            }
+            events::stage("downloading");
             let cache = Arc::new(cache);
             cached = Some(cache.clone());
             // The layers download in the background from now on; the
@@ -202,6 +223,7 @@ pub fn run(args: Args) -> Result<()> {
             let downloads = Downloads::start(
                 Arc::new(registry),
                 cache,
+                r.origin(),
                 image.layers.clone(),
                 bars.clone(),
             );
@@ -423,6 +445,18 @@ fn failed(f: Failed, cache: Option<&BlobCache>) -> anyhow::Error {
             f.digest
         )),
         Err(e) => anyhow::Error::from(f.error).context(e),
+    }
+}
+
+/// Waits for the service's word to go on after the resolution.
+fn wait_for_go() -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("waiting for the server's word")?;
+    match line.trim() {
+        "build" => Ok(()),
+        other => anyhow::bail!("the server said {other:?}, not \"build\": stopping"),
     }
 }
 

@@ -9,7 +9,9 @@
 //! "peak_memory_bytes", "disk_written_bytes"}}` at the end and, last on
 //! failure, `{"error": "…", "category": "source"|"build"|"resource"}` (with
 //! `"retry_cause": "TEMPORARY_RESOURCE_ERROR"` when the machine ran short for
-//! a moment: a full disk, no memory).
+//! a moment: a full disk, no memory). With `--hold-after-resolve`,
+//! `{"resolved": {"manifest_digest", "config_digest", "layers": [{"digest",
+//! "size"}]}}` once the image is resolved.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +62,23 @@ pub fn progress(step: &str, done: u64, total: u64, files: u64, force: bool) {
         *last = Some(Instant::now());
     }
     emit(json!({ "progress": { "step": step, "done": done, "total": total, "files": files } }));
+}
+
+/// What the image resolved to (for the service's artifact cache, which
+/// answers on stdin).
+pub fn resolved(image: &builderd_oci::Image) {
+    if json() {
+        let layers: Vec<_> = image
+            .layers
+            .iter()
+            .map(|l| json!({ "digest": l.digest.as_str(), "size": l.size }))
+            .collect();
+        emit(json!({ "resolved": {
+            "manifest_digest": image.manifest_digest.as_str(),
+            "config_digest": image.config_digest.as_str(),
+            "layers": layers,
+        } }));
+    }
 }
 
 pub fn info(message: &str) {

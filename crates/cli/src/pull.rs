@@ -23,12 +23,13 @@ const DOWNLOADS: usize = 4;
 fn fetch(
     registry: &Registry,
     cache: &BlobCache,
+    origin: &str,
     digest: &Digest,
     size: u64,
     feed: &Feed,
     progress: &dyn Fn(u64),
 ) -> Result<bool, builderd_oci::Error> {
-    let fetched = cache.fetch(digest, size, |partial| {
+    let fetched = cache.fetch(digest, size, origin, |partial| {
         feed.writing(partial);
         registry.download(digest, size, partial, &|done| {
             feed.progress(done);
@@ -55,6 +56,7 @@ impl Downloads {
     pub fn start(
         registry: Arc<Registry>,
         cache: Arc<BlobCache>,
+        origin: String,
         layers: Vec<LayerInfo>,
         bars: indicatif::MultiProgress,
     ) -> Downloads {
@@ -69,6 +71,7 @@ impl Downloads {
                     let pull = Pull {
                         registry: &registry,
                         cache: &cache,
+                        origin: &origin,
                         layers: &layers,
                         feeds: &feeds,
                         failure: &failure,
@@ -126,6 +129,8 @@ impl Downloads {
 struct Pull<'a> {
     registry: &'a Registry,
     cache: &'a BlobCache,
+    /// `registry/repository`, which a cached blob must have come from.
+    origin: &'a str,
     layers: &'a [LayerInfo],
     feeds: &'a [Arc<Feed>],
     failure: &'a Mutex<Option<builderd_oci::Error>>,
@@ -137,6 +142,7 @@ impl Pull<'_> {
         let Pull {
             registry,
             cache,
+            origin,
             layers,
             feeds,
             failure,
@@ -181,6 +187,7 @@ impl Pull<'_> {
                         match fetch(
                             registry,
                             cache,
+                            origin,
                             &layer.digest,
                             layer.size,
                             &feeds[i],

@@ -41,14 +41,19 @@ fn parse_cause(s: &str) -> Result<RetryCause, String> {
 }
 
 impl RetryArgs {
-    pub fn policy(&self) -> RetryPolicy {
-        RetryPolicy {
+    /// The policy, within the bounds every policy keeps.
+    pub fn policy(&self) -> anyhow::Result<RetryPolicy> {
+        let policy = RetryPolicy {
             max_retries: self.retries,
             backoff: self.retry_backoff,
             base_delay: self.retry_base_delay,
             max_delay: self.retry_max_delay.max(self.retry_base_delay),
             retry_on: self.retry_on.clone(),
-        }
+        };
+        policy
+            .check()
+            .map_err(|e| anyhow::anyhow!("the retry options: {e}"))?;
+        Ok(policy)
     }
 
     pub fn stall_timeout(&self) -> Duration {

@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// a tenant's webhook must not reach into the server's own network).
     #[arg(long)]
     allow_private_webhooks: bool,
+    /// Let builds pull from loopback, link-local and private registries
+    /// (off: a tenant's image reference, its token realm and every redirect
+    /// must lead to a public address).
+    #[arg(long)]
+    allow_private_registries: bool,
     /// Serve Prometheus `/metrics` on this address instead of the API's.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -104,6 +109,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             .unwrap_or_else(builderd_service::default_retry_policy),
         cache_max_bytes: args.cache_max_bytes,
         allow_private_webhooks: args.allow_private_webhooks,
+        allow_private_registries: args.allow_private_registries,
         metrics_listen: args.metrics_listen,
         retention: args.retention,
         otlp_endpoint: args.otlp_endpoint,

@@ -331,11 +331,16 @@ fn a_cached_artifact_goes_only_to_tenants_whose_credentials_resolve_the_image() 
     let hit = completed(&server, &friend, &with_auth("puller", "s3cret"));
     assert_eq!(hit["cacheHit"], true, "{hit}");
     assert_eq!(hit["artifact"]["sha256"], first["artifact"]["sha256"]);
-    // And the same content pulled from elsewhere is the same image: a hit too.
+    // The same content offered by another repository is no hit: only a
+    // download from there shows that it has those blobs. It makes the same
+    // image, and then is a hit for that repository.
     let elsewhere = completed(&server, &nobody, &config(&format!("{}/app:v1", open.addr)));
-    assert_eq!(elsewhere["cacheHit"], true, "{elsewhere}");
+    assert_ne!(elsewhere["cacheHit"], true, "{elsewhere}");
+    assert_eq!(elsewhere["artifact"]["sha256"], first["artifact"]["sha256"]);
+    let again = completed(&server, &friend, &config(&format!("{}/app:v1", open.addr)));
+    assert_eq!(again["cacheHit"], true, "{again}");
     assert_eq!(
-        metadata(&elsewhere)["source"],
+        metadata(&again)["source"],
         format!("{}/app:v1", open.addr),
         "the metadata names this build's source, not the one first built"
     );

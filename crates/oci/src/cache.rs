@@ -4,6 +4,13 @@
 //! digest is checked. Several processes may share one cache: a download
 //! holds a lock on its blob, so a second build of the same blob waits for
 //! the first and then finds it in place.
+//!
+//! A blob is reused only for an image from a repository it was downloaded
+//! from (`origins/HEX` lists them, `registry/repository` a line): a digest
+//! is no secret, and a manifest of a tenant's own naming another tenant's
+//! private layer must not get that layer from here. A blob offered by a new
+//! repository is downloaded from it (which proves the repository has it),
+//! then that repository is added to its origins.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,7 +24,7 @@ pub struct BlobCache {
 impl BlobCache {
     /// The cache under `dir` (created if missing).
     pub fn open(dir: &Path) -> Result<BlobCache, Error> {
-        for sub in ["blobs/sha256", "partial"] {
+        for sub in ["blobs/sha256", "partial", "origins"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::Io {
                 what: format!("cache {}", dir.display()),
                 source: e,
@@ -50,32 +57,59 @@ impl BlobCache {
         self.dir.join("partial").join(digest.hex())
     }
 
-    /// Is the blob here (with the expected size)?
-    pub fn has(&self, digest: &Digest, size: u64) -> bool {
-        std::fs::metadata(self.path(digest)).is_ok_and(|m| m.len() == size)
+    fn origins_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("origins").join(digest.hex())
     }
 
-    /// Brings a blob into the cache unless it is there: `download` fills the
-    /// partial file (resuming what it finds there) and must verify it; the
-    /// result is then committed. Answers whether it downloaded. Other
-    /// processes sharing the cache wait while one downloads a blob, then find
-    /// it in place.
+    /// Is the blob here (with the expected size), downloaded from `origin`
+    /// (`registry/repository`) at some time?
+    pub fn has(&self, digest: &Digest, size: u64, origin: &str) -> bool {
+        std::fs::metadata(self.path(digest)).is_ok_and(|m| m.len() == size)
+            && std::fs::read_to_string(self.origins_path(digest))
+                .is_ok_and(|o| o.lines().any(|l| l == origin))
+    }
+
+    /// Brings a blob of `origin`'s (`registry/repository`) into the cache
+    /// unless it is there from that origin: `download` fills the partial
+    /// file (resuming what it finds there) and must verify it; the result is
+    /// then committed. Answers whether it downloaded. Other processes sharing
+    /// the cache wait while one downloads a blob, then find it in place.
     pub fn fetch(
         &self,
         digest: &Digest,
         size: u64,
+        origin: &str,
         download: impl FnOnce(&Path) -> Result<(), Error>,
     ) -> Result<bool, Error> {
-        if self.has(digest, size) {
+        if self.has(digest, size, origin) {
             return Ok(false);
         }
         let _lock = self.lock(digest)?;
-        if self.has(digest, size) {
+        if self.has(digest, size, origin) {
             return Ok(false);
         }
         download(&self.partial(digest))?;
         self.commit(digest)?;
+        self.add_origin(digest, origin)?;
         Ok(true)
+    }
+
+    /// Records that `origin` served this blob (under its lock).
+    fn add_origin(&self, digest: &Digest, origin: &str) -> Result<(), Error> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.origins_path(digest))
+            .and_then(|mut f| f.write_all(format!("{origin}\n").as_bytes()).map(|()| f))
+            .map_err(|e| Error::Io {
+                what: format!("cache: recording where blob {digest} came from"),
+                source: e,
+            })?;
+        f.flush().map_err(|e| Error::Io {
+            what: format!("cache: blob {digest}"),
+            source: e,
+        })
     }
 
     /// Waits until no other process is downloading this blob, and keeps it
@@ -118,13 +152,18 @@ impl BlobCache {
     /// build downloads it again.
     pub fn remove(&self, digest: &Digest) -> Result<(), Error> {
         let _lock = self.lock(digest)?;
-        match std::fs::remove_file(self.path(digest)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
-                what: format!("cache: removing blob {digest}"),
-                source: e,
-            }),
-            _ => Ok(()),
+        for path in [self.path(digest), self.origins_path(digest)] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io {
+                        what: format!("cache: removing blob {digest}"),
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     pub fn open_blob(&self, digest: &Digest) -> Result<File, Error> {
@@ -144,5 +183,41 @@ struct BlobLock {
 impl crate::BlobStore for BlobCache {
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn std::io::Read + Send>, Error> {
         Ok(Box::new(BlobCache::open_blob(self, digest)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_is_reused_only_for_a_repository_that_served_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path()).unwrap();
+        let content = b"private layer";
+        let digest = Digest::of(content);
+        let size = content.len() as u64;
+        let write = |partial: &Path| {
+            std::fs::write(partial, content).map_err(|e| Error::Io {
+                what: "test".into(),
+                source: e,
+            })
+        };
+        assert!(cache.fetch(&digest, size, "reg.a/private", write).unwrap());
+        // The same repository: no download.
+        let never = |_: &Path| -> Result<(), Error> { panic!("downloaded again") };
+        assert!(!cache.fetch(&digest, size, "reg.a/private", never).unwrap());
+        // Another repository naming the same digest must download it itself,
+        // and a failed download leaves that repository unrecorded.
+        let refused = |_: &Path| -> Result<(), Error> { Err(Error::NotFound("404".into())) };
+        assert!(cache.fetch(&digest, size, "evil.b/x", refused).is_err());
+        assert!(!cache.has(&digest, size, "evil.b/x"));
+        assert!(cache.has(&digest, size, "reg.a/private"));
+        // One that has it is recorded after its download.
+        assert!(cache.fetch(&digest, size, "reg.a/mirror", write).unwrap());
+        assert!(cache.has(&digest, size, "reg.a/mirror"));
+        cache.remove(&digest).unwrap();
+        assert!(!cache.has(&digest, size, "reg.a/private"));
+        assert!(!dir.path().join("origins").join(digest.hex()).exists());
     }
 }

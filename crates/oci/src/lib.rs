@@ -16,6 +16,7 @@ mod registry;
 mod remote;
 mod retry;
 
+pub use builderd_net::Outbound;
 pub use cache::BlobCache;
 pub use digest::{Digest, VerifyingReader};
 pub use docker_archive::DockerArchive;
@@ -25,8 +26,6 @@ pub use platform::Platform;
 pub use reference::{ImageRef, Source};
 pub use registry::{docker_config_credentials, http_client, Credentials, Registry};
 pub use remote::resolve_remote;
-/// The HTTP client `http_client` makes, to share among `Registry::with_client`s.
-pub use reqwest::blocking::Client as HttpClient;
 pub use retry::{Backoff, RetryCause, RetryNotice, RetryPolicy};
 
 /// The largest manifest, index or config read: they are small documents,
@@ -58,4 +57,7 @@ pub enum Error {
     Auth(String),
     #[error("{0}")]
     Registry(String),
+    /// An address the outbound policy does not let the build reach.
+    #[error("{0}")]
+    NotAllowed(String),
 }

@@ -148,6 +148,7 @@ pub fn resolve(
                     Error::NotFound(format!("the image has no {platform} variant (it has: {}); choose one with --platform", offered.join(", ")))
                 })?;
             digest = descriptor_digest(chosen)?;
+            check_doc_size("manifest", &digest, chosen.size())?;
             bytes = fetch(&digest, chosen.size(), Doc::Manifest)?;
             continue;
         }
@@ -164,6 +165,7 @@ pub fn resolve(
             return Err(Error::Manifest(format!("manifest {digest}: the config has the unknown media type {config_type:?} (not a container image?)")));
         }
         let config_digest = descriptor_digest(config_desc)?;
+        check_doc_size("config", &config_digest, config_desc.size())?;
         let config_bytes = fetch(&config_digest, config_desc.size(), Doc::Config)?;
         let config: Value = serde_json::from_slice(&config_bytes)
             .map_err(|e| Error::Manifest(format!("config {config_digest} is not JSON: {e}")))?;
@@ -195,6 +197,18 @@ pub fn resolve(
         });
     }
     Err(Error::Manifest("indexes nest deeper than 4 levels".into()))
+}
+
+/// A manifest or config is read whole into memory: one that says it is
+/// larger than any real one is refused before a byte of it is fetched.
+fn check_doc_size(what: &str, digest: &Digest, size: u64) -> Result<(), Error> {
+    if size > crate::MAX_DOC {
+        return Err(Error::Manifest(format!(
+            "the {what} {digest} is {size} bytes, more than the {} bytes builderd reads of one",
+            crate::MAX_DOC
+        )));
+    }
+    Ok(())
 }
 
 fn text(v: Option<&Value>) -> String {

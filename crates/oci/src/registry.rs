@@ -15,6 +15,8 @@ use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, RANGE, RETRY_AFTER, WWW_
 use reqwest::StatusCode;
 use sha2::{Digest as _, Sha256};
 
+use builderd_net::Outbound;
+
 use crate::digest::hex;
 use crate::retry::{RetryCause, RetryNotice, RetryPolicy};
 use crate::{Digest, Error, ImageRef, MAX_DOC};
@@ -37,6 +39,9 @@ impl std::fmt::Debug for Credentials {
 
 pub struct Registry {
     client: Client,
+    /// What may be connected to (the client's resolver and redirect policy
+    /// apply it to names; addresses written in URLs are checked here).
+    outbound: Outbound,
     /// `http://host:port` or `https://host`.
     base: String,
     host: String,
@@ -175,14 +180,24 @@ fn is_timeout(e: &std::io::Error) -> bool {
 /// certificates, a connect timeout, and `timeout` for each wait: for an
 /// answer's head, and for each read of its body (reqwest's blocking client
 /// sets no deadline for the whole request, so a long download is never cut
-/// short while bytes keep coming; a connection that stalls is).
-pub fn http_client(timeout: Option<Duration>) -> Result<Client, Error> {
+/// short while bytes keep coming; a connection that stalls is). Every
+/// connection, redirects included, goes only where `outbound` allows; no
+/// proxy from the environment is used (it would connect for us, unchecked).
+pub fn http_client(timeout: Option<Duration>, outbound: &Outbound) -> Result<Client, Error> {
     Client::builder()
         .connect_timeout(Duration::from_secs(15))
         .timeout(timeout)
+        .no_proxy()
+        .dns_resolver(outbound.resolver())
+        .redirect(outbound.redirects())
         .user_agent(concat!("builderd/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::Registry(format!("cannot create an HTTP client: {e}")))
+}
+
+/// The outbound policy's refusal, if that is why a request failed.
+fn refusal(e: &reqwest::Error) -> Option<Error> {
+    builderd_net::not_allowed(e).map(|n| Error::NotAllowed(n.to_string()))
 }
 
 impl Registry {
@@ -190,37 +205,17 @@ impl Registry {
     /// for hosts in `insecure`. `on_retry` hears of each retry before its wait.
     /// A connection that sends nothing for `stall` fails its request (which
     /// the retry policy may try again; a download resumes where it stopped).
+    /// A registry `outbound` does not allow is refused here, before any
+    /// connection.
     pub fn new(
         image: &ImageRef,
         credentials: Option<Credentials>,
         insecure: &[String],
         retry: RetryPolicy,
         stall: Duration,
+        outbound: &Outbound,
         on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync>,
     ) -> Result<Registry, Error> {
-        Ok(Registry {
-            stall: Some(stall),
-            ..Registry::with_client(
-                http_client(Some(stall))?,
-                image,
-                credentials,
-                insecure,
-                retry,
-                on_retry,
-            )
-        })
-    }
-
-    /// As `new`, over an HTTP client made once (`http_client`) and shared:
-    /// a service resolving many images need not set up TLS for each.
-    pub fn with_client(
-        client: Client,
-        image: &ImageRef,
-        credentials: Option<Credentials>,
-        insecure: &[String],
-        retry: RetryPolicy,
-        on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync>,
-    ) -> Registry {
         let host = if image.registry == "docker.io" {
             "registry-1.docker.io".to_string()
         } else {
@@ -228,17 +223,42 @@ impl Registry {
         };
         let plain =
             is_loopback(&host) || insecure.iter().any(|h| h == &host || h == &image.registry);
-        Registry {
-            client,
-            base: format!("{}://{host}", if plain { "http" } else { "https" }),
+        let base = format!("{}://{host}", if plain { "http" } else { "https" });
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| Error::Reference(format!("{}: {e}", image.registry)))?;
+        outbound
+            .check_url(&url)
+            .map_err(|e| Error::NotAllowed(e.to_string()))?;
+        Ok(Registry {
+            client: http_client(Some(stall), outbound)?,
+            outbound: outbound.clone(),
+            base,
             host,
             repository: image.repository.clone(),
             credentials,
             auth: Mutex::new(None),
             retry,
-            stall: None,
+            stall: Some(stall),
             on_retry,
+        })
+    }
+
+    /// Sends credentials only where they cannot be read on the way: over
+    /// TLS, or to this machine.
+    fn credentials_for(&self, url: &str) -> Result<Option<&Credentials>, Error> {
+        let Some(c) = self.credentials.as_ref() else {
+            return Ok(None);
+        };
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| Error::Registry(format!("{}: {url:?}: {e}", self.host)))?;
+        let local = parsed.host_str().is_some_and(is_loopback);
+        if parsed.scheme() != "https" && !local {
+            return Err(Error::Auth(format!(
+                "{}: asks for credentials over plain HTTP ({url}); builderd sends credentials only over HTTPS or to this machine",
+                self.host
+            )));
         }
+        Ok(Some(c))
     }
 
     /// After failed attempt number `attempt` (1 for the first): an error if
@@ -284,7 +304,7 @@ impl Registry {
         };
         match scheme.as_str() {
             "basic" => {
-                let c = self.credentials.as_ref().ok_or_else(|| Error::Auth(format!("{} asks for credentials; give --creds USER:PASS or log in with docker login", self.host)))?;
+                let c = self.credentials_for(&self.base)?.ok_or_else(|| Error::Auth(format!("{} asks for credentials; give --creds USER:PASS or log in with docker login", self.host)))?;
                 let token = base64::engine::general_purpose::STANDARD
                     .encode(format!("{}:{}", c.username, c.password));
                 Ok(format!("Basic {token}"))
@@ -293,18 +313,28 @@ impl Registry {
                 let realm = param("realm").ok_or_else(|| {
                     Error::Registry(format!("{}: a bearer challenge without a realm", self.host))
                 })?;
+                // The realm is the registry's word: it goes only where the
+                // outbound policy allows, like the registry itself.
+                let realm_url = reqwest::Url::parse(&realm).map_err(|e| {
+                    Error::Registry(format!("{}: the token realm {realm:?}: {e}", self.host))
+                })?;
+                self.outbound.check_url(&realm_url).map_err(|e| {
+                    Error::NotAllowed(format!("{}: the token realm: {e}", self.host))
+                })?;
                 let scope = param("scope")
                     .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
                 let mut query: Vec<(&str, String)> = vec![("scope", scope)];
                 if let Some(service) = param("service") {
                     query.push(("service", service));
                 }
-                let mut req = self.client.get(&realm).query(&query);
-                if let Some(c) = &self.credentials {
+                let mut req = self.client.get(realm_url).query(&query);
+                if let Some(c) = self.credentials_for(&realm)? {
                     req = req.basic_auth(&c.username, Some(&c.password));
                 }
                 let resp = req.send().map_err(|e| {
-                    Error::Registry(format!("token server {realm}: {}", describe(&e)))
+                    refusal(&e).unwrap_or_else(|| {
+                        Error::Registry(format!("token server {realm}: {}", describe(&e)))
+                    })
                 })?;
                 if resp.status() == StatusCode::UNAUTHORIZED
                     || resp.status() == StatusCode::FORBIDDEN
@@ -396,6 +426,9 @@ impl Registry {
                         self.host,
                         resp.status()
                     )))
+                }
+                Err(e) if refusal(&e).is_some() => {
+                    return Err(refusal(&e).expect("matched above"));
                 }
                 Err(e) if self.base.starts_with("https:") && is_tls_failure(&describe(&e)) => {
                     return Err(Error::Registry(format!(

@@ -24,7 +24,7 @@ pub fn resolve_remote(
             Ok(bytes)
         }
         Doc::Config => {
-            fetch_small(registry, cache, d, size)?;
+            fetch_small(registry, cache, d, size, &r.origin())?;
             let bytes = std::fs::read(cache.path(d)).map_err(|e| Error::Io {
                 what: format!("cache: blob {d}"),
                 source: e,
@@ -40,8 +40,9 @@ fn fetch_small(
     cache: &BlobCache,
     digest: &Digest,
     size: u64,
+    origin: &str,
 ) -> Result<bool, Error> {
-    cache.fetch(digest, size, |partial| {
+    cache.fetch(digest, size, origin, |partial| {
         registry.download(digest, size, partial, &|_| {})
     })
 }

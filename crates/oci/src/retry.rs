@@ -92,7 +92,38 @@ impl Default for RetryPolicy {
 /// The longest a server's Retry-After is waited for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
+/// The most retries a policy may ask for: each is a request to someone
+/// else's server and a row in the build's record.
+pub const MAX_RETRIES: u32 = 10;
+/// The shortest and longest wait a policy may set.
+pub const MIN_DELAY: Duration = Duration::from_millis(100);
+pub const MAX_DELAY: Duration = Duration::from_secs(3600);
+
 impl RetryPolicy {
+    /// Is the policy within the bounds: at most `MAX_RETRIES`, waits
+    /// between `MIN_DELAY` and `MAX_DELAY`? Names the field and its bound
+    /// when not.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_retries > MAX_RETRIES {
+            return Err(format!(
+                "max_retries is {}, more than the {MAX_RETRIES} allowed",
+                self.max_retries
+            ));
+        }
+        for (name, d) in [
+            ("base_delay", self.base_delay),
+            ("max_delay", self.max_delay),
+        ] {
+            if !(MIN_DELAY..=MAX_DELAY).contains(&d) {
+                return Err(format!(
+                    "{name} is {}, outside the allowed 100ms to 1h",
+                    humanize(d)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn retries(&self, cause: RetryCause) -> bool {
         self.retry_on.contains(&cause)
     }
@@ -114,6 +145,15 @@ impl RetryPolicy {
             Some(asked) => jittered.max(asked.min(MAX_RETRY_AFTER)),
             None => jittered,
         }
+    }
+}
+
+/// "1.5s", "250ms": a duration as the configs write it.
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }
 
@@ -196,6 +236,24 @@ mod tests {
             Duration::from_secs(3)
         );
         assert!(e.retries(RetryCause::Network) && !e.retries(RetryCause::RateLimit));
+    }
+
+    #[test]
+    fn policies_are_bounded() {
+        assert!(RetryPolicy::default().check().is_ok());
+        let mut p = RetryPolicy {
+            max_retries: 11,
+            ..RetryPolicy::default()
+        };
+        assert!(p.check().unwrap_err().contains("max_retries is 11"));
+        p.max_retries = 10;
+        p.base_delay = Duration::ZERO;
+        assert!(p.check().unwrap_err().contains("base_delay is 0ms"));
+        p.base_delay = Duration::from_millis(100);
+        p.max_delay = Duration::from_secs(7200);
+        assert!(p.check().unwrap_err().contains("max_delay is 7200s"));
+        p.max_delay = Duration::from_secs(3600);
+        assert!(p.check().is_ok());
     }
 
     #[test]

@@ -183,6 +183,31 @@ impl Api {
         Ok((path, a))
     }
 
+    /// Refuses at once an image whose registry the outbound policy does not
+    /// allow (an address, or a name resolving to one); the build process
+    /// checks every connection it makes again, redirects and realms too.
+    async fn check_registry(&self, image: &str) -> Result<(), ConnectError> {
+        let Ok(builderd_oci::Source::Registry(r)) = builderd_oci::Source::parse(image) else {
+            return Ok(());
+        };
+        let host = if r.registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            r.registry.as_str()
+        };
+        let policy = builderd_oci::Outbound::new(
+            self.runner.allow_private_registries,
+            "--allow-private-registries",
+        );
+        match policy.check_host(host).await {
+            Err(builderd_net::HostError::NotAllowed(e)) => Err(ConnectError::invalid_argument(
+                format!("config.source.docker_image.image_uri: {e}"),
+            )),
+            // A name that does not resolve now may later; the build says so.
+            Ok(()) | Err(builderd_net::HostError::Unresolved(_)) => Ok(()),
+        }
+    }
+
     /// Stops a build and waits (up to 2 s) for its work to stop.
     async fn cancel(&self, b: &BuildRow) -> Result<State, ConnectError> {
         if b.state == State::Queued
@@ -303,6 +328,7 @@ impl BuilderService for Api {
             }
         }
         let job = job::job(&config, &self.runner.retry_defaults)?;
+        self.check_registry(&job.image).await?;
         if let Some(w) = config.webhook.as_option().filter(|w| !w.url.is_empty()) {
             crate::webhook::check_url(&w.url, self.allow_private_webhooks)
                 .await

@@ -15,23 +15,6 @@ use crate::store::{BuildRow, CacheKind, Store};
 /// Why an artifact cannot be kept: the error category and message.
 type Refused = (&'static str, String);
 
-/// The machine ran short of space or memory somewhere under `e`.
-pub fn short_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.raw_os_error(),
-                Some(libc::ENOSPC | libc::EDQUOT | libc::ENOMEM)
-            ) {
-                return true;
-            }
-        }
-        cause = c.source();
-    }
-    false
-}
-
 /// The bytes an artifact takes: the image and its compressed copy.
 fn artifact_bytes(meta: &Value) -> i64 {
     meta["image"]["size_bytes"].as_i64().unwrap_or(0)

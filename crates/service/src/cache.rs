@@ -8,8 +8,9 @@
 //! copy is a link of its own (deleting one deletes no other).
 //!
 //! Layer and config blobs are cached by digest in `DATA/blobs` (the blob
-//! cache `builderd build` fills) and shared by all tenants: a blob is only
-//! ever used after a tenant's own credentials resolved a manifest naming it.
+//! cache `builderd build` fills) and shared by all tenants, each blob only
+//! for the repositories it was downloaded from, after the tenant's own
+//! credentials resolved a manifest naming it there (see `docs/caching.md`).
 //! Together they are bounded: past `max_bytes`, the least recently used
 //! entries go first, never a blob a running build has leased.
 
@@ -69,13 +70,21 @@ impl Cache {
         })
     }
 
-    /// The key of what a build would make: the platform's manifest and
-    /// everything of the job that shapes the image (not the reference, which
-    /// the manifest stands for, nor the size limit, checked against the
-    /// image, nor the retry policy).
+    /// The key of what a build would make: where the image comes from
+    /// (registry and repository: an artifact is served only for the
+    /// repository whose blobs made it, to a build whose credentials just
+    /// resolved that manifest there), the platform's manifest and everything
+    /// of the job that shapes the image (not the tag, which the manifest
+    /// stands for, nor the size limit, checked against the image, nor the
+    /// retry policy).
     pub fn key(&self, manifest: &Digest, job: &Job) -> String {
+        let origin = match builderd_oci::Source::parse(&job.image) {
+            Ok(builderd_oci::Source::Registry(r)) => r.origin(),
+            _ => job.image.clone(),
+        };
         let inputs = serde_json::json!({
             "builder": self.builder_id,
+            "origin": origin,
             "manifest": manifest.as_str(),
             "platform": job.platform,
             "init": job.init,
@@ -152,7 +161,7 @@ impl Cache {
         match e.kind {
             CacheKind::Blob => {
                 let digest = Digest::parse(&e.name).map_err(io::Error::other)?;
-                fs::remove_file(self.blobs.path(&digest))
+                self.blobs.remove(&digest).map_err(io::Error::other)
             }
             CacheKind::Artifact => {
                 // Gone in one step (a build linking from it finds nothing),

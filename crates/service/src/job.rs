@@ -368,6 +368,8 @@ fn retry_policy(
             })
             .collect::<Result<_, _>>()?;
     }
+    p.check()
+        .map_err(|e| Refusal::Invalid(format!("{field}.{e}")))?;
     Ok(p)
 }
 

@@ -3,16 +3,25 @@
 //! state transitions, progress and log lines are stored). A child keeps a
 //! crash or a hostile image away from the server, and killing its group stops
 //! all of its work at once: that is how cancel, timeout and shutdown stop it.
+//!
+//! All the build's network work happens in the child, the image's
+//! resolution too: the child resolves the image with the build's own
+//! credentials, tells what it found (`{"resolved": …}`) and waits. If the
+//! artifact cache has what that manifest makes, the server takes it and
+//! kills the child; otherwise it tells the child to go on. So nothing a build
+//! starts (a stalled registry, a long retry wait) outlives its process group.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::watch;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use builderd_oci::{RetryCause, RetryPolicy};
 
@@ -35,12 +44,31 @@ pub struct Runner {
     pub exe: PathBuf,
     pub data_dir: PathBuf,
     pub insecure_registries: Vec<String>,
+    /// Builds may reach loopback, private and link-local registries.
+    pub allow_private_registries: bool,
     /// The retry policy of builds whose config has none.
     pub retry_defaults: RetryPolicy,
     /// The artifact cache, and the blob cache the builds share.
     pub cache: Arc<Cache>,
-    /// For resolving images here before a build runs.
-    pub http: builderd_oci::HttpClient,
+}
+
+/// The longest line a build process may write on stderr: longer ones are
+/// cut (the rest of the line is dropped), so a build cannot make the server
+/// hold an unbounded line.
+const MAX_LINE: usize = 64 << 10;
+
+/// What the build process found when it resolved the image.
+#[derive(serde::Deserialize)]
+struct Resolved {
+    manifest_digest: String,
+    config_digest: String,
+    layers: Vec<ResolvedLayer>,
+}
+
+#[derive(serde::Deserialize)]
+struct ResolvedLayer {
+    digest: String,
+    size: u64,
 }
 
 /// What a run made, when it made something.
@@ -75,7 +103,6 @@ impl Runner {
     fn args(&self, job: &Job, work: &Path) -> Vec<String> {
         let mut a: Vec<String> = vec![
             "build".into(),
-            job.image.clone(),
             "-o".into(),
             work.join(ARTIFACT).display().to_string(),
             "--events".into(),
@@ -85,7 +112,11 @@ impl Runner {
             self.data_dir.join("blobs").display().to_string(),
             "--init".into(),
             job.init.into(),
+            "--hold-after-resolve".into(),
         ];
+        if !self.allow_private_registries {
+            a.push("--public-only".into());
+        }
         let mut opt = |flag: &str, value: Option<String>| {
             if let Some(v) = value {
                 a.push(flag.into());
@@ -141,6 +172,9 @@ impl Runner {
         for r in &self.insecure_registries {
             opt("--insecure-registry", Some(r.clone()));
         }
+        // The reference is the tenant's: after `--`, it is never an option.
+        a.push("--".into());
+        a.push(job.image.clone());
         a
     }
 
@@ -171,9 +205,10 @@ impl Runner {
         ended
     }
 
-    /// Resolves the image with the build's own credentials (so a tenant only
-    /// ever gets a cached artifact of an image it can pull), takes the
-    /// artifact from the cache when it is there, and otherwise builds it.
+    /// Runs the build process, which resolves the image with the build's
+    /// own credentials (so a tenant only ever gets a cached artifact of an
+    /// image it can pull) and then, unless the artifact cache has what it
+    /// would make, builds it.
     async fn attempt(
         &self,
         store: &Arc<Store>,
@@ -183,18 +218,33 @@ impl Runner {
         deadline: tokio::time::Instant,
         stop: &mut watch::Receiver<Option<Stop>>,
     ) -> Result<Outcome, RunError> {
+        let _ = store.transition(&build.id, &State::ACTIVE, State::Preparing);
+        self.run_child(store, build, job, work, deadline, stop)
+            .await
+    }
+
+    /// The image is resolved: its blobs are leased (no eviction while the
+    /// build may read them), and the cached artifact of that manifest, if
+    /// any, is linked into the build's artifact directory.
+    async fn on_resolved(
+        &self,
+        store: &Store,
+        build: &BuildRow,
+        job: &Job,
+        resolved: &Resolved,
+    ) -> Result<Option<Outcome>, RunError> {
         let id = build.id.as_str();
-        let _ = store.transition(id, &State::ACTIVE, State::Preparing);
-        let resolving = self.resolve(store, build, job);
-        let image = tokio::select! {
-            image = resolving => image?,
-            _ = tokio::time::sleep_until(deadline) => return Err(RunError::TimedOut),
-            why = stopped(stop) => return Err(RunError::Stopped(why)),
-        };
-        let mut blobs = vec![(image.config_digest.to_string(), 0)];
-        blobs.extend(image.layers.iter().map(|l| (l.digest.to_string(), l.size)));
+        let mut blobs = vec![(resolved.config_digest.clone(), 0)];
+        blobs.extend(resolved.layers.iter().map(|l| (l.digest.clone(), l.size)));
         let _ = store.lease_blobs(id, &blobs);
-        let key = self.cache.key(&image.manifest_digest, job);
+        let manifest = builderd_oci::Digest::parse(&resolved.manifest_digest).map_err(|e| {
+            RunError::Failed {
+                category: "build",
+                message: format!("the build process resolved a bad digest: {e}"),
+                temporary: false,
+            }
+        })?;
+        let key = self.cache.key(&manifest, job);
         let dest = self.artifact_dir(&build.tenant_id, id);
         let cache = self.cache.clone();
         let k = key.clone();
@@ -203,62 +253,7 @@ impl Runner {
             .map_err(|e| RunError::resource(format!("the artifact cache: {e}")))?
             .map_err(|e| RunError::resource(format!("the artifact cache: {e}")))?;
         store.metrics.cache_lookup(hit.is_some());
-        if let Some(meta) = hit {
-            return Ok(Outcome::Cached { key, meta });
-        }
-        self.run_child(store, build, job, work, deadline, stop)
-            .await
-            .map(|()| Outcome::Built)
-    }
-
-    /// The image for the build's platform, resolved against its registry
-    /// (manifests, every time; the config through the blob cache).
-    async fn resolve(
-        &self,
-        store: &Arc<Store>,
-        build: &BuildRow,
-        job: &Job,
-    ) -> Result<builderd_oci::Image, RunError> {
-        let failed = |message: String| RunError::Failed {
-            category: "source",
-            message,
-            temporary: false,
-        };
-        let Ok(builderd_oci::Source::Registry(r)) = builderd_oci::Source::parse(&job.image) else {
-            return Err(failed(format!("{}: not a registry reference", job.image)));
-        };
-        let platform = match &job.platform {
-            Some(p) => builderd_oci::Platform::parse(p).map_err(|e| failed(e.to_string()))?,
-            None => builderd_oci::Platform::host(),
-        };
-        let creds = build
-            .creds
-            .as_deref()
-            .and_then(|c| c.split_once(':'))
-            .map(|(u, p)| builderd_oci::Credentials {
-                username: u.into(),
-                password: p.into(),
-            });
-        let (store, id) = (store.clone(), build.id.clone());
-        let registry = builderd_oci::Registry::with_client(
-            self.http.clone(),
-            &r,
-            creds,
-            &self.insecure_registries,
-            job.retry.clone(),
-            Box::new(move |n| record_retry(&store, &id, n, "request")),
-        );
-        let cache = self.cache.clone();
-        let resolved = tokio::task::spawn_blocking(move || {
-            builderd_oci::resolve_remote(&registry, &cache.blobs, &r, &platform)
-        })
-        .await
-        .map_err(|e| failed(format!("resolving the image: {e}")))?;
-        resolved.map_err(|e| RunError::Failed {
-            category: "source",
-            temporary: crate::artifact::short_of_space(&e),
-            message: e.to_string(),
-        })
+        Ok(hit.map(|meta| Outcome::Cached { key, meta }))
     }
 
     /// Records how the run ended.
@@ -328,7 +323,7 @@ impl Runner {
         work: &Path,
         deadline: tokio::time::Instant,
         stop: &mut watch::Receiver<Option<Stop>>,
-    ) -> Result<(), RunError> {
+    ) -> Result<Outcome, RunError> {
         let id = build.id.as_str();
         let _ = std::fs::remove_dir_all(work);
         std::fs::create_dir_all(work)
@@ -340,7 +335,7 @@ impl Runner {
         let mut cmd = Command::new(&self.exe);
         cmd.args(self.args(job, work))
             .current_dir(work)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env_remove("BUILDERD_CREDS")
@@ -378,16 +373,46 @@ impl Runner {
                 unsafe { libc::kill(-pgid, libc::SIGKILL) };
             }
         };
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let mut stdin = child.stdin.take();
+        let mut lines = FramedRead::new(
+            child.stderr.take().expect("stderr is piped"),
+            LinesCodec::new_with_max_length(MAX_LINE),
+        );
         let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         let mut follow = Follow::new(id);
         let mut stderr_open = true;
         let status = loop {
             tokio::select! {
-                line = lines.next_line(), if stderr_open => match line {
-                    Ok(Some(line)) => follow.event(store, &line),
-                    _ => stderr_open = false,
+                line = lines.next(), if stderr_open => match line {
+                    Some(Ok(line)) => {
+                        let Some(resolved) = follow.event(store, &line) else { continue };
+                        match self.on_resolved(store, build, job, &resolved).await {
+                            Ok(Some(cached)) => {
+                                kill();
+                                let _ = child.wait().await;
+                                return Ok(cached);
+                            }
+                            Ok(None) => {
+                                let go = match stdin.take() {
+                                    Some(mut s) => s.write_all(b"build\n").await.is_ok(),
+                                    None => false,
+                                };
+                                if !go {
+                                    tracing::warn!(build_id = %id, "the build process stopped listening");
+                                }
+                            }
+                            Err(e) => {
+                                kill();
+                                let _ = child.wait().await;
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                        let _ = store.log(id, "warn", &format!("the build process wrote a line longer than {MAX_LINE} bytes: dropped"), "builderd");
+                    }
+                    Some(Err(LinesCodecError::Io(_))) | None => stderr_open = false,
                 },
                 status = child.wait(), if !stderr_open => break status,
                 _ = &mut deadline => {
@@ -407,7 +432,7 @@ impl Runner {
         // The child may have left a process of its own behind.
         kill();
         match status {
-            Ok(s) if s.success() => Ok(()),
+            Ok(s) if s.success() => Ok(Outcome::Built),
             Ok(s) => Err(follow.failure.take().unwrap_or_else(|| RunError::Failed {
                 category: "build",
                 message: format!("the build process ended with {s} without saying why"),
@@ -574,13 +599,29 @@ impl Follow {
         }
     }
 
-    fn event(&mut self, store: &Store, line: &str) {
+    /// Takes in one line; answers what the image resolved to when the line
+    /// says so (the build process then waits for the server's word).
+    fn event(&mut self, store: &Store, line: &str) -> Option<Resolved> {
         let id = self.id.as_str();
         let Ok(v) = serde_json::from_str::<Value>(line) else {
             // Not an event: a panic message or a tool's own output.
             let _ = store.log(id, "info", line, "build");
-            return;
+            return None;
         };
+        if let Some(r) = v.get("resolved") {
+            return match serde_json::from_value(r.clone()) {
+                Ok(resolved) => Some(resolved),
+                Err(e) => {
+                    let _ = store.log(
+                        id,
+                        "warn",
+                        &format!("an unreadable resolved event: {e}"),
+                        "builderd",
+                    );
+                    None
+                }
+            };
+        }
         if let Some(stage) = v["stage"].as_str() {
             if let Some(to) = State::from_stage(stage).filter(|to| *to != self.state) {
                 if store.transition(id, &State::ACTIVE, to).unwrap_or(false) {
@@ -641,6 +682,7 @@ impl Follow {
                 temporary: v["retry_cause"].as_str() == Some(RetryCause::TemporaryResource.name()),
             });
         }
+        None
     }
 }
 
@@ -679,9 +721,9 @@ mod tests {
             exe: "builderd".into(),
             data_dir: "/data".into(),
             insecure_registries: vec!["reg:5000".into()],
+            allow_private_registries: false,
             retry_defaults: crate::job::default_retry_policy(),
             cache: Arc::new(Cache::open(data.path(), None, 0).unwrap()),
-            http: builderd_oci::http_client(None).unwrap(),
         };
         let job = Job {
             image: "alpine".into(),
@@ -696,7 +738,9 @@ mod tests {
         };
         let a = runner.args(&job, Path::new("/w"));
         let joined = a.join(" ");
-        assert!(joined.starts_with("build alpine -o /w/rootfs.ext4 --events json --no-docker-config --cache-dir /data/blobs --init custom"), "{joined}");
+        assert!(joined.starts_with("build -o /w/rootfs.ext4 --events json --no-docker-config --cache-dir /data/blobs --init custom --hold-after-resolve --public-only"), "{joined}");
+        // The tenant's reference comes last, after `--`.
+        assert!(joined.ends_with(" -- alpine"), "{joined}");
         for pair in [
             ["--init-script", "/w/init-script"],
             ["--compression", "gzip"],

@@ -42,6 +42,8 @@ pub struct Options {
     pub cache_max_bytes: u64,
     /// Webhooks may go to loopback and private addresses.
     pub allow_private_webhooks: bool,
+    /// Builds may pull from loopback, private and link-local registries.
+    pub allow_private_registries: bool,
     /// Serve `/metrics` here instead of on the API's address.
     pub metrics_listen: Option<SocketAddr>,
     /// Delete the artifacts and logs of builds finished longer ago.
@@ -49,9 +51,6 @@ pub struct Options {
     /// Export traces to this OTLP/HTTP collector.
     pub otlp_endpoint: Option<String>,
 }
-
-/// The longest one request of an image's resolution may take.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `${XDG_DATA_HOME:-~/.local/share}/builderd`.
 pub fn default_data_dir() -> PathBuf {
@@ -221,11 +220,9 @@ pub async fn serve(opts: Options) -> Result<()> {
         exe: opts.exe.clone(),
         data_dir: opts.data_dir.clone(),
         insecure_registries: opts.insecure_registries.clone(),
+        allow_private_registries: opts.allow_private_registries,
         retry_defaults: opts.retry_defaults.clone(),
         cache,
-        // Resolving reads manifests and configs only: a registry that
-        // stops answering should not hold a build for its whole time limit.
-        http: builderd_oci::http_client(Some(RESOLVE_TIMEOUT))?,
     });
     let scheduler = Scheduler::new(
         store.clone(),

@@ -18,11 +18,11 @@
 //!
 //! Webhook URLs that resolve to loopback, link-local, private or other
 //! non-public addresses are refused (a webhook must not reach into the
-//! server's own network) unless the operator allows them. The check is made
-//! when the URL is given and again on each delivery, by the resolver the
-//! connection uses, so a name that changes its address is caught too.
+//! server's own network) unless the operator allows them: the outbound
+//! policy of `builderd-net`, checked when the URL is given and again on each
+//! delivery, by the resolver the connection uses, so a name that changes its
+//! address is caught too.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,97 +79,29 @@ pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
     format!("v1={hex}")
 }
 
-/// May a webhook reach this address? Only public unicast ones.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
-                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
-                || (a == 198 && (18..20).contains(&b)) // benchmarking
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link-local
-                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
-        }
-    }
+/// Where webhooks may go: public addresses, unless the operator allows more.
+fn policy(allow_private: bool) -> builderd_net::Outbound {
+    builderd_net::Outbound::new(allow_private, "--allow-private-webhooks")
 }
 
 /// Checks a webhook URL: http or https, a host, and unless `allow_private`,
 /// only public addresses for it.
 pub async fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("{url:?}: only http and https webhooks are sent"));
-    }
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| format!("{url:?} has no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    if allow_private {
-        return Ok(());
-    }
+    let policy = policy(allow_private);
+    policy.check_url(&parsed).map_err(|e| e.to_string())?;
+    let host = parsed.host_str().unwrap_or_default();
     let port = parsed.port_or_known_default().unwrap_or(80);
-    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| format!("{url:?}: cannot resolve {host}: {e}"))?
-            .collect(),
-    };
-    match addrs.iter().find(|a| !is_public(a.ip())) {
-        Some(a) => Err(private(&host, a.ip())),
-        None => Ok(()),
-    }
-}
-
-fn private(host: &str, ip: IpAddr) -> String {
-    format!(
-        "{host} resolves to {ip}, a loopback, link-local or private address: webhooks go to public addresses only (the operator may allow others with --allow-private-webhooks)"
-    )
-}
-
-/// Resolves names for webhook connections, keeping only addresses a
-/// webhook may reach.
-struct Guard;
-
-impl reqwest::dns::Resolve for Guard {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some(a) = addrs.iter().find(|a| !is_public(a.ip())) {
-                return Err(private(&host, a.ip()).into());
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
+    policy
+        .check_host(&format!("{host}:{port}"))
+        .await
+        .map_err(|e| format!("{url:?}: {e}"))
 }
 
 pub struct Deliverer {
     store: Arc<Store>,
     client: reqwest::Client,
-    allow_private: bool,
+    policy: builderd_net::Outbound,
 }
 
 /// Why a delivery did not go: worth another try, or not.
@@ -180,18 +112,19 @@ enum Failure {
 
 impl Deliverer {
     pub fn new(store: Arc<Store>, allow_private: bool) -> anyhow::Result<Arc<Deliverer>> {
-        let mut client = reqwest::Client::builder()
+        let policy = policy(allow_private);
+        let client = reqwest::Client::builder()
             .timeout(SEND_TIMEOUT)
-            // A redirect could lead anywhere, past the address check.
+            // A webhook is one POST: a redirect is an answer, not a place to go.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("builderd/", env!("CARGO_PKG_VERSION")));
-        if !allow_private {
-            client = client.dns_resolver(Arc::new(Guard));
-        }
+            .no_proxy()
+            .dns_resolver(policy.resolver())
+            .user_agent(concat!("builderd/", env!("CARGO_PKG_VERSION")))
+            .build()?;
         Ok(Arc::new(Deliverer {
             store,
-            client: client.build()?,
-            allow_private,
+            client,
+            policy,
         }))
     }
 
@@ -252,16 +185,9 @@ impl Deliverer {
     async fn send(&self, d: &Delivery) -> Result<(), Failure> {
         let url = reqwest::Url::parse(&d.url).map_err(|e| Failure::Never(e.to_string()))?;
         // The resolver guards names; an address written in the URL it never sees.
-        if let Some(ip) = url.host_str().and_then(|h| {
-            h.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .ok()
-        }) {
-            if !self.allow_private && !is_public(ip) {
-                return Err(Failure::Never(private(&ip.to_string(), ip)));
-            }
-        }
+        self.policy
+            .check_url(&url)
+            .map_err(|e| Failure::Never(e.to_string()))?;
         let timestamp = crate::store::now_ms() / 1000;
         let mut req = self.client.post(url);
         for (k, v) in &d.headers {
@@ -276,13 +202,9 @@ impl Deliverer {
             .body(d.body.clone())
             .send()
             .await
-            .map_err(|e| {
-                let text = describe(&e);
-                if text.contains("webhooks go to public addresses only") {
-                    Failure::Never(text)
-                } else {
-                    Failure::Again(text)
-                }
+            .map_err(|e| match builderd_net::not_allowed(&e) {
+                Some(refused) => Failure::Never(refused.to_string()),
+                None => Failure::Again(describe(&e)),
             })?;
         let status = resp.status();
         if status.is_success() {
@@ -312,29 +234,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn private_addresses_are_not_public() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "224.0.0.1",
-        ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["93.184.216.34", "2606:4700::1111", "1.1.1.1"] {
-            assert!(is_public(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
     fn the_signature_is_hmac_sha256_of_timestamp_and_body() {
         // RFC 4231 test case 2's key and data, framed as we frame them; the
         // expected value from `printf '1.what do ya want for nothing?' |
@@ -354,6 +253,16 @@ mod tests {
             .await
             .unwrap_err()
             .contains("--allow-private-webhooks"));
+        // Forms of internal addresses that once passed the filter.
+        for url in [
+            "http://[64:ff9b::7f00:1]/hook",
+            "http://[2002:7f00:1::1]/hook",
+            "http://[::127.0.0.1]/hook",
+            "http://[fec0::1]/hook",
+            "http://[2001::1]/hook",
+        ] {
+            assert!(check_url(url, false).await.is_err(), "{url}");
+        }
         assert!(check_url("http://[::1]:9/hook", false).await.is_err());
         assert!(check_url("http://169.254.169.254/latest", false)
             .await

@@ -56,23 +56,33 @@ impl Answer {
 
 impl Server {
     /// Starts `builderd serve` on a free port with `data` as its data
-    /// directory, and waits for /healthz.
+    /// directory, and waits for /healthz. Its builds may pull from the
+    /// tests' registries on loopback (`--allow-private-registries`).
     pub fn start(data: &Path, args: &[&str]) -> Server {
-        Server::launch(data, args, None)
+        Server::launch(data, args, None, true)
     }
 
     /// As `start`, with the server's stderr appended to `log`.
     pub fn start_logged(data: &Path, args: &[&str], log: &Path) -> Server {
-        Server::launch(data, args, Some(log))
+        Server::launch(data, args, Some(log), true)
     }
 
-    fn launch(data: &Path, args: &[&str], log: Option<&Path>) -> Server {
+    /// As `start`, with the default outbound policy: public registries only.
+    pub fn start_public_only(data: &Path, args: &[&str]) -> Server {
+        Server::launch(data, args, None, false)
+    }
+
+    fn launch(data: &Path, args: &[&str], log: Option<&Path>, private_registries: bool) -> Server {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if private_registries {
+            args.push("--allow-private-registries".into());
+        }
         let mut s = Server {
             child: None,
             url: String::new(),
             data: data.to_path_buf(),
             port: free_port(),
-            args: args.iter().map(|a| a.to_string()).collect(),
+            args,
             log: log.map(Path::to_path_buf),
         };
         s.restart();
