@@ -49,6 +49,9 @@ enum Command {
     /// List or prune the service's blob and artifact caches.
     #[command(subcommand)]
     Cache(serve::CacheCommand),
+    /// The service's operator key.
+    #[command(subcommand)]
+    Operator(serve::OperatorCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Client(args) => client::run(args),
         Command::Tenant(cmd) => serve::tenant(cmd).map(|()| std::process::ExitCode::SUCCESS),
         Command::Cache(cmd) => serve::cache(cmd).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Operator(cmd) => serve::operator(cmd).map(|()| std::process::ExitCode::SUCCESS),
     };
     events::usage();
     match result {

@@ -7,15 +7,35 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use builderd_service::Tier;
 
+/// The service's data directory, for every command that opens one.
+#[derive(clap::Args, Clone)]
+pub struct DataDir {
+    /// The server's data directory: database, artifacts, blob cache and the
+    /// operator key (default: ${XDG_DATA_HOME:-~/.local/share}/builderd).
+    #[arg(long = "data-dir", value_name = "DIR", env = "BUILDERD_DATA_DIR")]
+    dir: Option<PathBuf>,
+}
+
+impl DataDir {
+    /// The directory, told on stderr: a command run against the wrong one
+    /// (a forgotten --data-dir) should not pass unnoticed.
+    pub fn resolve(&self) -> PathBuf {
+        let dir = self
+            .dir
+            .clone()
+            .unwrap_or_else(builderd_service::default_data_dir);
+        eprintln!("builderd: data directory {}", dir.display());
+        dir
+    }
+}
+
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// Where to listen (Connect, gRPC and plain HTTP on one port).
     #[arg(long, default_value = "127.0.0.1:8082")]
     listen: SocketAddr,
-    /// Database, artifacts, blob cache and the operator key
-    /// (default: ${XDG_DATA_HOME:-~/.local/share}/builderd).
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    data_dir: DataDir,
     /// Builds running at once over all tenants (default: the number of cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -95,9 +115,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = builderd_service::Options {
         listen: args.listen,
-        data_dir: args
-            .data_dir
-            .unwrap_or_else(builderd_service::default_data_dir),
+        data_dir: args.data_dir.resolve(),
         exe: std::env::current_exe().context("finding the builderd binary")?,
         workers,
         trust_tenant_header: args.trust_tenant_header,
@@ -124,9 +142,36 @@ pub enum TenantCommand {
         name: String,
         #[arg(long, value_parser = parse_tier)]
         tier: Tier,
-        /// The server's data directory.
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// List a tenant's API keys by id (the first digits of each key's hash).
+    Keys {
+        name: String,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Give a tenant another API key (its other keys keep working: roll the
+    /// new one out, then revoke the old); prints it alone on stdout.
+    AddKey {
+        name: String,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Give a tenant a new API key and revoke all its others at once;
+    /// prints it alone on stdout.
+    RotateKey {
+        name: String,
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Revoke one of a tenant's API keys (its id from `builderd tenant
+    /// keys`); it stops working at once, also for a running server.
+    RevokeKey {
+        name: String,
+        key_id: String,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
     /// Show a tenant's webhook and the secret its deliveries are signed
     /// with; set it with --url (events and headers with it), remove it with
@@ -145,10 +190,32 @@ pub enum TenantCommand {
         header: Vec<String>,
         #[arg(long)]
         rotate_secret: bool,
-        /// The server's data directory.
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
+}
+
+#[derive(clap::Subcommand)]
+pub enum OperatorCommand {
+    /// Make a new operator key (written to DATA/operator.key, mode 0600);
+    /// the old one stops working at once, also for a running server.
+    RotateKey {
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+}
+
+pub fn operator(cmd: OperatorCommand) -> Result<()> {
+    match cmd {
+        OperatorCommand::RotateKey { data_dir } => {
+            let path = builderd_service::rotate_operator_key(&data_dir.resolve())?;
+            eprintln!(
+                "builderd: a new operator key is in {}; the old one no longer works",
+                path.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
@@ -162,13 +229,42 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
             tier,
             data_dir,
         } => {
-            let dir = data_dir.unwrap_or_else(builderd_service::default_data_dir);
-            let key = builderd_service::create_tenant(&dir, &name, tier)?;
+            let key = builderd_service::create_tenant(&data_dir.resolve(), &name, tier)?;
             eprintln!(
                 "builderd: tenant {name} ({} tier) created; its API key (shown once):",
                 tier.name()
             );
             println!("{key}");
+            Ok(())
+        }
+        TenantCommand::Keys { name, data_dir } => {
+            println!("{:<14} created", "key id");
+            for k in builderd_service::tenant_keys(&data_dir.resolve(), &name)? {
+                println!("{:<14} {}", k.id, when(k.created_ms));
+            }
+            Ok(())
+        }
+        TenantCommand::AddKey { name, data_dir } => {
+            let key = builderd_service::new_tenant_key(&data_dir.resolve(), &name, false)?;
+            eprintln!("builderd: a new API key for tenant {name} (shown once):");
+            println!("{key}");
+            Ok(())
+        }
+        TenantCommand::RotateKey { name, data_dir } => {
+            let key = builderd_service::new_tenant_key(&data_dir.resolve(), &name, true)?;
+            eprintln!(
+                "builderd: a new API key for tenant {name} (shown once); its other keys no longer work:"
+            );
+            println!("{key}");
+            Ok(())
+        }
+        TenantCommand::RevokeKey {
+            name,
+            key_id,
+            data_dir,
+        } => {
+            builderd_service::revoke_tenant_key(&data_dir.resolve(), &name, &key_id)?;
+            eprintln!("builderd: key {key_id} of tenant {name} revoked");
             Ok(())
         }
         TenantCommand::Webhook {
@@ -179,7 +275,7 @@ pub fn tenant(cmd: TenantCommand) -> Result<()> {
             rotate_secret,
             data_dir,
         } => {
-            let dir = data_dir.unwrap_or_else(builderd_service::default_data_dir);
+            let dir = data_dir.resolve();
             let update = match url {
                 Some(url) => Some(builderd_service::Webhook {
                     url,
@@ -216,18 +312,16 @@ pub enum CacheCommand {
     /// What the service caches hold (layer blobs, whole artifacts), least
     /// recently used first.
     Ls {
-        /// The server's data directory.
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
     /// Evict what no running build uses, least recently used first, until
     /// the caches hold at most --max-bytes (default: evict all of it).
     Prune {
         #[arg(long, value_name = "BYTES", value_parser = crate::units::parse_bytes, default_value = "0")]
         max_bytes: u64,
-        /// The server's data directory.
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data_dir: DataDir,
     },
 }
 
@@ -251,8 +345,7 @@ pub fn cache(cmd: CacheCommand) -> Result<()> {
     use crate::units::human;
     match cmd {
         CacheCommand::Ls { data_dir } => {
-            let dir = data_dir.unwrap_or_else(builderd_service::default_data_dir);
-            let entries = builderd_service::cache_list(&dir)?;
+            let entries = builderd_service::cache_list(&data_dir.resolve())?;
             println!(
                 "{:<9} {:<71} {:>10}  {:<14} in use",
                 "kind", "name", "size", "last used"
@@ -276,8 +369,7 @@ pub fn cache(cmd: CacheCommand) -> Result<()> {
             max_bytes,
             data_dir,
         } => {
-            let dir = data_dir.unwrap_or_else(builderd_service::default_data_dir);
-            let gone = builderd_service::cache_prune(&dir, max_bytes)?;
+            let gone = builderd_service::cache_prune(&data_dir.resolve(), max_bytes)?;
             let freed: u64 = gone.iter().map(|e| e.bytes as u64).sum();
             for e in &gone {
                 println!(

@@ -617,7 +617,7 @@ impl BuilderService for Api {
     ) -> ServiceResult<GetTenantQuotasResponse> {
         let tenant = self.caller(ctx.headers())?;
         let l = tenant.tier.limits();
-        let (running, queued, today, storage) = self.store.usage(&tenant.id).map_err(internal)?;
+        let u = self.store.usage(&tenant.id).map_err(internal)?;
         Response::ok(GetTenantQuotasResponse {
             tenant_id: tenant.id.clone(),
             tier: EnumValue::from(tenant.tier.proto()),
@@ -629,10 +629,10 @@ impl BuilderService for Api {
                 ..Default::default()
             }),
             usage: MessageField::some(TenantUsage {
-                running_builds: running as i32,
-                queued_builds: queued as i32,
-                builds_today: today as i32,
-                storage_bytes: storage,
+                running_builds: u.running as i32,
+                queued_builds: u.queued as i32,
+                builds_today: u.created_today as i32,
+                storage_bytes: u.storage_bytes,
                 ..Default::default()
             }),
             ..Default::default()

@@ -23,9 +23,10 @@ fn artifact_bytes(meta: &Value) -> i64 {
 
 /// Does `size` more fit in the tenant's storage quota?
 fn check_storage(store: &Store, tenant: &str, size: i64) -> Result<(), Refused> {
-    let (_, _, _, used) = store
+    let used = store
         .usage(tenant)
-        .map_err(|e| ("resource", e.to_string()))?;
+        .map_err(|e| ("resource", e.to_string()))?
+        .storage_bytes;
     let limit = store
         .tenant(tenant)
         .ok()

@@ -114,7 +114,7 @@ mod tests {
         assert_ne!(a, b);
         store.create_tenant("a", Tier::Free, &hash(&a)).unwrap();
         store.create_tenant("b", Tier::Pro, &hash(&b)).unwrap();
-        store.add_operator_key(&hash(&op)).unwrap();
+        store.set_operator_key(&hash(&op)).unwrap();
         let bearer = |k: &str| format!("Bearer {k}");
         let code = |r: Result<Tenant, ConnectError>| r.unwrap_err().code;
 

@@ -27,7 +27,8 @@ mod webhook;
 
 pub use job::{default_retry_policy, parse_retry_policy};
 pub use serve::{
-    cache_list, cache_prune, create_tenant, default_data_dir, serve, tenant_webhook, Options,
+    cache_list, cache_prune, create_tenant, default_data_dir, new_tenant_key,
+    revoke_tenant_key, rotate_operator_key, serve, tenant_keys, tenant_webhook, Options,
 };
-pub use store::{CacheEntry, CacheKind, Webhook};
+pub use store::{CacheEntry, CacheKind, KeyInfo, Webhook};
 pub use tier::Tier;

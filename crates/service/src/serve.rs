@@ -7,7 +7,7 @@
 //! directory per running build) and `artifacts/TENANT/BUILD/`.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use crate::cache::Cache;
 use crate::runner::Runner;
 use crate::scheduler::Scheduler;
 use crate::state::State;
-use crate::store::{CacheEntry, Store, Webhook};
+use crate::store::{CacheEntry, KeyInfo, Store, Webhook};
 use crate::tier::Tier;
 
 pub struct Options {
@@ -86,6 +86,51 @@ pub fn create_tenant(data_dir: &Path, name: &str, tier: Tier) -> Result<String> 
     Ok(key)
 }
 
+/// `builderd tenant keys`: the tenant's keys, by id (a prefix of each
+/// key's hash) and creation time.
+pub fn tenant_keys(data_dir: &Path, name: &str) -> Result<Vec<KeyInfo>> {
+    let store = open_store(data_dir)?;
+    if store.tenant(name)?.is_none() {
+        anyhow::bail!("no tenant {name:?} in {}", data_dir.display());
+    }
+    Ok(store.tenant_keys(name)?)
+}
+
+/// `builderd tenant add-key` / `rotate-key`: a new key for the tenant
+/// (returned); with `revoke_others` (rotate), its other keys stop working
+/// at once, also for a running server.
+pub fn new_tenant_key(data_dir: &Path, name: &str, revoke_others: bool) -> Result<String> {
+    let store = open_store(data_dir)?;
+    let key = auth::new_key();
+    store.add_tenant_key(name, &auth::hash(&key), revoke_others)?;
+    Ok(key)
+}
+
+/// `builderd tenant revoke-key`: the key named `id` stops working at once.
+pub fn revoke_tenant_key(data_dir: &Path, name: &str, id: &str) -> Result<()> {
+    Ok(open_store(data_dir)?.revoke_tenant_key(name, id)?)
+}
+
+/// `builderd operator rotate-key`: a new operator key in `operator.key`;
+/// the old one stops working at once, also for a running server.
+pub fn rotate_operator_key(data_dir: &Path) -> Result<PathBuf> {
+    let store = open_store(data_dir)?;
+    let path = data_dir.join("operator.key");
+    let key = auth::new_key();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".operator.key.")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(data_dir)?;
+    std::io::Write::write_all(&mut tmp, format!("{key}\n").as_bytes())?;
+    tmp.as_file().sync_all()?;
+    // The file first: a crash between the two leaves the new key in the
+    // file, which the next start makes the one valid key.
+    tmp.persist(&path)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    store.set_operator_key(&auth::hash(&key))?;
+    Ok(path)
+}
+
 /// `builderd tenant webhook`: a tenant's webhook and signing secret, after
 /// `update` (a new webhook; an empty URL removes it) and, with `rotate`, a
 /// new secret. Safe while a server runs on the same directory.
@@ -147,7 +192,9 @@ fn operator_key(data_dir: &Path, store: &Store) -> Result<PathBuf> {
         }
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
-    store.add_operator_key(&auth::hash(&key))?;
+    // The key in the file is the one operator key: one made before it (a
+    // deleted or replaced file) no longer works.
+    store.set_operator_key(&auth::hash(&key))?;
     Ok(path)
 }
 

@@ -18,9 +18,12 @@ use crate::state::State;
 use crate::tier::Tier;
 
 mod gauges;
+mod keys;
 mod outbox;
+mod quota;
 mod retention;
 
+pub use keys::KeyInfo;
 pub use outbox::{Delivery, Webhook};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,29 @@ pub struct LogLine {
     pub level: String,
     pub message: String,
     pub component: String,
+}
+
+/// The database holds key hashes, webhook secrets and, while a build
+/// runs, its registry credentials: only its owner may read it. SQLite
+/// makes the WAL and shared-memory files with the database's mode, so the
+/// database is made 0600 before it is opened (and an older one, with its
+/// companions, changed to it).
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A statement run with its compiled form kept: the API runs the same few
@@ -235,6 +261,12 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(next_ms)
     WHERE delivered_ms IS NULL AND failed_ms IS NULL;
+CREATE TABLE IF NOT EXISTS daily_creations (
+    tenant_id TEXT NOT NULL,
+    day_ms INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, day_ms)
+);
 ";
 
 /// Columns added after a table's first version: table, column, type. A
@@ -388,6 +420,9 @@ pub struct Retry {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
+        owner_only(path).map_err(|e| {
+            StoreError::Conflict(format!("{}: cannot make it private: {e}", path.display()))
+        })?;
         let conn = Connection::open(path)?;
         // Another process (`builderd tenant create`) may hold the write lock
         // for a moment.
@@ -467,15 +502,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn add_operator_key(&self, key_hash: &str) -> Result<()> {
-        exec(
-            &self.conn(),
-            "INSERT OR IGNORE INTO api_keys (hash, tenant_id, created_ms) VALUES (?1, NULL, ?2)",
-            params![key_hash, now_ms()],
-        )?;
-        Ok(())
-    }
-
     pub fn tenant(&self, id: &str) -> Result<Option<Tenant>> {
         self.read(|c| {
             row(
@@ -518,14 +544,8 @@ impl Store {
     pub fn insert_build(&self, b: &NewBuild) -> Result<i64> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let day_start = day_start_ms();
-        let today: u32 = row(
-            &tx,
-            "SELECT COUNT(*) FROM builds WHERE tenant_id = ?1 AND created_ms >= ?2",
-            params![b.tenant_id, day_start],
-            |r| r.get(0),
-        )?;
-        if today >= b.daily_limit {
+        let today = quota::created_today(&tx, b.tenant_id)?;
+        if today >= i64::from(b.daily_limit) {
             return Err(StoreError::Conflict(format!(
                 "daily builds quota reached: {today} of {} builds today (UTC)",
                 b.daily_limit
@@ -559,6 +579,7 @@ impl Store {
             "INSERT INTO logs (build_id, at_ms, level, message, component) VALUES (?1, ?2, 'info', ?3, 'builderd')",
             params![b.id, now, b.log],
         )?;
+        quota::count_creation(&tx, b.tenant_id, today + 1)?;
         let hooks = outbox::on_transition(&tx, b.id, State::Queued, true)?;
         tx.commit()?;
         self.metrics
@@ -679,12 +700,15 @@ impl Store {
             None
         };
         let finished = to.is_terminal().then_some(now);
+        // A build that has ended pulls no more: its registry credentials
+        // leave the database with its last state change.
         exec(
             &tx,
             "UPDATE builds SET state = ?2, updated_ms = ?3,
                  started_ms = COALESCE(?4, started_ms),
                  attempts = attempts + (?4 IS NOT NULL),
-                 finished_ms = ?5
+                 finished_ms = ?5,
+                 creds = CASE WHEN ?5 IS NULL THEN creds END
              WHERE id = ?1",
             params![id, to.name(), now, started, finished],
         )?;
@@ -1074,28 +1098,32 @@ impl Store {
         Ok((requeued, failed))
     }
 
-    /// The tenant's usage: (running, queued, builds today, storage bytes).
-    pub fn usage(&self, tenant_id: &str) -> Result<(i64, i64, i64, i64)> {
-        let day_start = day_start_ms();
+    /// The tenant's usage now.
+    pub fn usage(&self, tenant_id: &str) -> Result<TenantUsage> {
         let active: Vec<String> = State::ACTIVE
             .iter()
             .map(|s| format!("'{}'", s.name()))
             .collect();
         self.read(|c| {
-            row(
+            let (running, queued, storage_bytes) = row(
                 c,
                 &format!(
                     "SELECT
                    COALESCE(SUM(state IN ({})), 0),
                    COALESCE(SUM(state = 'QUEUED'), 0),
-                   COALESCE(SUM(created_ms >= ?2), 0),
                    COALESCE(SUM(artifact_bytes), 0)
                  FROM builds WHERE tenant_id = ?1",
                     active.join(",")
                 ),
-                params![tenant_id, day_start],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
+                params![tenant_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Ok(TenantUsage {
+                running,
+                queued,
+                created_today: quota::created_today(c, tenant_id)?,
+                storage_bytes,
+            })
         })
     }
 
@@ -1130,6 +1158,18 @@ impl Store {
         Ok(stats)
         })
     }
+}
+
+/// What a tenant uses of its quotas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    /// Builds past QUEUED and not ended.
+    pub running: i64,
+    pub queued: i64,
+    /// Builds created today (UTC), deleted ones included.
+    pub created_today: i64,
+    /// What its artifacts take.
+    pub storage_bytes: i64,
 }
 
 #[derive(Default, Debug)]
@@ -1185,10 +1225,14 @@ mod tests {
         );
         assert!(store.key_owner("nope").unwrap().is_none());
 
-        store.insert_build(&new_build("b1", 2)).unwrap();
-        store.insert_build(&new_build("b2", 2)).unwrap();
-        let third = store.insert_build(&new_build("b3", 2));
-        assert!(matches!(third, Err(StoreError::Conflict(m)) if m.contains("daily builds quota")));
+        store.insert_build(&new_build("b1", 3)).unwrap();
+        store.insert_build(&new_build("b2", 3)).unwrap();
+        // A deleted build still counts against the day's quota.
+        store.insert_build(&new_build("gone", 3)).unwrap();
+        store.delete_build("gone").unwrap();
+        assert_eq!(store.usage("acme").unwrap().created_today, 3);
+        let fourth = store.insert_build(&new_build("b3", 3));
+        assert!(matches!(fourth, Err(StoreError::Conflict(m)) if m.contains("daily builds quota")));
 
         // A cancel and a run cannot both move a build.
         assert!(store
