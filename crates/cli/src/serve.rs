@@ -89,6 +89,13 @@ pub struct ServeArgs {
     /// http://collector:4318 (spans go to its /v1/traces).
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Connections open at once (more wait until one closes).
+    #[arg(long, value_name = "N", default_value = "1024")]
+    max_connections: usize,
+    /// How long a client has to send a request's head, on a new connection
+    /// or an idle kept-alive one, before the connection is closed.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    header_timeout: Duration,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -131,8 +138,35 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         metrics_listen: args.metrics_listen,
         retention: args.retention,
         otlp_endpoint: args.otlp_endpoint,
+        limits: builderd_service::Limits {
+            max_connections: args.max_connections,
+            header_timeout: args.header_timeout,
+        },
     };
-    tokio::runtime::Runtime::new()?.block_on(builderd_service::serve(opts))
+    raise_open_file_limit();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let served = runtime.block_on(builderd_service::serve(opts));
+    // What is still running (a connection, a blocking read) does not hold
+    // the process past its shutdown: SIGTERM ends it within the grace.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served
+}
+
+/// Each connection, build and database reader is a descriptor: the soft
+/// limit (often 1024) goes up to the hard one, so `--max-connections` is
+/// the bound that holds, not EMFILE.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit on a struct this function owns.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 #[derive(clap::Subcommand)]

@@ -12,6 +12,7 @@ mod api;
 mod artifact;
 mod auth;
 mod cache;
+mod front;
 mod http;
 mod job;
 mod metrics;
@@ -25,6 +26,7 @@ mod tier;
 mod traces;
 mod webhook;
 
+pub use front::Limits;
 pub use job::{default_retry_policy, parse_retry_policy};
 pub use serve::{
     cache_list, cache_prune, create_tenant, default_data_dir, new_tenant_key,

@@ -50,6 +50,8 @@ pub struct Options {
     pub retention: Option<Duration>,
     /// Export traces to this OTLP/HTTP collector.
     pub otlp_endpoint: Option<String>,
+    /// Connections and request heads: what a client may hold.
+    pub limits: crate::front::Limits,
 }
 
 /// `${XDG_DATA_HOME:-~/.local/share}/builderd`.
@@ -308,19 +310,27 @@ pub async fn serve(opts: Options) -> Result<()> {
             listen(addr).with_context(|| format!("cannot listen on {addr} for the metrics"))?;
         tracing::info!(url = %format!("http://{}/metrics", metrics.local_addr()?), "serving metrics");
         let routes = crate::http::metrics_router(api.clone());
-        tokio::spawn(async move { axum::serve(metrics, routes).await });
+        let never = tokio::sync::watch::channel(false).1;
+        tokio::spawn(crate::front::serve(
+            metrics,
+            routes,
+            opts.limits,
+            never,
+            Duration::ZERO,
+        ));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let with_metrics = opts.metrics_listen.is_none();
     let (routes, health) = crate::http::router(api, with_metrics);
-    let server = tokio::spawn(async move {
-        let mut stop_rx = stop_rx;
-        axum::serve(listener, routes)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    // Followed log streams would keep connections open for ever: a second
+    // is what requests under way get once the builds are settled.
+    let server = tokio::spawn(crate::front::serve(
+        listener,
+        routes,
+        opts.limits,
+        stop_rx.clone(),
+        Duration::from_secs(1),
+    ));
     let signal = shutdown_signal().await;
     tracing::info!(
         signal,
@@ -330,8 +340,7 @@ pub async fn serve(opts: Options) -> Result<()> {
     health.shutdown();
     let _ = stop_tx.send(true);
     scheduler.shutdown(opts.shutdown_grace).await;
-    // Followed log streams would keep connections open for ever.
-    if tokio::time::timeout(Duration::from_secs(1), server)
+    if tokio::time::timeout(Duration::from_secs(2), server)
         .await
         .is_err()
     {
