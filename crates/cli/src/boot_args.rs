@@ -65,9 +65,17 @@ pub struct BootArgs {
     /// Also write a compressed copy beside the image (OUT.gz or OUT.zst).
     #[arg(long, value_enum, default_value = "none")]
     pub compression: CopyFormat,
-    /// Fail the build when the image is larger than this (e.g. 2G).
+    /// Fail the build when the image is larger than this (e.g. 2G); checked
+    /// as the content is written, so content past it never takes the disk.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub size_limit: Option<u64>,
+    /// What the size limit is called where it was set (the service names
+    /// its build config's field).
+    #[arg(long, hide = true, default_value = "--size-limit")]
+    pub size_limit_name: String,
+    /// What is left of the tenant's storage quota (the service's bound).
+    #[arg(long, hide = true, value_name = "BYTES")]
+    pub storage_left: Option<u64>,
 }
 
 impl BootArgs {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::blob_checks::Failed;
 use crate::boot_args::BootArgs;
-use crate::events::{self, SizeLimitExceeded};
+use crate::events::{self, Limit, SizeLimitExceeded};
 use crate::ext4_args::Ext4Args;
 use crate::layer_streams::{Blob, Streams};
 use crate::output::Pending;
@@ -257,7 +257,10 @@ pub fn run(args: Args) -> Result<()> {
         .transpose()?;
     let pending = Pending::new(&args.output)?;
     let pending_json = Pending::new(&json_path)?;
-    let mut writer = Writer::new(pending.file()?, args.ext4.options()?)?;
+    let limit = image_limit(&args.boot);
+    let mut ext4 = args.ext4.options()?;
+    ext4.max_bytes = limit.as_ref().map(|(bytes, _)| *bytes);
+    let mut writer = Writer::new(pending.file()?, ext4)?;
     let total: u64 = image.layers.iter().map(|l| l.size).sum();
     let bar = Bar::bytes(total, "writing");
     bar.join(&bars);
@@ -286,6 +289,15 @@ pub fn run(args: Args) -> Result<()> {
         drop(layers);
         (flattened, streams.take_checks())
     };
+    // Content past the limit stopped the writing: say which limit.
+    let flattened = flattened.map_err(|e| match &limit {
+        Some((bytes, which)) if ran_out_of_room(&e) => anyhow::Error::new(SizeLimitExceeded {
+            size: None,
+            limit: *bytes,
+            which: which.clone(),
+        }),
+        _ => anyhow::Error::new(e),
+    });
     let stats = match (flattened, blobs) {
         (Ok(stats), Blobs::Pull(d)) => d.finish().map(|()| stats)?,
         (Ok(stats), Blobs::Local(_)) => stats,
@@ -297,7 +309,7 @@ pub fn run(args: Args) -> Result<()> {
                 return Err(checks
                     .join()
                     .err()
-                    .map_or(e.into(), |f| failed(f, cached.as_deref())))
+                    .map_or(e, |f| failed(f, cached.as_deref())))
             }
         },
         // A blob that is not what its digest says fails to decompress or
@@ -306,7 +318,7 @@ pub fn run(args: Args) -> Result<()> {
             return Err(checks
                 .join()
                 .err()
-                .map_or(e.into(), |f| failed(f, cached.as_deref())))
+                .map_or(e, |f| failed(f, cached.as_deref())))
         }
     };
     bar.finish();
@@ -318,11 +330,12 @@ pub fn run(args: Args) -> Result<()> {
     events::stage("optimizing");
     let (summary, file) = writer.finish()?;
     drop(file);
-    if let Some(limit) = args.boot.size_limit {
-        if summary.image_bytes() > limit {
+    if let Some((bytes, which)) = limit {
+        if summary.image_bytes() > bytes {
             return Err(SizeLimitExceeded {
-                size: summary.image_bytes(),
-                limit,
+                size: Some(summary.image_bytes()),
+                limit: bytes,
+                which,
             }
             .into());
         }
@@ -446,6 +459,33 @@ fn failed(f: Failed, cache: Option<&BlobCache>) -> anyhow::Error {
         )),
         Err(e) => anyhow::Error::from(f.error).context(e),
     }
+}
+
+/// The lower of the size limit and the tenant's storage left, and which.
+fn image_limit(boot: &BootArgs) -> Option<(u64, Limit)> {
+    let size = boot
+        .size_limit
+        .map(|b| (b, Limit::Size(boot.size_limit_name.clone())));
+    let storage = boot.storage_left.map(|b| (b, Limit::Storage));
+    match (size, storage) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The writer had no block left to give: with a limit set, the content
+/// went past it.
+fn ran_out_of_room(e: &builderd_flatten::Error) -> bool {
+    use builderd_ext4::Error::NoSpace;
+    // Both wrap the writer's error transparently: it is not among the causes.
+    matches!(
+        e,
+        builderd_flatten::Error::Ext4(NoSpace { .. })
+            | builderd_flatten::Error::Layer {
+                source: builderd_import::Error::Ext4(NoSpace { .. }),
+                ..
+            }
+    )
 }
 
 /// Waits for the service's word to go on after the resolution.

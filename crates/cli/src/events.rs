@@ -35,6 +35,27 @@ pub fn json() -> bool {
     JSON.load(Ordering::Relaxed)
 }
 
+/// The longest message told (an image's text can be part of one: a media
+/// type, a file name); the rest is cut, so no event line grows without bound.
+const MAX_MESSAGE: usize = 4096;
+
+/// `message`, at most `MAX_MESSAGE` bytes of it (cut at a character's edge).
+fn bounded(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_MESSAGE {
+        return message.into();
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes not shown)",
+        &message[..end],
+        message.len() - end
+    )
+    .into()
+}
+
 fn emit(value: serde_json::Value) {
     // One write a line, so lines from threads never interleave.
     let line = format!("{value}\n");
@@ -83,17 +104,17 @@ pub fn resolved(image: &builderd_oci::Image) {
 
 pub fn info(message: &str) {
     if json() {
-        emit(json!({ "log": message, "level": "info" }));
+        emit(json!({ "log": bounded(message), "level": "info" }));
     } else {
-        eprintln!("builderd: {message}");
+        eprintln!("builderd: {}", bounded(message));
     }
 }
 
 pub fn warn(message: &str) {
     if json() {
-        emit(json!({ "log": message, "level": "warn" }));
+        emit(json!({ "log": bounded(message), "level": "warn" }));
     } else {
-        eprintln!("builderd: warning: {message}");
+        eprintln!("builderd: warning: {}", bounded(message));
     }
 }
 
@@ -152,7 +173,7 @@ pub fn retry(n: &builderd_oci::RetryNotice) {
             "attempt": n.attempt,
             "attempts": n.attempts,
             "delay_ms": n.delay.as_millis() as u64,
-            "message": n.message,
+            "message": bounded(&n.message),
         } }));
     } else {
         eprintln!("builderd: warning: {n}");
@@ -162,13 +183,13 @@ pub fn retry(n: &builderd_oci::RetryNotice) {
 /// The build failed; `temporary` when trying again later may pass.
 pub fn error(message: &str, category: Category, temporary: bool) {
     if json() {
-        let mut e = json!({ "error": message, "category": category.name() });
+        let mut e = json!({ "error": bounded(message), "category": category.name() });
         if temporary {
             e["retry_cause"] = json!(builderd_oci::RetryCause::TemporaryResource.name());
         }
         emit(e);
     } else {
-        eprintln!("builderd: error: {message}");
+        eprintln!("builderd: error: {}", bounded(message));
     }
 }
 
@@ -235,12 +256,48 @@ pub fn is_temporary(e: &anyhow::Error) -> bool {
 #[error("{0}")]
 pub struct SourceError(pub String);
 
-/// The image came out larger than `--size-limit`.
+/// The image would be larger than a limit: the build's size limit, or what
+/// is left of the tenant's storage.
 #[derive(Debug, thiserror::Error)]
-#[error("the image is {size} bytes ({}), over the size limit of {limit} bytes ({}); raise --size-limit or make the image smaller", crate::units::human(*.size), crate::units::human(*.limit))]
 pub struct SizeLimitExceeded {
-    pub size: u64,
+    /// The image's size, when it was finished; None when its content went
+    /// past the limit while it was written (and the writing stopped there).
+    pub size: Option<u64>,
     pub limit: u64,
+    pub which: Limit,
+}
+
+/// Which limit an image went past.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// The build's size limit, under this name (`--size-limit` on the
+    /// command line, `size_limit_bytes` in a service's build config).
+    Size(String),
+    /// What is left of the tenant's storage quota.
+    Storage,
+}
+
+impl std::fmt::Display for SizeLimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::units::human;
+        match self.size {
+            Some(size) => write!(f, "the image is {size} bytes ({})", human(size))?,
+            None => write!(f, "the image's content grew past the limit")?,
+        }
+        let limit = self.limit;
+        match &self.which {
+            Limit::Size(name) => write!(
+                f,
+                ", over the size limit of {limit} bytes ({}); raise {name} or make the image smaller",
+                human(limit)
+            ),
+            Limit::Storage => write!(
+                f,
+                ", over the {limit} bytes ({}) left of the tenant's storage quota; delete builds to free space",
+                human(limit)
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -279,7 +336,11 @@ mod tests {
         assert_eq!(Category::of(&full), Category::Resource);
 
         assert!(is_temporary(&full));
-        let big = anyhow::Error::new(SizeLimitExceeded { size: 2, limit: 1 });
+        let big = anyhow::Error::new(SizeLimitExceeded {
+            size: Some(2),
+            limit: 1,
+            which: Limit::Size("--size-limit".into()),
+        });
         assert_eq!(Category::of(&big), Category::Resource);
         assert!(!is_temporary(&big));
 

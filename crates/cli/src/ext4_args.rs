@@ -44,6 +44,7 @@ impl Ext4Args {
             uuid: self.uuid,
             journal: !self.no_journal,
             fs_time,
+            max_bytes: None,
         })
     }
 }

@@ -61,6 +61,10 @@ pub struct Options {
     /// newest mtime in the tree that is not in the future, so the same tree
     /// gives the same image.
     pub fs_time: Option<i64>,
+    /// When the size follows the content: no block past this many bytes
+    /// is ever written, so content that would make a larger image fails as
+    /// it comes (`Error::NoSpace`), before it takes the disk.
+    pub max_bytes: Option<u64>,
 }
 
 /// What `finish` wrote.
@@ -127,7 +131,11 @@ impl Writer {
                     blocks,
                 )
             }
-            None => (layout::DEFAULT_GDT_RESERVE, layout::MAX_BLOCKS),
+            None => (
+                layout::DEFAULT_GDT_RESERVE,
+                opts.max_bytes
+                    .map_or(layout::MAX_BLOCKS, |m| (m / BLOCK_SIZE as u64).min(layout::MAX_BLOCKS)),
+            ),
         };
         Ok(Writer {
             out: BlockOut::new(file),

@@ -24,6 +24,8 @@ use crate::store::{BuildRow, NewBuild, Store, StoreError, Tenant};
 
 pub struct Api {
     pub store: Arc<Store>,
+    /// Followed log streams open, by tenant.
+    pub followers: Followers,
     pub scheduler: Arc<Scheduler>,
     pub runner: Arc<Runner>,
     pub trust_tenant_header: bool,
@@ -37,8 +39,49 @@ const MAX_PAGE: usize = 500;
 const CHUNK: usize = 1 << 20;
 /// How long CancelBuild waits for the work to stop.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
-/// How often a followed log stream looks for new lines.
-const LOG_POLL: Duration = Duration::from_millis(200);
+/// The retries a status lists: the newest (a build's retries are bounded by
+/// its policy, but a build of many layers may still have a few hundred).
+const LISTED_RETRIES: usize = 50;
+/// Followed log streams one tenant may hold open at once.
+const MAX_FOLLOWED: usize = 16;
+
+/// Followed log streams open, by tenant.
+#[derive(Default)]
+pub struct Followers(Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+/// One followed stream, counted while it lives.
+pub struct Following {
+    of: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl Followers {
+    /// Counts a stream for `tenant`, unless it holds `MAX_FOLLOWED`.
+    fn hold(&self, tenant: &str) -> Option<Following> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(tenant.to_string()).or_default();
+        if *n >= MAX_FOLLOWED {
+            return None;
+        }
+        *n += 1;
+        Some(Following {
+            of: self.0.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut map = self.of.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.tenant);
+            }
+        }
+    }
+}
 
 fn internal(e: StoreError) -> ConnectError {
     ConnectError::internal(e.to_string())
@@ -79,7 +122,7 @@ impl Api {
     fn retries(&self, b: &BuildRow) -> Result<Vec<RetryAttempt>, ConnectError> {
         Ok(self
             .store
-            .retries(&b.id)
+            .retries(&b.id, LISTED_RETRIES)
             .map_err(internal)?
             .into_iter()
             .map(|r| RetryAttempt {
@@ -563,14 +606,34 @@ impl BuilderService for Api {
         let follow = request.follow;
         let store = self.store.clone();
         let id = b.id.clone();
+        // A followed stream is held open as long as the build runs: each
+        // tenant may hold a few at once.
+        let held = if follow {
+            Some(self.followers.hold(&tenant.id).ok_or_else(|| {
+                ConnectError::resource_exhausted(format!(
+                    "tenant {:?} follows {MAX_FOLLOWED} log streams already; close one first",
+                    tenant.id
+                ))
+            })?)
+        } else {
+            None
+        };
+        let bell = store.bells.bell(&id);
         // Pages of lines: the stored ones, then (with follow) new ones as
         // they come, until the build has ended and all its lines are sent.
         let pages = futures::stream::unfold(Some(0i64), move |after| {
             let store = store.clone();
             let id = id.clone();
+            let bell = bell.clone();
+            let _held = &held;
             async move {
                 let after = after?;
                 loop {
+                    // Listening before reading: a line written in between
+                    // still wakes this stream.
+                    let rung = bell.notified();
+                    tokio::pin!(rung);
+                    rung.as_mut().enable();
                     // Read the state before the lines, so no line written
                     // before the end is missed.
                     let finished = store
@@ -602,7 +665,7 @@ impl BuilderService for Api {
                     if !follow || finished {
                         return None;
                     }
-                    tokio::time::sleep(LOG_POLL).await;
+                    rung.await;
                 }
             }
         });

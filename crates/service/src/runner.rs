@@ -100,7 +100,9 @@ impl Runner {
         self.data_dir.join("artifacts").join(tenant).join(id)
     }
 
-    fn args(&self, job: &Job, work: &Path) -> Vec<String> {
+    /// The build process's arguments; `storage_left` is what the tenant's
+    /// storage quota has room for (the image may not grow past it).
+    fn args(&self, job: &Job, work: &Path, storage_left: Option<u64>) -> Vec<String> {
         let mut a: Vec<String> = vec![
             "build".into(),
             "-o".into(),
@@ -161,6 +163,11 @@ impl Runner {
         );
         opt("--compression", job.compression.map(str::to_string));
         opt("--size-limit", job.size_limit.map(|n| n.to_string()));
+        opt(
+            "--size-limit-name",
+            Some("config.target.microvm_rootfs.size_limit_bytes".into()),
+        );
+        opt("--storage-left", storage_left.map(|n| n.to_string()));
         opt("--entrypoint", json(&job.entrypoint));
         opt("--cmd", json(&job.cmd));
         opt("--workdir", job.working_dir.clone());
@@ -332,8 +339,12 @@ impl Runner {
             std::fs::write(work.join("init-script"), script)
                 .map_err(|e| RunError::resource(format!("work directory: {e}")))?;
         }
+        let storage_left = store.tenant(&build.tenant_id).ok().flatten().and_then(|t| {
+            let used = store.usage(&t.id).ok()?.storage_bytes.max(0) as u64;
+            Some(t.tier.limits().storage_bytes.saturating_sub(used))
+        });
         let mut cmd = Command::new(&self.exe);
-        cmd.args(self.args(job, work))
+        cmd.args(self.args(job, work, storage_left))
             .current_dir(work)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -525,12 +536,7 @@ fn retry_build(store: &Store, build: &BuildRow, job: &Job, message: &str) -> Opt
     if !job.retry.retries(cause) {
         return None;
     }
-    let done = store
-        .retries(id)
-        .ok()?
-        .iter()
-        .filter(|r| r.scope == "build")
-        .count() as u32;
+    let done = store.build_retries(id).ok()?;
     if done >= job.retry.max_retries {
         log(
             store,
@@ -736,7 +742,7 @@ mod tests {
             retry: crate::job::default_retry_policy(),
             ..Job::default()
         };
-        let a = runner.args(&job, Path::new("/w"));
+        let a = runner.args(&job, Path::new("/w"), Some(1000));
         let joined = a.join(" ");
         assert!(joined.starts_with("build -o /w/rootfs.ext4 --events json --no-docker-config --cache-dir /data/blobs --init custom --hold-after-resolve --public-only"), "{joined}");
         // The tenant's reference comes last, after `--`.
@@ -745,6 +751,7 @@ mod tests {
             ["--init-script", "/w/init-script"],
             ["--compression", "gzip"],
             ["--size-limit", "10"],
+            ["--storage-left", "1000"],
             ["--cmd", r#"["sh","-c","echo a b"]"#],
             ["--env", "A=1 2"],
             ["--insecure-registry", "reg:5000"],

@@ -292,6 +292,7 @@ pub async fn serve(opts: Options) -> Result<()> {
     tokio::spawn(deliverer.run());
     let api = Arc::new(Api {
         store: store.clone(),
+        followers: Default::default(),
         scheduler: scheduler.clone(),
         runner,
         trust_tenant_header: opts.trust_tenant_header,

@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::state::State;
 use crate::tier::Tier;
 
+mod bells;
 mod gauges;
 mod keys;
 mod outbox;
@@ -39,6 +40,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     /// Told when a commit wrote webhook deliveries.
     pub outbox_wake: tokio::sync::Notify,
+    /// Rung for a build when it logs a line or changes state.
+    pub bells: bells::Bells,
     /// Counted as the store records what happens.
     pub metrics: crate::metrics::Metrics,
     /// Where ended builds' traces go, when traces are on.
@@ -436,6 +439,7 @@ impl Store {
         add_missing_columns(&conn)?;
         Ok(Store {
             outbox_wake: tokio::sync::Notify::new(),
+            bells: bells::Bells::default(),
             metrics: crate::metrics::Metrics::default(),
             traces: std::sync::OnceLock::new(),
             path: path.to_path_buf(),
@@ -733,6 +737,7 @@ impl Store {
         if hooks > 0 {
             self.outbox_wake.notify_one();
         }
+        self.bells.ring(id);
         Ok(true)
     }
 
@@ -779,6 +784,7 @@ impl Store {
             "INSERT INTO logs (build_id, at_ms, level, message, component) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, now_ms(), level, message, component],
         )?;
+        self.bells.ring(id);
         Ok(())
     }
 
@@ -850,13 +856,14 @@ impl Store {
         Ok(())
     }
 
-    pub fn retries(&self, id: &str) -> Result<Vec<Retry>> {
+    /// The build's `newest` latest retries, oldest of them first.
+    pub fn retries(&self, id: &str, newest: usize) -> Result<Vec<Retry>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT at_ms, attempt, cause, message, delay_ms, scope FROM retries
-                 WHERE build_id = ?1 ORDER BY rowid",
+                "SELECT * FROM (SELECT at_ms, attempt, cause, message, delay_ms, scope, rowid AS n
+                 FROM retries WHERE build_id = ?1 ORDER BY rowid DESC LIMIT ?2) ORDER BY n",
             )?;
-            let rows = stmt.query_map([id], |r| {
+            let rows = stmt.query_map(params![id, newest as i64], |r| {
                 Ok(Retry {
                     at_ms: r.get(0)?,
                     attempt: r.get(1)?,
@@ -867,6 +874,18 @@ impl Store {
                 })
             })?;
             rows.collect()
+        })
+    }
+
+    /// How many times the build was run again for a temporary failure.
+    pub fn build_retries(&self, id: &str) -> Result<u32> {
+        self.read(|c| {
+            row(
+                c,
+                "SELECT COUNT(*) FROM retries WHERE build_id = ?1 AND scope = 'build'",
+                [id],
+                |r| r.get(0),
+            )
         })
     }
 

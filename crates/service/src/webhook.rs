@@ -23,7 +23,7 @@
 //! delivery, by the resolver the connection uses, so a name that changes its
 //! address is caught too.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -46,8 +46,11 @@ pub const MAX_ATTEMPTS: i64 = 12;
 const FIRST_WAIT: Duration = Duration::from_secs(1);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deliveries sent at once.
-const IN_FLIGHT: usize = 8;
+/// Deliveries sent at once, over all tenants.
+const IN_FLIGHT: usize = 32;
+/// Deliveries of one tenant sent at once: a tenant whose endpoint is slow
+/// holds this many slots, never the others'.
+const PER_TENANT: usize = 2;
 
 /// The event a move to `to` makes, if any (a retry or a restart that puts
 /// a build back in the queue makes none: it was queued already).
@@ -104,6 +107,38 @@ pub struct Deliverer {
     policy: builderd_net::Outbound,
 }
 
+/// The deliveries being sent, and how many of each tenant's.
+#[derive(Default)]
+struct InFlight {
+    ids: std::collections::HashSet<String>,
+    per_tenant: std::collections::HashMap<String, usize>,
+}
+
+impl InFlight {
+    /// Takes `d` to send unless it is being sent, or its tenant has
+    /// `PER_TENANT` under way.
+    fn take(&mut self, d: &Delivery) -> bool {
+        let n = self.per_tenant.get(&d.tenant_id).copied().unwrap_or(0);
+        if n >= PER_TENANT || self.ids.contains(&d.id) {
+            return false;
+        }
+        self.ids.insert(d.id.clone());
+        self.per_tenant.insert(d.tenant_id.clone(), n + 1);
+        true
+    }
+
+    fn done(&mut self, d: &Delivery) {
+        if self.ids.remove(&d.id) {
+            if let Some(n) = self.per_tenant.get_mut(&d.tenant_id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_tenant.remove(&d.tenant_id);
+                }
+            }
+        }
+    }
+}
+
 /// Why a delivery did not go: worth another try, or not.
 enum Failure {
     Again(String),
@@ -128,34 +163,44 @@ impl Deliverer {
         }))
     }
 
-    /// Sends what is due, for ever; the store says when new deliveries wait.
+    /// Sends what is due, for ever; the store says when new deliveries
+    /// wait. Each delivery goes on its own task: the loop never waits for
+    /// one, only for a free slot, so a slow endpoint delays its own
+    /// tenant's deliveries alone (at most `PER_TENANT` of them at a time).
     pub async fn run(self: Arc<Self>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let sending: Arc<Mutex<InFlight>> = Arc::default();
+        let freed = Arc::new(tokio::sync::Notify::new());
         loop {
             let due = self
                 .store
-                .due_deliveries(crate::store::now_ms(), IN_FLIGHT * 4)
+                .due_deliveries(crate::store::now_ms(), PER_TENANT, IN_FLIGHT * 2)
                 .unwrap_or_default();
-            let mut sending = Vec::new();
             for d in due {
-                let permit = slots.clone().acquire_owned().await.expect("never closed");
-                let this = self.clone();
-                sending.push(tokio::spawn(async move {
-                    this.deliver(d).await;
+                if !sending.lock().unwrap().take(&d) {
+                    continue;
+                }
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    sending.lock().unwrap().done(&d);
+                    break;
+                };
+                let (this, sending, freed) = (self.clone(), sending.clone(), freed.clone());
+                tokio::spawn(async move {
+                    this.deliver(d.clone()).await;
+                    sending.lock().unwrap().done(&d);
                     drop(permit);
-                }));
-            }
-            for s in sending {
-                let _ = s.await;
+                    freed.notify_one();
+                });
             }
             let next = self.store.next_delivery_ms().ok().flatten();
             let wait = next.map_or(Duration::from_secs(5), |at| {
-                Duration::from_millis((at - crate::store::now_ms()).clamp(0, 5000) as u64)
+                Duration::from_millis((at - crate::store::now_ms()).clamp(50, 5000) as u64)
             });
-            if wait.is_zero() {
-                continue;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.store.outbox_wake.notified() => {}
+                _ = freed.notified() => {}
             }
-            let _ = tokio::time::timeout(wait, self.store.outbox_wake.notified()).await;
         }
     }
 

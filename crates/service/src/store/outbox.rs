@@ -15,6 +15,7 @@ use crate::state::State;
 pub struct Delivery {
     /// Also the idempotency key in the body.
     pub id: String,
+    pub tenant_id: String,
     pub event: String,
     pub url: String,
     pub headers: Vec<(String, String)>,
@@ -209,19 +210,32 @@ type TenantWebhookRow = (
 );
 
 impl Store {
-    /// Deliveries due at `now`, oldest first.
-    pub fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<Delivery>> {
+    /// Deliveries due at `now`: at most `per_tenant` of each tenant's
+    /// (its oldest), taken in turns across tenants (every tenant's first,
+    /// then every tenant's second…), so one tenant's backlog never fills
+    /// the list; at most `limit` in all.
+    pub fn due_deliveries(
+        &self,
+        now: i64,
+        per_tenant: usize,
+        limit: usize,
+    ) -> Result<Vec<Delivery>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT d.id, d.event, d.url, d.headers_json, d.body, t.webhook_secret, d.attempts
-                 FROM webhook_deliveries d JOIN tenants t ON t.id = d.tenant_id
-                 WHERE d.delivered_ms IS NULL AND d.failed_ms IS NULL AND d.next_ms <= ?1
-                 ORDER BY d.next_ms LIMIT ?2",
+                "SELECT d.id, d.event, d.url, d.headers_json, d.body, t.webhook_secret, d.attempts,
+                        d.tenant_id
+                 FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY tenant_id ORDER BY next_ms) AS turn
+                       FROM webhook_deliveries
+                       WHERE delivered_ms IS NULL AND failed_ms IS NULL AND next_ms <= ?1) d
+                 JOIN tenants t ON t.id = d.tenant_id
+                 WHERE d.turn <= ?2
+                 ORDER BY d.turn, d.next_ms LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![now, limit as i64], |r| {
+            let rows = stmt.query_map(params![now, per_tenant as i64, limit as i64], |r| {
                 let headers: String = r.get(3)?;
                 Ok(Delivery {
                     id: r.get(0)?,
+                    tenant_id: r.get(7)?,
                     event: r.get(1)?,
                     url: r.get(2)?,
                     headers: serde_json::from_str(&headers).unwrap_or_default(),
