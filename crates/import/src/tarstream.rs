@@ -10,6 +10,15 @@ use std::io::{self, BufRead, Read};
 
 const BLOCK: usize = 512;
 
+/// Extension data (PAX records, GNU long names) one member may carry: real
+/// ones are a few KiB (a long path, an ACL, a capability); anything past
+/// this is refused rather than piled up in memory.
+const MAX_EXTENSION_BYTES: usize = 1 << 20;
+/// Global PAX records one archive may hold at a time. Every member carries
+/// them (they are copied into each), so they are bounded tighter; real ones
+/// are a line or two (`git archive` writes the commit id).
+const MAX_GLOBAL_BYTES: usize = 16 << 10;
+
 /// One archive member, with every extension header that preceded it applied.
 pub struct Member {
     pub header: tar::Header,
@@ -149,6 +158,8 @@ impl<R: Read> TarStream<R> {
         self.skip_rest()?;
         let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let (mut long_name, mut long_link) = (None, None);
+        // Extension bytes this member has carried so far.
+        let mut carried = 0usize;
         loop {
             let mut block = [0u8; BLOCK];
             if !read_block(&mut self.r, &mut block)? || block.iter().all(|&b| b == 0) {
@@ -169,11 +180,31 @@ impl<R: Read> TarStream<R> {
                 ));
             }
             let size = header.entry_size()?;
-            match header.entry_type().as_byte() {
+            let kind = header.entry_type().as_byte();
+            // (Global records are bounded by what they hold, below.)
+            if matches!(kind, b'x' | b'L' | b'K') {
+                carried = carried.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
+                if carried > MAX_EXTENSION_BYTES {
+                    return Err(invalid(format!(
+                        "a member's extension headers hold more than {MAX_EXTENSION_BYTES} bytes"
+                    )));
+                }
+            }
+            match kind {
                 b'x' => pax.extend(parse_pax(&self.read_extension(size)?)?),
                 b'g' => {
-                    let records = parse_pax(&self.read_extension(size)?)?;
-                    self.global.extend(records);
+                    // A later global record replaces an earlier one of the
+                    // same key (POSIX), so only distinct keys take room.
+                    for (k, v) in parse_pax(&self.read_extension(size)?)? {
+                        self.global.retain(|(key, _)| *key != k);
+                        self.global.push((k, v));
+                    }
+                    let held: usize = self.global.iter().map(|(k, v)| k.len() + v.len()).sum();
+                    if held > MAX_GLOBAL_BYTES {
+                        return Err(invalid(format!(
+                            "the archive's global PAX records hold more than {MAX_GLOBAL_BYTES} bytes"
+                        )));
+                    }
                 }
                 b'L' => long_name = Some(strip_nul(self.read_extension(size)?)),
                 b'K' => long_link = Some(strip_nul(self.read_extension(size)?)),
@@ -328,5 +359,77 @@ mod tests {
         assert_eq!(recs[0], (b"SCHILY.xattr.user.x".to_vec(), value.to_vec()));
         assert_eq!(recs[1], (b"path".to_vec(), b"abc".to_vec()));
         assert!(parse_pax(b"99 path=x\n").is_err());
+    }
+
+    /// A tar member header of `kind` whose data is `data`, then the data.
+    fn member(kind: u8, name: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+        out
+    }
+
+    fn record(key: &str, value: &str) -> Vec<u8> {
+        let body = format!(" {key}={value}\n");
+        let mut len = body.len() + 1;
+        while format!("{len}{body}").len() != len {
+            len += 1;
+        }
+        format!("{len}{body}").into_bytes()
+    }
+
+    fn read_all(archive: Vec<u8>) -> io::Result<usize> {
+        let mut t = TarStream::new(&archive[..]);
+        let mut n = 0;
+        while t.next_member()?.is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    #[test]
+    fn repeated_global_records_replace_each_other() {
+        let mut archive = Vec::new();
+        // Many global headers with the same key take the room of one.
+        for i in 0..5000 {
+            archive.extend(member(b'g', "g", &record("comment", &format!("{i:0>500}"))));
+        }
+        archive.extend(member(b'0', "file", b"x"));
+        assert_eq!(read_all(archive).unwrap(), 1);
+    }
+
+    #[test]
+    fn extension_bytes_are_bounded_per_member_and_per_archive() {
+        // Distinct global keys pile up: refused past the bound.
+        let mut archive = Vec::new();
+        for i in 0..40 {
+            archive.extend(member(b'g', "g", &record(&format!("k{i}"), &"v".repeat(500))));
+        }
+        archive.extend(member(b'0', "file", b"x"));
+        let e = read_all(archive).unwrap_err();
+        assert!(e.to_string().contains("global PAX records"), "{e}");
+
+        // Extended headers before one member: their bytes add up.
+        let mut archive = Vec::new();
+        for i in 0..3000 {
+            archive.extend(member(b'x', "x", &record(&format!("k{i}"), &"v".repeat(500))));
+        }
+        archive.extend(member(b'0', "file", b"x"));
+        let e = read_all(archive).unwrap_err();
+        assert!(e.to_string().contains("extension headers"), "{e}");
+
+        // The same bytes spread over many members are fine.
+        let mut archive = Vec::new();
+        for i in 0..3000 {
+            archive.extend(member(b'x', "x", &record("comment", &"v".repeat(500))));
+            archive.extend(member(b'0', &format!("f{i}"), b"x"));
+        }
+        assert_eq!(read_all(archive).unwrap(), 3000);
     }
 }
