@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// http://collector:4318 (spans go to its /v1/traces).
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Bound every build's memory to this (e.g. 512M), below its tier's
+    /// limit if smaller.
+    #[arg(long, value_name = "BYTES", value_parser = crate::units::parse_bytes)]
+    max_build_memory: Option<u64>,
     /// Connections open at once (more wait until one closes).
     #[arg(long, value_name = "N", default_value = "1024")]
     max_connections: usize,
@@ -138,6 +142,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         metrics_listen: args.metrics_listen,
         retention: args.retention,
         otlp_endpoint: args.otlp_endpoint,
+        max_build_memory: args.max_build_memory,
         limits: builderd_service::Limits {
             max_connections: args.max_connections,
             header_timeout: args.header_timeout,

@@ -133,8 +133,9 @@ impl Writer {
             }
             None => (
                 layout::DEFAULT_GDT_RESERVE,
-                opts.max_bytes
-                    .map_or(layout::MAX_BLOCKS, |m| (m / BLOCK_SIZE as u64).min(layout::MAX_BLOCKS)),
+                opts.max_bytes.map_or(layout::MAX_BLOCKS, |m| {
+                    (m / BLOCK_SIZE as u64).min(layout::MAX_BLOCKS)
+                }),
             ),
         };
         Ok(Writer {

@@ -409,7 +409,11 @@ mod tests {
         // Distinct global keys pile up: refused past the bound.
         let mut archive = Vec::new();
         for i in 0..40 {
-            archive.extend(member(b'g', "g", &record(&format!("k{i}"), &"v".repeat(500))));
+            archive.extend(member(
+                b'g',
+                "g",
+                &record(&format!("k{i}"), &"v".repeat(500)),
+            ));
         }
         archive.extend(member(b'0', "file", b"x"));
         let e = read_all(archive).unwrap_err();
@@ -418,7 +422,11 @@ mod tests {
         // Extended headers before one member: their bytes add up.
         let mut archive = Vec::new();
         for i in 0..3000 {
-            archive.extend(member(b'x', "x", &record(&format!("k{i}"), &"v".repeat(500))));
+            archive.extend(member(
+                b'x',
+                "x",
+                &record(&format!("k{i}"), &"v".repeat(500)),
+            ));
         }
         archive.extend(member(b'0', "file", b"x"));
         let e = read_all(archive).unwrap_err();

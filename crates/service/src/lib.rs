@@ -12,6 +12,7 @@ mod api;
 mod artifact;
 mod auth;
 mod cache;
+mod confine;
 mod front;
 mod http;
 mod job;
@@ -29,8 +30,8 @@ mod webhook;
 pub use front::Limits;
 pub use job::{default_retry_policy, parse_retry_policy};
 pub use serve::{
-    cache_list, cache_prune, create_tenant, default_data_dir, new_tenant_key,
-    revoke_tenant_key, rotate_operator_key, serve, tenant_keys, tenant_webhook, Options,
+    cache_list, cache_prune, create_tenant, default_data_dir, new_tenant_key, revoke_tenant_key,
+    rotate_operator_key, serve, tenant_keys, tenant_webhook, Options,
 };
 pub use store::{CacheEntry, CacheKind, KeyInfo, Webhook};
 pub use tier::Tier;

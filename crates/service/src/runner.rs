@@ -50,6 +50,10 @@ pub struct Runner {
     pub retry_defaults: RetryPolicy,
     /// The artifact cache, and the blob cache the builds share.
     pub cache: Arc<Cache>,
+    /// Where each build's cgroup goes.
+    pub confinement: Arc<crate::confine::Confinement>,
+    /// The operator's bound on any build's memory, below the tier's if lower.
+    pub max_build_memory: Option<u64>,
 }
 
 /// The longest line a build process may write on stderr: longer ones are
@@ -339,10 +343,28 @@ impl Runner {
             std::fs::write(work.join("init-script"), script)
                 .map_err(|e| RunError::resource(format!("work directory: {e}")))?;
         }
-        let storage_left = store.tenant(&build.tenant_id).ok().flatten().and_then(|t| {
+        let tenant = store.tenant(&build.tenant_id).ok().flatten();
+        let limits = tenant
+            .as_ref()
+            .map_or(crate::tier::Tier::Free, |t| t.tier)
+            .limits();
+        let storage_left = tenant.as_ref().and_then(|t| {
             let used = store.usage(&t.id).ok()?.storage_bytes.max(0) as u64;
-            Some(t.tier.limits().storage_bytes.saturating_sub(used))
+            Some(limits.storage_bytes.saturating_sub(used))
         });
+        let bounds = crate::confine::Bounds {
+            memory_bytes: self
+                .max_build_memory
+                .map_or(limits.build_memory_bytes, |cap| {
+                    cap.min(limits.build_memory_bytes)
+                }),
+            processes: limits.build_processes,
+        };
+        let cell = Arc::new(
+            self.confinement
+                .cell(id, bounds)
+                .map_err(|e| RunError::resource(format!("the build's cgroup: {e}")))?,
+        );
         let mut cmd = Command::new(&self.exe);
         cmd.args(self.args(job, work, storage_left))
             .current_dir(work)
@@ -355,10 +377,13 @@ impl Runner {
         if let Some(creds) = &build.creds {
             cmd.env("BUILDERD_CREDS", creds);
         }
-        // SAFETY: prctl and setpriority are async-signal-safe; nothing else
-        // runs in the fork.
+        let inside = cell.clone();
+        // SAFETY: prctl, setpriority and what `Cell::enter` calls (open,
+        // write, close, setrlimit) are async-signal-safe; nothing else runs
+        // in the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                inside.enter()?;
                 // A build must not outlive a server killed with -9: the
                 // restarted server runs it again from the start.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -444,6 +469,14 @@ impl Runner {
         kill();
         match status {
             Ok(s) if s.success() => Ok(Outcome::Built),
+            Ok(_) if cell.oom_killed() => Err(RunError::Failed {
+                category: "resource",
+                message: format!(
+                    "the build used more memory than its limit of {} bytes and was stopped",
+                    cell.memory_limit()
+                ),
+                temporary: false,
+            }),
             Ok(s) => Err(follow.failure.take().unwrap_or_else(|| RunError::Failed {
                 category: "build",
                 message: format!("the build process ended with {s} without saying why"),
@@ -724,6 +757,8 @@ mod tests {
     fn job_options_become_build_arguments() {
         let data = tempfile::tempdir().unwrap();
         let runner = Runner {
+            confinement: Arc::new(crate::confine::Confinement::Rlimits),
+            max_build_memory: None,
             exe: "builderd".into(),
             data_dir: "/data".into(),
             insecure_registries: vec!["reg:5000".into()],

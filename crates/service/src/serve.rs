@@ -52,6 +52,8 @@ pub struct Options {
     pub otlp_endpoint: Option<String>,
     /// Connections and request heads: what a client may hold.
     pub limits: crate::front::Limits,
+    /// An upper bound on any build's memory, below the tier's if smaller.
+    pub max_build_memory: Option<u64>,
 }
 
 /// `${XDG_DATA_HOME:-~/.local/share}/builderd`.
@@ -265,7 +267,11 @@ pub async fn serve(opts: Options) -> Result<()> {
     if !evicted.is_empty() {
         tracing::info!(entries = evicted.len(), "cache over its bound: evicted");
     }
+    let confinement = Arc::new(crate::confine::Confinement::open());
+    tracing::info!(confinement = %confinement.describe(), "builds run confined");
     let runner = Arc::new(Runner {
+        confinement: confinement.clone(),
+        max_build_memory: opts.max_build_memory,
         exe: opts.exe.clone(),
         data_dir: opts.data_dir.clone(),
         insecure_registries: opts.insecure_registries.clone(),
@@ -353,6 +359,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         }
     })
     .await?;
+    confinement.close();
     tracing::info!("stopped");
     Ok(())
 }

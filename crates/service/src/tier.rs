@@ -16,6 +16,10 @@ pub struct Limits {
     pub daily_builds: u32,
     pub build_timeout: Duration,
     pub storage_bytes: u64,
+    /// Memory one build's processes may use together.
+    pub build_memory_bytes: u64,
+    /// Processes and threads one build may run at once.
+    pub build_processes: u64,
 }
 
 const GIB: u64 = 1 << 30;
@@ -37,17 +41,21 @@ impl Tier {
     }
 
     pub fn limits(self) -> Limits {
-        let (concurrent_builds, daily_builds, minutes, storage_bytes) = match self {
-            Tier::Free => (1, 5, 5, GIB),
-            Tier::Pro => (3, 100, 15, 10 * GIB),
-            Tier::Enterprise => (10, 1000, 30, 100 * GIB),
-            Tier::Dedicated => (50, 10000, 60, 1024 * GIB),
+        let (concurrent_builds, daily_builds, minutes, storage_bytes, memory) = match self {
+            Tier::Free => (1, 5, 5, GIB, GIB),
+            Tier::Pro => (3, 100, 15, 10 * GIB, 2 * GIB),
+            Tier::Enterprise => (10, 1000, 30, 100 * GIB, 4 * GIB),
+            Tier::Dedicated => (50, 10000, 60, 1024 * GIB, 8 * GIB),
         };
         Limits {
             concurrent_builds,
             daily_builds,
             build_timeout: Duration::from_secs(minutes * 60),
             storage_bytes,
+            build_memory_bytes: memory,
+            // A build's threads: downloads, decompression lanes, the image's
+            // read-back, compression workers; a few dozen at most.
+            build_processes: 256,
         }
     }
 

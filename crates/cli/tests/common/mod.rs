@@ -294,6 +294,7 @@ pub fn tmp() -> tempfile::TempDir {
 pub fn p(dir: &Path, rel: &str) -> PathBuf {
     dir.join(rel)
 }
+pub mod fake;
 pub mod images;
 pub mod registry;
 pub mod server;
