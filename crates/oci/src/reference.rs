@@ -183,6 +183,12 @@ impl ImageRef {
         } else {
             repository
         };
+        // The full name, as it prints (docker.io/library/… included).
+        if registry.len() + 1 + repository.len() > MAX_NAME {
+            return Err(bad(&format!(
+                "the name is longer than {MAX_NAME} characters"
+            )));
+        }
         if !repository.split('/').all(valid_component) {
             return Err(bad(&format!(
                 "the repository {repository:?} must be path components of lowercase letters and digits, separated by '/' and joined by '.', '_', '__' or '-'"
@@ -300,6 +306,13 @@ mod tests {
         }
         let long = format!("reg.io/{}", "a".repeat(250));
         assert!(ImageRef::parse(&long).is_err());
+        // Found by the fuzzer: a short name that is too long once
+        // normalised; it must be refused as written, not only as printed.
+        let short = "a".repeat(240);
+        assert!(ImageRef::parse(&short).is_err());
+        let fits = "a".repeat(255 - "docker.io/library/".len());
+        let r = ImageRef::parse(&fits).unwrap();
+        assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r);
         for good in [
             "reg.io/a.b/c__d/e---f:_t.1-x",
             "reg.io:443/x",
