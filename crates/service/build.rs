@@ -5,6 +5,8 @@ fn main() {
         .files(&["../../proto/builder/v1/builder.proto"])
         .includes(&["../../proto/"])
         .include_file("_connectrpc.rs")
+        // The schema, for checking JSON requests' field names (strict_json.rs).
+        .emit_descriptor_set("builder_descriptor.bin")
         .compile()
         .expect("generating builder.v1 from proto/ (is protoc installed?)");
 }

@@ -96,7 +96,8 @@ impl BootArgs {
             env: image.env.clone(),
             working_dir: image.working_dir.clone(),
             user: image.user.clone(),
-            hostname: String::new(),
+            // Written out, so the metadata says what the VM will be called.
+            hostname: "builderd".into(),
         })?;
         let strategy = match self.init {
             Init::DirectExec => InitStrategy::DirectExec,

@@ -24,7 +24,7 @@ use crate::output::Pending;
 use crate::progress::Bar;
 use crate::pull::Downloads;
 use crate::retry_args::RetryArgs;
-use crate::units::human;
+use crate::units::{count, human};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -157,6 +157,10 @@ pub fn run(args: Args) -> Result<()> {
         None => Platform::host(),
     };
     let source = Source::parse(&args.source)?;
+    // A file or directory of that name here is what was meant, not Docker Hub.
+    if matches!(source, Source::Registry(_)) && Path::new(&args.source).exists() {
+        return Err(events::SourceError(builderd_oci::path_hint(&args.source)).into());
+    }
     let bars = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
     // Keeps a --no-cache build's private blob directory until the end.
     let mut _scratch = None;
@@ -241,10 +245,10 @@ pub fn run(args: Args) -> Result<()> {
     };
     let resolved = Instant::now();
     events::info(&format!(
-        "{}: manifest {}, {} layers, {}",
+        "{}: manifest {}, {}, {}",
         args.source,
         image.manifest_digest,
-        image.layers.len(),
+        count(image.layers.len() as u64, "layer"),
         human(image.layers.iter().map(|l| l.size).sum())
     ));
 
@@ -433,10 +437,10 @@ pub fn run(args: Args) -> Result<()> {
         true,
     );
     println!(
-        "wrote {}: {} layers, {} entries ({} masked by upper layers), {} of file data; image {} ({} allocated); {:.2} s",
+        "wrote {}: {}, {} ({} masked by upper layers), {} of file data; image {} ({} allocated); {:.2} s",
         args.output.display(),
-        image.layers.len(),
-        stats.written,
+        count(image.layers.len() as u64, "layer"),
+        count(stats.written, "entry"),
         stats.masked,
         human(summary.file_bytes),
         human(summary.image_bytes()),

@@ -13,17 +13,57 @@ use sha2::{Digest as _, Sha256};
 
 #[derive(clap::Args)]
 pub struct ClientArgs {
-    /// The server.
-    #[arg(long, env = "BUILDERD_SERVER", default_value = "http://127.0.0.1:8082")]
+    /// The server: a URL, or HOST:PORT as `serve --listen` takes it (http).
+    #[arg(
+        long,
+        global = true,
+        env = "BUILDERD_SERVER",
+        default_value = "http://127.0.0.1:8082"
+    )]
     server: String,
     /// Your API key (from `builderd tenant create`).
-    #[arg(long, env = "BUILDERD_KEY", hide_env_values = true)]
-    key: String,
+    #[arg(long, global = true, env = "BUILDERD_KEY", hide_env_values = true)]
+    key: Option<String>,
     /// Act for this tenant (operator keys).
-    #[arg(long)]
+    #[arg(long, global = true)]
     tenant: Option<String>,
+    /// Print whole messages as JSON (status, wait, create --wait) instead of
+    /// a summary.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: ClientCommand,
+}
+
+/// The build states, as `--state` takes them.
+const STATES: [&str; 11] = [
+    "queued",
+    "running",
+    "preparing",
+    "downloading",
+    "building",
+    "optimizing",
+    "packaging",
+    "completed",
+    "failed",
+    "cancelled",
+    "timeout",
+];
+
+/// `--server` as a URI: HOST:PORT (what `serve --listen` takes) means http.
+fn server_uri(server: &str) -> Result<http::Uri> {
+    let with_scheme = if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    };
+    let uri: http::Uri = with_scheme
+        .parse()
+        .with_context(|| format!("--server {server:?} is not a URL or HOST:PORT"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(uri),
+        _ => bail!("--server {server:?}: give http://HOST:PORT, https://HOST or HOST:PORT"),
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -83,17 +123,32 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 }
 
 pub fn run(args: ClientArgs) -> Result<std::process::ExitCode> {
-    let uri: http::Uri = args.server.parse().context("--server is not a URL")?;
+    let uri = server_uri(&args.server)?;
+    let key = args.key.context(
+        "no API key: give --key KEY or set BUILDERD_KEY (builderd tenant create prints one)",
+    )?;
     let mut config =
-        ClientConfig::new(uri).with_default_header("authorization", format!("Bearer {}", args.key));
+        ClientConfig::new(uri).with_default_header("authorization", format!("Bearer {key}"));
     if let Some(t) = &args.tenant {
         config = config.with_default_header("x-tenant-id", t.as_str());
     }
     let client = BuilderServiceClient::new(HttpClient::plaintext(), config);
-    tokio::runtime::Runtime::new()?.block_on(command(&client, args.command))
+    let out = Output { json: args.json };
+    tokio::runtime::Runtime::new()?.block_on(command(&client, args.command, out))
 }
 
-async fn command(client: &Client, command: ClientCommand) -> Result<std::process::ExitCode> {
+/// How results are printed.
+#[derive(Clone, Copy)]
+struct Output {
+    /// Whole messages as JSON; otherwise a summary.
+    json: bool,
+}
+
+async fn command(
+    client: &Client,
+    command: ClientCommand,
+    out: Output,
+) -> Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     match command {
         ClientCommand::Create {
@@ -115,7 +170,7 @@ async fn command(client: &Client, command: ClientCommand) -> Result<std::process
             eprintln!("builderd: created {}", created.build_id);
             println!("{}", created.build_id);
             if then_wait {
-                return wait(client, &created.build_id).await;
+                return wait(client, &created.build_id, out).await;
             }
             Ok(ok)
         }
@@ -127,10 +182,14 @@ async fn command(client: &Client, command: ClientCommand) -> Result<std::process
                 })
                 .await?
                 .into_owned();
-            print_json(&s)?;
+            if out.json {
+                print_json(&s)?;
+            } else {
+                summary(&s);
+            }
             Ok(ok)
         }
-        ClientCommand::Wait { build_id } => wait(client, &build_id).await,
+        ClientCommand::Wait { build_id } => wait(client, &build_id, out).await,
         ClientCommand::Logs { build_id, follow } => {
             let mut stream = client
                 .stream_build_logs(StreamBuildLogsRequest {
@@ -167,11 +226,15 @@ async fn command(client: &Client, command: ClientCommand) -> Result<std::process
         ClientCommand::List { state, limit } => {
             let state_filter = match state {
                 None => BuildState::BUILD_STATE_UNSPECIFIED,
-                Some(s) => {
+                Some(s) if STATES.contains(&s.to_ascii_lowercase().as_str()) => {
                     let name = format!("BUILD_STATE_{}", s.to_ascii_uppercase());
                     serde_json::from_value(serde_json::Value::String(name))
                         .with_context(|| format!("--state {s}: not a build state"))?
                 }
+                Some(s) => bail!(
+                    "--state {s:?}: not a build state; use one of {}",
+                    STATES.join(", ")
+                ),
             };
             let l = client
                 .list_builds(ListBuildsRequest {
@@ -194,8 +257,52 @@ async fn command(client: &Client, command: ClientCommand) -> Result<std::process
     }
 }
 
+/// A status in a few lines: the state, the error or the artifact.
+fn summary(s: &GetBuildStatusResponse) {
+    let state = serde_json::to_value(s.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let state = state.trim_start_matches("BUILD_STATE_");
+    let p = s.progress.as_option().cloned().unwrap_or_default();
+    let mut line = format!("{} {state}", s.build_id);
+    if !matches!(state, "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT") {
+        line.push_str(&format!(" ({}%, {})", p.percent, p.stage));
+    }
+    if s.cache_hit {
+        line.push_str(" (from the artifact cache)");
+    }
+    println!("{line}");
+    if let Some(e) = s.error.as_option() {
+        let category = serde_json::to_value(e.category)
+            .ok()
+            .and_then(|v| {
+                v.as_str()
+                    .map(|c| c.trim_start_matches("ERROR_CATEGORY_").to_string())
+            })
+            .unwrap_or_default();
+        println!("  error ({category}): {}", e.message);
+    }
+    if let Some(a) = s.artifact.as_option() {
+        println!(
+            "  artifact: {} bytes, sha256 {}{}",
+            a.size_bytes,
+            a.sha256,
+            if a.compression.is_empty() {
+                String::new()
+            } else {
+                format!(", {} copy {} bytes", a.compression, a.compressed_size_bytes)
+            }
+        );
+        println!("  boot with: {}", a.kernel_cmdline);
+    }
+    for r in &s.retries {
+        println!("  retry {} ({}): {}", r.attempt, r.cause, r.message);
+    }
+}
+
 /// Polls the status (a bar on a terminal) until the build ends.
-async fn wait(client: &Client, build_id: &str) -> Result<std::process::ExitCode> {
+async fn wait(client: &Client, build_id: &str, out: Output) -> Result<std::process::ExitCode> {
     let bar = crate::progress::Bar::percent("queued");
     loop {
         let s = client
@@ -220,7 +327,11 @@ async fn wait(client: &Client, build_id: &str) -> Result<std::process::ExitCode>
         );
         if done {
             bar.finish();
-            print_json(&s)?;
+            if out.json {
+                print_json(&s)?;
+            } else {
+                summary(&s);
+            }
             return Ok(if state == BuildState::BUILD_STATE_COMPLETED {
                 std::process::ExitCode::SUCCESS
             } else {

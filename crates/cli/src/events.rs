@@ -10,8 +10,8 @@
 //! failure, `{"error": "…", "category": "source"|"build"|"resource"}` (with
 //! `"retry_cause": "TEMPORARY_RESOURCE_ERROR"` when the machine ran short for
 //! a moment: a full disk, no memory). With `--hold-after-resolve`,
-//! `{"resolved": {"manifest_digest", "config_digest", "layers": [{"digest",
-//! "size"}]}}` once the image is resolved.
+//! `{"resolved": {"manifest_digest", "config_digest", "config_size", "layers":
+//! [{"digest", "size"}]}}` once the image is resolved.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +97,7 @@ pub fn resolved(image: &builderd_oci::Image) {
         emit(json!({ "resolved": {
             "manifest_digest": image.manifest_digest.as_str(),
             "config_digest": image.config_digest.as_str(),
+            "config_size": image.config_size,
             "layers": layers,
         } }));
     }

@@ -1,32 +1,37 @@
-//! Sizes on the command line: `4096`, `512M`, `2G`, `1.5GiB`, and for free
-//! space also `20%`.
+//! Sizes on the command line: `4096`, `512M`, `2G`, `1.5GiB`, `5MB`, and for
+//! free space also `20%`. Binary suffixes (K, M, G, T, and KiB, MiB, GiB,
+//! TiB) are powers of two; SI ones (kB, MB, GB, TB) are powers of ten.
 
 use builderd_ext4::Free;
 
-/// Parses a byte count with an optional binary suffix (K, M, G, T; with or
-/// without `iB`/`B`).
+/// Parses a byte count with an optional suffix: K, M, G, T, KiB, MiB, GiB,
+/// TiB (powers of two) or kB, MB, GB, TB (powers of ten), any case.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, suffix) = t.split_at(split);
-    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
+    let unit: f64 = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "K" | "KIB" => 1024.0,
+        "M" | "MIB" => 1024f64.powi(2),
+        "G" | "GIB" => 1024f64.powi(3),
+        "T" | "TIB" => 1024f64.powi(4),
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
         other => {
             return Err(format!(
-                "unknown size suffix {other:?} in {s:?} (use K, M, G or T)"
+                "unknown size suffix {other:?} in {s:?} (use K, M, G, T or KiB, MiB, GiB, TiB for powers of two; kB, MB, GB, TB for powers of ten)"
             ))
         }
     };
     let value: f64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512M, 2G)"))?;
-    let bytes = value * (1u64 << shift) as f64;
+    let bytes = value * unit;
     if !(0.0..1.8e19).contains(&bytes) {
         return Err(format!("{s:?} is out of range"));
     }
@@ -68,6 +73,17 @@ pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
     Ok(out)
 }
 
+/// "1 layer", "2 layers".
+pub fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else if let Some(stem) = what.strip_suffix('y') {
+        format!("{n} {stem}ies")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// Bytes for people: `1.5 GiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -94,6 +110,12 @@ mod tests {
         assert_eq!(parse_bytes("512M"), Ok(512 << 20));
         assert_eq!(parse_bytes("1.5GiB"), Ok(3 << 29));
         assert!(parse_bytes("12Q").is_err());
+        // SI suffixes are powers of ten, binary ones powers of two.
+        assert_eq!(parse_bytes("5MB"), Ok(5_000_000));
+        assert_eq!(parse_bytes("5MiB"), Ok(5 << 20));
+        assert_eq!(parse_bytes("5M"), Ok(5 << 20));
+        assert_eq!(parse_bytes("2kB"), Ok(2000));
+        assert_eq!(parse_bytes("1GB"), Ok(1_000_000_000));
         assert_eq!(parse_free("20%"), Ok(Free::Percent(20.0)));
         assert_eq!(parse_free("64M"), Ok(Free::Bytes(64 << 20)));
         assert!(parse_free("100%").is_err());
@@ -105,6 +127,14 @@ mod tests {
         assert_eq!(u[0], 0x01);
         assert_eq!(u[15], 0xef);
         assert!(parse_uuid("0123456789abcdef0123456789abcdef").is_err());
+    }
+
+    #[test]
+    fn counts_agree_with_their_number() {
+        assert_eq!(count(1, "layer"), "1 layer");
+        assert_eq!(count(4, "layer"), "4 layers");
+        assert_eq!(count(0, "entry"), "0 entries");
+        assert_eq!(count(1, "entry"), "1 entry");
     }
 
     #[test]

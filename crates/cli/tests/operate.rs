@@ -127,7 +127,7 @@ fn registry_errors_are_retried_as_the_build_policy_says() {
         s["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("not found (404)"),
+            .contains("app: tag nope not found (404"),
         "{s}"
     );
 

@@ -823,7 +823,12 @@ fn the_builderd_client_creates_waits_follows_lists_and_downloads() {
             .output()
             .unwrap()
     };
-    let created = client(&["create", &format!("{}/app:v1", reg.addr), "--wait"]);
+    let created = client(&[
+        "create",
+        &format!("{}/app:v1", reg.addr),
+        "--wait",
+        "--json",
+    ]);
     assert!(
         created.status.success(),
         "{}",

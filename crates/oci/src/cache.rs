@@ -113,8 +113,13 @@ impl BlobCache {
     }
 
     /// Waits until no other process is downloading this blob, and keeps it
-    /// that way until the lock is dropped.
+    /// that way until the lock is dropped. The lock file goes with the lock
+    /// (no `.lock` file stays behind): a waiter that got the lock of a file
+    /// just unlinked sees that it is no longer the one at the path, and
+    /// tries again.
     fn lock(&self, digest: &Digest) -> Result<BlobLock, Error> {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
         let path = self
             .dir
             .join("partial")
@@ -123,21 +128,29 @@ impl BlobCache {
             what: format!("cache: locking blob {digest}"),
             source: e,
         };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: flock on a descriptor this function owns.
-        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(io(e));
+        loop {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io)?;
+            // SAFETY: flock on a descriptor this function owns.
+            while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(io(e));
+                }
+            }
+            let held = file.metadata().map_err(io)?;
+            match std::fs::metadata(&path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(BlobLock { _file: file, path })
+                }
+                // Unlinked (or replaced) by the holder before us: again.
+                _ => continue,
             }
         }
-        Ok(BlobLock { _file: file })
     }
 
     /// Moves a verified download into place.
@@ -174,10 +187,18 @@ impl BlobCache {
     }
 }
 
-/// A blob's download lock; released when dropped (the lock file stays, so
-/// no process can lock a file another has just unlinked).
+/// A blob's download lock; released when dropped, its file unlinked first
+/// (while still held, so no one can take it between the two).
 struct BlobLock {
+    /// Closed (so unlocked) after `drop` below has unlinked it.
     _file: File,
+    path: PathBuf,
+}
+
+impl Drop for BlobLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl crate::BlobStore for BlobCache {
@@ -219,5 +240,36 @@ mod tests {
         cache.remove(&digest).unwrap();
         assert!(!cache.has(&digest, size, "reg.a/private"));
         assert!(!dir.path().join("origins").join(digest.hex()).exists());
+        // No lock file stays behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("partial"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn the_lock_excludes_across_unlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = std::sync::Arc::new(BlobCache::open(dir.path()).unwrap());
+        let digest = Digest::of(b"x");
+        let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, digest, inside) = (cache.clone(), digest.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let _lock = cache.lock(&digest).unwrap();
+                        let n = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        assert_eq!(n, 0, "two holders at once");
+                        inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }

@@ -92,6 +92,7 @@ impl DockerArchive {
             manifest_digest: Digest::of(&serde_json::to_vec(entry).unwrap_or_default()),
             manifest_media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
             config_digest,
+            config_size: config_bytes.len() as u64,
             platform: platform_of(&config),
             layers,
             run: run_config(&config),

@@ -23,7 +23,7 @@ pub use docker_archive::DockerArchive;
 pub use layout::OciLayout;
 pub use manifest::{resolve, Compression, Doc, FetchBlob, Image, LayerInfo, RunConfig};
 pub use platform::Platform;
-pub use reference::{ImageRef, Source};
+pub use reference::{path_hint, ImageRef, Source};
 pub use registry::{docker_config_credentials, http_client, Credentials, Registry};
 pub use remote::resolve_remote;
 pub use retry::{Backoff, RetryCause, RetryNotice, RetryPolicy};

@@ -32,6 +32,14 @@ fn path_and_tag(s: &str) -> (PathBuf, Option<String>) {
     }
 }
 
+/// What to write for a SOURCE that is a path, not an image reference.
+pub fn path_hint(s: &str) -> String {
+    format!(
+        "{s:?} is a path, not an image reference: write oci:{s} for an OCI image layout, \
+         oci-archive:{s} for a tar of one, or docker-archive:{s} for `docker save` output"
+    )
+}
+
 impl Source {
     pub fn parse(s: &str) -> Result<Source, Error> {
         if let Some(rest) = s.strip_prefix("oci:") {
@@ -46,6 +54,9 @@ impl Source {
             return Ok(Source::DockerArchive {
                 file: PathBuf::from(rest),
             });
+        }
+        if s.starts_with('/') || s.starts_with("./") || s.starts_with("../") {
+            return Err(Error::Reference(path_hint(s)));
         }
         let r = s.strip_prefix("docker://").unwrap_or(s);
         ImageRef::parse(r).map(Source::Registry)
@@ -157,6 +168,19 @@ impl ImageRef {
             Some((n, t)) if !t.contains('/') && !t.contains(']') => (n, Some(t.to_string())),
             _ => (name, None),
         };
+        // `app:1:x`: a second ':' after the last '/' is a tag gone wrong,
+        // not a repository name (`registry:port/app:1` has its first one
+        // before the '/').
+        if tag.is_some()
+            && name
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':'))
+        {
+            return Err(bad(
+                "a tag follows a single ':' after the repository name (this has more than one)",
+            ));
+        }
         if name.len() > MAX_NAME {
             return Err(bad(&format!(
                 "the name is longer than {MAX_NAME} characters"
@@ -273,6 +297,17 @@ mod tests {
             ("[::1]:5000", "app")
         );
         assert_eq!(r.origin(), "[::1]:5000/app");
+    }
+
+    #[test]
+    fn paths_and_double_tags_are_told_apart() {
+        let e = Source::parse("/tmp/x/layout").unwrap_err().to_string();
+        assert!(e.contains("oci:/tmp/x/layout"), "{e}");
+        assert!(Source::parse("./layout").is_err());
+        assert!(Source::parse("../layout").is_err());
+        let e = ImageRef::parse("demo/app:1:x").unwrap_err().to_string();
+        assert!(e.contains("a tag follows a single ':'"), "{e}");
+        assert!(ImageRef::parse("reg:5000/app:1").is_ok());
     }
 
     #[test]

@@ -465,11 +465,23 @@ impl Registry {
     pub fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Digest), Error> {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, MANIFEST_TYPES.parse().expect("a valid header"));
-        let resp = self.get(
-            &format!("{}/manifests/{reference}", self.repository),
-            headers,
-            &format!("manifest {reference}"),
-        )?;
+        let resp = self
+            .get(
+                &format!("{}/manifests/{reference}", self.repository),
+                headers,
+                &format!("manifest {reference}"),
+            )
+            .map_err(|e| match e {
+                Error::NotFound(_) if reference.starts_with("sha256:") => Error::NotFound(format!(
+                    "{}/{}: no manifest {reference} (404: a digest the repository does not have)",
+                    self.host, self.repository
+                )),
+                Error::NotFound(_) => Error::NotFound(format!(
+                    "{}/{}: tag {reference} not found (404: no such tag, or no such repository)",
+                    self.host, self.repository
+                )),
+                other => other,
+            })?;
         let mut body = Vec::new();
         resp.take(MAX_DOC + 1)
             .read_to_end(&mut body)

@@ -38,7 +38,74 @@ pub fn router(api: Arc<Api>, with_metrics: bool) -> (axum::Router, Arc<StaticChe
     if with_metrics {
         routes = routes.merge(metrics_router(api));
     }
-    (routes.fallback_service(connect.into_axum_service()), health)
+    let routes = routes
+        .fallback_service(connect.into_axum_service())
+        .layer(axum::middleware::from_fn(strict_requests));
+    (routes, health)
+}
+
+/// The largest JSON request checked field by field (a build config is a few
+/// KiB; a larger body goes on to the decoder, which bounds it).
+const CHECKED_JSON: usize = 1 << 20;
+
+/// For builder.v1 calls: a JSON request with a field its message does not
+/// have is `invalid_argument` naming it (`strict_json`), and a request whose
+/// Content-Type is missing or unsupported is told which ones are.
+async fn strict_requests(req: Request, next: axum::middleware::Next) -> Response {
+    let Some(method) = req
+        .uri()
+        .path()
+        .strip_prefix("/builder.v1.BuilderService/")
+        .map(str::to_string)
+    else {
+        return next.run(req).await;
+    };
+    let json = req.method() == http::Method::POST
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim() == "application/json")
+        && !req.headers().contains_key(header::CONTENT_ENCODING);
+    let req = if json {
+        let (parts, body) = req.into_parts();
+        let bytes = match axum::body::to_bytes(body, CHECKED_JSON).await {
+            Ok(b) => b,
+            Err(_) => {
+                return error(ConnectError::resource_exhausted(format!(
+                    "the request is larger than the {CHECKED_JSON} bytes a JSON request may be"
+                )))
+            }
+        };
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            if let Err(e) = crate::strict_json::check(&method, &value) {
+                return error(ConnectError::invalid_argument(e));
+            }
+        }
+        Request::from_parts(parts, axum::body::Body::from(bytes))
+    } else {
+        req
+    };
+    let response = next.run(req).await;
+    if response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        let mut r = (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "builder.v1 takes Content-Type: application/json or application/proto (Connect), \
+             application/connect+json or application/connect+proto (Connect streaming), \
+             application/grpc or application/grpc-web\n",
+        )
+            .into_response();
+        r.headers_mut().extend(
+            response
+                .headers()
+                .iter()
+                .filter(|(k, _)| k.as_str().starts_with("accept"))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        return r;
+    }
+    response
 }
 
 /// `/metrics` alone (for `--metrics-listen`), open to any caller: it names

@@ -23,6 +23,7 @@ mod scheduler;
 mod serve;
 mod state;
 mod store;
+mod strict_json;
 mod tier;
 mod traces;
 mod webhook;

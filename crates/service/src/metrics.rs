@@ -60,6 +60,18 @@ pub enum Delivery {
     GivenUp,
 }
 
+impl Delivery {
+    const ALL: [Delivery; 3] = [Delivery::Delivered, Delivery::Failed, Delivery::GivenUp];
+
+    fn name(self) -> &'static str {
+        match self {
+            Delivery::Delivered => "delivered",
+            Delivery::Failed => "failed",
+            Delivery::GivenUp => "given_up",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     builds: Family<BuildLabels, Counter>,
@@ -163,6 +175,13 @@ impl Default for Metrics {
             Unit::Bytes,
             m.artifact_bytes.clone(),
         );
+        // Counters with a known set of labels start at zero, so a scrape
+        // before the first delivery still shows them (OpenMetrics).
+        for d in Delivery::ALL {
+            let _ = m
+                .deliveries
+                .get_or_create(&OutcomeLabels { outcome: d.name() });
+        }
         Metrics { registry, ..m }
     }
 }
@@ -206,11 +225,7 @@ impl Metrics {
     }
 
     pub fn delivery(&self, outcome: Delivery) {
-        let outcome = match outcome {
-            Delivery::Delivered => "delivered",
-            Delivery::Failed => "failed",
-            Delivery::GivenUp => "given_up",
-        };
+        let outcome = outcome.name();
         self.deliveries
             .get_or_create(&OutcomeLabels { outcome })
             .inc();

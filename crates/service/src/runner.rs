@@ -66,6 +66,7 @@ const MAX_LINE: usize = 64 << 10;
 struct Resolved {
     manifest_digest: String,
     config_digest: String,
+    config_size: u64,
     layers: Vec<ResolvedLayer>,
 }
 
@@ -245,7 +246,7 @@ impl Runner {
         resolved: &Resolved,
     ) -> Result<Option<Outcome>, RunError> {
         let id = build.id.as_str();
-        let mut blobs = vec![(resolved.config_digest.clone(), 0)];
+        let mut blobs = vec![(resolved.config_digest.clone(), resolved.config_size)];
         blobs.extend(resolved.layers.iter().map(|l| (l.digest.clone(), l.size)));
         let _ = store.lease_blobs(id, &blobs);
         let manifest = builderd_oci::Digest::parse(&resolved.manifest_digest).map_err(|e| {

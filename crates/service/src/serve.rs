@@ -230,7 +230,57 @@ fn clean_leftovers(data_dir: &Path, store: &Store) -> Result<()> {
     Ok(())
 }
 
+/// The data directory's server lock: held (flock) for as long as the server
+/// runs, released by the kernel when it exits or crashes. The file says who
+/// holds it.
+struct ServerLock {
+    _file: std::fs::File,
+}
+
+/// Takes the data directory for this server, or says which process has it:
+/// two servers on one directory would each run the other's builds.
+fn lock_data_dir(data_dir: &Path, listen: SocketAddr) -> Result<ServerLock> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::io::AsRawFd;
+    let path = data_dir.join("server.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        anyhow::bail!(
+            "{} is in use by another builderd serve ({}); stop that one first, or give this one another --data-dir",
+            data_dir.display(),
+            if holder.is_empty() { "its process id is not known yet" } else { holder }
+        );
+    }
+    file.set_len(0)?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    write!(file, "pid {}, listening on {listen}", std::process::id())?;
+    file.flush()?;
+    Ok(ServerLock { _file: file })
+}
+
 pub async fn serve(opts: Options) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&opts.data_dir)
+        .with_context(|| {
+            format!(
+                "{}: cannot create the data directory",
+                opts.data_dir.display()
+            )
+        })?;
+    let _lock = lock_data_dir(&opts.data_dir, opts.listen)?;
     let store = Arc::new(open_store(&opts.data_dir)?);
     if let Some(endpoint) = opts.otlp_endpoint.clone() {
         let traces = tokio::task::spawn_blocking(move || crate::traces::Traces::new(&endpoint))

@@ -55,10 +55,31 @@ pub struct Args {
 /// The exit code when the timeout stops the VM, as timeout(1) uses.
 const TIMED_OUT: u8 = 124;
 
+/// A compressed copy (OUT.gz, OUT.zst) is not a disk the guest can mount:
+/// refused here, with what to do, rather than failing inside the VM.
+fn refuse_compressed(image: &Path) -> Result<()> {
+    let mut magic = [0u8; 4];
+    let n = std::io::Read::read(&mut std::fs::File::open(image)?, &mut magic)?;
+    let what = match &magic[..n] {
+        [0x1f, 0x8b, ..] => Some(("gzip", "gunzip -k")),
+        [0x28, 0xb5, 0x2f, 0xfd] => Some(("zstd", "zstd -d")),
+        _ => None,
+    };
+    if let Some((format, command)) = what {
+        bail!(
+            "{} is a {format} copy, not a disk image: boot the image itself, or decompress it first ({command} {})",
+            image.display(),
+            image.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<std::process::ExitCode> {
     if !args.image.is_file() {
         bail!("{}: no such image", args.image.display());
     }
+    refuse_compressed(&args.image)?;
     let kernel = Kernel::read(&match &args.kernel {
         Some(k) => k.clone(),
         None => newest_kernel()?,
