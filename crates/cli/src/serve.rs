@@ -20,12 +20,17 @@ impl DataDir {
     /// The directory, told on stderr: a command run against the wrong one
     /// (a forgotten --data-dir) should not pass unnoticed.
     pub fn resolve(&self) -> PathBuf {
-        let dir = self
-            .dir
-            .clone()
-            .unwrap_or_else(builderd_service::default_data_dir);
+        let dir = self.quietly();
         eprintln!("builderd: data directory {}", dir.display());
         dir
+    }
+
+    /// The directory, untold (`serve` names it in its own log, which may be
+    /// JSON lines only).
+    pub fn quietly(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(builderd_service::default_data_dir)
     }
 }
 
@@ -126,7 +131,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = builderd_service::Options {
         listen: args.listen,
-        data_dir: args.data_dir.resolve(),
+        data_dir: args.data_dir.quietly(),
         exe: std::env::current_exe().context("finding the builderd binary")?,
         workers,
         trust_tenant_header: args.trust_tenant_header,

@@ -362,21 +362,24 @@ pub async fn serve(opts: Options) -> Result<()> {
         operator_key = %key_path.display(),
         "serving builder.v1"
     );
+    let mut metrics_listener = None;
     if let Some(addr) = opts.metrics_listen {
         let metrics =
             listen(addr).with_context(|| format!("cannot listen on {addr} for the metrics"))?;
         tracing::info!(url = %format!("http://{}/metrics", metrics.local_addr()?), "serving metrics");
+        metrics_listener = Some(metrics);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(metrics) = metrics_listener {
         let routes = crate::http::metrics_router(api.clone());
-        let never = tokio::sync::watch::channel(false).1;
         tokio::spawn(crate::front::serve(
             metrics,
             routes,
             opts.limits,
-            never,
+            stop_rx.clone(),
             Duration::ZERO,
         ));
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let with_metrics = opts.metrics_listen.is_none();
     let (routes, health) = crate::http::router(api, with_metrics);
     // Followed log streams would keep connections open for ever: a second

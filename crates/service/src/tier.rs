@@ -1,4 +1,4 @@
-//! Tiers and the quotas they set (the table in shared/README.md, "The service").
+//! Tiers and the quotas they set (the table in docs/service.md).
 
 use std::time::Duration;
 

@@ -39,13 +39,74 @@ impl TestRegistry {
     }
 
     fn start_with(auth: Option<(&str, &str)>, tokens: Option<&TokenServer>) -> TestRegistry {
-        TestRegistry::start_on("127.0.0.1", None, auth, tokens)
+        TestRegistry::start_on("127.0.0.1", None, auth, tokens, None)
     }
 
     /// Starts a registry inside the network namespace `netns`, listening on
     /// `ip` there.
     pub fn start_in(netns: &TestHost) -> TestRegistry {
-        TestRegistry::start_on(&netns.ip, Some(&netns.name), None, None)
+        TestRegistry::start_on(&netns.ip, Some(&netns.name), None, None, None)
+    }
+
+    /// Starts a registry serving HTTPS on `ip` with a certificate made for
+    /// that address by a CA of the test's own; answers it and the CA's
+    /// certificate (PEM), for clients to trust.
+    pub fn start_tls(ip: &str) -> (TestRegistry, PathBuf) {
+        let certs = tempfile::tempdir().unwrap().keep();
+        let p = |name: &str| certs.join(name);
+        let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(&certs).args(args));
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=builderd-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=builderd-test-registry",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.csr",
+        ]);
+        std::fs::write(
+            p("ext.cnf"),
+            format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n"),
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "req.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ]);
+        let reg =
+            TestRegistry::start_on(ip, None, None, None, Some((&p("cert.pem"), &p("key.pem"))));
+        (reg, p("ca.pem"))
     }
 
     fn start_on(
@@ -53,12 +114,20 @@ impl TestRegistry {
         netns: Option<&str>,
         auth: Option<(&str, &str)>,
         tokens: Option<&TokenServer>,
+        tls: Option<(&Path, &Path)>,
     ) -> TestRegistry {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let port = free_port();
+        let tls = tls.map_or(String::new(), |(cert, key)| {
+            format!(
+                ", tls: {{certificate: {}, key: {}}}",
+                cert.display(),
+                key.display()
+            )
+        });
         let mut config = format!(
-            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {ip}:{port}}}\n",
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {ip}:{port}{tls}}}\n",
             data.display()
         );
         if let Some((user, pass)) = auth {
