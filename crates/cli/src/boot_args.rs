@@ -2,7 +2,8 @@
 //! strategy, the app's run config overrides, compression and a size limit.
 
 use anyhow::{Context, Result};
-use builderd_rootfs::{InitStrategy, Overrides, Plan, RunConfig};
+use builderd_build::BootOptions;
+use builderd_rootfs::Overrides;
 
 use crate::units::parse_bytes;
 
@@ -22,16 +23,6 @@ pub enum CopyFormat {
     None,
     Gzip,
     Zstd,
-}
-
-impl CopyFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            CopyFormat::None => "none",
-            CopyFormat::Gzip => "gzip",
-            CopyFormat::Zstd => "zstd",
-        }
-    }
 }
 
 #[derive(clap::Args)]
@@ -79,42 +70,30 @@ pub struct BootArgs {
 }
 
 impl BootArgs {
-    /// What to add to an image whose own run config is `image`.
-    pub fn plan(&self, image: &builderd_oci::RunConfig) -> Result<Plan> {
+    /// The request's boot options (a command given as JSON or one word).
+    pub fn options(&self) -> Result<BootOptions> {
         let parse = |o: &Option<String>| o.as_deref().map(Overrides::parse_command).transpose();
-        let overrides = Overrides {
-            entrypoint: parse(&self.entrypoint)?,
-            cmd: parse(&self.cmd)?,
+        Ok(BootOptions {
+            init: match self.init {
+                Init::DirectExec => builderd_build::Init::DirectExec,
+                Init::Systemd => builderd_build::Init::Systemd,
+                Init::Custom => builderd_build::Init::Custom,
+            },
+            init_script: self.init_script.clone(),
+            entrypoint: parse(&self.entrypoint).context("--entrypoint")?,
+            cmd: parse(&self.cmd).context("--cmd")?,
             env: self.env.clone(),
             working_dir: self.workdir.clone(),
             user: self.user.clone(),
             hostname: self.hostname.clone(),
-        };
-        let run = overrides.apply(RunConfig {
-            entrypoint: image.entrypoint.clone(),
-            cmd: image.cmd.clone(),
-            env: image.env.clone(),
-            working_dir: image.working_dir.clone(),
-            user: image.user.clone(),
-            // Written out, so the metadata says what the VM will be called.
-            hostname: "builderd".into(),
-        })?;
-        let strategy = match self.init {
-            Init::DirectExec => InitStrategy::DirectExec,
-            Init::Systemd => InitStrategy::Systemd,
-            Init::Custom => InitStrategy::Custom,
-        };
-        let custom_script = match (&self.init_script, strategy) {
-            (Some(path), InitStrategy::Custom) => Some(
-                std::fs::read(path).with_context(|| format!("--init-script {}", path.display()))?,
-            ),
-            (Some(_), _) => anyhow::bail!("--init-script is for --init custom"),
-            (None, _) => None,
-        };
-        Ok(Plan {
-            strategy,
-            run,
-            custom_script,
+            compression: match self.compression {
+                CopyFormat::None => builderd_build::CopyFormat::None,
+                CopyFormat::Gzip => builderd_build::CopyFormat::Gzip,
+                CopyFormat::Zstd => builderd_build::CopyFormat::Zstd,
+            },
+            size_limit: self.size_limit,
+            size_limit_name: self.size_limit_name.clone(),
+            storage_left: self.storage_left,
         })
     }
 }

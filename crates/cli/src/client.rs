@@ -361,7 +361,7 @@ async fn download(
             ..Default::default()
         })
         .await?;
-    let pending = crate::output::Pending::new(output)?;
+    let pending = builderd_build::Pending::new(output)?;
     let mut file = std::io::BufWriter::new(pending.file()?);
     let mut hash = Sha256::new();
     let mut expected = String::new();

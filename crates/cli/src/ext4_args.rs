@@ -1,7 +1,8 @@
 //! The image options `mkfs` and `build` share.
 
 use anyhow::{Context, Result};
-use builderd_ext4::{Free, Options};
+use builderd_build::{Ext4Options, FreeSpace};
+use builderd_ext4::Free;
 
 use crate::units::{parse_bytes, parse_free, parse_uuid};
 
@@ -28,8 +29,8 @@ pub struct Ext4Args {
 }
 
 impl Ext4Args {
-    /// The writer's options; `SOURCE_DATE_EPOCH` sets the filesystem's times.
-    pub fn options(&self) -> Result<Options> {
+    /// The filesystem's shape; `SOURCE_DATE_EPOCH` sets its times.
+    pub fn request(&self) -> Result<Ext4Options> {
         let fs_time =
             match std::env::var("SOURCE_DATE_EPOCH") {
                 Ok(v) => Some(v.trim().parse::<i64>().with_context(|| {
@@ -37,14 +38,21 @@ impl Ext4Args {
                 })?),
                 Err(_) => None,
             };
-        Ok(Options {
+        Ok(Ext4Options {
             size: self.size,
-            free: self.free.unwrap_or_default(),
+            free: match self.free.unwrap_or_default() {
+                Free::Bytes(b) => FreeSpace::Bytes(b),
+                Free::Percent(p) => FreeSpace::Percent(p),
+            },
             label: self.label.clone(),
             uuid: self.uuid,
             journal: !self.no_journal,
             fs_time,
-            max_bytes: None,
         })
+    }
+
+    /// The writer's options (for mkfs).
+    pub fn options(&self) -> Result<builderd_ext4::Options> {
+        Ok(self.request()?.writer_options(None))
     }
 }

@@ -1,21 +1,15 @@
 //! The `builderd` command: turns software into microVM root filesystems.
 
-mod blob_checks;
 mod boot;
 mod boot_args;
 mod build;
 mod client;
-mod compress;
-mod events;
 mod ext4_args;
-mod layer_streams;
 mod mkfs;
-mod output;
 mod progress;
-mod pull;
+mod reporters;
 mod retry_args;
 mod serve;
-mod sparse;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -58,7 +52,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Mkfs(args) => mkfs::run(args).map(|()| std::process::ExitCode::SUCCESS),
-        Command::Build(args) => build::run(*args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Build(args) => build::run(*args),
         Command::Boot(args) => boot::run(args),
         Command::Serve(args) => serve::serve(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Client(args) => client::run(args),
@@ -66,29 +60,11 @@ fn main() -> std::process::ExitCode {
         Command::Cache(cmd) => serve::cache(cmd).map(|()| std::process::ExitCode::SUCCESS),
         Command::Operator(cmd) => serve::operator(cmd).map(|()| std::process::ExitCode::SUCCESS),
     };
-    events::usage();
     match result {
         Ok(code) => code,
         Err(e) => {
-            events::error(
-                &message(&e),
-                events::Category::of(&e),
-                events::is_temporary(&e),
-            );
+            eprintln!("builderd: error: {}", builderd_build::message(&e));
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, each cause only if the text so far does not
-/// already say it (our error types include their cause in their message).
-fn message(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !text.contains(&c) {
-            text = format!("{text}: {c}");
-        }
-    }
-    text
 }

@@ -9,9 +9,9 @@ use anyhow::{Context, Result};
 use builderd_ext4::Writer;
 
 use crate::ext4_args::Ext4Args;
-use crate::output::Pending;
 use crate::progress::Bar;
 use crate::units::human;
+use builderd_build::Pending;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -1,5 +1,4 @@
-//! A progress bar on stderr when it is a terminal; nothing otherwise, or
-//! progress events with `--events json`.
+//! A progress bar on stderr when it is a terminal; nothing otherwise.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -46,21 +45,8 @@ impl Bar {
         Bar(bar)
     }
 
-    /// Shows the bar among `bars` (with the downloads' bars).
-    pub fn join(&self, bars: &indicatif::MultiProgress) {
-        bars.add(self.0.clone());
-    }
-
     pub fn advance(&self, bytes: u64) {
         self.0.inc(bytes);
-        self.report(0);
-    }
-
-    fn report(&self, files: u64) {
-        if crate::events::json() {
-            let total = self.0.length().unwrap_or(0);
-            crate::events::progress(&self.0.message(), self.0.position(), total, files, false);
-        }
     }
 
     pub fn finish(&self) {
@@ -72,6 +58,5 @@ impl builderd_import::Progress for Bar {
     fn update(&self, bytes: u64, entries: u64) {
         self.0.set_position(bytes);
         self.0.set_prefix(entries.to_string());
-        self.report(entries);
     }
 }

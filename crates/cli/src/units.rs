@@ -4,6 +4,8 @@
 
 use builderd_ext4::Free;
 
+pub use builderd_build::units::{count, human};
+
 /// Parses a byte count with an optional suffix: K, M, G, T, KiB, MiB, GiB,
 /// TiB (powers of two) or kB, MB, GB, TB (powers of ten), any case.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -73,33 +75,6 @@ pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
     Ok(out)
 }
 
-/// "1 layer", "2 layers".
-pub fn count(n: u64, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else if let Some(stem) = what.strip_suffix('y') {
-        format!("{n} {stem}ies")
-    } else {
-        format!("{n} {what}s")
-    }
-}
-
-/// Bytes for people: `1.5 GiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,19 +102,5 @@ mod tests {
         assert_eq!(u[0], 0x01);
         assert_eq!(u[15], 0xef);
         assert!(parse_uuid("0123456789abcdef0123456789abcdef").is_err());
-    }
-
-    #[test]
-    fn counts_agree_with_their_number() {
-        assert_eq!(count(1, "layer"), "1 layer");
-        assert_eq!(count(4, "layer"), "4 layers");
-        assert_eq!(count(0, "entry"), "0 entries");
-        assert_eq!(count(1, "entry"), "1 entry");
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(3 << 29), "1.5 GiB");
     }
 }

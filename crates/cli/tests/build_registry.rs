@@ -278,7 +278,7 @@ fn logged(stderr: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(stderr)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["log"].as_str().map(str::to_string))
+        .filter_map(|v| v["log"]["message"].as_str().map(str::to_string))
         .collect()
 }
 

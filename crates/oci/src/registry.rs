@@ -25,7 +25,7 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, applicati
      application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// A user name and password (or token) for a registry.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
@@ -37,7 +37,8 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-pub struct Registry {
+/// A registry client; `'a` bounds what hears of its retries.
+pub struct Registry<'a> {
     client: Client,
     /// What may be connected to (the client's resolver and redirect policy
     /// apply it to names; addresses written in URLs are checked here).
@@ -52,7 +53,7 @@ pub struct Registry {
     retry: RetryPolicy,
     /// The client's wait for each read, where known (to say so when it runs out).
     stall: Option<Duration>,
-    on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync>,
+    on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync + 'a>,
 }
 
 /// Loopback registries may speak plain HTTP, as Docker allows.
@@ -200,7 +201,7 @@ fn refusal(e: &reqwest::Error) -> Option<Error> {
     builderd_net::not_allowed(e).map(|n| Error::NotAllowed(n.to_string()))
 }
 
-impl Registry {
+impl<'a> Registry<'a> {
     /// A client for `image`'s repository. Plain HTTP only for loopback and
     /// for hosts in `insecure`. `on_retry` hears of each retry before its wait.
     /// A connection that sends nothing for `stall` fails its request (which
@@ -214,8 +215,8 @@ impl Registry {
         retry: RetryPolicy,
         stall: Duration,
         outbound: &Outbound,
-        on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync>,
-    ) -> Result<Registry, Error> {
+        on_retry: Box<dyn Fn(&RetryNotice) + Send + Sync + 'a>,
+    ) -> Result<Registry<'a>, Error> {
         let host = if image.registry == "docker.io" {
             "registry-1.docker.io".to_string()
         } else {

@@ -6,7 +6,7 @@ use crate::{BlobCache, Digest, Doc, Error, Image, ImageRef, Platform, Registry};
 /// Resolves `r` for `platform`: manifests from the registry, every time;
 /// the config through the cache.
 pub fn resolve_remote(
-    registry: &Registry,
+    registry: &Registry<'_>,
     cache: &BlobCache,
     r: &ImageRef,
     platform: &Platform,
@@ -36,7 +36,7 @@ pub fn resolve_remote(
 }
 
 fn fetch_small(
-    registry: &Registry,
+    registry: &Registry<'_>,
     cache: &BlobCache,
     digest: &Digest,
     size: u64,

@@ -6,14 +6,17 @@
 use std::time::Duration;
 
 /// Why a failure may pass if tried again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RetryCause {
     /// The connection failed (refused, reset, timed out, cut off) or the
     /// registry answered 500, 502, 503 or 504.
+    #[serde(rename = "NETWORK_ERROR")]
     Network,
     /// The registry answered 429 Too Many Requests.
+    #[serde(rename = "REGISTRY_RATE_LIMIT")]
     RateLimit,
     /// The build machine ran short for a moment (no space left, out of memory).
+    #[serde(rename = "TEMPORARY_RESOURCE_ERROR")]
     TemporaryResource,
 }
 
@@ -39,7 +42,8 @@ impl RetryCause {
 }
 
 /// How the wait grows from one attempt to the next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backoff {
     /// base, 2 base, 4 base, ...
     Exponential,
@@ -65,12 +69,16 @@ impl Backoff {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Tries after the first.
     pub max_retries: u32,
     pub backoff: Backoff,
+    /// In whole milliseconds when serialised, as every duration here.
+    #[serde(with = "millis")]
     pub base_delay: Duration,
+    #[serde(with = "millis")]
     pub max_delay: Duration,
     /// Failures of other causes are final at once.
     pub retry_on: Vec<RetryCause>,
@@ -145,6 +153,21 @@ impl RetryPolicy {
             Some(asked) => jittered.max(asked.min(MAX_RETRY_AFTER)),
             None => jittered,
         }
+    }
+}
+
+/// Durations as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 

@@ -23,6 +23,9 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
+use builderd_build::{
+    BlobCacheChoice, BootOptions, BuildRequest, CopyFormat, Event, Init, RegistryOptions, Resolved,
+};
 use builderd_oci::{RetryCause, RetryPolicy};
 
 use crate::cache::Cache;
@@ -61,21 +64,6 @@ pub struct Runner {
 /// hold an unbounded line.
 const MAX_LINE: usize = 64 << 10;
 
-/// What the build process found when it resolved the image.
-#[derive(serde::Deserialize)]
-struct Resolved {
-    manifest_digest: String,
-    config_digest: String,
-    config_size: u64,
-    layers: Vec<ResolvedLayer>,
-}
-
-#[derive(serde::Deserialize)]
-struct ResolvedLayer {
-    digest: String,
-    size: u64,
-}
-
 /// What a run made, when it made something.
 pub enum Outcome {
     /// The build process wrote the artifact into the work directory.
@@ -105,89 +93,66 @@ impl Runner {
         self.data_dir.join("artifacts").join(tenant).join(id)
     }
 
-    /// The build process's arguments; `storage_left` is what the tenant's
+    /// The build process's request; `storage_left` is what the tenant's
     /// storage quota has room for (the image may not grow past it).
-    fn args(&self, job: &Job, work: &Path, storage_left: Option<u64>) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "build".into(),
-            "-o".into(),
-            work.join(ARTIFACT).display().to_string(),
-            "--events".into(),
-            "json".into(),
-            "--no-docker-config".into(),
-            "--cache-dir".into(),
-            self.data_dir.join("blobs").display().to_string(),
-            "--init".into(),
-            job.init.into(),
-            "--hold-after-resolve".into(),
-        ];
-        if !self.allow_private_registries {
-            a.push("--public-only".into());
-        }
-        let mut opt = |flag: &str, value: Option<String>| {
-            if let Some(v) = value {
-                a.push(flag.into());
-                a.push(v);
-            }
-        };
-        let json = |v: &Option<Vec<String>>| {
-            v.as_ref()
-                .map(|v| serde_json::to_string(v).expect("strings serialise"))
-        };
-        opt("--platform", job.platform.clone());
+    fn request(&self, job: &Job, work: &Path, storage_left: Option<u64>) -> BuildRequest {
         // The registry requests' share of the policy; a temporary resource
         // shortage is retried here, by running the build again.
-        let request_causes: Vec<&str> = job
+        let request_causes: Vec<RetryCause> = job
             .retry
             .retry_on
             .iter()
-            .filter(|c| **c != RetryCause::TemporaryResource)
-            .map(|c| c.name())
+            .copied()
+            .filter(|c| *c != RetryCause::TemporaryResource)
             .collect();
-        let ms = |d: Duration| format!("{}ms", d.as_millis());
-        let retries = if request_causes.is_empty() {
-            0
-        } else {
-            job.retry.max_retries
+        let retry = RetryPolicy {
+            max_retries: if request_causes.is_empty() {
+                0
+            } else {
+                job.retry.max_retries
+            },
+            retry_on: request_causes,
+            ..job.retry.clone()
         };
-        opt("--retries", Some(retries.to_string()));
-        opt(
-            "--retry-backoff",
-            Some(job.retry.backoff.name().to_string()),
-        );
-        opt("--retry-base-delay", Some(ms(job.retry.base_delay)));
-        opt("--retry-max-delay", Some(ms(job.retry.max_delay)));
-        if !request_causes.is_empty() {
-            opt("--retry-on", Some(request_causes.join(",")));
+        BuildRequest {
+            source: job.image.clone(),
+            output: work.join(ARTIFACT),
+            platform: job.platform.clone(),
+            registry: RegistryOptions {
+                insecure: self.insecure_registries.clone(),
+                public_only: !self.allow_private_registries,
+                // A tenant must not borrow the operator's registry logins.
+                docker_config: false,
+                retry,
+                ..RegistryOptions::default()
+            },
+            cache: BlobCacheChoice::Dir(self.data_dir.join("blobs")),
+            ext4: Default::default(),
+            boot: BootOptions {
+                init: match job.init {
+                    "systemd" => Init::Systemd,
+                    "custom" => Init::Custom,
+                    _ => Init::DirectExec,
+                },
+                init_script: job.init_script.as_ref().map(|_| work.join("init-script")),
+                entrypoint: job.entrypoint.clone(),
+                cmd: job.cmd.clone(),
+                env: job.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                working_dir: job.working_dir.clone(),
+                user: job.user.clone(),
+                hostname: job.hostname.clone(),
+                compression: match job.compression {
+                    Some("gzip") => CopyFormat::Gzip,
+                    Some("zstd") => CopyFormat::Zstd,
+                    _ => CopyFormat::None,
+                },
+                size_limit: job.size_limit,
+                size_limit_name: "config.target.microvm_rootfs.size_limit_bytes".into(),
+                storage_left,
+            },
+            hold_after_resolve: true,
+            credentials: None,
         }
-        opt(
-            "--init-script",
-            job.init_script
-                .as_ref()
-                .map(|_| work.join("init-script").display().to_string()),
-        );
-        opt("--compression", job.compression.map(str::to_string));
-        opt("--size-limit", job.size_limit.map(|n| n.to_string()));
-        opt(
-            "--size-limit-name",
-            Some("config.target.microvm_rootfs.size_limit_bytes".into()),
-        );
-        opt("--storage-left", storage_left.map(|n| n.to_string()));
-        opt("--entrypoint", json(&job.entrypoint));
-        opt("--cmd", json(&job.cmd));
-        opt("--workdir", job.working_dir.clone());
-        opt("--user", job.user.clone());
-        opt("--hostname", job.hostname.clone());
-        for (k, v) in &job.env {
-            opt("--env", Some(format!("{k}={v}")));
-        }
-        for r in &self.insecure_registries {
-            opt("--insecure-registry", Some(r.clone()));
-        }
-        // The reference is the tenant's: after `--`, it is never an option.
-        a.push("--".into());
-        a.push(job.image.clone());
-        a
     }
 
     /// Runs the build to its end. The build is RUNNING when this is called;
@@ -366,8 +331,16 @@ impl Runner {
                 .cell(id, bounds)
                 .map_err(|e| RunError::resource(format!("the build's cgroup: {e}")))?,
         );
+        let request = work.join(REQUEST);
+        let text = serde_json::to_vec_pretty(&self.request(job, work, storage_left))
+            .map_err(|e| RunError::resource(format!("the build request: {e}")))?;
+        std::fs::write(&request, text)
+            .map_err(|e| RunError::resource(format!("work directory: {e}")))?;
         let mut cmd = Command::new(&self.exe);
-        cmd.args(self.args(job, work, storage_left))
+        cmd.arg("build")
+            .arg("--request")
+            .arg(&request)
+            .args(["--events", "json"])
             .current_dir(work)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -540,6 +513,9 @@ const BUILD_NICENESS: libc::c_int = 10;
 /// The image file's name in the work and artifact directories.
 pub const ARTIFACT: &str = "rootfs.ext4";
 
+/// The build request's name in the work directory.
+const REQUEST: &str = "request.json";
+
 pub enum RunError {
     Stopped(Stop),
     TimedOut,
@@ -643,84 +619,88 @@ impl Follow {
     /// says so (the build process then waits for the server's word).
     fn event(&mut self, store: &Store, line: &str) -> Option<Resolved> {
         let id = self.id.as_str();
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            // Not an event: a panic message or a tool's own output.
-            let _ = store.log(id, "info", line, "build");
-            return None;
+        let event = match serde_json::from_str::<Event>(line) {
+            Ok(event) => event,
+            Err(e) if line.trim_start().starts_with('{') => {
+                // An event this server does not know: a build process of
+                // another version, or a bug. Said, never skipped quietly.
+                let _ = store.log(
+                    id,
+                    "error",
+                    &format!(
+                        "the build process sent an event this server does not know ({e}): {line}"
+                    ),
+                    "builderd",
+                );
+                return None;
+            }
+            Err(_) => {
+                // Not an event: a panic message or a tool's own output.
+                let _ = store.log(id, "warn", line, "build");
+                return None;
+            }
         };
-        if let Some(r) = v.get("resolved") {
-            return match serde_json::from_value(r.clone()) {
-                Ok(resolved) => Some(resolved),
-                Err(e) => {
-                    let _ = store.log(
-                        id,
-                        "warn",
-                        &format!("an unreadable resolved event: {e}"),
-                        "builderd",
-                    );
-                    None
-                }
-            };
-        }
-        if let Some(stage) = v["stage"].as_str() {
-            if let Some(to) = State::from_stage(stage).filter(|to| *to != self.state) {
-                if store.transition(id, &State::ACTIVE, to).unwrap_or(false) {
+        match event {
+            Event::Resolved(resolved) => return Some(resolved),
+            Event::Stage(stage) => {
+                let to = State::of_stage(stage);
+                if to != self.state && store.transition(id, &State::ACTIVE, to).unwrap_or(false) {
                     self.state = to;
                     let (start, _) = to.percent_range();
                     let _ = store.set_progress(
                         id,
-                        &serde_json::json!({ "stage": stage, "percent": start }).to_string(),
+                        &serde_json::json!({ "stage": to.name().to_ascii_lowercase(), "percent": start })
+                            .to_string(),
                     );
                 }
             }
-        } else if let Some(p) = v.get("progress") {
-            let done = p["done"].as_u64().unwrap_or(0);
-            let total = p["total"].as_u64().unwrap_or(0);
-            let (start, end) = self.state.percent_range();
-            let percent = if total > 0 {
-                start + ((end - start) as f64 * done.min(total) as f64 / total as f64) as i32
-            } else {
-                start
-            };
-            let progress = serde_json::json!({
-                "stage": self.state.name().to_ascii_lowercase(),
-                "percent": percent,
-                "step": p["step"],
-                "done": done,
-                "total": total,
-                "files": p["files"],
-            });
-            let _ = store.set_progress(id, &progress.to_string());
-        } else if let Some(message) = v["log"].as_str() {
-            let level = v["level"].as_str().unwrap_or("info");
-            let _ = store.log(id, level, message, "build");
-        } else if let Some(u) = v.get("usage") {
-            let n = |k: &str| u[k].as_i64().unwrap_or(0);
-            let _ = store.add_usage(
-                id,
-                &Usage {
-                    cpu_ms: n("cpu_ms"),
-                    peak_memory_bytes: n("peak_memory_bytes"),
-                    disk_written_bytes: n("disk_written_bytes"),
-                },
-            );
-        } else if let Some(bytes) = v["pulled"]["bytes"].as_u64() {
-            store.metrics.pulled(bytes);
-        } else if let Some(r) = v.get("retry") {
-            if let Some(notice) = retry_notice(r) {
-                record_retry(store, id, &notice, "request");
+            Event::Progress(p) => {
+                let (start, end) = self.state.percent_range();
+                let percent = if p.total > 0 {
+                    start
+                        + ((end - start) as f64 * p.done.min(p.total) as f64 / p.total as f64)
+                            as i32
+                } else {
+                    start
+                };
+                let progress = serde_json::json!({
+                    "stage": self.state.name().to_ascii_lowercase(),
+                    "percent": percent,
+                    "step": p.step,
+                    "done": p.done,
+                    "total": p.total,
+                    "files": p.files,
+                });
+                let _ = store.set_progress(id, &progress.to_string());
             }
-        } else if let Some(message) = v["error"].as_str() {
-            let category = match v["category"].as_str() {
-                Some("source") => "source",
-                Some("resource") => "resource",
-                _ => "build",
-            };
-            self.failure = Some(RunError::Failed {
-                category,
-                message: message.to_string(),
-                temporary: v["retry_cause"].as_str() == Some(RetryCause::TemporaryResource.name()),
-            });
+            Event::Log(l) => {
+                let _ = store.log(id, l.level.name(), &l.message, "build");
+            }
+            Event::Usage(u) => {
+                let _ = store.add_usage(
+                    id,
+                    &Usage {
+                        cpu_ms: u.cpu_ms as i64,
+                        peak_memory_bytes: u.peak_memory_bytes as i64,
+                        disk_written_bytes: u.disk_written_bytes as i64,
+                    },
+                );
+            }
+            Event::Pulled { bytes } => store.metrics.pulled(bytes),
+            Event::Retry(r) => record_retry(store, id, &r.notice(), "request"),
+            Event::Error(f) => {
+                self.failure = Some(RunError::Failed {
+                    category: match f.category {
+                        builderd_build::Category::Source => "source",
+                        builderd_build::Category::Resource => "resource",
+                        builderd_build::Category::Build => "build",
+                    },
+                    message: f.message,
+                    temporary: f.temporary,
+                });
+            }
+            // Per-layer download progress is for terminals.
+            Event::Download(_) => {}
         }
         None
     }
@@ -739,35 +719,25 @@ async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
     }
 }
 
-/// A `{"retry": …}` event of the child's.
-fn retry_notice(r: &Value) -> Option<builderd_oci::RetryNotice> {
-    Some(builderd_oci::RetryNotice {
-        cause: RetryCause::parse(r["cause"].as_str()?)?,
-        attempt: u32::try_from(r["attempt"].as_u64()?).ok()?,
-        attempts: u32::try_from(r["attempts"].as_u64()?).ok()?,
-        delay: Duration::from_millis(r["delay_ms"].as_u64()?),
-        message: r["message"].as_str()?.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn job_options_become_build_arguments() {
-        let data = tempfile::tempdir().unwrap();
-        let runner = Runner {
+    fn runner(data: &Path, exe: PathBuf) -> Runner {
+        Runner {
             confinement: Arc::new(crate::confine::Confinement::Rlimits),
             max_build_memory: None,
-            exe: "builderd".into(),
-            data_dir: "/data".into(),
+            exe,
+            data_dir: data.to_path_buf(),
             insecure_registries: vec!["reg:5000".into()],
             allow_private_registries: false,
             retry_defaults: crate::job::default_retry_policy(),
-            cache: Arc::new(Cache::open(data.path(), None, 0).unwrap()),
-        };
-        let job = Job {
+            cache: Arc::new(Cache::open(data, None, 0).unwrap()),
+        }
+    }
+
+    fn job() -> Job {
+        Job {
             image: "alpine".into(),
             init: "custom",
             init_script: Some("#!/bin/sh\n".into()),
@@ -777,25 +747,116 @@ mod tests {
             env: [("A".to_string(), "1 2".to_string())].into(),
             retry: crate::job::default_retry_policy(),
             ..Job::default()
-        };
-        let a = runner.args(&job, Path::new("/w"), Some(1000));
-        let joined = a.join(" ");
-        assert!(joined.starts_with("build -o /w/rootfs.ext4 --events json --no-docker-config --cache-dir /data/blobs --init custom --hold-after-resolve --public-only"), "{joined}");
-        // The tenant's reference comes last, after `--`.
-        assert!(joined.ends_with(" -- alpine"), "{joined}");
-        for pair in [
-            ["--init-script", "/w/init-script"],
-            ["--compression", "gzip"],
-            ["--size-limit", "10"],
-            ["--storage-left", "1000"],
-            ["--cmd", r#"["sh","-c","echo a b"]"#],
-            ["--env", "A=1 2"],
-            ["--insecure-registry", "reg:5000"],
-            ["--retries", "3"],
-            ["--retry-base-delay", "1000ms"],
-            ["--retry-on", "NETWORK_ERROR,REGISTRY_RATE_LIMIT"],
-        ] {
-            assert!(a.windows(2).any(|w| w == pair), "{pair:?} in {a:?}");
         }
+    }
+
+    #[test]
+    fn a_job_becomes_a_build_request() {
+        let data = tempfile::tempdir().unwrap();
+        let r = runner(data.path(), "builderd".into()).request(&job(), Path::new("/w"), Some(1000));
+        assert_eq!(r.source, "alpine");
+        assert_eq!(r.output, Path::new("/w/rootfs.ext4"));
+        assert!(r.hold_after_resolve && r.registry.public_only && !r.registry.docker_config);
+        assert_eq!(r.registry.insecure, ["reg:5000"]);
+        assert_eq!(r.cache, BlobCacheChoice::Dir(data.path().join("blobs")));
+        assert_eq!(r.boot.init, Init::Custom);
+        assert_eq!(
+            r.boot.init_script.as_deref(),
+            Some(Path::new("/w/init-script"))
+        );
+        assert_eq!(r.boot.compression, CopyFormat::Gzip);
+        assert_eq!(
+            (r.boot.size_limit, r.boot.storage_left),
+            (Some(10), Some(1000))
+        );
+        assert_eq!(
+            r.boot.cmd.as_deref(),
+            Some(&["sh".to_string(), "-c".into(), "echo a b".into()][..])
+        );
+        assert_eq!(r.boot.env, ["A=1 2"]);
+        // The registry's share of the retry policy: a full disk is retried
+        // by running the build again, here.
+        assert_eq!(r.registry.retry.max_retries, 3);
+        assert_eq!(
+            r.registry.retry.retry_on,
+            [RetryCause::Network, RetryCause::RateLimit]
+        );
+    }
+
+    /// A stand-in for `builderd build`: keeps the request it is given and
+    /// what it is told on stdin, and says one event this server does not know.
+    const FAKE_BUILD: &str = r#"#!/bin/sh
+out="$(dirname "$0")"
+cp "$3" "$out/received.json"
+echo '{"stage":"downloading"}' >&2
+echo '{"gossip":{"about":"nothing"}}' >&2
+echo '{"error":{"message":"the fake build ends here","category":"build","temporary":false}}' >&2
+exit 1
+"#;
+
+    #[tokio::test]
+    async fn the_build_process_gets_a_request_and_an_unknown_event_is_logged() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("fake-builderd");
+        std::fs::write(&exe, FAKE_BUILD).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let store = Arc::new(Store::open(&data.join("db")).unwrap());
+        store
+            .create_tenant("t", crate::tier::Tier::Pro, &"h".repeat(64))
+            .unwrap();
+        store
+            .insert_build(&crate::store::NewBuild {
+                id: "b1",
+                tenant_id: "t",
+                source_type: "docker_image",
+                tier: crate::tier::Tier::Pro,
+                config_json: "{}",
+                creds: None,
+                max_interruptions: 3,
+                daily_limit: 10,
+                storage_limit: 1 << 30,
+                log: "queued",
+            })
+            .unwrap();
+        assert!(store
+            .transition("b1", &[State::Queued], State::Running)
+            .unwrap());
+        let build = store.build("t", "b1").unwrap().unwrap();
+        let runner = runner(&data, exe);
+        let (_tx, rx) = watch::channel(None);
+        let ended = runner
+            .run(store.clone(), &build, job(), Duration::from_secs(30), rx)
+            .await;
+        assert_eq!(ended, Ended::Failed);
+        let received: BuildRequest =
+            serde_json::from_slice(&std::fs::read(dir.path().join("received.json")).unwrap())
+                .unwrap();
+        assert_eq!(received.source, "alpine");
+        assert!(received.hold_after_resolve);
+        let logs: Vec<String> = store
+            .logs_after("b1", 0)
+            .unwrap()
+            .into_iter()
+            .map(|l| format!("{} {}", l.level, l.message))
+            .collect();
+        assert!(
+            logs.iter().any(|l| l
+                .starts_with("error the build process sent an event this server does not know")
+                && l.contains("gossip")),
+            "{logs:?}"
+        );
+        let b = store.build("t", "b1").unwrap().unwrap();
+        assert_eq!(b.error_message.as_deref(), Some("the fake build ends here"));
+        // The stage it told was taken.
+        let states: Vec<State> = store
+            .transitions("b1")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        assert!(states.contains(&State::Downloading), "{states:?}");
     }
 }

@@ -71,10 +71,16 @@ impl State {
     }
 
     /// The stage `builderd build --events json` names (`"downloading"`).
-    pub fn from_stage(stage: &str) -> Option<State> {
-        State::ACTIVE
-            .into_iter()
-            .find(|s| s.name().eq_ignore_ascii_case(stage))
+    /// The state a build process's stage puts its build in.
+    pub fn of_stage(stage: builderd_build::Stage) -> State {
+        use builderd_build::Stage;
+        match stage {
+            Stage::Preparing => State::Preparing,
+            Stage::Downloading => State::Downloading,
+            Stage::Building => State::Building,
+            Stage::Optimizing => State::Optimizing,
+            Stage::Packaging => State::Packaging,
+        }
     }
 
     pub fn is_terminal(self) -> bool {
@@ -132,8 +138,10 @@ mod tests {
             assert_eq!(State::parse(s.name()), Some(s));
             assert_eq!(State::from_proto(s.proto()), Some(s));
         }
-        assert_eq!(State::from_stage("downloading"), Some(State::Downloading));
-        assert_eq!(State::from_stage("queued"), None);
+        assert_eq!(
+            State::of_stage(builderd_build::Stage::Downloading),
+            State::Downloading
+        );
         assert_eq!(State::from_proto(BuildState::BUILD_STATE_UNSPECIFIED), None);
         assert!(State::ACTIVE.iter().all(|s| !s.is_terminal()));
     }

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use builderd_flatten::Layer;
@@ -21,7 +22,6 @@ use builderd_import::ReadAhead;
 use builderd_oci::{Compression, LayerInfo};
 
 use crate::blob_checks::BlobChecks;
-use crate::progress::Bar;
 
 /// Megabytes of decompressed output a layer has in flight.
 const DEPTH: usize = 4;
@@ -42,17 +42,22 @@ pub type OpenBlob<'a> = dyn Fn(usize) -> io::Result<Blob> + Sync + 'a;
 pub struct Streams<'a> {
     layers: &'a [LayerInfo],
     open_blob: &'a OpenBlob<'a>,
-    bar: Bar,
+    /// Blob bytes read so far, over all layers (the build's progress).
+    read: Arc<AtomicU64>,
     checks: Mutex<BlobChecks>,
 }
 
 impl<'a> Streams<'a> {
-    /// `bar` counts blob bytes as they are read.
-    pub fn new(layers: &'a [LayerInfo], open_blob: &'a OpenBlob<'a>, bar: Bar) -> Streams<'a> {
+    /// `read` counts blob bytes as they are read.
+    pub fn new(
+        layers: &'a [LayerInfo],
+        open_blob: &'a OpenBlob<'a>,
+        read: Arc<AtomicU64>,
+    ) -> Streams<'a> {
         Streams {
             layers,
             open_blob,
-            bar,
+            read,
             checks: Mutex::default(),
         }
     }
@@ -80,7 +85,7 @@ impl<'a> Streams<'a> {
         let blob = (self.open_blob)(i)?;
         let counted = Counted {
             inner: blob.reader,
-            bar: self.bar.clone(),
+            read: self.read.clone(),
         };
         let checked: Box<dyn Read + Send> = if blob.verified {
             Box::new(counted)
@@ -107,16 +112,16 @@ impl<'a> Streams<'a> {
     }
 }
 
-/// Moves the write bar as layer blobs are read.
+/// Counts layer blob bytes as they are read.
 struct Counted<R> {
     inner: R,
-    bar: Bar,
+    read: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.bar.advance(n as u64);
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }

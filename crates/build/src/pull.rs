@@ -2,16 +2,15 @@
 //! background (after `builderd_oci::resolve_remote`), top layer first,
 //! several at once, while the flatten reads each one as it arrives.
 
-use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 
 use anyhow::Result;
 use builderd_oci::{BlobCache, Digest, LayerInfo, Registry};
 
-use crate::events;
+use crate::event::{self, Download, Event, Progress, Reporter, Stage};
 use crate::layer_streams::{Blob, Feed};
 use crate::units::human;
 
@@ -21,7 +20,7 @@ const DOWNLOADS: usize = 4;
 /// Brings a blob into the cache (unless it is there), telling `feed` where
 /// its bytes are as they come. Answers whether it downloaded.
 fn fetch(
-    registry: &Registry,
+    registry: &Registry<'_>,
     cache: &BlobCache,
     origin: &str,
     digest: &Digest,
@@ -40,26 +39,28 @@ fn fetch(
     Ok(fetched)
 }
 
-/// The layers' downloads, running.
-pub struct Downloads {
+/// The layers' downloads, running (on a thread of `scope`, which the build
+/// runs in, so the downloads can tell the build's reporter how they go).
+pub struct Downloads<'scope> {
     feeds: Vec<Arc<Feed>>,
     /// The first download error, kept whole (the readers get only its text).
     failure: Arc<Mutex<Option<builderd_oci::Error>>>,
     /// Set when the build gave up: no more downloads start.
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    thread: ScopedJoinHandle<'scope, ()>,
 }
 
-impl Downloads {
-    /// Starts downloading every layer not cached yet: a bar for each in
-    /// `bars` on a terminal, a line for each otherwise.
-    pub fn start(
-        registry: Arc<Registry>,
+impl<'scope> Downloads<'scope> {
+    /// Starts downloading every layer not cached yet, telling `reporter` how
+    /// each goes.
+    pub fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        registry: Arc<Registry<'env>>,
         cache: Arc<BlobCache>,
         origin: String,
         layers: Vec<LayerInfo>,
-        bars: indicatif::MultiProgress,
-    ) -> Downloads {
+        reporter: &'env dyn Reporter,
+    ) -> Downloads<'scope> {
         let feeds: Vec<Arc<Feed>> = layers.iter().map(|_| Arc::default()).collect();
         let failure = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
@@ -67,7 +68,7 @@ impl Downloads {
             let (feeds, failure, stop) = (feeds.clone(), failure.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("layer-downloads".into())
-                .spawn(move || {
+                .spawn_scoped(scope, move || {
                     let pull = Pull {
                         registry: &registry,
                         cache: &cache,
@@ -77,7 +78,7 @@ impl Downloads {
                         failure: &failure,
                         stop: &stop,
                     };
-                    pull.run(&bars)
+                    pull.run(reporter)
                 })
                 .expect("spawning the download thread")
         };
@@ -127,7 +128,7 @@ impl Downloads {
 
 /// What the download workers share.
 struct Pull<'a> {
-    registry: &'a Registry,
+    registry: &'a Registry<'a>,
     cache: &'a BlobCache,
     /// `registry/repository`, which a cached blob must have come from.
     origin: &'a str,
@@ -138,7 +139,7 @@ struct Pull<'a> {
 }
 
 impl Pull<'_> {
-    fn run(&self, bars: &indicatif::MultiProgress) {
+    fn run(&self, reporter: &dyn Reporter) {
         let Pull {
             registry,
             cache,
@@ -148,12 +149,6 @@ impl Pull<'_> {
             failure,
             stop,
         } = *self;
-        let terminal = std::io::stderr().is_terminal();
-        let style = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-        )
-        .expect("the template is valid")
-        .progress_chars("=> ");
         // The flatten reads the top layer first: it is fetched first.
         let order: Vec<usize> = (0..layers.len()).rev().collect();
         let next = AtomicUsize::new(0);
@@ -162,7 +157,21 @@ impl Pull<'_> {
         let total: u64 = layers.iter().map(|l| l.size).sum();
         let report = || {
             let done = fetched.iter().map(|f| f.load(Ordering::Relaxed)).sum();
-            events::progress("downloading", done, total, 0, false);
+            reporter.report(Event::Progress(Progress {
+                step: "downloading".into(),
+                done,
+                total,
+                files: 0,
+            }));
+        };
+        let layer_event = |i: usize, done: u64, finished: bool| {
+            reporter.report(Event::Download(Download {
+                layer: i,
+                digest: layers[i].digest.to_string(),
+                done,
+                total: layers[i].size,
+                finished,
+            }))
         };
         std::thread::scope(|scope| {
             for _ in 0..DOWNLOADS.min(layers.len()) {
@@ -174,13 +183,9 @@ impl Pull<'_> {
                             feeds[i].failed("the pull stopped at an earlier error");
                             continue;
                         }
-                        let short = &layer.digest.hex()[..12];
-                        let bar = bars.add(indicatif::ProgressBar::new(layer.size));
-                        bar.set_style(style.clone());
-                        bar.set_message(format!("layer {short}"));
                         let started = Instant::now();
                         let progress = |done| {
-                            bar.set_position(done);
+                            layer_event(i, done, false);
                             fetched[i].store(done, Ordering::Relaxed);
                             report();
                         };
@@ -195,29 +200,29 @@ impl Pull<'_> {
                         ) {
                             Ok(was_fetched) => {
                                 if was_fetched {
-                                    events::pulled(layer.size);
+                                    reporter.report(Event::Pulled { bytes: layer.size });
                                 }
                                 fetched[i].store(layer.size, Ordering::Relaxed);
                                 report();
-                                bar.finish_and_clear();
-                                if !terminal {
-                                    let what = if was_fetched {
-                                        format!(
-                                            "downloaded in {:.2} s",
-                                            started.elapsed().as_secs_f64()
-                                        )
-                                    } else {
-                                        "cached".to_string()
-                                    };
-                                    events::info(&format!(
+                                layer_event(i, layer.size, true);
+                                let what = if was_fetched {
+                                    format!(
+                                        "downloaded in {:.2} s",
+                                        started.elapsed().as_secs_f64()
+                                    )
+                                } else {
+                                    "cached".to_string()
+                                };
+                                event::info(
+                                    reporter,
+                                    format!(
                                         "layer {} ({}): {what}",
                                         layer.digest,
                                         human(layer.size)
-                                    ));
-                                }
+                                    ),
+                                );
                             }
                             Err(e) => {
-                                bar.abandon();
                                 // Every layer not whole yet fails now, so the flatten
                                 // stops at once, whichever layer it is reading.
                                 let why = e.to_string();
@@ -233,7 +238,7 @@ impl Pull<'_> {
         });
         // The flatten went on meanwhile; what is left of it is building.
         if failure.lock().unwrap().is_none() {
-            events::stage("building");
+            reporter.report(Event::Stage(Stage::Building));
         }
     }
 }

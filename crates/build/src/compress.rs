@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 
-use crate::boot_args::CopyFormat;
 use crate::output::Pending;
+use crate::request::CopyFormat;
 
 /// `rootfs.ext4` → `rootfs.ext4.gz` or `.zst`; `None` for no compression.
 pub fn path_for(output: &Path, kind: CopyFormat) -> Option<PathBuf> {
@@ -45,7 +45,7 @@ impl<W: Write> Write for Hashing<W> {
 /// Compresses `image` into `pending` (not yet committed); answers the
 /// compressed file's sha256 and size.
 pub fn compress(image: &Path, pending: &Pending, kind: CopyFormat) -> Result<(String, u64)> {
-    let mut src = crate::sparse::read_back(image)?;
+    let mut src = crate::checksum::read_back(image)?;
     let out = Hashing {
         inner: BufWriter::with_capacity(1 << 20, pending.file()?),
         hash: Sha256::new(),

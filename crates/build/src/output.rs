@@ -44,6 +44,11 @@ impl Pending {
         Ok(self.tmp.as_file().try_clone()?)
     }
 
+    /// The name it gets when committed.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
     pub fn path(&self) -> &Path {
         self.tmp.path()
     }

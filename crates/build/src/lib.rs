@@ -1,0 +1,39 @@
+//! builderd-build: one build, source to artifact. A typed `BuildRequest`
+//! goes in (the one description of a build: source, platform, registry
+//! options, the filesystem's shape, what makes it boot, its limits), the
+//! stages run (resolve, fetch, flatten, boot files, write, checksum,
+//! package, commit), each telling a `Reporter` what happens as typed
+//! `Event`s, and a typed `Report` comes back (what OUT.json holds).
+//!
+//! No command line, no terminal, no tenants: the `builderd` binary maps its
+//! arguments to a request and draws the events; the service writes a request
+//! for each build process it runs and reads its events back, as JSON lines
+//! of this crate's `Event`.
+
+mod blob_checks;
+mod boot;
+mod checksum;
+mod compress;
+mod error;
+mod event;
+mod layer_streams;
+mod output;
+mod pull;
+mod report;
+mod request;
+mod run;
+mod source;
+pub mod units;
+
+pub use error::{message, Category, Error, Limit, SizeLimitExceeded, SourceError};
+pub use event::{
+    bounded, Collect, Download, Event, Failure, Level, Log, Progress, Reporter, Resolved,
+    ResolvedLayer, Retry, Stage, Usage,
+};
+pub use output::Pending;
+pub use report::Report;
+pub use request::{
+    BlobCacheChoice, BootOptions, BuildRequest, CopyFormat, Ext4Options, FreeSpace, Init,
+    RegistryOptions,
+};
+pub use run::build;

@@ -1,0 +1,63 @@
+//! What a build made, as the library answers it and as `OUT.json` holds it
+//! beside the image: the source and its digests, the platform, the layers,
+//! the image's and the boot's config, the image's sha256 and sizes, the
+//! flatten's counts and each stage's time.
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub builderd_version: &'static str,
+    pub source: String,
+    pub manifest_digest: String,
+    pub manifest_media_type: String,
+    pub config_digest: String,
+    pub platform: String,
+    pub layers: Vec<builderd_oci::LayerInfo>,
+    pub config: builderd_oci::RunConfig,
+    pub init_strategy: &'static str,
+    pub kernel_cmdline: String,
+    pub run_config: builderd_rootfs::RunConfig,
+    pub image: ImageInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<CompressedInfo>,
+    pub flatten: FlattenInfo,
+    pub timings_ms: Timings,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageInfo {
+    pub file: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub allocated_bytes: u64,
+    pub inodes: u64,
+    pub file_data_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CompressedInfo {
+    pub file: String,
+    pub format: &'static str,
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FlattenInfo {
+    pub entries_written: u64,
+    pub entries_masked: u64,
+    pub whiteouts: u64,
+    pub hardlinks_fixed: u64,
+}
+
+/// Milliseconds each stage took.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timings {
+    pub resolve: u128,
+    pub flatten: u128,
+    pub finish: u128,
+    pub checksum: u128,
+    pub compress: u128,
+    pub total: u128,
+}

@@ -1,0 +1,255 @@
+//! `BuildRequest`: the one description of a build. The command line maps its
+//! arguments to one; the service writes one as JSON for the build process it
+//! starts (`builderd build --request FILE`). Credentials are never part of
+//! the serialised form: they come from the process's environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use builderd_oci::{Credentials, RetryPolicy};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRequest {
+    /// The image, in skopeo's syntax: `docker://REF` or a bare REF,
+    /// `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE`.
+    pub source: String,
+    /// The image file to write; its metadata goes to OUT.json beside it.
+    pub output: PathBuf,
+    /// os/arch[/variant] to pick from an index; None: this machine's.
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub registry: RegistryOptions,
+    #[serde(default)]
+    pub cache: BlobCacheChoice,
+    #[serde(default)]
+    pub ext4: Ext4Options,
+    #[serde(default)]
+    pub boot: BootOptions,
+    /// After resolving a registry image, tell `Event::Resolved` and ask the
+    /// reporter whether to go on (the service looks in its artifact cache).
+    #[serde(default)]
+    pub hold_after_resolve: bool,
+    /// Registry credentials: never serialised.
+    #[serde(skip)]
+    pub credentials: Option<Credentials>,
+}
+
+/// How registries are reached.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryOptions {
+    /// Hosts that may be reached over plain HTTP (loopback always may).
+    pub insecure: Vec<String>,
+    /// Connect to public addresses only (registries, realms, redirects).
+    pub public_only: bool,
+    /// Without credentials, use those of `~/.docker/config.json`.
+    pub docker_config: bool,
+    pub retry: RetryPolicy,
+    /// A connection that sends nothing for this long fails its request.
+    #[serde(with = "millis")]
+    pub stall_timeout: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            insecure: Vec::new(),
+            public_only: false,
+            docker_config: true,
+            retry: RetryPolicy::default(),
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where layer blobs are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobCacheChoice {
+    /// `${XDG_CACHE_HOME:-~/.cache}/builderd`.
+    #[default]
+    Default,
+    Dir(PathBuf),
+    /// A scratch directory of this build's own, removed at its end.
+    None,
+}
+
+/// The filesystem's shape.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ext4Options {
+    /// A fixed size in bytes; None: the content plus `free`.
+    pub size: Option<u64>,
+    pub free: FreeSpace,
+    pub label: String,
+    pub uuid: Option<[u8; 16]>,
+    pub journal: bool,
+    /// The filesystem's own times (SOURCE_DATE_EPOCH).
+    pub fs_time: Option<i64>,
+}
+
+impl Default for Ext4Options {
+    fn default() -> Self {
+        Ext4Options {
+            size: None,
+            free: FreeSpace::default(),
+            label: String::new(),
+            uuid: None,
+            journal: true,
+            fs_time: None,
+        }
+    }
+}
+
+/// Free space left when the size follows the content.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreeSpace {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl Default for FreeSpace {
+    fn default() -> Self {
+        FreeSpace::Percent(5.0)
+    }
+}
+
+impl Ext4Options {
+    /// The writer's options, bounded by `max_bytes`.
+    pub fn writer_options(&self, max_bytes: Option<u64>) -> builderd_ext4::Options {
+        builderd_ext4::Options {
+            size: self.size,
+            free: match self.free {
+                FreeSpace::Bytes(b) => builderd_ext4::Free::Bytes(b),
+                FreeSpace::Percent(p) => builderd_ext4::Free::Percent(p),
+            },
+            label: self.label.clone(),
+            uuid: self.uuid,
+            journal: self.journal,
+            fs_time: self.fs_time,
+            max_bytes,
+        }
+    }
+}
+
+/// What PID 1 is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// builderd-init runs the image's entrypoint.
+    #[default]
+    DirectExec,
+    /// systemd runs a generated unit for the app.
+    Systemd,
+    /// The user's script.
+    Custom,
+}
+
+/// The compressed copy written beside the image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyFormat {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl CopyFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyFormat::None => "none",
+            CopyFormat::Gzip => "gzip",
+            CopyFormat::Zstd => "zstd",
+        }
+    }
+}
+
+/// What makes the rootfs boot, and what bounds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootOptions {
+    pub init: Init,
+    /// CUSTOM's script, a file.
+    pub init_script: Option<PathBuf>,
+    /// Replaces the image's entrypoint (and, as `docker run` does, its cmd).
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    /// `NAME=value`, each replacing the image's entry of that name.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    pub compression: CopyFormat,
+    /// The image may not be larger (checked as content is written).
+    pub size_limit: Option<u64>,
+    /// What the size limit is called where it was set, for its error.
+    pub size_limit_name: String,
+    /// What is left of the tenant's storage quota (the service's bound).
+    pub storage_left: Option<u64>,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions {
+            init: Init::default(),
+            init_script: None,
+            entrypoint: None,
+            cmd: None,
+            env: Vec::new(),
+            working_dir: None,
+            user: None,
+            hostname: None,
+            compression: CopyFormat::None,
+            size_limit: None,
+            size_limit_name: "--size-limit".into(),
+            storage_left: None,
+        }
+    }
+}
+
+/// Durations as whole milliseconds.
+pub(crate) mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_round_trips_without_its_credentials() {
+        let mut r: BuildRequest =
+            serde_json::from_str(r#"{"source": "alpine", "output": "/w/rootfs.ext4"}"#).unwrap();
+        assert!(r.registry.docker_config && r.ext4.journal);
+        r.credentials = Some(Credentials {
+            username: "u".into(),
+            password: "secret".into(),
+        });
+        r.boot.env = vec!["A=1".into()];
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(!text.contains("secret"), "{text}");
+        let back: BuildRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.boot.env, ["A=1"]);
+        assert!(back.credentials.is_none());
+        // A field this version does not know is an error, not a default.
+        let e =
+            serde_json::from_str::<BuildRequest>(r#"{"source": "a", "output": "o", "sorce": 1}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("sorce"), "{e}");
+    }
+}

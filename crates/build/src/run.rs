@@ -1,0 +1,369 @@
+//! One build, as the list of stages it is: resolve the source, flatten its
+//! layers into the ext4 writer as they arrive, add what makes it boot,
+//! finish the filesystem, checksum it, compress a copy, commit the image and
+//! its metadata. Nothing is left behind on failure: every output is written
+//! beside its final name and renamed into place only at the end.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use builderd_ext4::Writer;
+use builderd_oci::{BlobCache, Image, Platform};
+
+use crate::blob_checks::{BlobChecks, Failed};
+use crate::event::{self, Event, Progress, Reporter, Stage};
+use crate::layer_streams::{Blob, Streams};
+use crate::output::Pending;
+use crate::report::{CompressedInfo, FlattenInfo, ImageInfo, Report, Timings};
+use crate::request::{BootOptions, BuildRequest, CopyFormat};
+use crate::source::{self, Blobs, Opened};
+use crate::units::{count, human};
+use crate::{Error, Limit, SizeLimitExceeded};
+
+/// How often the writing's progress is told.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs the build `req` describes, telling `reporter` how it goes; answers
+/// what it made (also written to OUT.json beside the image).
+pub fn build(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report, Error> {
+    run(req, reporter).map_err(|e| Error::of(&e))
+}
+
+fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
+    let started = Instant::now();
+    reporter.report(Event::Stage(Stage::Preparing));
+    let platform = match &req.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    // The registry's downloads run on a thread of this scope, beside the
+    // flatten, so that both may tell `reporter`.
+    std::thread::scope(|scope| {
+        let opened = source::open(scope, req, &platform, reporter)?;
+        let resolved = Instant::now();
+        let image = &opened.image;
+        event::info(
+            reporter,
+            format!(
+                "{}: manifest {}, {}, {}",
+                req.source,
+                image.manifest_digest,
+                count(image.layers.len() as u64, "layer"),
+                human(image.layers.iter().map(|l| l.size).sum())
+            ),
+        );
+        // The request is checked before the long part.
+        let plan = crate::boot::plan(&req.boot, &image.run)?;
+        let outputs = Outputs::new(&req.output, req.boot.compression)?;
+        let limit = image_limit(&req.boot);
+        let mut writer = Writer::new(
+            outputs.image.file()?,
+            req.ext4
+                .writer_options(limit.as_ref().map(|(bytes, _)| *bytes)),
+        )?;
+        let (stats, checks) = flatten(opened, &mut writer, reporter, &limit)?;
+        let installed = builderd_rootfs::install(&mut writer, &plan)?;
+        for w in &installed.warnings {
+            event::warn(reporter, w);
+        }
+        let flattened = Instant::now();
+        reporter.report(Event::Stage(Stage::Optimizing));
+        let (summary, file) = writer.finish()?;
+        drop(file);
+        if let Some((bytes, which)) = limit {
+            if summary.image_bytes() > bytes {
+                return Err(SizeLimitExceeded {
+                    size: Some(summary.image_bytes()),
+                    limit: bytes,
+                    which,
+                }
+                .into());
+            }
+        }
+        let finished = Instant::now();
+        reporter.report(Event::Stage(Stage::Packaging));
+        let sha256 = checksum(&outputs.image, checks, stats.cache.as_deref())?;
+        let checksummed = Instant::now();
+        let compressed = compress(&outputs, req.boot.compression)?;
+        let compressed_at = Instant::now();
+        let allocated = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(outputs.image.path())?.blocks() * 512
+        };
+        let ms = |a: Instant, b: Instant| b.duration_since(a).as_millis();
+        let report = Report {
+            builderd_version: env!("CARGO_PKG_VERSION"),
+            source: req.source.clone(),
+            manifest_digest: stats.image.manifest_digest.to_string(),
+            manifest_media_type: stats.image.manifest_media_type.clone(),
+            config_digest: stats.image.config_digest.to_string(),
+            platform: stats.image.platform.to_string(),
+            layers: stats.image.layers.clone(),
+            config: stats.image.run.clone(),
+            init_strategy: plan.strategy.enum_name(),
+            kernel_cmdline: installed.kernel_cmdline,
+            run_config: plan.run,
+            image: ImageInfo {
+                file: req.output.display().to_string(),
+                sha256,
+                size_bytes: summary.image_bytes(),
+                allocated_bytes: allocated,
+                inodes: summary.inodes,
+                file_data_bytes: summary.file_bytes,
+            },
+            flatten: FlattenInfo {
+                entries_written: stats.counts.written,
+                entries_masked: stats.counts.masked,
+                whiteouts: stats.counts.whiteouts,
+                hardlinks_fixed: stats.counts.links_fixed,
+            },
+            timings_ms: Timings {
+                resolve: ms(started, resolved),
+                flatten: ms(resolved, flattened),
+                finish: ms(flattened, finished),
+                checksum: ms(finished, checksummed),
+                compress: ms(checksummed, compressed_at),
+                total: ms(started, Instant::now()),
+            },
+            compressed,
+        };
+        outputs.commit(&report)?;
+        reporter.report(Event::Progress(Progress {
+            step: "written".into(),
+            done: summary.image_bytes(),
+            total: summary.image_bytes(),
+            files: stats.counts.written,
+        }));
+        Ok(report)
+    })
+}
+
+/// The image, its metadata and its compressed copy, each written beside
+/// its final name until `commit`.
+struct Outputs {
+    image: Pending,
+    metadata: Pending,
+    /// The compressed copy's final name and its file.
+    copy: Option<(PathBuf, Pending)>,
+}
+
+impl Outputs {
+    fn new(output: &Path, compression: CopyFormat) -> Result<Outputs> {
+        let copy = crate::compress::path_for(output, compression)
+            .map(|path| Pending::new(&path).map(|pending| (path, pending)))
+            .transpose()?;
+        Ok(Outputs {
+            image: Pending::new(output)?,
+            metadata: Pending::new(&metadata_path(output))?,
+            copy,
+        })
+    }
+
+    /// The metadata goes last: while it is missing, the build is not done.
+    /// A failure on the way removes what was put in place.
+    fn commit(self, report: &Report) -> Result<()> {
+        serde_json::to_writer_pretty(self.metadata.file()?, report)?;
+        let image = self.image.target().to_path_buf();
+        self.image.commit()?;
+        let mut committed = vec![image];
+        let result = match self.copy {
+            Some((path, p)) => p.commit().map(|_| committed.push(path)),
+            None => Ok(()),
+        }
+        .and_then(|()| self.metadata.commit().map(drop));
+        if result.is_err() {
+            for path in committed {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        result
+    }
+}
+
+/// `rootfs.ext4` → `rootfs.ext4.json`.
+fn metadata_path(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_os_string();
+    name.push(".json");
+    PathBuf::from(name)
+}
+
+/// What the flatten did, the image it did it from, and the blob cache it
+/// read from (a blob that fails its check then leaves it).
+struct Flattened {
+    image: Image,
+    counts: builderd_flatten::Stats,
+    cache: Option<Arc<BlobCache>>,
+}
+
+/// Flattens the opened source's layers into `writer` as they arrive;
+/// answers what it did and the digest checks still running (for blobs not
+/// checked by their download). Content past `limit` fails as that limit.
+fn flatten(
+    opened: Opened<'_>,
+    writer: &mut Writer,
+    reporter: &dyn Reporter,
+    limit: &Option<(u64, Limit)>,
+) -> Result<(Flattened, BlobChecks)> {
+    let Opened {
+        image,
+        blobs,
+        cache,
+        ..
+    } = opened;
+    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    // A local source has nothing to download: it is building from the start.
+    if matches!(blobs, Blobs::Local(_)) {
+        reporter.report(Event::Stage(Stage::Building));
+    }
+    let read = Arc::new(AtomicU64::new(0));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (flattened, checks) = std::thread::scope(|scope| {
+        // How far the writing is, told every `PROGRESS_EVERY` while it runs.
+        let ticker = scope.spawn(|| {
+            let tell = || {
+                reporter.report(Event::Progress(Progress {
+                    step: "writing".into(),
+                    done: read.load(Ordering::Relaxed),
+                    total,
+                    files: 0,
+                }))
+            };
+            while !done.load(Ordering::Relaxed) {
+                tell();
+                std::thread::park_timeout(PROGRESS_EVERY);
+            }
+            tell();
+        });
+        let open_blob = |i: usize| match &blobs {
+            Blobs::Local(store) => Ok(Blob {
+                reader: store
+                    .open_blob(&image.layers[i].digest)
+                    .map_err(std::io::Error::other)?,
+                verified: false,
+            }),
+            Blobs::Pull(downloads) => Ok(downloads.open(i)),
+        };
+        let streams = Streams::new(&image.layers, &open_blob, read.clone());
+        let layers = streams.layers();
+        let flattened = builderd_flatten::flatten(&layers, writer, &|layer| {
+            event::info(reporter, format!("layer {} written", layer.name))
+        });
+        drop(layers);
+        done.store(true, Ordering::Relaxed);
+        ticker.thread().unpark();
+        (flattened, streams.take_checks())
+    });
+    // Content past the limit stopped the writing: say which limit.
+    let flattened = flattened.map_err(|e| match limit {
+        Some((bytes, which)) if ran_out_of_room(&e) => anyhow::Error::new(SizeLimitExceeded {
+            size: None,
+            limit: *bytes,
+            which: which.clone(),
+        }),
+        _ => anyhow::Error::new(e),
+    });
+    let counts = match (flattened, blobs) {
+        (Ok(stats), Blobs::Pull(d)) => d.finish().map(|()| stats)?,
+        (Ok(stats), Blobs::Local(_)) => stats,
+        // A layer that could not be read because its download failed: the
+        // download's own error says what happened.
+        (Err(e), Blobs::Pull(d)) => match d.abandon() {
+            Some(download) => return Err(download.into()),
+            None => {
+                return Err(checks
+                    .join()
+                    .err()
+                    .map_or(e, |f| failed(f, cache.as_deref())))
+            }
+        },
+        // A blob that is not what its digest says fails to decompress or
+        // parse first, more often than not: its check says why.
+        (Err(e), Blobs::Local(_)) => {
+            return Err(checks
+                .join()
+                .err()
+                .map_or(e, |f| failed(f, cache.as_deref())))
+        }
+    };
+    Ok((
+        Flattened {
+            image,
+            counts,
+            cache,
+        },
+        checks,
+    ))
+}
+
+/// The image's sha256. Hashing (CPU) and flushing to disk (I/O) overlap,
+/// and the blob checks still running get the core the hash leaves idle.
+fn checksum(image: &Pending, checks: BlobChecks, cache: Option<&BlobCache>) -> Result<String> {
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| crate::checksum::sha256(image.path()));
+        let flushed = image
+            .file()
+            .and_then(|f| f.sync_all().context("flushing the image to disk"));
+        let sha256 = hashing.join().expect("the hashing thread does not panic");
+        let checked = checks.join().map_err(|f| failed(f, cache));
+        checked.and(flushed).and(sha256)
+    })
+}
+
+/// The compressed copy, if one is asked for.
+fn compress(outputs: &Outputs, format: CopyFormat) -> Result<Option<CompressedInfo>> {
+    let Some((path, pending)) = &outputs.copy else {
+        return Ok(None);
+    };
+    let (sha256, size_bytes) = crate::compress::compress(outputs.image.path(), pending, format)?;
+    Ok(Some(CompressedInfo {
+        file: path.display().to_string(),
+        format: format.name(),
+        sha256,
+        size_bytes,
+    }))
+}
+
+/// The lower of the size limit and the tenant's storage left, and which.
+fn image_limit(boot: &BootOptions) -> Option<(u64, Limit)> {
+    let size = boot
+        .size_limit
+        .map(|b| (b, Limit::Size(boot.size_limit_name.clone())));
+    let storage = boot.storage_left.map(|b| (b, Limit::Storage));
+    match (size, storage) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The writer had no block left to give: with a limit set, the content
+/// went past it.
+fn ran_out_of_room(e: &builderd_flatten::Error) -> bool {
+    use builderd_ext4::Error::NoSpace;
+    // Both wrap the writer's error transparently: it is not among the causes.
+    matches!(
+        e,
+        builderd_flatten::Error::Ext4(NoSpace { .. })
+            | builderd_flatten::Error::Layer {
+                source: builderd_import::Error::Ext4(NoSpace { .. }),
+                ..
+            }
+    )
+}
+
+/// The error of a failed blob check. A cached blob whose bytes are not what
+/// its digest says leaves the cache, so that the next build downloads it.
+fn failed(f: Failed, cache: Option<&BlobCache>) -> anyhow::Error {
+    let Some(cache) = cache.filter(|_| f.mismatch()) else {
+        return f.error.into();
+    };
+    match cache.remove(&f.digest) {
+        Ok(()) => anyhow::Error::from(f.error).context(format!(
+            "the cached blob {} is removed from the cache; building again downloads it",
+            f.digest
+        )),
+        Err(e) => anyhow::Error::from(f.error).context(e),
+    }
+}
