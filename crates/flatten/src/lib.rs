@@ -22,12 +22,14 @@
 //! have as a symlink, they move to where the link points (resolved in the
 //! image, never above its root), as extracting bottom-up would place them.
 
+mod layer;
 mod normalize;
 mod overlay;
 mod side_by_side;
 
+pub use layer::Layer;
 pub use normalize::normalize;
-pub use overlay::{flatten, Layer, Stats};
+pub use overlay::{flatten, Stats};
 
 /// What can go wrong flattening; names the layer and path concerned.
 #[derive(Debug, thiserror::Error)]

@@ -2,28 +2,16 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::io::{self, BufRead};
+use std::io;
 use std::sync::mpsc::Receiver;
 
 use builderd_ext4::Writer;
-use builderd_import::{EntryKind, TarReader};
+use builderd_import::EntryKind;
 
+use crate::layer::{layer_err, open, Layer};
 use crate::normalize::{ancestors, base, join, normalize, parent};
 use crate::side_by_side::{self, Event, Item, MAX_LANES};
 use crate::Error;
-
-/// One layer of an image.
-pub struct Layer<'a> {
-    /// Names the layer in errors and logs (its digest).
-    pub name: String,
-    /// Bytes of its stored (compressed) blob: lanes are balanced by it.
-    pub size: u64,
-    /// Opens the layer's uncompressed tar stream, on a thread of its own.
-    /// Called once, and again only for a hard link whose target an upper
-    /// layer replaced.
-    #[allow(clippy::type_complexity)]
-    pub open: Box<dyn Fn() -> io::Result<Box<dyn BufRead + Send + 'a>> + Send + Sync + 'a>,
-}
 
 /// What the flatten did.
 #[derive(Clone, Debug, Default)]
@@ -134,24 +122,6 @@ fn is_whiteout_meta(name: &[u8]) -> bool {
     // AUFS's other special names (`.wh..wh.plnk`, `.wh..wh.aufs`) carry no
     // content of the image.
     name.starts_with(b".wh..wh.")
-}
-
-pub(crate) fn open<'a>(
-    layer: &Layer<'a>,
-) -> Result<TarReader<Box<dyn BufRead + Send + 'a>>, Error> {
-    let input = (layer.open)().map_err(|source| Error::Open {
-        layer: layer.name.clone(),
-        source,
-    })?;
-    Ok(TarReader::new(input, "its tar stream"))
-}
-
-pub(crate) fn layer_err(layer: &Layer<'_>) -> impl Fn(builderd_import::Error) -> Error {
-    let name = layer.name.clone();
-    move |source| Error::Layer {
-        layer: name.clone(),
-        source,
-    }
 }
 
 impl Flatten<'_, '_, '_> {

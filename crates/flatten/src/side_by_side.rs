@@ -14,8 +14,8 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use builderd_ext4::{FileData, Lane, Lanes, Metadata};
 use builderd_import::{EntryKind, TarReader};
 
+use crate::layer::{layer_err, open, Layer};
 use crate::normalize::normalize;
-use crate::overlay::{layer_err, open, Layer};
 use crate::Error;
 
 /// Lanes at most: a constant, not the machine's core count, so that the

@@ -16,14 +16,16 @@ use tokio::io::AsyncReadExt;
 
 use crate::auth;
 use crate::job;
+use crate::paths::ARTIFACT;
 use crate::proto::builder::v1::*;
-use crate::runner::{Runner, Stop, ARTIFACT};
+use crate::runner::{Runner, Stop};
 use crate::scheduler::Scheduler;
 use crate::state::State;
 use crate::store::{BuildRow, NewBuild, Store, StoreError, Tenant};
 
 pub struct Api {
     pub store: Arc<Store>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Followed log streams open, by tenant.
     pub followers: Followers,
     pub scheduler: Arc<Scheduler>,

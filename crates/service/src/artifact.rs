@@ -4,13 +4,25 @@
 //! the artifact cache for the next build of the same inputs.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::cache::Cache;
 use crate::job::Job;
-use crate::runner::{log, Ended, Runner, ARTIFACT};
+use crate::paths::{DataDir, ARTIFACT};
 use crate::state::State;
 use crate::store::{BuildRow, CacheKind, Store};
+
+/// Where completed builds' artifacts go, and the cache they go into.
+pub struct Artifacts {
+    pub dirs: DataDir,
+    pub cache: Arc<Cache>,
+}
+
+fn log(store: &Store, id: &str, level: &str, message: &str) {
+    let _ = store.log(id, level, message, "builderd");
+}
 
 /// Why an artifact cannot be kept: the error category and message.
 type Refused = (&'static str, String);
@@ -44,11 +56,11 @@ fn check_storage(store: &Store, tenant: &str, size: i64) -> Result<(), Refused> 
     Ok(())
 }
 
-impl Runner {
+impl Artifacts {
     /// Moves the image and its metadata into the artifact store and records
-    /// them; the build completes only when they are in place. Then the
-    /// artifact goes into the cache.
-    pub fn finish(&self, store: &Store, build: &BuildRow, job: &Job) -> Ended {
+    /// them; the build completes only when they are in place (answers
+    /// whether it did, else it failed). Then the artifact goes into the cache.
+    pub fn finish(&self, store: &Store, build: &BuildRow, job: &Job) -> bool {
         let id = build.id.as_str();
         match self.keep_artifact(store, build) {
             Ok(meta) => {
@@ -62,7 +74,7 @@ impl Runner {
                     let key = self.cache.key(&manifest, job);
                     match self
                         .cache
-                        .insert(&key, &self.artifact_dir(&build.tenant_id, id))
+                        .insert(&key, &self.dirs.artifacts(&build.tenant_id, id))
                     {
                         Ok(bytes) => {
                             let _ = store.add_cache_entry(CacheKind::Artifact, &key, bytes);
@@ -70,7 +82,7 @@ impl Runner {
                         Err(e) => log(store, id, "warn", &format!("not cached: {e}")),
                     }
                 }
-                Ended::Completed
+                true
             }
             Err(e) => self.refuse(store, build, e),
         }
@@ -85,7 +97,7 @@ impl Runner {
         job: &Job,
         key: &str,
         mut meta: Value,
-    ) -> Ended {
+    ) -> bool {
         let id = build.id.as_str();
         // This build's own account: its source, and no one else's timings.
         meta["source"] = Value::String(job.image.clone());
@@ -103,7 +115,7 @@ impl Runner {
                 ));
             }
             check_storage(store, &build.tenant_id, size)?;
-            let dest = self.artifact_dir(&build.tenant_id, id);
+            let dest = self.dirs.artifacts(&build.tenant_id, id);
             std::fs::write(dest.join(format!("{ARTIFACT}.json")), meta.to_string())
                 .map_err(|e| ("resource", format!("storing the artifact: {e}")))?;
             store
@@ -124,27 +136,27 @@ impl Runner {
                         meta["manifest_digest"].as_str().unwrap_or("?")
                     ),
                 );
-                Ended::Completed
+                true
             }
             Err(e) => self.refuse(store, build, e),
         }
     }
 
-    fn refuse(&self, store: &Store, build: &BuildRow, (category, message): Refused) -> Ended {
+    fn refuse(&self, store: &Store, build: &BuildRow, (category, message): Refused) -> bool {
         let id = build.id.as_str();
-        let _ = std::fs::remove_dir_all(self.artifact_dir(&build.tenant_id, id));
+        let _ = std::fs::remove_dir_all(self.dirs.artifacts(&build.tenant_id, id));
         let _ = store.set_error(id, category, &message);
         log(store, id, "error", &message);
         let _ = store.transition(id, &State::ACTIVE, State::Failed);
-        Ended::Failed
+        false
     }
 
     /// Moves the build's files into its artifact directory; answers the
     /// metadata as recorded.
     fn keep_artifact(&self, store: &Store, build: &BuildRow) -> Result<Value, Refused> {
         let id = build.id.as_str();
-        let work = self.work_dir(id);
-        let dest = self.artifact_dir(&build.tenant_id, id);
+        let work = self.dirs.work(id);
+        let dest = self.dirs.artifacts(&build.tenant_id, id);
         let io = |e: std::io::Error| ("resource", format!("storing the artifact: {e}"));
         std::fs::create_dir_all(&dest).map_err(io)?;
         let meta_path = work.join(format!("{ARTIFACT}.json"));

@@ -23,7 +23,7 @@ use builderd_oci::{BlobCache, Digest};
 use serde_json::Value;
 
 use crate::job::Job;
-use crate::runner::ARTIFACT;
+use crate::paths::{artifact_files, ARTIFACT};
 use crate::store::{CacheEntry, CacheKind, Store};
 
 pub struct Cache {
@@ -34,16 +34,6 @@ pub struct Cache {
     /// Names the builderd binary that makes the images: another binary may
     /// make other bytes.
     builder_id: String,
-}
-
-/// The files of an artifact, the image first.
-fn artifact_files() -> [String; 4] {
-    [
-        ARTIFACT.to_string(),
-        format!("{ARTIFACT}.json"),
-        format!("{ARTIFACT}.gz"),
-        format!("{ARTIFACT}.zst"),
-    ]
 }
 
 impl Cache {

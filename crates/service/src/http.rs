@@ -117,8 +117,8 @@ pub fn metrics_router(api: Arc<Api>) -> axum::Router {
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let store = api.store.clone();
-    match tokio::task::spawn_blocking(move || store.metrics.encode(&store)).await {
+    let (store, metrics) = (api.store.clone(), api.metrics.clone());
+    match tokio::task::spawn_blocking(move || metrics.encode(&store)).await {
         Ok(Ok(text)) => (
             [(
                 header::CONTENT_TYPE,

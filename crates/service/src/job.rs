@@ -285,11 +285,11 @@ pub fn check_webhook<'a>(
     }
     if let Some(bad) = events
         .iter()
-        .find(|e| !crate::webhook::EVENTS.contains(&e.as_str()))
+        .find(|e| !crate::store::EVENTS.contains(&e.as_str()))
     {
         return Err(format!(
             "{field}.events: {bad:?}; use {}",
-            crate::webhook::EVENTS.join(", ")
+            crate::store::EVENTS.join(", ")
         ));
     }
     for h in headers {

@@ -17,6 +17,7 @@ mod front;
 mod http;
 mod job;
 mod metrics;
+mod paths;
 mod retention;
 mod runner;
 mod scheduler;

@@ -187,6 +187,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts what the store tells of a build's move (the metrics observe
+    /// the store; the store knows nothing of them).
+    pub fn observe(&self, t: &crate::store::Transition) {
+        self.transition(t.from, t.to, &t.source_type, &t.tier);
+    }
+
     /// A build entered `to`, after `spent_ms` in `from` (None: it was just made).
     pub fn transition(&self, from: Option<(State, i64)>, to: State, source_type: &str, tier: &str) {
         self.builds

@@ -28,8 +28,9 @@ use builderd_build::{
 };
 use builderd_oci::{RetryCause, RetryPolicy};
 
-use crate::cache::Cache;
+use crate::artifact::Artifacts;
 use crate::job::Job;
+use crate::paths::ARTIFACT;
 use crate::state::State;
 use crate::store::{BuildRow, Retry, Store, Usage};
 
@@ -45,18 +46,19 @@ pub enum Stop {
 pub struct Runner {
     /// The `builderd` binary that runs builds.
     pub exe: PathBuf,
-    pub data_dir: PathBuf,
+    /// The data directory's places, and the artifact cache.
+    pub artifacts: Artifacts,
     pub insecure_registries: Vec<String>,
     /// Builds may reach loopback, private and link-local registries.
     pub allow_private_registries: bool,
     /// The retry policy of builds whose config has none.
     pub retry_defaults: RetryPolicy,
-    /// The artifact cache, and the blob cache the builds share.
-    pub cache: Arc<Cache>,
     /// Where each build's cgroup goes.
     pub confinement: Arc<crate::confine::Confinement>,
     /// The operator's bound on any build's memory, below the tier's if lower.
     pub max_build_memory: Option<u64>,
+    /// Counts cache lookups, retries and bytes pulled.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The longest line a build process may write on stderr: longer ones are
@@ -85,12 +87,8 @@ pub enum Ended {
 }
 
 impl Runner {
-    pub fn work_dir(&self, id: &str) -> PathBuf {
-        self.data_dir.join("work").join(id)
-    }
-
     pub fn artifact_dir(&self, tenant: &str, id: &str) -> PathBuf {
-        self.data_dir.join("artifacts").join(tenant).join(id)
+        self.artifacts.dirs.artifacts(tenant, id)
     }
 
     /// The build process's request; `storage_left` is what the tenant's
@@ -126,7 +124,7 @@ impl Runner {
                 retry,
                 ..RegistryOptions::default()
             },
-            cache: BlobCacheChoice::Dir(self.data_dir.join("blobs")),
+            cache: BlobCacheChoice::Dir(self.artifacts.dirs.blobs()),
             ext4: Default::default(),
             boot: BootOptions {
                 init: match job.init {
@@ -166,7 +164,7 @@ impl Runner {
         mut stop: watch::Receiver<Option<Stop>>,
     ) -> Ended {
         let id = build.id.as_str();
-        let work = self.work_dir(id);
+        let work = self.artifacts.dirs.work(id);
         let deadline = tokio::time::Instant::now() + timeout;
         let result = self
             .attempt(&store, build, &job, &work, deadline, &mut stop)
@@ -174,7 +172,7 @@ impl Runner {
         let ended = self.settle(&store, build, &job, result, timeout);
         let _ = store.release_blobs(id);
         let _ = std::fs::remove_dir_all(&work);
-        let (cache, store) = (self.cache.clone(), store.clone());
+        let (cache, store) = (self.artifacts.cache.clone(), store.clone());
         let evicted = tokio::task::spawn_blocking(move || cache.evict(&store, None)).await;
         if let Ok(Err(e)) = evicted {
             tracing::error!(error = %e, "cache eviction");
@@ -221,15 +219,15 @@ impl Runner {
                 temporary: false,
             }
         })?;
-        let key = self.cache.key(&manifest, job);
+        let key = self.artifacts.cache.key(&manifest, job);
         let dest = self.artifact_dir(&build.tenant_id, id);
-        let cache = self.cache.clone();
+        let cache = self.artifacts.cache.clone();
         let k = key.clone();
         let hit = tokio::task::spawn_blocking(move || cache.link_into(&k, &dest))
             .await
             .map_err(|e| RunError::resource(format!("the artifact cache: {e}")))?
             .map_err(|e| RunError::resource(format!("the artifact cache: {e}")))?;
-        store.metrics.cache_lookup(hit.is_some());
+        self.metrics.cache_lookup(hit.is_some());
         Ok(hit.map(|meta| Outcome::Cached { key, meta }))
     }
 
@@ -244,9 +242,9 @@ impl Runner {
     ) -> Ended {
         let id = build.id.as_str();
         let (to, category, message, ended) = match result {
-            Ok(Outcome::Built) => return self.finish(store, build, job),
+            Ok(Outcome::Built) => return ended(self.artifacts.finish(store, build, job)),
             Ok(Outcome::Cached { key, meta }) => {
-                return self.finish_cached(store, build, job, &key, meta)
+                return ended(self.artifacts.finish_cached(store, build, job, &key, meta))
             }
             Err(RunError::Stopped(Stop::Cancel)) => (
                 State::Cancelled,
@@ -277,7 +275,7 @@ impl Runner {
                 temporary,
             }) => {
                 if temporary {
-                    if let Some(ended) = retry_build(store, build, job, &message) {
+                    if let Some(ended) = retry_build(store, &self.metrics, build, job, &message) {
                         return ended;
                     }
                 }
@@ -390,7 +388,7 @@ impl Runner {
         );
         let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
-        let mut follow = Follow::new(id);
+        let mut follow = Follow::new(id, self.metrics.clone());
         let mut stderr_open = true;
         let status = loop {
             tokio::select! {
@@ -510,8 +508,14 @@ fn record_usage_before_kill(store: &Store, id: &str, pid: Option<i32>) {
 /// The scheduling priority of build processes (as `nice -n 10`).
 const BUILD_NICENESS: libc::c_int = 10;
 
-/// The image file's name in the work and artifact directories.
-pub const ARTIFACT: &str = "rootfs.ext4";
+/// Completed, or failed keeping the artifact.
+fn ended(completed: bool) -> Ended {
+    if completed {
+        Ended::Completed
+    } else {
+        Ended::Failed
+    }
+}
 
 /// The build request's name in the work directory.
 const REQUEST: &str = "request.json";
@@ -540,7 +544,13 @@ impl RunError {
 /// A build that failed for a passing shortage goes back to the queue, to
 /// run again after the policy's wait, if its policy retries such failures
 /// and has retries left. Answers None when it does not.
-fn retry_build(store: &Store, build: &BuildRow, job: &Job, message: &str) -> Option<Ended> {
+fn retry_build(
+    store: &Store,
+    metrics: &crate::metrics::Metrics,
+    build: &BuildRow,
+    job: &Job,
+    message: &str,
+) -> Option<Ended> {
     let id = build.id.as_str();
     let cause = RetryCause::TemporaryResource;
     if !job.retry.retries(cause) {
@@ -569,7 +579,7 @@ fn retry_build(store: &Store, build: &BuildRow, job: &Job, message: &str) -> Opt
         delay,
         message: message.to_string(),
     };
-    record_retry(store, id, &notice, "build");
+    record_retry(store, metrics, id, &notice, "build");
     let not_before = crate::store::now_ms() + delay.as_millis() as i64;
     store
         .retry_later(id, not_before)
@@ -578,8 +588,14 @@ fn retry_build(store: &Store, build: &BuildRow, job: &Job, message: &str) -> Opt
 }
 
 /// Keeps a retry in the build's status and logs.
-fn record_retry(store: &Store, id: &str, n: &builderd_oci::RetryNotice, scope: &str) {
-    store.metrics.retry(n.cause.name(), scope);
+fn record_retry(
+    store: &Store,
+    metrics: &crate::metrics::Metrics,
+    id: &str,
+    n: &builderd_oci::RetryNotice,
+    scope: &str,
+) {
+    metrics.retry(n.cause.name(), scope);
     let _ = store.add_retry(
         id,
         &Retry {
@@ -603,15 +619,17 @@ struct Follow {
     id: String,
     state: State,
     failure: Option<RunError>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Follow {
-    fn new(id: &str) -> Follow {
+    fn new(id: &str, metrics: Arc<crate::metrics::Metrics>) -> Follow {
         Follow {
             id: id.to_string(),
-            // The server resolved the image first.
+            // The server moved the build to PREPARING before starting it.
             state: State::Preparing,
             failure: None,
+            metrics,
         }
     }
 
@@ -686,8 +704,8 @@ impl Follow {
                     },
                 );
             }
-            Event::Pulled { bytes } => store.metrics.pulled(bytes),
-            Event::Retry(r) => record_retry(store, id, &r.notice(), "request"),
+            Event::Pulled { bytes } => self.metrics.pulled(bytes),
+            Event::Retry(r) => record_retry(store, &self.metrics, id, &r.notice(), "request"),
             Event::Error(f) => {
                 self.failure = Some(RunError::Failed {
                     category: match f.category {
@@ -727,12 +745,15 @@ mod tests {
         Runner {
             confinement: Arc::new(crate::confine::Confinement::Rlimits),
             max_build_memory: None,
+            metrics: Arc::default(),
             exe,
-            data_dir: data.to_path_buf(),
+            artifacts: Artifacts {
+                dirs: crate::paths::DataDir(data.to_path_buf()),
+                cache: Arc::new(crate::cache::Cache::open(data, None, 0).unwrap()),
+            },
             insecure_registries: vec!["reg:5000".into()],
             allow_private_registries: false,
             retry_defaults: crate::job::default_retry_policy(),
-            cache: Arc::new(Cache::open(data, None, 0).unwrap()),
         }
     }
 

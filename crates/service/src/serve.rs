@@ -282,11 +282,19 @@ pub async fn serve(opts: Options) -> Result<()> {
         })?;
     let _lock = lock_data_dir(&opts.data_dir, opts.listen)?;
     let store = Arc::new(open_store(&opts.data_dir)?);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    {
+        let metrics = metrics.clone();
+        store.observe(move |t| metrics.observe(t));
+    }
+    let mut traces = None;
     if let Some(endpoint) = opts.otlp_endpoint.clone() {
-        let traces = tokio::task::spawn_blocking(move || crate::traces::Traces::new(&endpoint))
+        let t = tokio::task::spawn_blocking(move || crate::traces::Traces::new(&endpoint))
             .await?
             .context("setting up the OTLP trace exporter")?;
-        let _ = store.traces.set(traces);
+        let t = Arc::new(t);
+        crate::traces::observe(t.clone(), &store);
+        traces = Some(t);
     }
     let key_path = operator_key(&opts.data_dir, &store)?;
     let (requeued, failed) = store.recover_interrupted()?;
@@ -320,14 +328,17 @@ pub async fn serve(opts: Options) -> Result<()> {
     let confinement = Arc::new(crate::confine::Confinement::open());
     tracing::info!(confinement = %confinement.describe(), "builds run confined");
     let runner = Arc::new(Runner {
+        metrics: metrics.clone(),
         confinement: confinement.clone(),
         max_build_memory: opts.max_build_memory,
         exe: opts.exe.clone(),
-        data_dir: opts.data_dir.clone(),
+        artifacts: crate::artifact::Artifacts {
+            dirs: crate::paths::DataDir(opts.data_dir.clone()),
+            cache,
+        },
         insecure_registries: opts.insecure_registries.clone(),
         allow_private_registries: opts.allow_private_registries,
         retry_defaults: opts.retry_defaults.clone(),
-        cache,
     });
     let scheduler = Scheduler::new(
         store.clone(),
@@ -344,10 +355,15 @@ pub async fn serve(opts: Options) -> Result<()> {
         };
         tokio::spawn(retention.run());
     }
-    let deliverer = crate::webhook::Deliverer::new(store.clone(), opts.allow_private_webhooks)?;
+    let deliverer = crate::webhook::Deliverer::new(
+        store.clone(),
+        metrics.clone(),
+        opts.allow_private_webhooks,
+    )?;
     tokio::spawn(deliverer.run());
     let api = Arc::new(Api {
         store: store.clone(),
+        metrics: metrics.clone(),
         followers: Default::default(),
         scheduler: scheduler.clone(),
         runner,
@@ -407,7 +423,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         tracing::info!("closing the connections still open");
     }
     tokio::task::spawn_blocking(move || {
-        if let Some(t) = store.traces.get() {
+        if let Some(t) = traces {
             t.shutdown();
         }
     })

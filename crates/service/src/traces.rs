@@ -115,15 +115,20 @@ impl Traces {
     }
 }
 
-impl Store {
-    /// Exports the trace of a build that has just ended, when traces are on.
-    pub(crate) fn trace_ended(&self, id: &str, source_type: &str) {
-        let Some(traces) = self.traces.get() else {
+/// Exports each build's trace when it ends: an observer of `store`'s
+/// transitions (holding the store weakly, as the store holds it).
+pub fn observe(traces: std::sync::Arc<Traces>, store: &std::sync::Arc<Store>) {
+    let weak = std::sync::Arc::downgrade(store);
+    store.observe(move |t| {
+        if !t.to.is_terminal() {
             return;
-        };
-        let (Ok(Some(b)), Ok(timeline)) = (self.build_by_id(id), self.transitions(id)) else {
-            return;
-        };
-        traces.build_ended(&b, source_type, &timeline);
-    }
+        }
+        let Some(store) = weak.upgrade() else { return };
+        if let (Ok(Some(b)), Ok(timeline)) = (
+            store.build_by_id(&t.build_id),
+            store.transitions(&t.build_id),
+        ) {
+            traces.build_ended(&b, &t.source_type, &timeline);
+        }
+    });
 }

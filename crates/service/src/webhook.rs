@@ -28,17 +28,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 
-use crate::state::State;
 use crate::store::{Delivery, Store};
-
-pub const EVENTS: [&str; 6] = [
-    "build.queued",
-    "build.started",
-    "build.completed",
-    "build.failed",
-    "build.cancelled",
-    "build.timeout",
-];
 
 /// Tries of one delivery before it is given up.
 pub const MAX_ATTEMPTS: i64 = 12;
@@ -51,20 +41,6 @@ const IN_FLIGHT: usize = 32;
 /// Deliveries of one tenant sent at once: a tenant whose endpoint is slow
 /// holds this many slots, never the others'.
 const PER_TENANT: usize = 2;
-
-/// The event a move to `to` makes, if any (a retry or a restart that puts
-/// a build back in the queue makes none: it was queued already).
-pub fn event_of(to: State, created: bool) -> Option<&'static str> {
-    Some(match to {
-        State::Queued if created => "build.queued",
-        State::Running => "build.started",
-        State::Completed => "build.completed",
-        State::Failed => "build.failed",
-        State::Cancelled => "build.cancelled",
-        State::Timeout => "build.timeout",
-        _ => return None,
-    })
-}
 
 /// `v1=HEX`: HMAC-SHA256 of `TIMESTAMP.BODY` under `secret`.
 pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
@@ -103,6 +79,7 @@ pub async fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
 
 pub struct Deliverer {
     store: Arc<Store>,
+    metrics: Arc<crate::metrics::Metrics>,
     client: reqwest::Client,
     policy: builderd_net::Outbound,
 }
@@ -146,7 +123,11 @@ enum Failure {
 }
 
 impl Deliverer {
-    pub fn new(store: Arc<Store>, allow_private: bool) -> anyhow::Result<Arc<Deliverer>> {
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<crate::metrics::Metrics>,
+        allow_private: bool,
+    ) -> anyhow::Result<Arc<Deliverer>> {
         let policy = policy(allow_private);
         let client = reqwest::Client::builder()
             .timeout(SEND_TIMEOUT)
@@ -158,6 +139,7 @@ impl Deliverer {
             .build()?;
         Ok(Arc::new(Deliverer {
             store,
+            metrics,
             client,
             policy,
         }))
@@ -205,26 +187,36 @@ impl Deliverer {
     }
 
     async fn deliver(&self, d: Delivery) {
+        use crate::metrics::Delivery as Outcome;
         let result = self.send(&d).await;
         let store = &self.store;
-        let _ = match result {
-            Ok(()) => store.delivered(&d.id),
-            Err(Failure::Never(why)) => store.delivery_given_up(&d.id, &why),
-            Err(Failure::Again(why)) if d.attempts + 1 >= MAX_ATTEMPTS => store.delivery_given_up(
-                &d.id,
-                &format!("{why} (gave up after {MAX_ATTEMPTS} attempts)"),
+        let (outcome, recorded) = match result {
+            Ok(()) => (Outcome::Delivered, store.delivered(&d.id)),
+            Err(Failure::Never(why)) => (Outcome::GivenUp, store.delivery_given_up(&d.id, &why)),
+            Err(Failure::Again(why)) if d.attempts + 1 >= MAX_ATTEMPTS => (
+                Outcome::GivenUp,
+                store.delivery_given_up(
+                    &d.id,
+                    &format!("{why} (gave up after {MAX_ATTEMPTS} attempts)"),
+                ),
             ),
             Err(Failure::Again(why)) => {
                 let wait = FIRST_WAIT
                     .saturating_mul(1 << d.attempts.clamp(0, 20))
                     .min(MAX_WAIT);
-                store.delivery_failed(
-                    &d.id,
-                    &why,
-                    crate::store::now_ms() + wait.as_millis() as i64,
+                (
+                    Outcome::Failed,
+                    store.delivery_failed(
+                        &d.id,
+                        &why,
+                        crate::store::now_ms() + wait.as_millis() as i64,
+                    ),
                 )
             }
         };
+        if recorded.is_ok() {
+            self.metrics.delivery(outcome);
+        }
     }
 
     async fn send(&self, d: &Delivery) -> Result<(), Failure> {

@@ -10,6 +10,30 @@ use super::Store;
 use super::{build_row, exec, now_ms, row, Result, StoreError, BUILD_COLUMNS};
 use crate::state::State;
 
+/// The events a webhook may be sent, one per state a build ends or starts in.
+pub const EVENTS: [&str; 6] = [
+    "build.queued",
+    "build.started",
+    "build.completed",
+    "build.failed",
+    "build.cancelled",
+    "build.timeout",
+];
+
+/// The event a move to `to` makes, if any (a retry or a restart that puts
+/// a build back in the queue makes none: it was queued already).
+pub fn event_of(to: State, created: bool) -> Option<&'static str> {
+    Some(match to {
+        State::Queued if created => "build.queued",
+        State::Running => "build.started",
+        State::Completed => "build.completed",
+        State::Failed => "build.failed",
+        State::Cancelled => "build.cancelled",
+        State::Timeout => "build.timeout",
+        _ => return None,
+    })
+}
+
 /// One delivery to send.
 #[derive(Clone, Debug)]
 pub struct Delivery {
@@ -266,7 +290,6 @@ impl Store {
             "UPDATE webhook_deliveries SET delivered_ms = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
             params![id, now_ms()],
         )?;
-        self.metrics.delivery(crate::metrics::Delivery::Delivered);
         Ok(())
     }
 
@@ -277,7 +300,6 @@ impl Store {
             "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = ?2, next_ms = ?3 WHERE id = ?1",
             params![id, why, next_ms],
         )?;
-        self.metrics.delivery(crate::metrics::Delivery::Failed);
         Ok(())
     }
 
@@ -287,7 +309,6 @@ impl Store {
             "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = ?2, failed_ms = ?3 WHERE id = ?1",
             params![id, why, now_ms()],
         )?;
-        self.metrics.delivery(crate::metrics::Delivery::GivenUp);
         Ok(())
     }
 
@@ -371,7 +392,7 @@ pub(super) fn on_transition(
     to: State,
     created: bool,
 ) -> rusqlite::Result<usize> {
-    match crate::webhook::event_of(to, created) {
+    match event_of(to, created) {
         Some(event) => enqueue(tx, id, event),
         None => Ok(0),
     }
