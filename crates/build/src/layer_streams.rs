@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use builderd_flatten::Layer;
-use builderd_import::ReadAhead;
+use builderd_import::{decompress, ReadAhead};
 use builderd_oci::{Compression, LayerInfo};
 
 use crate::blob_checks::BlobChecks;
@@ -96,19 +96,17 @@ impl<'a> Streams<'a> {
             Box::new(counted.take(info.size))
         };
         let blob = BufReader::with_capacity(READ_BUFFER, checked);
-        Ok(match info.compression {
-            Compression::None => Box::new(blob),
-            Compression::Gzip => Box::new(ReadAhead::with_depth(
-                flate2::bufread::MultiGzDecoder::new(blob),
-                DEPTH,
-                "layer-inflate",
-            )),
-            Compression::Zstd => Box::new(ReadAhead::with_depth(
-                zstd::stream::read::Decoder::with_buffer(blob)?,
-                DEPTH,
-                "layer-inflate",
-            )),
-        })
+        // As the manifest says; each layer inflates on a thread of its own.
+        let kind = match info.compression {
+            Compression::None => return Ok(Box::new(blob)),
+            Compression::Gzip => decompress::Compression::Gzip,
+            Compression::Zstd => decompress::Compression::Zstd,
+        };
+        Ok(Box::new(ReadAhead::with_depth(
+            decompress::decoder(blob, kind)?,
+            DEPTH,
+            "layer-inflate",
+        )))
     }
 }
 

@@ -7,6 +7,7 @@
 use std::io::{BufReader, Read};
 use std::time::Instant;
 
+use builderd_import::decompress;
 use builderd_oci::{Compression, OciLayout, Platform};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,11 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut buf = vec![0u8; 1 << 20];
     for layer in &image.layers {
         let blob = BufReader::with_capacity(1 << 20, layout.open_blob(&layer.digest)?);
-        let mut stream: Box<dyn Read> = match layer.compression {
-            Compression::None => Box::new(blob),
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(blob)),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(blob)?),
+        let kind = match layer.compression {
+            Compression::None => decompress::Compression::None,
+            Compression::Gzip => decompress::Compression::Gzip,
+            Compression::Zstd => decompress::Compression::Zstd,
         };
+        let mut stream = decompress::decoder(blob, kind)?;
         loop {
             let n = stream.read(&mut buf)?;
             if n == 0 {

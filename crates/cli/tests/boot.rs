@@ -293,6 +293,7 @@ fn debian_systemd_tar() -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn systemd_strategy_boots_debian_to_the_apps_unit() {
     if !root_or_skip() {
         return; // debootstrap needs root

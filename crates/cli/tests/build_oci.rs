@@ -119,6 +119,7 @@ fn need_root() -> Option<tempfile::TempDir> {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn overlay_semantics_match_umoci() {
     let Some(dir) = need_root() else { return };
     let layout = dir.path().join("layout");
@@ -177,6 +178,7 @@ fn overlay_semantics_match_umoci() {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn docker_schema2_and_zstd_layers_match_the_oci_reference() {
     let Some(dir) = need_root() else { return };
     let reference_layout = dir.path().join("reference");
@@ -212,6 +214,7 @@ fn docker_schema2_and_zstd_layers_match_the_oci_reference() {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn multi_platform_index_picks_the_platform() {
     let Some(dir) = need_root() else { return };
     let layout = dir.path().join("layout");
@@ -248,6 +251,7 @@ fn multi_platform_index_picks_the_platform() {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn metadata_describes_the_image() {
     let Some(dir) = need_root() else { return };
     let layout = dir.path().join("layout");

@@ -44,6 +44,7 @@ fn registry_layer_digest(layout: &Path) -> String {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn pulls_match_umoci_and_a_second_build_downloads_no_blob() {
     if !root_or_skip() {
         return;
@@ -469,6 +470,7 @@ fn bearer_token_auth_through_a_token_server() {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn plain_http_only_for_loopback_and_insecure_registries() {
     if !root_or_skip() {
         return;

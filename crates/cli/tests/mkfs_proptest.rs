@@ -147,6 +147,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
+    #[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
     fn random_trees_round_trip(specs in prop::collection::vec(spec(), 1..60), journal in any::<bool>()) {
         if !root_or_skip() {
             return Ok(());

@@ -283,6 +283,7 @@ fn check_image(image: &Path, expected: &std::collections::BTreeMap<Vec<u8>, Entr
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn directory_round_trips_entry_by_entry() {
     let Some(f) = fixture() else { return };
     let expected = snapshot(&f.src);
@@ -303,6 +304,7 @@ fn directory_round_trips_entry_by_entry() {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn tar_archives_round_trip_plain_gzip_and_zstd() {
     let Some(f) = fixture() else { return };
     let mut expected = snapshot(&f.src);
@@ -385,6 +387,7 @@ fn tar_archives_round_trip_plain_gzip_and_zstd() {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn kernel_can_write_to_the_image_and_it_stays_consistent() {
     let Some(f) = fixture() else { return };
     let image = f.work.join("rw.ext4");
@@ -437,6 +440,7 @@ fn kernel_can_write_to_the_image_and_it_stays_consistent() {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn sizes_labels_and_uuids() {
     let Some(f) = fixture() else { return };
     let small = f.work.join("small");

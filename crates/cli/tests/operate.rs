@@ -142,6 +142,7 @@ fn registry_errors_are_retried_as_the_build_policy_says() {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn a_full_disk_is_retried_by_running_the_build_again() {
     if !root_or_skip() {
         return;

@@ -32,6 +32,7 @@ fn quick_start(readme: &str) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn the_quick_start_runs_as_written() {
     if !root_or_skip() {
         return;

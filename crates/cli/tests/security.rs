@@ -203,6 +203,7 @@ fn registries_at_internal_addresses_are_refused_before_any_connection() {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn redirects_and_token_realms_cannot_lead_inward_nor_credentials_go_over_plain_http() {
     if !root_or_skip() {
         return;
@@ -570,6 +571,7 @@ fn extension_headers_cannot_pile_up_in_memory() {
 }
 
 #[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
 fn a_build_over_its_memory_limit_is_stopped_as_a_resource_failure() {
     if !root_or_skip() {
         return;

@@ -117,8 +117,9 @@ mod tests {
 
     fn on_tmpfs(path: &std::path::Path) -> bool {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: statfs fills the struct it is given; the path is a C string.
+        // SAFETY: an all-zero statfs is a valid value of that plain C struct.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statfs fills the struct it is given; the path is a C string.
         assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
         st.f_type == libc::TMPFS_MAGIC
     }

@@ -3,6 +3,7 @@
 //! `SCHILY.xattr.*`, GNU sparse files). The writer gets entries and file data
 //! as they are read; nothing is unpacked to disk.
 
+pub mod decompress;
 mod dir;
 mod readahead;
 mod tar;

@@ -4,15 +4,16 @@
 //! in PAX formats 0.0, 0.1 and 1.0. [`TarReader`] gives the entries one by
 //! one, data on demand; [`import_tar`] adds a whole archive to the writer.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use builderd_ext4::{ContentSink, DeviceKind, Metadata, Timestamp, Writer, Xattr};
 use tar::EntryType;
 
+use crate::decompress::{decoder, Compression};
 use crate::tarstream::TarStream;
 
 use crate::{Error, Progress};
@@ -24,7 +25,7 @@ const CHUNK: usize = 1 << 20;
 pub fn import_tar(archive: &Path, w: &mut Writer, progress: &dyn Progress) -> Result<(), Error> {
     let name = archive.display().to_string();
     let file = File::open(archive).map_err(|e| Error::io(&name, e))?;
-    let read_so_far = Rc::new(Cell::new(0));
+    let read_so_far = Arc::new(AtomicU64::new(0));
     let counted = Counting {
         inner: file,
         bytes: read_so_far.clone(),
@@ -49,31 +50,16 @@ pub fn import_tar(archive: &Path, w: &mut Writer, progress: &dyn Progress) -> Re
             }
             EntryKind::Fifo => w.fifo(&entry.path, entry.meta)?,
         }
-        progress.update(read_so_far.get(), entries);
+        progress.update(read_so_far.load(Ordering::Relaxed), entries);
     }
     Ok(())
 }
 
-/// Wraps a stream in the decompressor its first bytes call for: gzip, zstd,
-/// or none.
-fn decompress<'a>(mut input: impl BufRead + 'a) -> io::Result<Box<dyn BufRead + 'a>> {
-    let magic = input
-        .fill_buf()?
-        .get(..4)
-        .map(|m| m.to_vec())
-        .unwrap_or_default();
-    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(BufReader::with_capacity(
-            CHUNK,
-            flate2::bufread::MultiGzDecoder::new(input),
-        ))
-    } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Box::new(BufReader::with_capacity(
-            CHUNK,
-            zstd::stream::read::Decoder::with_buffer(input)?,
-        ))
-    } else {
-        Box::new(input)
+/// Wraps a stream in the decompressor its first bytes call for.
+fn decompress<'a>(mut input: impl BufRead + Send + 'a) -> io::Result<Box<dyn BufRead + 'a>> {
+    Ok(match Compression::sniff(&mut input)? {
+        Compression::None => Box::new(input),
+        kind => Box::new(BufReader::with_capacity(CHUNK, decoder(input, kind)?)),
     })
 }
 
@@ -81,13 +67,13 @@ fn decompress<'a>(mut input: impl BufRead + 'a) -> io::Result<Box<dyn BufRead + 
 /// progress.
 struct Counting<R> {
     inner: R,
-    bytes: Rc<Cell<u64>>,
+    bytes: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.bytes.set(self.bytes.get() + n as u64);
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }

@@ -129,6 +129,7 @@ fn content_hash(path: &Path) -> u64 {
         if data < 0 {
             break;
         }
+        // SAFETY: lseek on an open descriptor.
         let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) } as u64;
         let mut at = data as u64 / 4096 * 4096;
         while at < hole {

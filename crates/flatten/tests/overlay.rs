@@ -1,0 +1,234 @@
+//! The overlay rules, with neither root nor umoci: layers built in memory as
+//! tar streams, flattened into an image, and the image read back with
+//! `debugfs` (e2fsprogs, in user space) entry by entry. Each image passes
+//! `e2fsck -fn` too.
+
+use std::io::{BufRead, Cursor};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+/// One tar entry.
+enum E {
+    File(&'static str, &'static str),
+    Dir(&'static str),
+    Symlink(&'static str, &'static str),
+    Hardlink(&'static str, &'static str),
+}
+
+fn tar(entries: &[E]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        let (path, data) = match e {
+            E::File(p, d) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                (*p, d.as_bytes())
+            }
+            E::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                (*p, &b""[..])
+            }
+            E::Symlink(p, t) | E::Hardlink(p, t) => {
+                h.set_entry_type(if matches!(e, E::Symlink(..)) {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                });
+                h.set_mode(0o777);
+                h.set_link_name(t).unwrap();
+                (*p, &b""[..])
+            }
+        };
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Flattens `layers` (bottom first) into an image at `out`; checks it
+/// with e2fsck.
+fn flatten(layers: &[Vec<E>], out: &Path) -> builderd_flatten::Stats {
+    let tars: Vec<Arc<Vec<u8>>> = layers.iter().map(|l| Arc::new(tar(l))).collect();
+    let layers: Vec<builderd_flatten::Layer> = tars
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let t = t.clone();
+            builderd_flatten::Layer {
+                name: format!("layer{i}"),
+                size: t.len() as u64,
+                open: Box::new(move || {
+                    Ok(Box::new(Cursor::new(t.to_vec())) as Box<dyn BufRead + Send>)
+                }),
+            }
+        })
+        .collect();
+    let mut w = builderd_ext4::Writer::new(std::fs::File::create(out).unwrap(), Default::default())
+        .unwrap();
+    let stats = builderd_flatten::flatten(&layers, &mut w, &|_| {}).unwrap();
+    w.finish().unwrap();
+    let fsck = Command::new("e2fsck").arg("-fn").arg(out).output().unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    stats
+}
+
+fn debugfs(image: &Path, request: &str) -> (String, String) {
+    let o = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(image)
+        .output()
+        .expect("debugfs (e2fsprogs) is installed");
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A file's content, or None when the image has no such path.
+fn read(image: &Path, path: &str) -> Option<String> {
+    let (out, err) = debugfs(image, &format!("cat {path}"));
+    // debugfs names the path in its error (not found, not a directory).
+    (!err.contains(&format!("{path}:"))).then_some(out)
+}
+
+/// A directory's entries, sorted (without . and ..).
+fn list(image: &Path, dir: &str) -> Vec<String> {
+    let (out, _) = debugfs(image, &format!("ls -p {dir}"));
+    let mut names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .collect();
+    names.sort();
+    names
+}
+
+/// The inode number of a path.
+fn inode(image: &Path, path: &str) -> String {
+    debugfs(image, &format!("stat {path}"))
+        .0
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn whiteouts_and_opaque_directories_hide_what_is_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.ext4");
+    let stats = flatten(
+        &[
+            vec![
+                E::Dir("a"),
+                E::File("a/x", "x"),
+                E::File("a/y", "y"),
+                E::Dir("d"),
+                E::File("d/old", "old"),
+                E::Dir("d/sub"),
+                E::File("d/sub/deep", "deep"),
+            ],
+            vec![
+                E::File("a/.wh.x", ""),
+                E::Dir("d"),
+                E::File("d/.wh..wh..opq", ""),
+                E::File("d/new", "new"),
+            ],
+        ],
+        &img,
+    );
+    assert_eq!(list(&img, "/a"), ["y"]);
+    assert_eq!(read(&img, "/a/x"), None);
+    assert_eq!(list(&img, "/d"), ["new"]);
+    assert_eq!(read(&img, "/d/new").as_deref(), Some("new"));
+    assert_eq!(stats.whiteouts, 2);
+    // Nothing of a whiteout itself is in the image.
+    assert!(!list(&img, "/a").iter().any(|n| n.starts_with(".wh.")));
+}
+
+#[test]
+fn a_file_replaces_a_directory_and_a_directory_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.ext4");
+    flatten(
+        &[
+            vec![E::Dir("p"), E::File("p/inside", "i"), E::File("q", "file")],
+            vec![
+                E::File("p", "now a file"),
+                E::Dir("q"),
+                E::File("q/child", "c"),
+            ],
+        ],
+        &img,
+    );
+    assert_eq!(read(&img, "/p").as_deref(), Some("now a file"));
+    assert_eq!(read(&img, "/p/inside"), None);
+    assert_eq!(list(&img, "/q"), ["child"]);
+}
+
+#[test]
+fn a_hard_link_keeps_its_own_layers_content_when_its_target_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.ext4");
+    let stats = flatten(
+        &[
+            vec![E::File("f", "lower"), E::Hardlink("link", "f")],
+            vec![E::File("f", "upper")],
+        ],
+        &img,
+    );
+    assert_eq!(read(&img, "/f").as_deref(), Some("upper"));
+    assert_eq!(read(&img, "/link").as_deref(), Some("lower"));
+    assert_ne!(inode(&img, "/f"), inode(&img, "/link"));
+    assert_eq!(stats.links_fixed, 1);
+
+    // Unreplaced, the link and its target are one inode.
+    let img = dir.path().join("same.ext4");
+    flatten(&[vec![E::File("f", "one"), E::Hardlink("link", "f")]], &img);
+    assert_eq!(inode(&img, "/f"), inode(&img, "/link"));
+}
+
+#[test]
+fn an_entry_under_a_lower_symlink_goes_where_the_link_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.ext4");
+    flatten(
+        &[
+            vec![E::Dir("real"), E::Symlink("p", "/real")],
+            vec![E::File("p/file", "through")],
+        ],
+        &img,
+    );
+    assert_eq!(read(&img, "/real/file").as_deref(), Some("through"));
+    assert_eq!(list(&img, "/real"), ["file"]);
+}
+
+#[test]
+fn within_a_layer_the_last_entry_for_a_path_wins_and_upper_layers_win_over_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.ext4");
+    let stats = flatten(
+        &[
+            vec![
+                E::File("v", "bottom"),
+                E::File("w", "w1"),
+                E::File("w", "w2"),
+            ],
+            vec![E::File("v", "top")],
+        ],
+        &img,
+    );
+    assert_eq!(read(&img, "/v").as_deref(), Some("top"));
+    assert_eq!(read(&img, "/w").as_deref(), Some("w2"));
+    assert!(stats.masked >= 1);
+}

@@ -1,0 +1,65 @@
+//! The one place a stream's decompressor is chosen: from what its first
+//! bytes say (an archive a person hands over) or from what a manifest says
+//! of it (an image layer). gzip (all members, as `gzip -d` reads them), zstd,
+//! or none.
+
+use std::io::{self, BufRead, Read};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// What a stream's first bytes say it is (not consuming them).
+    pub fn sniff(input: &mut impl BufRead) -> io::Result<Compression> {
+        let first = input.fill_buf()?;
+        Ok(if first.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if first.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        })
+    }
+}
+
+/// `input` decompressed as `kind` says (as it is for `None`).
+pub fn decoder<'a>(
+    input: impl BufRead + Send + 'a,
+    kind: Compression,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
+    Ok(match kind {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn each_kind_is_told_by_its_first_bytes_and_read_back() {
+        let data = b"builderd".repeat(100);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&data[..], 1).unwrap();
+        for (bytes, kind) in [
+            (gz, Compression::Gzip),
+            (zst, Compression::Zstd),
+            (data.clone(), Compression::None),
+        ] {
+            let mut input = &bytes[..];
+            assert_eq!(Compression::sniff(&mut input).unwrap(), kind);
+            let mut out = Vec::new();
+            decoder(input, kind).unwrap().read_to_end(&mut out).unwrap();
+            assert_eq!(out, data, "{kind:?}");
+        }
+    }
+}
