@@ -88,12 +88,18 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
         let sha256 = checksum(&outputs.image, checks, stats.cache.as_deref())?;
         let checksummed = Instant::now();
         let compressed = compress(&outputs, req.boot.compression)?;
-        let compressed_at = Instant::now();
+        let times = Times {
+            started,
+            resolved,
+            flattened,
+            finished,
+            checksummed,
+            compressed: Instant::now(),
+        };
         let allocated = {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(outputs.image.path())?.blocks() * 512
         };
-        let ms = |a: Instant, b: Instant| b.duration_since(a).as_millis();
         let report = Report {
             builderd_version: env!("CARGO_PKG_VERSION"),
             source: req.source.clone(),
@@ -120,14 +126,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
                 whiteouts: stats.counts.whiteouts,
                 hardlinks_fixed: stats.counts.links_fixed,
             },
-            timings_ms: Timings {
-                resolve: ms(started, resolved),
-                flatten: ms(resolved, flattened),
-                finish: ms(flattened, finished),
-                checksum: ms(finished, checksummed),
-                compress: ms(checksummed, compressed_at),
-                total: ms(started, Instant::now()),
-            },
+            timings_ms: times.timings(),
             compressed,
         };
         outputs.commit(&report)?;
@@ -139,6 +138,30 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
         }));
         Ok(report)
     })
+}
+
+/// When each stage ended.
+struct Times {
+    started: Instant,
+    resolved: Instant,
+    flattened: Instant,
+    finished: Instant,
+    checksummed: Instant,
+    compressed: Instant,
+}
+
+impl Times {
+    fn timings(&self) -> Timings {
+        let ms = |a: Instant, b: Instant| b.duration_since(a).as_millis();
+        Timings {
+            resolve: ms(self.started, self.resolved),
+            flatten: ms(self.resolved, self.flattened),
+            finish: ms(self.flattened, self.finished),
+            checksum: ms(self.finished, self.checksummed),
+            compress: ms(self.checksummed, self.compressed),
+            total: ms(self.started, Instant::now()),
+        }
+    }
 }
 
 /// The image, its metadata and its compressed copy, each written beside

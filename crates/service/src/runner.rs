@@ -290,15 +290,16 @@ impl Runner {
         ended
     }
 
-    async fn run_child(
+    /// Starts the build process: its work directory and request written,
+    /// its cgroup and limits from the tenant's tier, in a process group of
+    /// its own that dies with the server.
+    fn spawn(
         &self,
         store: &Store,
         build: &BuildRow,
         job: &Job,
         work: &Path,
-        deadline: tokio::time::Instant,
-        stop: &mut watch::Receiver<Option<Stop>>,
-    ) -> Result<Outcome, RunError> {
+    ) -> Result<(tokio::process::Child, Arc<crate::confine::Cell>), RunError> {
         let id = build.id.as_str();
         let _ = std::fs::remove_dir_all(work);
         std::fs::create_dir_all(work)
@@ -369,11 +370,25 @@ impl Runner {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| RunError::Failed {
+        let child = cmd.spawn().map_err(|e| RunError::Failed {
             category: "build",
             message: format!("cannot start {}: {e}", self.exe.display()),
             temporary: false,
         })?;
+        Ok((child, cell))
+    }
+
+    async fn run_child(
+        &self,
+        store: &Store,
+        build: &BuildRow,
+        job: &Job,
+        work: &Path,
+        deadline: tokio::time::Instant,
+        stop: &mut watch::Receiver<Option<Stop>>,
+    ) -> Result<Outcome, RunError> {
+        let id = build.id.as_str();
+        let (mut child, cell) = self.spawn(store, build, job, work)?;
         let pgid = child.id().map(|p| p as i32);
         let kill = || {
             if let Some(pgid) = pgid {
