@@ -138,6 +138,7 @@ fuzz_target!(|input: Input| {
                 open: Box::new(move || {
                     Ok(Box::new(Cursor::new(t.to_vec())) as Box<dyn BufRead + Send>)
                 }),
+                adjust: None,
             }
         })
         .collect();

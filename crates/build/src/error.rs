@@ -47,7 +47,10 @@ pub enum Category {
     Source,
     /// A limit or the machine: the size limit, a full disk.
     Resource,
-    /// Anything else: the image could not be made into a rootfs.
+    /// A build step ran past the steps' time limit.
+    Timeout,
+    /// Anything else: the image could not be made into a rootfs, or a
+    /// build step failed.
     Build,
 }
 
@@ -56,6 +59,7 @@ impl Category {
         match self {
             Category::Source => "source",
             Category::Resource => "resource",
+            Category::Timeout => "timeout",
             Category::Build => "build",
         }
     }
@@ -70,6 +74,13 @@ impl Category {
             }
             if cause.is::<SizeLimitExceeded>() {
                 return Category::Resource;
+            }
+            match cause.downcast_ref::<crate::steps::StepError>() {
+                Some(
+                    crate::steps::StepError::Memory { .. } | crate::steps::StepError::Pids { .. },
+                ) => return Category::Resource,
+                Some(crate::steps::StepError::Timeout { .. }) => return Category::Timeout,
+                Some(crate::steps::StepError::Failed { .. }) | None => {}
             }
             if let Some(io) = cause.downcast_ref::<std::io::Error>() {
                 if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {

@@ -27,6 +27,12 @@ pub enum Event {
     Pulled {
         bytes: u64,
     },
+    /// A build step started.
+    StepStarted(StepStarted),
+    /// A line a build step wrote (cut at `MAX_STEP_LINE` bytes).
+    StepOutput(StepOutput),
+    /// A build step ended.
+    StepFinished(StepResult),
     /// What the build process used, told once at its end.
     Usage(Usage),
     /// The build failed: told last.
@@ -81,6 +87,43 @@ pub struct Progress {
     pub total: u64,
     pub files: u64,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepStarted {
+    /// The step's place in the list, from 0.
+    pub index: usize,
+    pub command: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepOutput {
+    pub index: usize,
+    pub stream: OutputStream,
+    pub line: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// How a build step ended; also each step's entry in OUT.json.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepResult {
+    pub index: usize,
+    pub command: String,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+}
+
+/// A step's output line longer than this is cut (a line without newlines
+/// would otherwise be held whole).
+pub const MAX_STEP_LINE: usize = 16 << 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -75,6 +75,7 @@ impl<'a> Streams<'a> {
                 name: self.layers[i].digest.to_string(),
                 size: self.layers[i].size,
                 open: Box::new(move || self.open(i)),
+                adjust: None,
             })
             .collect()
     }
@@ -196,6 +197,20 @@ impl Feed {
             s = self.changed.wait(s).unwrap();
         }
         s.downloaded
+    }
+
+    /// Waits until the blob is whole in the cache; Err: why the pull failed.
+    pub fn wait_done(&self) -> Result<(), String> {
+        let mut s = self.state.lock().unwrap();
+        loop {
+            if s.done {
+                return Ok(());
+            }
+            if let Some(why) = &s.failed {
+                return Err(why.clone());
+            }
+            s = self.changed.wait(s).unwrap();
+        }
     }
 
     /// Reads the blob from its start, waiting for bytes not written yet.

@@ -23,17 +23,20 @@ mod report;
 mod request;
 mod run;
 mod source;
+mod steps;
 pub mod units;
 
 pub use error::{message, Category, Error, Limit, SizeLimitExceeded, SourceError};
 pub use event::{
-    bounded, Collect, Download, Event, Failure, Level, Log, Progress, Reporter, Resolved,
-    ResolvedLayer, Retry, Stage, Usage,
+    bounded, Collect, Download, Event, Failure, Level, Log, OutputStream, Progress, Reporter,
+    Resolved, ResolvedLayer, Retry, Stage, StepOutput, StepResult, StepStarted, Usage,
+    MAX_STEP_LINE,
 };
 pub use output::Pending;
 pub use report::Report;
 pub use request::{
     BlobCacheChoice, BootOptions, BuildRequest, CopyFormat, Ext4Options, FreeSpace, Init,
-    RegistryOptions,
+    RegistryOptions, StepLimits, Steps,
 };
 pub use run::build;
+pub use steps::StepError;

@@ -99,6 +99,12 @@ impl<'scope> Downloads<'scope> {
         }
     }
 
+    /// Waits until layer `i`'s blob is whole in the cache (for a reader
+    /// that wants the file, not the stream).
+    pub fn wait(&self, i: usize) -> Result<()> {
+        self.feeds[i].wait_done().map_err(anyhow::Error::msg)
+    }
+
     /// Waits for the downloads (all done once the flatten has read every
     /// layer to its end).
     pub fn finish(self) -> Result<()> {

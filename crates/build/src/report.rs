@@ -22,7 +22,21 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compressed: Option<CompressedInfo>,
     pub flatten: FlattenInfo,
+    /// The build steps, when there were any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<StepsInfo>,
     pub timings_ms: Timings,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepsInfo {
+    /// What isolated them: "oci" (buildah with runc, a user namespace).
+    pub sandbox: &'static str,
+    pub network: &'static str,
+    pub commands: Vec<crate::event::StepResult>,
+    /// The layer they made, as the step engine committed it.
+    pub layer_digest: String,
+    pub layer_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -59,5 +73,8 @@ pub struct Timings {
     pub finish: u128,
     pub checksum: u128,
     pub compress: u128,
+    /// The build steps, from the base image's blobs to their layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u128>,
     pub total: u128,
 }

@@ -32,6 +32,9 @@ pub struct BuildRequest {
     /// reporter whether to go on (the service looks in its artifact cache).
     #[serde(default)]
     pub hold_after_resolve: bool,
+    /// Commands run in the image, isolated, before it is written.
+    #[serde(default)]
+    pub steps: Steps,
     /// Registry credentials: never serialised.
     #[serde(skip)]
     pub credentials: Option<Credentials>,
@@ -208,6 +211,49 @@ impl Default for BootOptions {
             size_limit: None,
             size_limit_name: "--size-limit".into(),
             storage_left: None,
+        }
+    }
+}
+
+/// Build steps: shell commands run in the image, one after another, each
+/// isolated from the host (see `docs/steps.md`); what they change becomes
+/// one more layer over the image's.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Steps {
+    /// Each runs as `/bin/sh -c COMMAND` in the image's environment and
+    /// working directory; the first that fails ends the build.
+    pub commands: Vec<String>,
+    /// USER[:GROUP] they run as; None: the image's `USER`.
+    pub run_as: Option<String>,
+    pub limits: StepLimits,
+    /// Where the step engine keeps its storage (the base layers it
+    /// unpacked stay there for the next build from them); None: `steps`
+    /// beside the blob cache.
+    pub storage: Option<PathBuf>,
+}
+
+/// What the steps of one build may use, all of them together.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StepLimits {
+    pub memory_bytes: u64,
+    /// CPUs' worth of time (1.5: one and a half cores).
+    pub cpus: f64,
+    /// Processes and threads at once.
+    pub pids: u64,
+    /// Wall time for all the steps.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+}
+
+impl Default for StepLimits {
+    fn default() -> Self {
+        StepLimits {
+            memory_bytes: 2 << 30,
+            cpus: 1.0,
+            pids: 1024,
+            timeout: Duration::from_secs(30 * 60),
         }
     }
 }

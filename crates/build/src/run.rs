@@ -11,17 +11,18 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use builderd_ext4::Writer;
-use builderd_oci::{BlobCache, Image, Platform};
+use builderd_oci::{BlobCache, Digest, Image, LayerInfo, Platform};
 
 use crate::blob_checks::{BlobChecks, Failed};
 use crate::event::{self, Event, Progress, Reporter, Stage};
 use crate::layer_streams::{Blob, Streams};
 use crate::output::Pending;
 use crate::report::{CompressedInfo, FlattenInfo, ImageInfo, Report, Timings};
-use crate::request::{BootOptions, BuildRequest, CopyFormat};
+use crate::request::{BlobCacheChoice, BootOptions, BuildRequest, CopyFormat};
 use crate::source::{self, Blobs, Opened};
+use crate::steps::{self, BlobAt};
 use crate::units::{count, human};
-use crate::{Error, Limit, SizeLimitExceeded};
+use crate::{Error, Limit, SizeLimitExceeded, SourceError};
 
 /// How often the writing's progress is told.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -58,13 +59,15 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
         // The request is checked before the long part.
         let plan = crate::boot::plan(&req.boot, &image.run)?;
         let outputs = Outputs::new(&req.output, req.boot.compression)?;
+        let stepped = run_steps(&opened, req, reporter)?;
+        let steps_ended = Instant::now();
         let limit = image_limit(&req.boot);
         let mut writer = Writer::new(
             outputs.image.file()?,
             req.ext4
                 .writer_options(limit.as_ref().map(|(bytes, _)| *bytes)),
         )?;
-        let (stats, checks) = flatten(opened, &mut writer, reporter, &limit)?;
+        let (stats, checks) = flatten(opened, stepped.as_ref(), &mut writer, reporter, &limit)?;
         let installed = builderd_rootfs::install(&mut writer, &plan)?;
         for w in &installed.warnings {
             event::warn(reporter, w);
@@ -91,6 +94,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
         let times = Times {
             started,
             resolved,
+            steps: stepped.as_ref().map(|_| steps_ended),
             flattened,
             finished,
             checksummed,
@@ -126,6 +130,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
                 whiteouts: stats.counts.whiteouts,
                 hardlinks_fixed: stats.counts.links_fixed,
             },
+            steps: stepped.map(|done| done.info()),
             timings_ms: times.timings(),
             compressed,
         };
@@ -144,6 +149,8 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
 struct Times {
     started: Instant,
     resolved: Instant,
+    /// When the build steps ended, if there were any.
+    steps: Option<Instant>,
     flattened: Instant,
     finished: Instant,
     checksummed: Instant,
@@ -153,9 +160,11 @@ struct Times {
 impl Times {
     fn timings(&self) -> Timings {
         let ms = |a: Instant, b: Instant| b.duration_since(a).as_millis();
+        let flatten_from = self.steps.unwrap_or(self.resolved);
         Timings {
             resolve: ms(self.started, self.resolved),
-            flatten: ms(self.resolved, self.flattened),
+            steps: self.steps.map(|ended| ms(self.resolved, ended)),
+            flatten: ms(flatten_from, self.flattened),
             finish: ms(self.flattened, self.finished),
             checksum: ms(self.finished, self.checksummed),
             compress: ms(self.checksummed, self.compressed),
@@ -213,6 +222,58 @@ fn metadata_path(output: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Runs the request's build steps, if any, over the opened image, once its
+/// blobs are all here; answers the layer they made.
+fn run_steps(
+    opened: &Opened<'_>,
+    req: &BuildRequest,
+    reporter: &dyn Reporter,
+) -> Result<Option<steps::Done>> {
+    if req.steps.commands.is_empty() {
+        return Ok(None);
+    }
+    let image = &opened.image;
+    let (config, layers) = match &opened.blobs {
+        Blobs::Local(store) => {
+            let at = |d: &Digest| -> Result<BlobAt> {
+                Ok(match store.blob_path(d) {
+                    Some(path) => BlobAt::File(path),
+                    None => BlobAt::Stream(store.open_blob(d)?),
+                })
+            };
+            let layers = image.layers.iter().map(|l| at(&l.digest));
+            (at(&image.config_digest)?, layers.collect::<Result<_>>()?)
+        }
+        Blobs::Pull(downloads) => {
+            let cache = opened
+                .cache
+                .as_ref()
+                .expect("a registry source has a cache");
+            for i in 0..image.layers.len() {
+                downloads.wait(i).map_err(|e| SourceError(e.to_string()))?;
+            }
+            let at = |d: &Digest| BlobAt::File(cache.path(d));
+            let layers = image.layers.iter().map(|l| at(&l.digest)).collect();
+            (at(&image.config_digest), layers)
+        }
+    };
+    let storage = match (&req.steps.storage, &req.cache) {
+        (Some(dir), _) => dir.clone(),
+        (None, BlobCacheChoice::Dir(d)) => d.join("steps"),
+        (None, _) => BlobCache::default_dir().join("steps"),
+    };
+    let done = steps::run(
+        image,
+        config,
+        layers,
+        &req.steps,
+        &storage,
+        req.ext4.fs_time,
+        reporter,
+    )?;
+    Ok(Some(done))
+}
+
 /// What the flatten did, the image it did it from, and the blob cache it
 /// read from (a blob that fails its check then leaves it).
 struct Flattened {
@@ -226,6 +287,7 @@ struct Flattened {
 /// checked by their download). Content past `limit` fails as that limit.
 fn flatten(
     opened: Opened<'_>,
+    stepped: Option<&steps::Done>,
     writer: &mut Writer,
     reporter: &dyn Reporter,
     limit: &Option<(u64, Limit)>,
@@ -236,7 +298,11 @@ fn flatten(
         cache,
         ..
     } = opened;
-    let total: u64 = image.layers.iter().map(|l| l.size).sum();
+    // The steps' layers go over the image's own.
+    let step_layers = stepped.map_or(Ok(Vec::new()), steps::Done::layer_infos)?;
+    let base_layers = image.layers.len();
+    let all_layers: Vec<LayerInfo> = image.layers.iter().chain(&step_layers).cloned().collect();
+    let total: u64 = all_layers.iter().map(|l| l.size).sum();
     // A local source has nothing to download: it is building from the start.
     if matches!(blobs, Blobs::Local(_)) {
         reporter.report(Event::Stage(Stage::Building));
@@ -261,6 +327,13 @@ fn flatten(
             tell();
         });
         let open_blob = |i: usize| match &blobs {
+            _ if i >= base_layers => Ok(Blob {
+                reader: Box::new(std::fs::File::open(
+                    &stepped.expect("step layers come from steps").layers[i - base_layers],
+                )?),
+                // The step engine's own output, named by its digest.
+                verified: true,
+            }),
             Blobs::Local(store) => Ok(Blob {
                 reader: store
                     .open_blob(&image.layers[i].digest)
@@ -269,8 +342,13 @@ fn flatten(
             }),
             Blobs::Pull(downloads) => Ok(downloads.open(i)),
         };
-        let streams = Streams::new(&image.layers, &open_blob, read.clone());
-        let layers = streams.layers();
+        let streams = Streams::new(&all_layers, &open_blob, read.clone());
+        let mut layers = streams.layers();
+        if let Some(done) = stepped {
+            for layer in &mut layers[base_layers..] {
+                layer.adjust = Some(done.adjust.clone());
+            }
+        }
         let flattened = builderd_flatten::flatten(&layers, writer, &|layer| {
             event::info(reporter, format!("layer {} written", layer.name))
         });

@@ -13,6 +13,7 @@ use crate::boot_args::BootArgs;
 use crate::ext4_args::Ext4Args;
 use crate::reporters::{JsonLines, Terminal};
 use crate::retry_args::RetryArgs;
+use crate::steps_args::StepsArgs;
 use crate::units::{count, human};
 
 #[derive(clap::Args)]
@@ -69,6 +70,8 @@ pub struct Args {
     ext4: Ext4Args,
     #[command(flatten)]
     boot: BootArgs,
+    #[command(flatten)]
+    steps: StepsArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,6 +121,7 @@ impl Args {
             ext4: self.ext4.request()?,
             boot: self.boot.options()?,
             hold_after_resolve: false,
+            steps: self.steps.steps().map_err(anyhow::Error::msg)?,
             credentials,
         })
     }

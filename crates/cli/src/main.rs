@@ -10,6 +10,7 @@ mod progress;
 mod reporters;
 mod retry_args;
 mod serve;
+mod steps_args;
 mod units;
 
 use clap::{Parser, Subcommand};

@@ -53,6 +53,14 @@ impl Reporter for Terminal {
                 Level::Warn => self.line(format!("builderd: warning: {}", l.message)),
             },
             Event::Retry(r) => self.line(format!("builderd: warning: {}", r.notice())),
+            Event::StepStarted(s) => self.line(format!("step {}: $ {}", s.index + 1, s.command)),
+            Event::StepOutput(o) => self.line(o.line),
+            Event::StepFinished(r) => self.line(format!(
+                "step {}: exit code {} after {:.2} s",
+                r.index + 1,
+                r.exit_code,
+                r.duration_ms as f64 / 1000.0
+            )),
             Event::Download(d) if self.terminal => {
                 let mut bars = self.downloads.lock().unwrap();
                 let bar = bars.entry(d.layer).or_insert_with(|| {

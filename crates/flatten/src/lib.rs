@@ -27,7 +27,7 @@ mod normalize;
 mod overlay;
 mod side_by_side;
 
-pub use layer::Layer;
+pub use layer::{Adjust, Layer};
 pub use normalize::normalize;
 pub use overlay::{flatten, Stats};
 

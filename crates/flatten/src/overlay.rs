@@ -8,7 +8,7 @@ use std::sync::mpsc::Receiver;
 use builderd_ext4::Writer;
 use builderd_import::EntryKind;
 
-use crate::layer::{layer_err, open, Layer};
+use crate::layer::{adjusted, layer_err, open, Layer};
 use crate::normalize::{ancestors, base, join, normalize, parent};
 use crate::side_by_side::{self, Event, Item, MAX_LANES};
 use crate::Error;
@@ -420,8 +420,11 @@ impl Flatten<'_, '_, '_> {
         for k in (0..=link.layer).rev() {
             let mut reader = open(&self.layers[k])?;
             let mut found = None;
-            while let Some(entry) = reader.next_entry().map_err(layer_err(&self.layers[k]))? {
+            while let Some(mut entry) = reader.next_entry().map_err(layer_err(&self.layers[k]))? {
                 let path = normalize(&entry.path);
+                if !adjusted(&self.layers[k], &path, &mut entry.meta) {
+                    continue;
+                }
                 let name = base(&path);
                 let gone =
                     name == b".wh..wh..opq" && target.starts_with(parent(&path)) && k < link.layer

@@ -14,7 +14,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use builderd_ext4::{FileData, Lane, Lanes, Metadata};
 use builderd_import::{EntryKind, TarReader};
 
-use crate::layer::{layer_err, open, Layer};
+use crate::layer::{adjusted, layer_err, open, Layer};
 use crate::normalize::normalize;
 use crate::Error;
 
@@ -104,8 +104,12 @@ pub fn run_lane(lanes: &Lanes, index: usize, layers: &[Layer<'_>], order: LaneLa
 /// Reads a layer into `to`; false when nobody listens any more.
 fn read_layer(lane: &mut Lane<'_>, layer: &Layer<'_>, to: &Sender<Event>) -> Result<bool, Error> {
     let mut reader: TarReader<_> = open(layer)?;
-    while let Some(entry) = reader.next_entry().map_err(layer_err(layer))? {
+    while let Some(mut entry) = reader.next_entry().map_err(layer_err(layer))? {
         lane.advance(HEADER);
+        let path = normalize(&entry.path);
+        if !adjusted(layer, &path, &mut entry.meta) {
+            continue;
+        }
         let data = if entry.kind == EntryKind::File {
             let mut out = lane.file(&entry.path);
             reader
@@ -116,7 +120,7 @@ fn read_layer(lane: &mut Lane<'_>, layer: &Layer<'_>, to: &Sender<Event>) -> Res
             None
         };
         let item = Item {
-            path: normalize(&entry.path),
+            path,
             kind: entry.kind,
             meta: entry.meta,
             data,

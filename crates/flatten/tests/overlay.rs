@@ -54,6 +54,16 @@ fn tar(entries: &[E]) -> Vec<u8> {
 /// Flattens `layers` (bottom first) into an image at `out`; checks it
 /// with e2fsck.
 fn flatten(layers: &[Vec<E>], out: &Path) -> builderd_flatten::Stats {
+    flatten_adjusting(layers, None, out)
+}
+
+/// `flatten`, with `adjust` on the top layer.
+fn flatten_adjusting(
+    layers: &[Vec<E>],
+    adjust: Option<Arc<builderd_flatten::Adjust>>,
+    out: &Path,
+) -> builderd_flatten::Stats {
+    let top = layers.len() - 1;
     let tars: Vec<Arc<Vec<u8>>> = layers.iter().map(|l| Arc::new(tar(l))).collect();
     let layers: Vec<builderd_flatten::Layer> = tars
         .iter()
@@ -66,6 +76,7 @@ fn flatten(layers: &[Vec<E>], out: &Path) -> builderd_flatten::Stats {
                 open: Box::new(move || {
                     Ok(Box::new(Cursor::new(t.to_vec())) as Box<dyn BufRead + Send>)
                 }),
+                adjust: if i == top { adjust.clone() } else { None },
             }
         })
         .collect();
@@ -231,4 +242,34 @@ fn within_a_layer_the_last_entry_for_a_path_wins_and_upper_layers_win_over_lower
     assert_eq!(read(&img, "/v").as_deref(), Some("top"));
     assert_eq!(read(&img, "/w").as_deref(), Some("w2"));
     assert!(stats.masked >= 1);
+}
+
+#[test]
+fn an_adjusted_layer_drops_what_it_is_told_and_rewrites_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.ext4");
+    // The top layer as a build step leaves it: a placeholder over the
+    // image's own file, and a new file whose owner is to be rewritten.
+    let adjust: Arc<builderd_flatten::Adjust> = Arc::new(|path, meta| {
+        if path == b"etc/hostname" {
+            return false;
+        }
+        meta.uid = 7;
+        true
+    });
+    flatten_adjusting(
+        &[
+            vec![E::Dir("etc"), E::File("etc/hostname", "base")],
+            vec![E::File("etc/hostname", ""), E::File("etc/marker", "built")],
+        ],
+        Some(adjust),
+        &img,
+    );
+    assert_eq!(read(&img, "/etc/hostname").as_deref(), Some("base"));
+    assert_eq!(read(&img, "/etc/marker").as_deref(), Some("built"));
+    let stat = debugfs(&img, "stat /etc/marker").0;
+    assert!(stat.contains("User:     7"), "{stat}");
+    // Lower layers are not adjusted.
+    let stat = debugfs(&img, "stat /etc/hostname").0;
+    assert!(stat.contains("User:     0"), "{stat}");
 }

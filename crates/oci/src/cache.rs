@@ -205,6 +205,10 @@ impl crate::BlobStore for BlobCache {
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn std::io::Read + Send>, Error> {
         Ok(Box::new(BlobCache::open_blob(self, digest)?))
     }
+
+    fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
+        Some(self.path(digest))
+    }
 }
 
 #[cfg(test)]

@@ -179,4 +179,11 @@ impl crate::BlobStore for OciLayout {
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, Error> {
         OciLayout::open_blob(self, digest)
     }
+
+    fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
+        match &self.files {
+            Files::Dir(dir) => Some(dir.join(OciLayout::blob_name(digest))),
+            Files::Archive(_) => None,
+        }
+    }
 }

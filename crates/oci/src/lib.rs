@@ -30,11 +30,16 @@ pub use retry::{Backoff, RetryCause, RetryNotice, RetryPolicy};
 
 /// The largest manifest, index or config read: they are small documents,
 /// and anything bigger is refused rather than read into memory.
-pub(crate) const MAX_DOC: u64 = 16 << 20;
+pub const MAX_DOC: u64 = 16 << 20;
 
 /// Somewhere layer blobs can be read from.
 pub trait BlobStore: Sync {
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn std::io::Read + Send>, Error>;
+    /// The blob as a file of its own, where it is one (to link to instead
+    /// of copying); None: only `open_blob` reaches it.
+    fn blob_path(&self, _digest: &Digest) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// What can go wrong finding an image.

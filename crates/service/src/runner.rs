@@ -149,6 +149,7 @@ impl Runner {
                 storage_left,
             },
             hold_after_resolve: true,
+            steps: Default::default(),
             credentials: None,
         }
     }
@@ -723,14 +724,31 @@ impl Follow {
             Event::Retry(r) => record_retry(store, &self.metrics, id, &r.notice(), "request"),
             Event::Error(f) => {
                 self.failure = Some(RunError::Failed {
-                    category: match f.category {
-                        builderd_build::Category::Source => "source",
-                        builderd_build::Category::Resource => "resource",
-                        builderd_build::Category::Build => "build",
-                    },
+                    category: f.category.name(),
                     message: f.message,
                     temporary: f.temporary,
                 });
+            }
+            // A step's command and output, line by line, in the build's log.
+            Event::StepStarted(s) => {
+                let message = format!("step {}: $ {}", s.index + 1, s.command);
+                let _ = store.log(id, "info", &message, "step");
+            }
+            Event::StepOutput(o) => {
+                let level = match o.stream {
+                    builderd_build::OutputStream::Stdout => "info",
+                    builderd_build::OutputStream::Stderr => "warn",
+                };
+                let _ = store.log(id, level, &o.line, "step");
+            }
+            Event::StepFinished(r) => {
+                let message = format!(
+                    "step {}: exit code {} after {} ms",
+                    r.index + 1,
+                    r.exit_code,
+                    r.duration_ms
+                );
+                let _ = store.log(id, "info", &message, "step");
             }
             // Per-layer download progress is for terminals.
             Event::Download(_) => {}

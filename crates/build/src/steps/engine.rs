@@ -1,0 +1,317 @@
+//! The step engine: buildah, run as a subprocess with storage of our own
+//! (never the host's default), each container in a user namespace whose
+//! root is `HOST_ID_BASE` on the host, with runc (`--isolation oci`: own
+//! PID, mount, IPC, UTS and network namespaces; buildah's seccomp profile
+//! and capability set), no network, and the steps' cgroup as its parent.
+//! `--isolation chroot` would share the host's network and PIDs: never used.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+
+use crate::event::{OutputStream, MAX_STEP_LINE};
+
+/// The host uid and gid a step's root (0) is; the namespace maps
+/// `HOST_ID_RANGE` ids from there.
+pub const HOST_ID_BASE: u32 = 100_000;
+pub const HOST_ID_RANGE: u32 = 65_536;
+
+pub struct Engine {
+    root: PathBuf,
+    runroot: PathBuf,
+    /// buildah's own temporary files (each run's bundle) go here.
+    tmp: PathBuf,
+}
+
+impl Engine {
+    /// The engine with its storage in `dir`; a clear error if buildah is
+    /// not installed.
+    pub fn new(dir: &Path) -> Result<Engine> {
+        let found = Command::new("buildah")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !found.is_ok_and(|s| s.success()) {
+            anyhow::bail!(
+                "install buildah to run build steps (Debian: apt-get install buildah runc uidmap)"
+            );
+        }
+        let engine = Engine {
+            root: dir.join("storage"),
+            runroot: dir.join("run"),
+            tmp: dir.join("tmp"),
+        };
+        for d in [&engine.root, &engine.runroot, &engine.tmp] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(engine)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new("buildah");
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args(["--storage-driver", "overlay"])
+            .env("TMPDIR", &self.tmp)
+            // The host's registries and policy play no part: the base
+            // image comes from a layout of ours.
+            .env_remove("REGISTRY_AUTH_FILE")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a buildah command to its end; answers its stdout.
+    fn output(&self, args: &[&str], what: &str) -> Result<String> {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .with_context(|| format!("running buildah to {what}"))?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "buildah could not {what}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// A working container from the image in the OCI layout `layout`.
+    pub fn from(&self, layout: &Path, tag: &str, cgroup_parent: &str) -> Result<Container<'_>> {
+        let name = format!(
+            "builderd-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let map = format!("0:{HOST_ID_BASE}:{HOST_ID_RANGE}");
+        let image = format!("oci:{}:{tag}", layout.display());
+        self.output(
+            &[
+                "from",
+                "--quiet",
+                "--name",
+                &name,
+                "--isolation",
+                "oci",
+                "--network",
+                "none",
+                "--userns-uid-map",
+                &map,
+                "--userns-gid-map",
+                &map,
+                "--cgroup-parent",
+                cgroup_parent,
+                &image,
+            ],
+            "start a container from the base image",
+        )?;
+        let container = Container { engine: self, name };
+        container.prepare_root()?;
+        Ok(container)
+    }
+}
+
+/// A working container; removed when dropped.
+pub struct Container<'e> {
+    engine: &'e Engine,
+    name: String,
+}
+
+/// Directories the runtime mounts over: made beforehand when the image
+/// lacks them (the runtime, as the namespace's root, may not make them in
+/// a root directory the host owns).
+pub const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "run"];
+
+impl Container<'_> {
+    /// The container's root directory belongs to the namespace's root,
+    /// and the runtime's mount points exist. The container stays mounted
+    /// from here to its removal: each new mount of it gives its root
+    /// directory back to the host's root (the storage copies the owner of
+    /// the image's root), and the steps' runs reuse this mount.
+    fn prepare_root(&self) -> Result<()> {
+        let merged = self
+            .engine
+            .output(&["mount", &self.name], "mount the container")?;
+        let merged = PathBuf::from(merged);
+        let chown = |path: &Path| {
+            std::os::unix::fs::chown(path, Some(HOST_ID_BASE), Some(HOST_ID_BASE))
+                .with_context(|| format!("giving {} to the step's root", path.display()))
+        };
+        // The root directory is the overlay's upper directory itself; a
+        // chown through the overlay does not reach it.
+        chown(&upper_dir(&merged)?)?;
+        for dir in MOUNT_POINTS {
+            let path = merged.join(dir);
+            if std::fs::symlink_metadata(&path).is_err() {
+                std::fs::create_dir(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                chown(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `/bin/sh -c command` in the container, as `user` if given;
+    /// each line of output goes to `line` as it comes. Answers the exit
+    /// code and the last lines of output.
+    pub fn run(
+        &self,
+        command: &str,
+        user: Option<&str>,
+        line: &(dyn Fn(OutputStream, String) + Sync),
+    ) -> Result<(i32, Vec<String>)> {
+        let mut c = self.engine.command();
+        c.args(["run", "--isolation", "oci", "--network", "none"]);
+        if let Some(user) = user {
+            c.args(["--user", user]);
+        }
+        c.args([&self.name, "--", "/bin/sh", "-c", command])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().context("running buildah")?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let tail = std::sync::Mutex::new(Tail::default());
+        std::thread::scope(|s| {
+            let read = |from: Box<dyn Read + Send>, stream: OutputStream| {
+                let tail = &tail;
+                s.spawn(move || {
+                    read_lines(from, |text| {
+                        tail.lock().unwrap().push(&text);
+                        line(stream, text);
+                    })
+                })
+            };
+            read(Box::new(stdout), OutputStream::Stdout);
+            read(Box::new(stderr), OutputStream::Stderr);
+        });
+        let status = child.wait().context("waiting for buildah")?;
+        let code = status.code().unwrap_or(128 + 9);
+        Ok((code, tail.into_inner().unwrap().lines))
+    }
+
+    /// Commits what the steps changed into the OCI layout `out`, whose
+    /// blobs named by the base's `diff_ids` are there already (placeholders:
+    /// the engine then writes only the new layer). Answers the manifest's
+    /// layer digests.
+    pub fn commit(&self, out: &Path, tag: &str) -> Result<Vec<String>> {
+        let dest = format!("oci:{}:{tag}", out.display());
+        self.engine.output(
+            &[
+                "commit",
+                "--quiet",
+                "--disable-compression",
+                "--format",
+                "oci",
+                &self.name,
+                &dest,
+            ],
+            "commit what the steps changed",
+        )?;
+        crate::steps::layer::manifest_layers(out, tag)
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .engine
+            .command()
+            .args(["rm", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The upper directory of the overlay mounted at `merged`, from the mount
+/// table.
+fn upper_dir(merged: &Path) -> Result<PathBuf> {
+    let table =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading the mount table")?;
+    let at = format!(" {} ", merged.display());
+    table
+        .lines()
+        .filter(|l| l.contains(&at) && l.contains(" - overlay "))
+        .find_map(|l| {
+            l.rsplit(' ')
+                .next()?
+                .split(',')
+                .find_map(|o| o.strip_prefix("upperdir="))
+                .map(PathBuf::from)
+        })
+        .with_context(|| {
+            format!(
+                "no overlay with an upper directory is mounted at {}",
+                merged.display()
+            )
+        })
+}
+
+/// The last lines a step wrote, for its error.
+#[derive(Default)]
+struct Tail {
+    lines: Vec<String>,
+}
+
+const TAIL_LINES: usize = 20;
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        if self.lines.len() == TAIL_LINES {
+            self.lines.remove(0);
+        }
+        self.lines.push(line.to_string());
+    }
+}
+
+/// Splits `from` into lines (cut at `MAX_STEP_LINE` bytes, invalid UTF-8
+/// replaced) for `each`; memory stays bounded whatever the step writes.
+fn read_lines(from: Box<dyn Read + Send>, mut each: impl FnMut(String)) {
+    let mut reader = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut cut = false;
+        let ended = loop {
+            let buf = match reader.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break true,
+            };
+            if buf.is_empty() {
+                break true;
+            }
+            let (take, newline) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            let room = MAX_STEP_LINE.saturating_sub(line.len());
+            let body = if newline { take - 1 } else { take };
+            line.extend_from_slice(&buf[..body.min(room)]);
+            cut |= body > room;
+            reader.consume(take);
+            if newline {
+                break false;
+            }
+        };
+        if !line.is_empty() || !ended {
+            let mut text = String::from_utf8_lossy(&line).into_owned();
+            if cut {
+                text.push_str(" [cut]");
+            }
+            each(text);
+        }
+        if ended {
+            return;
+        }
+    }
+}

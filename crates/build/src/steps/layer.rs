@@ -1,0 +1,113 @@
+//! The layer the steps made, as the flatten reads it over the image's own:
+//! the engine's commit, with the base layers left out of it, read back with
+//! its owners shifted out of the user namespace, the runtime's placeholders
+//! dropped and its times clamped (same input, same image).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use builderd_flatten::Adjust;
+use serde_json::Value;
+
+use super::engine::{HOST_ID_BASE, HOST_ID_RANGE, MOUNT_POINTS};
+
+/// Files the runtime bind-mounts over (what a step writes to them goes to
+/// the mount, never to the image): what the layer has of them is a
+/// placeholder.
+const BIND_MOUNTED: [&[u8]; 4] = [
+    b"etc/hostname",
+    b"etc/hosts",
+    b"etc/resolv.conf",
+    b"run/.containerenv",
+];
+
+/// An OCI layout for the commit, with a placeholder for each base layer:
+/// the engine sees a blob of that digest is there and writes only the new
+/// layer.
+pub fn commit_layout(dir: &Path, diff_ids: &[String]) -> Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    for id in diff_ids {
+        let hex = id
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .with_context(|| format!("the base image's diff_id {id:?} is not a sha256 digest"))?;
+        std::fs::write(blobs.join(hex), b"")?;
+    }
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    std::fs::write(
+        dir.join("index.json"),
+        br#"{"schemaVersion":2,"manifests":[]}"#,
+    )?;
+    Ok(())
+}
+
+/// The layer digests of the manifest tagged `tag` in the layout at `dir`.
+pub fn manifest_layers(dir: &Path, tag: &str) -> Result<Vec<String>> {
+    let read = |path: PathBuf| -> Result<Value> {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
+    };
+    let index = read(dir.join("index.json"))?;
+    let manifest = index["manifests"]
+        .as_array()
+        .and_then(|m| {
+            m.iter().find(|d| {
+                d["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag)
+            })
+        })
+        .and_then(|d| d["digest"].as_str())
+        .and_then(|d| d.strip_prefix("sha256:"))
+        .context("the step engine's commit has no manifest")?;
+    let manifest = read(dir.join("blobs/sha256").join(manifest))?;
+    Ok(manifest["layers"]
+        .as_array()
+        .context("the step engine's manifest has no layers")?
+        .iter()
+        .filter_map(|l| l["digest"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// The new layers of a commit: what follows the base's own layers.
+pub fn new_layers(dir: &Path, committed: &[String], diff_ids: &[String]) -> Result<Vec<PathBuf>> {
+    if committed.len() < diff_ids.len() || committed[..diff_ids.len()] != *diff_ids {
+        anyhow::bail!(
+            "the step engine's commit does not start with the base image's layers \
+             ({} layers, {} in the base)",
+            committed.len(),
+            diff_ids.len()
+        );
+    }
+    Ok(committed[diff_ids.len()..]
+        .iter()
+        .map(|d| {
+            dir.join("blobs/sha256")
+                .join(d.strip_prefix("sha256:").unwrap_or(d))
+        })
+        .collect())
+}
+
+/// How the flatten reads the steps' layer: owners from the host's view
+/// back to the image's, placeholders dropped, times no later than `epoch`.
+pub fn adjust(epoch: i64) -> Arc<Adjust> {
+    Arc::new(move |path, meta| {
+        if BIND_MOUNTED.contains(&path) || MOUNT_POINTS.iter().any(|m| m.as_bytes() == path) {
+            return false;
+        }
+        let shift = |id: &mut u32| {
+            if (HOST_ID_BASE..HOST_ID_BASE + HOST_ID_RANGE).contains(id) {
+                *id -= HOST_ID_BASE;
+            }
+        };
+        shift(&mut meta.uid);
+        shift(&mut meta.gid);
+        for t in [&mut meta.atime, &mut meta.mtime, &mut meta.ctime] {
+            if t.secs > epoch {
+                t.secs = epoch;
+                t.nanos = 0;
+            }
+        }
+        true
+    })
+}

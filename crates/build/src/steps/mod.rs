@@ -1,0 +1,279 @@
+//! Build steps: shell commands run in the image before it is written, for
+//! a tenant we do not trust. The step engine (buildah with runc, see
+//! `engine`) takes the base image from our own blobs, runs each command in
+//! a container of its own namespaces under the steps' cgroup (`cell`), and
+//! commits only what they changed, as one uncompressed layer. The flatten
+//! reads that layer over the image's own layers, which come from our cache
+//! as in any build: nothing of the base is unpacked twice for the image.
+//! docs/steps.md says what isolates a step and what it may use.
+
+mod base;
+mod cell;
+mod engine;
+mod layer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use builderd_flatten::Adjust;
+use builderd_oci::{Compression, Digest, Image, LayerInfo};
+
+pub use base::BlobAt;
+
+use crate::event::{Event, Reporter, StepOutput, StepResult, StepStarted};
+use crate::report::StepsInfo;
+use crate::request::Steps;
+use crate::units::human;
+
+/// How often the steps' cgroup is looked at while they run.
+const WATCH: Duration = Duration::from_millis(100);
+
+/// What the steps made: their layer, for the flatten, and how each ran.
+pub struct Done {
+    pub layers: Vec<PathBuf>,
+    pub adjust: Arc<Adjust>,
+    pub results: Vec<StepResult>,
+    /// Holds the layer's files until the flatten has read them.
+    _work: WorkDir,
+}
+
+/// A build's own directory in the engine's storage, removed when dropped.
+/// Its name is lower case: the engine names the base image after it.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new(storage: &Path) -> Result<WorkDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let dir = storage.join(format!("work-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(storage)
+            .and_then(|()| std::fs::create_dir(&dir))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        Ok(WorkDir(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Done {
+    /// The steps' layers as the flatten lists them: uncompressed tars,
+    /// named by the digest the engine gave them.
+    pub fn layer_infos(&self) -> Result<Vec<LayerInfo>> {
+        self.layers
+            .iter()
+            .map(|path| {
+                let hex = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                Ok(LayerInfo {
+                    digest: Digest::parse(&format!("sha256:{hex}"))?,
+                    size: std::fs::metadata(path)
+                        .with_context(|| format!("the steps' layer {}", path.display()))?
+                        .len(),
+                    media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                    compression: Compression::None,
+                })
+            })
+            .collect()
+    }
+
+    /// What OUT.json says of the steps.
+    pub fn info(self) -> StepsInfo {
+        let infos = self.layer_infos().unwrap_or_default();
+        StepsInfo {
+            sandbox: "oci",
+            network: "none",
+            commands: self.results,
+            layer_digest: infos
+                .iter()
+                .map(|l| l.digest.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            layer_bytes: infos.iter().map(|l| l.size).sum(),
+        }
+    }
+}
+
+/// A step ended the build: it failed, or went over a limit.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("build step {number} failed with exit code {code}: {command}{}", tail_text(.tail))]
+    Failed {
+        number: usize,
+        command: String,
+        code: i32,
+        tail: Vec<String>,
+    },
+    #[error("build step {number} ran out of memory: the steps' limit is {}: {command}", human(*.limit))]
+    Memory {
+        number: usize,
+        command: String,
+        limit: u64,
+    },
+    #[error("build step {number} hit the steps' limit of {limit} processes: {command}")]
+    Pids {
+        number: usize,
+        command: String,
+        limit: u64,
+    },
+    #[error("build step {number} was still running when the steps' time limit of {}s ran out: {command}", .limit.as_secs())]
+    Timeout {
+        number: usize,
+        command: String,
+        limit: Duration,
+    },
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\nlast output:\n{}", tail.join("\n"))
+    }
+}
+
+/// Runs `steps` over `image`, whose blobs are where `config` and `layers`
+/// say; `storage` is the step engine's directory.
+pub fn run(
+    image: &Image,
+    config: BlobAt,
+    layers: Vec<BlobAt>,
+    steps: &Steps,
+    storage: &Path,
+    epoch: Option<i64>,
+    reporter: &dyn Reporter,
+) -> Result<Done> {
+    let engine = engine::Engine::new(storage)?;
+    let work = WorkDir::new(storage)?;
+    let base_dir = work.path().join("base");
+    let base = base::write(&base_dir, image, config, layers)?;
+    let cell = cell::Cell::new(&steps.limits)?;
+    let container = engine.from(&base_dir, base::TAG, cell.name())?;
+
+    let deadline = Instant::now() + steps.limits.timeout;
+    let timed_out = AtomicBool::new(false);
+    let finished = (Mutex::new(false), Condvar::new());
+    let mut results = Vec::new();
+    let ran = std::thread::scope(|s| {
+        // Ends whatever runs when the time is up, or as soon as a process
+        // is refused (a fork bomb would otherwise spin to the deadline).
+        s.spawn(|| {
+            let (lock, wake) = &finished;
+            let mut done = lock.lock().unwrap();
+            while !*done {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    timed_out.store(true, Ordering::SeqCst);
+                }
+                if left.is_zero() || cell.pids_refused() {
+                    cell.kill_all();
+                    return;
+                }
+                done = wake.wait_timeout(done, left.min(WATCH)).unwrap().0;
+            }
+        });
+        let ran = run_each(&container, steps, &cell, &timed_out, reporter, &mut results);
+        *finished.0.lock().unwrap() = true;
+        finished.1.notify_all();
+        ran
+    });
+    ran?;
+
+    let commit_dir = work.path().join("commit");
+    layer::commit_layout(&commit_dir, &base.diff_ids)?;
+    let committed = container.commit(&commit_dir, "steps")?;
+    let layers = layer::new_layers(&commit_dir, &committed, &base.diff_ids)?;
+    drop(container);
+    drop(cell);
+    Ok(Done {
+        layers,
+        adjust: layer::adjust(epoch.or(base.created).unwrap_or(0)),
+        results,
+        _work: work,
+    })
+}
+
+/// Runs each command in turn, telling `reporter`; the first that fails (or
+/// goes over a limit) ends them.
+fn run_each(
+    container: &engine::Container<'_>,
+    steps: &Steps,
+    cell: &cell::Cell,
+    timed_out: &AtomicBool,
+    reporter: &dyn Reporter,
+    results: &mut Vec<StepResult>,
+) -> Result<()> {
+    for (index, command) in steps.commands.iter().enumerate() {
+        let number = index + 1;
+        reporter.report(Event::StepStarted(StepStarted {
+            index,
+            command: command.clone(),
+        }));
+        let started = Instant::now();
+        let (code, tail) = container.run(command, steps.run_as.as_deref(), &|stream, line| {
+            reporter.report(Event::StepOutput(StepOutput {
+                index,
+                stream,
+                line,
+            }))
+        })?;
+        let result = StepResult {
+            index,
+            command: command.clone(),
+            exit_code: code,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        reporter.report(Event::StepFinished(result.clone()));
+        results.push(result);
+        let command = command.clone();
+        let limits = &steps.limits;
+        if timed_out.load(Ordering::SeqCst) {
+            return Err(StepError::Timeout {
+                number,
+                command,
+                limit: limits.timeout,
+            }
+            .into());
+        }
+        if cell.oom_killed() {
+            return Err(StepError::Memory {
+                number,
+                command,
+                limit: limits.memory_bytes,
+            }
+            .into());
+        }
+        if cell.pids_refused() {
+            return Err(StepError::Pids {
+                number,
+                command,
+                limit: limits.pids,
+            }
+            .into());
+        }
+        if code != 0 {
+            return Err(StepError::Failed {
+                number,
+                command,
+                code,
+                tail,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The build-step options of `builderd build`: commands to run in the image
+//! before it is written, and what they may use.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use builderd_build::{StepLimits, Steps};
+
+use crate::units::parse_bytes;
+
+#[derive(clap::Args)]
+pub struct StepsArgs {
+    /// Run CMD in the image with /bin/sh -c before it is written (repeat
+    /// for more, run in order; the first that fails ends the build). Each
+    /// runs isolated: its own namespaces, root only inside a user namespace,
+    /// no network. Needs buildah and runc.
+    #[arg(long = "run", value_name = "CMD")]
+    commands: Vec<String>,
+    /// USER[:GROUP] the commands run as (default: the image's USER).
+    #[arg(long, value_name = "USER", requires = "commands")]
+    run_as: Option<String>,
+    /// Memory for all the commands (default 2G).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "commands")]
+    memory: Option<u64>,
+    /// CPUs' worth of time for them (default 1).
+    #[arg(long, value_name = "N", requires = "commands")]
+    cpus: Option<f64>,
+    /// Processes and threads at once (default 1024).
+    #[arg(long, value_name = "N", requires = "commands")]
+    pids: Option<u64>,
+    /// Wall time for all of them (default 30m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "commands")]
+    steps_timeout: Option<Duration>,
+    /// Where the step engine keeps its storage (default: steps/ in the blob
+    /// cache's directory).
+    #[arg(long, value_name = "DIR", requires = "commands")]
+    steps_dir: Option<PathBuf>,
+}
+
+impl StepsArgs {
+    pub fn steps(&self) -> Result<Steps, String> {
+        let defaults = StepLimits::default();
+        let cpus = self.cpus.unwrap_or(defaults.cpus);
+        if !(cpus > 0.0 && cpus <= 1024.0) {
+            return Err(format!("--cpus {cpus}: give a number above 0"));
+        }
+        Ok(Steps {
+            commands: self.commands.clone(),
+            run_as: self.run_as.clone(),
+            limits: StepLimits {
+                memory_bytes: self.memory.unwrap_or(defaults.memory_bytes),
+                cpus,
+                pids: self.pids.unwrap_or(defaults.pids),
+                timeout: self.steps_timeout.unwrap_or(defaults.timeout),
+            },
+            storage: self.steps_dir.clone(),
+        })
+    }
+}
