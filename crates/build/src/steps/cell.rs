@@ -16,7 +16,7 @@ use crate::request::StepLimits;
 const PARENT: &str = "builderd-steps";
 
 pub struct Cell {
-    /// The cell's path from a hierarchy's root: the containers' cgroup parent.
+    /// The cell's path from a hierarchy's root.
     name: String,
     layout: Layout,
 }
@@ -103,27 +103,44 @@ impl Cell {
         Ok(Cell { name, layout })
     }
 
-    /// The cell's path from a hierarchy's root (`--cgroup-parent`).
-    pub fn name(&self) -> &str {
-        &self.name
+    /// Where the containers' cgroup goes (`--cgroup-parent`), from a
+    /// hierarchy's root: a child of the cell, as the runtime writes its own
+    /// (unbounded) settings to the cgroup it is given, and the cell's bounds
+    /// hold for all below it.
+    pub fn containers(&self) -> String {
+        format!("{}/containers", self.name)
     }
 
-    /// Some step was killed for want of memory.
-    pub fn oom_killed(&self) -> bool {
-        let (dir, file) = match &self.layout {
-            Layout::V1 { memory, .. } => (memory, "memory.oom_control"),
-            Layout::V2(dir) => (dir, "memory.events"),
-        };
-        counter(&dir.join(file), "oom_kill") > 0
+    /// The steps' memory reached the bound. (cgroup v1 counts an OOM kill
+    /// in the container's own cgroup, which the runtime removes when the
+    /// step ends: the cell's own peak and refused charges are what stay.
+    /// v2 counts OOM kills up the tree.)
+    pub fn memory_exhausted(&self) -> bool {
+        match &self.layout {
+            // The peak is the bound: this kernel does not count the
+            // refused charges of a child in the parent's failcnt.
+            Layout::V1 { memory, .. } => {
+                let limit = read_number(&memory.join("memory.limit_in_bytes"));
+                ["memory.failcnt", "memory.memsw.failcnt"]
+                    .iter()
+                    .any(|f| read_number(&memory.join(f)) > 0)
+                    || read_number(&memory.join("memory.max_usage_in_bytes")) >= limit
+            }
+            Layout::V2(dir) => counter(&dir.join("memory.events"), "oom_kill") > 0,
+        }
     }
 
-    /// Some step was refused a new process or thread by the bound.
+    /// The steps' processes reached the bound (v1: the cell's peak is its
+    /// maximum, the refusals being counted in the container's cgroup; v2:
+    /// refusals counted up the tree).
     pub fn pids_refused(&self) -> bool {
-        let dir = match &self.layout {
-            Layout::V1 { pids, .. } => pids,
-            Layout::V2(dir) => dir,
-        };
-        counter(&dir.join("pids.events"), "max") > 0
+        match &self.layout {
+            Layout::V1 { pids, .. } => {
+                let max = read_number(&pids.join("pids.max"));
+                max > 0 && read_number(&pids.join("pids.peak")) >= max
+            }
+            Layout::V2(dir) => counter(&dir.join("pids.events"), "max") > 0,
+        }
     }
 
     /// Kills every process in the cell and below, until none is left (a
@@ -174,6 +191,14 @@ impl Drop for Cell {
             }
         }
     }
+}
+
+/// A file holding one number; 0 when absent or not a number ("max").
+fn read_number(file: &Path) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// `name`'s value in a flat keyed file (`oom_kill 1`), 0 when absent.

@@ -67,8 +67,11 @@ impl Engine {
 
     /// Runs a buildah command to its end; answers its stdout.
     fn output(&self, args: &[&str], what: &str) -> Result<String> {
-        let out = self
-            .command()
+        self.run_to_end(self.command(), args, what)
+    }
+
+    fn run_to_end(&self, mut command: Command, args: &[&str], what: &str) -> Result<String> {
+        let out = command
             .args(args)
             .output()
             .with_context(|| format!("running buildah to {what}"))?;
@@ -92,8 +95,16 @@ impl Engine {
                 .unwrap_or_default()
         );
         let map = format!("0:{HOST_ID_BASE}:{HOST_ID_RANGE}");
-        let image = format!("oci:{}:{tag}", layout.display());
-        self.output(
+        // The engine names the image after the layout's path, which must
+        // then be a valid repository name (lower case): the layout is
+        // handed over as descriptor 3, whatever its path.
+        let dir =
+            std::fs::File::open(layout).with_context(|| format!("opening {}", layout.display()))?;
+        let image = format!("oci:/proc/self/fd/{LAYOUT_FD}:{tag}");
+        let mut from = self.command();
+        pass_as(&mut from, &dir, LAYOUT_FD);
+        self.run_to_end(
+            from,
             &[
                 "from",
                 "--quiet",
@@ -113,9 +124,35 @@ impl Engine {
             ],
             "start a container from the base image",
         )?;
+        drop(dir);
         let container = Container { engine: self, name };
         container.prepare_root()?;
         Ok(container)
+    }
+}
+
+/// The descriptor the base layout is handed over as.
+const LAYOUT_FD: i32 = 3;
+
+/// Makes `file` descriptor `fd` of `command`'s process.
+fn pass_as(command: &mut Command, file: &std::fs::File, fd: i32) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let from = file.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (dup2, fcntl), on descriptors this process holds; nothing allocates.
+    unsafe {
+        command.pre_exec(move || {
+            if from == fd {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(from, fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

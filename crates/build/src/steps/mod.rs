@@ -162,7 +162,7 @@ pub fn run(
     let base_dir = work.path().join("base");
     let base = base::write(&base_dir, image, config, layers)?;
     let cell = cell::Cell::new(&steps.limits)?;
-    let container = engine.from(&base_dir, base::TAG, cell.name())?;
+    let container = engine.from(&base_dir, base::TAG, &cell.containers())?;
 
     let deadline = Instant::now() + steps.limits.timeout;
     let timed_out = AtomicBool::new(false);
@@ -249,7 +249,7 @@ fn run_each(
             }
             .into());
         }
-        if cell.oom_killed() {
+        if code != 0 && cell.memory_exhausted() {
             return Err(StepError::Memory {
                 number,
                 command,

@@ -1,0 +1,334 @@
+//! `builderd build SOURCE --run CMD`: build steps in the image, run by
+//! buildah and runc, on images the tests make (busybox). Each image is
+//! e2fsck-checked; isolation is asserted from inside a step (what it prints)
+//! and from the host (what it could not touch). Needs root, buildah, runc.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::images::{assert_failed, build, make_image};
+use common::*;
+use serde_json::{json, Value};
+
+/// Bytes planted in a file the first step removes: they must not be found
+/// anywhere in the image file afterwards.
+const PLANTED: &str = "PLANTED-6c1f0e-not-to-be-found";
+
+/// A busybox userland with a cache directory to remove; answers its source.
+fn busybox(dir: &Path) -> String {
+    let layout = dir.join("layout");
+    make_image(
+        &layout,
+        json!({"tag": "v1", "layers": [{"compression": "gzip", "entries": [
+            {"name": "bin", "type": "dir"},
+            {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
+            {"name": "bin/sh", "type": "symlink", "link": "busybox"},
+            {"name": "etc", "type": "dir"},
+            {"name": "etc/passwd", "data": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n"},
+            {"name": "etc/group", "data": "root:x:0:\napp:x:1000:\n"},
+            {"name": "var/cache/x", "type": "dir"},
+            {"name": "var/cache/x/blob", "data": PLANTED.repeat(200)},
+        ]}], "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}}),
+    );
+    // busybox's applets, as a shell in the image would find them.
+    format!("oci:{}:v1", layout.display())
+}
+
+/// `builderd build SOURCE -o OUT --steps-dir DIR/steps EXTRA...`.
+fn build_steps(dir: &Path, source: &str, out: &Path, extra: &[&str]) -> Output {
+    let steps = dir.join("steps");
+    let mut args = vec!["--steps-dir", steps.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    build(source, out, &args)
+}
+
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "the build failed:\n{err}");
+    err
+}
+
+fn metadata(image: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(format!("{}.json", image.display())).unwrap()).unwrap()
+}
+
+fn debugfs_cat(image: &Path, path: &str) -> String {
+    let o = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn a_step_changes_the_image_and_what_it_removes_is_gone_to_the_byte() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let source = busybox(dir.path());
+    let out = dir.path().join("a.ext4");
+    let err = ok(&build_steps(
+        dir.path(),
+        &source,
+        &out,
+        &[
+            "--run",
+            "rm -rf /var/cache/x && echo built > /etc/marker",
+            "--run",
+            "echo second step sees $(cat /etc/marker)",
+        ],
+    ));
+    assert!(err.contains("second step sees built"), "{err}");
+    e2fsck(&out);
+    assert_eq!(debugfs_cat(&out, "/etc/marker"), "built\n");
+    assert_eq!(debugfs_cat(&out, "/var/cache/x/blob"), "");
+    let image = std::fs::read(&out).unwrap();
+    assert!(
+        !image
+            .windows(PLANTED.len())
+            .any(|w| w == PLANTED.as_bytes()),
+        "the removed file's bytes are still in the image"
+    );
+    let meta = metadata(&out);
+    let steps = &meta["steps"];
+    assert_eq!(steps["sandbox"], "oci");
+    assert_eq!(steps["commands"].as_array().unwrap().len(), 2);
+    assert_eq!(steps["commands"][0]["exit_code"], 0);
+
+    // Deterministic commands, the same input: the same image.
+    let again = dir.path().join("b.ext4");
+    ok(&build_steps(
+        dir.path(),
+        &source,
+        &again,
+        &[
+            "--run",
+            "rm -rf /var/cache/x && echo built > /etc/marker",
+            "--run",
+            "echo second step sees $(cat /etc/marker)",
+        ],
+    ));
+    assert_eq!(
+        metadata(&again)["image"]["sha256"],
+        meta["image"]["sha256"],
+        "two builds of the same steps differ"
+    );
+}
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn a_failing_step_ends_the_build_with_its_command_code_and_output() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let source = busybox(dir.path());
+    let out = dir.path().join("a.ext4");
+    let o = build_steps(
+        dir.path(),
+        &source,
+        &out,
+        &[
+            "--run",
+            "true",
+            "--run",
+            "echo about to fail; exit 3",
+            "--run",
+            "echo never runs",
+        ],
+    );
+    let err = assert_failed(&o, &out);
+    assert!(
+        err.contains("build step 2 failed with exit code 3: echo about to fail; exit 3"),
+        "{err}"
+    );
+    assert!(err.contains("last output:\nabout to fail"), "{err}");
+    assert!(!err.contains("never runs\n"), "{err}");
+}
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn a_step_is_root_only_in_its_namespace_and_reaches_nothing_of_the_host() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let source = busybox(dir.path());
+    let out = dir.path().join("a.ext4");
+    // A file and a server of the host's, which the step tries to reach.
+    let secret = dir.path().join("host-secret");
+    std::fs::write(&secret, "host-only-content").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = format!(
+        "id -u; cat /proc/self/uid_map; \
+         cat {secret} 2>&1 || echo SECRET-UNREADABLE; \
+         echo x | nc -w 2 127.0.0.1 {port} && echo LOOPBACK-REACHED || echo LOOPBACK-UNREACHABLE; \
+         wget -q -T 2 -O - http://10.0.2.2/ && echo PRIVATE-REACHED || echo PRIVATE-UNREACHABLE; \
+         mount -t tmpfs none /mnt 2>&1 && echo MOUNT-OK || echo MOUNT-REFUSED; \
+         unshare -U -r true 2>&1 && echo UNSHARE-OK || echo UNSHARE-REFUSED; \
+         (echo b > /proc/sysrq-trigger) 2>&1 && echo SYSRQ-OK || echo SYSRQ-REFUSED; \
+         touch /made-by-step",
+        secret = secret.display()
+    );
+    let err = ok(&build_steps(dir.path(), &source, &out, &["--run", &script]));
+    // Root in the image, uid 100000 on the host.
+    let map: Vec<&str> = err
+        .lines()
+        .find(|l| l.split_whitespace().count() == 3 && l.trim_start().starts_with('0'))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(map, ["0", "100000", "65536"], "{err}");
+    assert!(err.lines().any(|l| l == "0"), "not root inside:\n{err}");
+    for expected in [
+        "SECRET-UNREADABLE",
+        "LOOPBACK-UNREACHABLE",
+        "PRIVATE-UNREACHABLE",
+        "MOUNT-REFUSED",
+        "UNSHARE-REFUSED",
+        "SYSRQ-REFUSED",
+    ] {
+        assert!(err.contains(expected), "{expected} not seen:\n{err}");
+    }
+    assert!(!err.contains("host-only-content"), "{err}");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the host's loopback server was reached"
+    );
+    // The file the step made is the image's root's, not uid 100000's.
+    e2fsck(&out);
+    let stat = std::process::Command::new("debugfs")
+        .args(["-R", "stat /made-by-step"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    assert!(stat.contains("User:     0"), "{stat}");
+}
+
+/// The build's JSON events end with its error; answers its category.
+fn failure_category(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|e| e["error"]["category"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn error_message(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|e| e["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn a_fork_bomb_ends_as_a_resource_failure_and_the_host_goes_on() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let source = busybox(dir.path());
+    let out = dir.path().join("a.ext4");
+    let started = std::time::Instant::now();
+    let o = build_steps(
+        dir.path(),
+        &source,
+        &out,
+        &[
+            "--events",
+            "json",
+            "--pids",
+            "64",
+            "--steps-timeout",
+            "5m",
+            "--run",
+            "while true; do sleep 60 & done",
+        ],
+    );
+    assert_failed(&o, &out);
+    assert_eq!(failure_category(&o), "resource", "{}", error_message(&o));
+    assert!(
+        error_message(&o).contains("limit of 64 processes"),
+        "{}",
+        error_message(&o)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "the bomb ran {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn a_step_over_its_memory_ends_as_a_resource_failure() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let source = busybox(dir.path());
+    let out = dir.path().join("a.ext4");
+    let o = build_steps(
+        dir.path(),
+        &source,
+        &out,
+        &[
+            "--events",
+            "json",
+            "--memory",
+            "256M",
+            "--run",
+            // A shell variable of 1 GiB.
+            "x=$(head -c 1073741824 /dev/zero | tr '\\0' a); echo ${#x}",
+        ],
+    );
+    assert_failed(&o, &out);
+    assert_eq!(failure_category(&o), "resource", "{}", error_message(&o));
+    assert!(
+        error_message(&o).contains("ran out of memory"),
+        "{}",
+        error_message(&o)
+    );
+}
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn a_step_past_its_time_ends_as_a_timeout() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let source = busybox(dir.path());
+    let out = dir.path().join("a.ext4");
+    let started = std::time::Instant::now();
+    let o = build_steps(
+        dir.path(),
+        &source,
+        &out,
+        &[
+            "--events",
+            "json",
+            "--steps-timeout",
+            "3s",
+            "--run",
+            "sleep 600",
+        ],
+    );
+    assert_failed(&o, &out);
+    assert_eq!(failure_category(&o), "timeout", "{}", error_message(&o));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
