@@ -3,6 +3,8 @@
 //! may pass. Inside, the stages pass errors up with context (`anyhow`); at
 //! the library's edge each becomes an `Error` with its category.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// A failed build, as the library's caller gets it.
@@ -75,12 +77,12 @@ impl Category {
             if cause.is::<SizeLimitExceeded>() {
                 return Category::Resource;
             }
-            match cause.downcast_ref::<crate::steps::StepError>() {
-                Some(
-                    crate::steps::StepError::Memory { .. } | crate::steps::StepError::Pids { .. },
-                ) => return Category::Resource,
-                Some(crate::steps::StepError::Timeout { .. }) => return Category::Timeout,
-                Some(crate::steps::StepError::Failed { .. }) | None => {}
+            match cause.downcast_ref::<StepError>() {
+                Some(StepError::Memory { .. } | StepError::Pids { .. }) => {
+                    return Category::Resource
+                }
+                Some(StepError::Timeout { .. }) => return Category::Timeout,
+                Some(StepError::Failed { .. }) | None => {}
             }
             if let Some(io) = cause.downcast_ref::<std::io::Error>() {
                 if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
@@ -155,6 +157,44 @@ impl std::fmt::Display for SizeLimitExceeded {
                 human(limit)
             ),
         }
+    }
+}
+
+/// A step ended the build: it failed, or went over a limit.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("build step {number} failed with exit code {code}: {command}{}", tail_text(.tail))]
+    Failed {
+        number: usize,
+        command: String,
+        code: i32,
+        tail: Vec<String>,
+    },
+    #[error("build step {number} ran out of memory: the steps' limit is {}: {command}", crate::units::human(*.limit))]
+    Memory {
+        number: usize,
+        command: String,
+        limit: u64,
+    },
+    #[error("build step {number} hit the steps' limit of {limit} processes: {command}")]
+    Pids {
+        number: usize,
+        command: String,
+        limit: u64,
+    },
+    #[error("build step {number} was still running when the steps' time limit of {}s ran out: {command}", .limit.as_secs())]
+    Timeout {
+        number: usize,
+        command: String,
+        limit: Duration,
+    },
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\nlast output:\n{}", tail.join("\n"))
     }
 }
 

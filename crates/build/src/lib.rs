@@ -26,7 +26,7 @@ mod source;
 mod steps;
 pub mod units;
 
-pub use error::{message, Category, Error, Limit, SizeLimitExceeded, SourceError};
+pub use error::{message, Category, Error, Limit, SizeLimitExceeded, SourceError, StepError};
 pub use event::{
     bounded, Collect, Download, Event, Failure, Level, Log, OutputStream, Progress, Reporter,
     Resolved, ResolvedLayer, Retry, Stage, StepOutput, StepResult, StepStarted, Usage,
@@ -39,4 +39,3 @@ pub use request::{
     RegistryOptions, StepLimits, Steps,
 };
 pub use run::build;
-pub use steps::StepError;

@@ -23,10 +23,10 @@ use builderd_oci::{Compression, Digest, Image, LayerInfo};
 
 pub use base::BlobAt;
 
+use crate::error::StepError;
 use crate::event::{Event, Reporter, StepOutput, StepResult, StepStarted};
 use crate::report::StepsInfo;
 use crate::request::Steps;
-use crate::units::human;
 
 /// How often the steps' cgroup is looked at while they run.
 const WATCH: Duration = Duration::from_millis(100);
@@ -108,44 +108,6 @@ impl Done {
     }
 }
 
-/// A step ended the build: it failed, or went over a limit.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    #[error("build step {number} failed with exit code {code}: {command}{}", tail_text(.tail))]
-    Failed {
-        number: usize,
-        command: String,
-        code: i32,
-        tail: Vec<String>,
-    },
-    #[error("build step {number} ran out of memory: the steps' limit is {}: {command}", human(*.limit))]
-    Memory {
-        number: usize,
-        command: String,
-        limit: u64,
-    },
-    #[error("build step {number} hit the steps' limit of {limit} processes: {command}")]
-    Pids {
-        number: usize,
-        command: String,
-        limit: u64,
-    },
-    #[error("build step {number} was still running when the steps' time limit of {}s ran out: {command}", .limit.as_secs())]
-    Timeout {
-        number: usize,
-        command: String,
-        limit: Duration,
-    },
-}
-
-fn tail_text(tail: &[String]) -> String {
-    if tail.is_empty() {
-        String::new()
-    } else {
-        format!("\nlast output:\n{}", tail.join("\n"))
-    }
-}
-
 /// Runs `steps` over `image`, whose blobs are where `config` and `layers`
 /// say; `storage` is the step engine's directory.
 pub fn run(
@@ -195,7 +157,8 @@ pub fn run(
 
     let commit_dir = work.path().join("commit");
     layer::commit_layout(&commit_dir, &base.diff_ids)?;
-    let committed = container.commit(&commit_dir, "steps")?;
+    container.commit(&commit_dir, "steps")?;
+    let committed = layer::manifest_layers(&commit_dir, "steps")?;
     let layers = layer::new_layers(&commit_dir, &committed, &base.diff_ids)?;
     drop(container);
     drop(cell);
