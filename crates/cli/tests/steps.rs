@@ -213,21 +213,26 @@ fn a_step_is_root_only_in_its_namespace_and_reaches_nothing_of_the_host() {
     assert!(stat.contains("User:     0"), "{stat}");
 }
 
-/// The build's JSON events end with its error; answers its category.
-fn failure_category(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr)
+/// A build of the busybox image with `extra` that must fail, its events as
+/// JSON: answers its error's category and message, and how long it took.
+fn failed_steps(extra: &[&str]) -> (String, String, std::time::Duration) {
+    let dir = tmp();
+    let source = busybox(dir.path());
+    let out = dir.path().join("a.ext4");
+    let started = std::time::Instant::now();
+    let mut args = vec!["--events", "json"];
+    args.extend_from_slice(extra);
+    let o = build_steps(dir.path(), &source, &out, &args);
+    let took = started.elapsed();
+    assert_failed(&o, &out);
+    // The events end with the build's error.
+    let error = String::from_utf8_lossy(&o.stderr)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|e| e["error"]["category"].as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn error_message(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|e| e["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_default()
+        .find_map(|e| e.get("error").cloned())
+        .unwrap_or_default();
+    let text = |k: &str| error[k].as_str().unwrap_or_default().to_string();
+    (text("category"), text("message"), took)
 }
 
 #[test]
@@ -236,36 +241,19 @@ fn a_fork_bomb_ends_as_a_resource_failure_and_the_host_goes_on() {
     if !root_or_skip() {
         return;
     }
-    let dir = tmp();
-    let source = busybox(dir.path());
-    let out = dir.path().join("a.ext4");
-    let started = std::time::Instant::now();
-    let o = build_steps(
-        dir.path(),
-        &source,
-        &out,
-        &[
-            "--events",
-            "json",
-            "--pids",
-            "64",
-            "--steps-timeout",
-            "5m",
-            "--run",
-            "while true; do sleep 60 & done",
-        ],
-    );
-    assert_failed(&o, &out);
-    assert_eq!(failure_category(&o), "resource", "{}", error_message(&o));
+    let (category, message, took) = failed_steps(&[
+        "--pids",
+        "64",
+        "--steps-timeout",
+        "5m",
+        "--run",
+        "while true; do sleep 60 & done",
+    ]);
+    assert_eq!(category, "resource", "{message}");
+    assert!(message.contains("limit of 64 processes"), "{message}");
     assert!(
-        error_message(&o).contains("limit of 64 processes"),
-        "{}",
-        error_message(&o)
-    );
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(120),
-        "the bomb ran {:?}",
-        started.elapsed()
+        took < std::time::Duration::from_secs(120),
+        "the bomb ran {took:?}"
     );
 }
 
@@ -275,30 +263,15 @@ fn a_step_over_its_memory_ends_as_a_resource_failure() {
     if !root_or_skip() {
         return;
     }
-    let dir = tmp();
-    let source = busybox(dir.path());
-    let out = dir.path().join("a.ext4");
-    let o = build_steps(
-        dir.path(),
-        &source,
-        &out,
-        &[
-            "--events",
-            "json",
-            "--memory",
-            "256M",
-            "--run",
-            // A shell variable of 1 GiB.
-            "x=$(head -c 1073741824 /dev/zero | tr '\\0' a); echo ${#x}",
-        ],
-    );
-    assert_failed(&o, &out);
-    assert_eq!(failure_category(&o), "resource", "{}", error_message(&o));
-    assert!(
-        error_message(&o).contains("ran out of memory"),
-        "{}",
-        error_message(&o)
-    );
+    let (category, message, _) = failed_steps(&[
+        "--memory",
+        "256M",
+        "--run",
+        // A shell variable of 1 GiB.
+        "x=$(head -c 1073741824 /dev/zero | tr '\\0' a); echo ${#x}",
+    ]);
+    assert_eq!(category, "resource", "{message}");
+    assert!(message.contains("ran out of memory"), "{message}");
 }
 
 #[test]
@@ -307,28 +280,7 @@ fn a_step_past_its_time_ends_as_a_timeout() {
     if !root_or_skip() {
         return;
     }
-    let dir = tmp();
-    let source = busybox(dir.path());
-    let out = dir.path().join("a.ext4");
-    let started = std::time::Instant::now();
-    let o = build_steps(
-        dir.path(),
-        &source,
-        &out,
-        &[
-            "--events",
-            "json",
-            "--steps-timeout",
-            "3s",
-            "--run",
-            "sleep 600",
-        ],
-    );
-    assert_failed(&o, &out);
-    assert_eq!(failure_category(&o), "timeout", "{}", error_message(&o));
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(60),
-        "{:?}",
-        started.elapsed()
-    );
+    let (category, message, took) = failed_steps(&["--steps-timeout", "3s", "--run", "sleep 600"]);
+    assert_eq!(category, "timeout", "{message}");
+    assert!(took < std::time::Duration::from_secs(60), "{took:?}");
 }

@@ -124,7 +124,8 @@ impl Cell {
                 ["memory.failcnt", "memory.memsw.failcnt"]
                     .iter()
                     .any(|f| read_number(&memory.join(f)) > 0)
-                    || read_number(&memory.join("memory.max_usage_in_bytes")) >= limit
+                    || (limit > 0
+                        && read_number(&memory.join("memory.max_usage_in_bytes")) >= limit)
             }
             Layout::V2(dir) => counter(&dir.join("memory.events"), "oom_kill") > 0,
         }
