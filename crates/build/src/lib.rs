@@ -36,6 +36,7 @@ pub use output::Pending;
 pub use report::Report;
 pub use request::{
     BlobCacheChoice, BootOptions, BuildRequest, CopyFormat, Ext4Options, FreeSpace, Init,
-    RegistryOptions, StepLimits, Steps,
+    RegistryOptions, StepLimits, StepNetwork, Steps,
 };
 pub use run::build;
+pub use steps::sweep as sweep_steps;

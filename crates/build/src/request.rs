@@ -227,10 +227,32 @@ pub struct Steps {
     /// USER[:GROUP] they run as; None: the image's `USER`.
     pub run_as: Option<String>,
     pub limits: StepLimits,
+    pub network: StepNetwork,
     /// Where the step engine keeps its storage (the base layers it
     /// unpacked stay there for the next build from them); None: `steps`
     /// beside the blob cache.
     pub storage: Option<PathBuf>,
+}
+
+/// What a step's network reaches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepNetwork {
+    /// Nothing: loopback of its own only.
+    #[default]
+    None,
+    /// Public addresses, through NAT; loopback, private, link-local and the
+    /// host's own addresses dropped (DNS to the host's nameservers only).
+    Egress,
+}
+
+impl StepNetwork {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepNetwork::None => "none",
+            StepNetwork::Egress => "egress",
+        }
+    }
 }
 
 /// What the steps of one build may use, all of them together.

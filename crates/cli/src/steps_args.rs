@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use builderd_build::{StepLimits, Steps};
+use builderd_build::{StepLimits, StepNetwork, Steps};
 
 use crate::units::parse_bytes;
 
@@ -13,7 +13,7 @@ pub struct StepsArgs {
     /// Run CMD in the image with /bin/sh -c before it is written (repeat
     /// for more, run in order; the first that fails ends the build). Each
     /// runs isolated: its own namespaces, root only inside a user namespace,
-    /// no network. Needs buildah and runc.
+    /// no network unless --network egress. Needs buildah and runc.
     #[arg(long = "run", value_name = "CMD")]
     commands: Vec<String>,
     /// USER[:GROUP] the commands run as (default: the image's USER).
@@ -31,10 +31,21 @@ pub struct StepsArgs {
     /// Wall time for all of them (default 30m).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "commands")]
     steps_timeout: Option<Duration>,
+    /// What the commands' network reaches: none (the default), or egress:
+    /// public addresses through NAT, never loopback, private, link-local
+    /// or the host's own addresses. Needs nftables.
+    #[arg(long, value_name = "NETWORK", value_enum, requires = "commands")]
+    network: Option<NetworkArg>,
     /// Where the step engine keeps its storage (default: steps/ in the blob
     /// cache's directory).
     #[arg(long, value_name = "DIR", requires = "commands")]
     steps_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NetworkArg {
+    None,
+    Egress,
 }
 
 impl StepsArgs {
@@ -52,6 +63,10 @@ impl StepsArgs {
                 cpus,
                 pids: self.pids.unwrap_or(defaults.pids),
                 timeout: self.steps_timeout.unwrap_or(defaults.timeout),
+            },
+            network: match self.network {
+                None | Some(NetworkArg::None) => StepNetwork::None,
+                Some(NetworkArg::Egress) => StepNetwork::Egress,
             },
             storage: self.steps_dir.clone(),
         })

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Output;
 
 use common::images::{assert_failed, build, make_image};
+use common::registry::TestHost;
 use common::*;
 use serde_json::{json, Value};
 
@@ -151,6 +152,64 @@ fn a_failing_step_ends_the_build_with_its_command_code_and_output() {
     assert!(!err.contains("never runs\n"), "{err}");
 }
 
+/// A test host with an HTTP server on two addresses: its own private one
+/// and a public one (198.51.100.10, TEST-NET-2, routed to it from here).
+struct TestNet {
+    host: TestHost,
+    server: std::process::Child,
+}
+
+const PUBLIC_SERVER: &str = "198.51.100.10";
+const SERVER_PORT: u16 = 18080;
+
+impl TestNet {
+    fn new(dir: &Path) -> TestNet {
+        let host = TestHost::create();
+        host.add_address(PUBLIC_SERVER);
+        let served = dir.join("served");
+        std::fs::create_dir_all(&served).unwrap();
+        std::fs::write(served.join("marker"), "SERVED-BY-THE-TEST-HOST\n").unwrap();
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &host.name, "python3", "-m", "http.server"])
+            .arg(SERVER_PORT.to_string())
+            .arg("--directory")
+            .arg(&served)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let net = TestNet { host, server };
+        // Serving once it answers from here.
+        for _ in 0..100 {
+            let url = format!("http://{}:{SERVER_PORT}/marker", net.host.ip);
+            if std::process::Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", &url])
+                .status()
+                .unwrap()
+                .success()
+            {
+                return net;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the test host's server did not start");
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// The host's address on its default route.
+fn host_address() -> String {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("198.51.100.1:9").unwrap();
+    s.local_addr().unwrap().ip().to_string()
+}
+
 #[test]
 #[cfg_attr(builderd_not_root, ignore = "needs root")]
 fn a_step_is_root_only_in_its_namespace_and_reaches_nothing_of_the_host() {
@@ -159,58 +218,107 @@ fn a_step_is_root_only_in_its_namespace_and_reaches_nothing_of_the_host() {
     }
     let dir = tmp();
     let source = busybox(dir.path());
-    let out = dir.path().join("a.ext4");
-    // A file and a server of the host's, which the step tries to reach.
+    let net = TestNet::new(dir.path());
+    // A file and servers of the host's, which the step tries to reach: on
+    // loopback, and on every address (reached through the host's own
+    // addresses: its default route's and the step's gateway).
     let secret = dir.path().join("host-secret");
     std::fs::write(&secret, "host-only-content").unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
+    let any = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    any.set_nonblocking(true).unwrap();
+    let any_port = any.local_addr().unwrap().port();
+    let get = |addr: &str, port: u16, name: &str| {
+        format!(
+            "printf 'GET /marker HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr} {port} | grep -q SERVED \
+             && echo {name}-REACHED || echo {name}-UNREACHABLE; "
+        )
+    };
+    let connect = |addr: &str, port: u16, name: &str| {
+        format!(
+            "echo x | nc -w 2 {addr} {port} && echo {name}-REACHED || echo {name}-UNREACHABLE; "
+        )
+    };
     let script = format!(
         "id -u; cat /proc/self/uid_map; \
          cat {secret} 2>&1 || echo SECRET-UNREADABLE; \
-         echo x | nc -w 2 127.0.0.1 {port} && echo LOOPBACK-REACHED || echo LOOPBACK-UNREACHABLE; \
-         wget -q -T 2 -O - http://10.0.2.2/ && echo PRIVATE-REACHED || echo PRIVATE-UNREACHABLE; \
+         {loopback}{public}{private}{host}\
+         gw=$(ip route | awk '/^default/ {{print $3}}'); \
+         if [ -n \"$gw\" ]; then {gateway} else echo GATEWAY-UNREACHABLE; fi; \
          mount -t tmpfs none /mnt 2>&1 && echo MOUNT-OK || echo MOUNT-REFUSED; \
          unshare -U -r true 2>&1 && echo UNSHARE-OK || echo UNSHARE-REFUSED; \
          (echo b > /proc/sysrq-trigger) 2>&1 && echo SYSRQ-OK || echo SYSRQ-REFUSED; \
+         ip link set eth0 down 2>&1 && echo NETADMIN-OK || echo NETADMIN-REFUSED; \
          touch /made-by-step",
-        secret = secret.display()
+        secret = secret.display(),
+        loopback = connect("127.0.0.1", port, "LOOPBACK"),
+        public = get(PUBLIC_SERVER, SERVER_PORT, "PUBLIC"),
+        private = get(&net.host.ip, SERVER_PORT, "PRIVATE"),
+        host = connect(&host_address(), any_port, "HOST"),
+        gateway = connect("$gw", any_port, "GATEWAY"),
     );
-    let err = ok(&build_steps(dir.path(), &source, &out, &["--run", &script]));
-    // Root in the image, uid 100000 on the host.
-    let map: Vec<&str> = err
-        .lines()
-        .find(|l| l.split_whitespace().count() == 3 && l.trim_start().starts_with('0'))
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    assert_eq!(map, ["0", "100000", "65536"], "{err}");
-    assert!(err.lines().any(|l| l == "0"), "not root inside:\n{err}");
-    for expected in [
-        "SECRET-UNREADABLE",
-        "LOOPBACK-UNREACHABLE",
-        "PRIVATE-UNREACHABLE",
-        "MOUNT-REFUSED",
-        "UNSHARE-REFUSED",
-        "SYSRQ-REFUSED",
-    ] {
-        assert!(err.contains(expected), "{expected} not seen:\n{err}");
+    for network in ["none", "egress"] {
+        let out = dir.path().join(format!("{network}.ext4"));
+        let err = ok(&build_steps(
+            dir.path(),
+            &source,
+            &out,
+            &["--network", network, "--run", &script],
+        ));
+        // Root in the image, uid 100000 on the host.
+        let map: Vec<&str> = err
+            .lines()
+            .find(|l| l.split_whitespace().count() == 3 && l.trim_start().starts_with('0'))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(map, ["0", "100000", "65536"], "{err}");
+        assert!(err.lines().any(|l| l == "0"), "not root inside:\n{err}");
+        // Only egress reaches the public server; nothing reaches the rest.
+        let public = if network == "egress" {
+            "PUBLIC-REACHED"
+        } else {
+            "PUBLIC-UNREACHABLE"
+        };
+        for expected in [
+            "SECRET-UNREADABLE",
+            "LOOPBACK-UNREACHABLE",
+            public,
+            "PRIVATE-UNREACHABLE",
+            "HOST-UNREACHABLE",
+            "GATEWAY-UNREACHABLE",
+            "MOUNT-REFUSED",
+            "UNSHARE-REFUSED",
+            "SYSRQ-REFUSED",
+            "NETADMIN-REFUSED",
+        ] {
+            // A line of its own (the command, echoed, holds every word).
+            assert!(
+                err.lines().any(|l| l == expected),
+                "{network}: {expected} not seen:\n{err}"
+            );
+        }
+        assert!(!err.contains("host-only-content"), "{err}");
+        for (name, l) in [("loopback", &listener), ("any-address", &any)] {
+            assert!(
+                matches!(l.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "{network}: the host's {name} server was reached"
+            );
+        }
+        assert_eq!(metadata(&out)["steps"]["network"], network);
+        // The file the step made is the image's root's, not uid 100000's.
+        e2fsck(&out);
+        let stat = std::process::Command::new("debugfs")
+            .args(["-R", "stat /made-by-step"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stat = String::from_utf8_lossy(&stat.stdout);
+        assert!(stat.contains("User:     0"), "{stat}");
     }
-    assert!(!err.contains("host-only-content"), "{err}");
-    assert!(
-        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        "the host's loopback server was reached"
-    );
-    // The file the step made is the image's root's, not uid 100000's.
-    e2fsck(&out);
-    let stat = std::process::Command::new("debugfs")
-        .args(["-R", "stat /made-by-step"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stat = String::from_utf8_lossy(&stat.stdout);
-    assert!(stat.contains("User:     0"), "{stat}");
+    drop(net);
 }
 
 /// A build of the busybox image with `extra` that must fail, its events as

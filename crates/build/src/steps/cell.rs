@@ -144,52 +144,81 @@ impl Cell {
         }
     }
 
-    /// Kills every process in the cell and below, until none is left (a
-    /// fork bomb forks while it is killed: a few rounds end it).
+    /// Kills every process in the cell and below.
     pub fn kill_all(&self) {
-        let dir = match &self.layout {
-            Layout::V1 { pids, .. } => pids,
-            Layout::V2(dir) => dir,
-        };
-        for _ in 0..100 {
-            let mut found = false;
-            for procs in cgroup_files(dir, "cgroup.procs") {
-                let text = std::fs::read_to_string(procs).unwrap_or_default();
-                for pid in text
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok())
-                {
-                    found = true;
-                    // SAFETY: kill(2) with a pid read from the cgroup; no
-                    // memory is involved.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            if !found {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        kill_all(self.dirs()[0]);
+    }
+
+    /// The cell's directory in each hierarchy, the one counting processes
+    /// first.
+    fn dirs(&self) -> Vec<&PathBuf> {
+        match &self.layout {
+            Layout::V1 { memory, pids, cpu } => vec![pids, memory, cpu],
+            Layout::V2(dir) => vec![dir],
         }
+    }
+}
+
+/// Ends the cells of builderd processes that are gone (killed before they
+/// could end their own): their processes killed, their cgroups removed.
+pub fn sweep() {
+    let root = Path::new("/sys/fs/cgroup");
+    let parents = ["pids", "memory", "cpu", ""].map(|c| root.join(c).join(PARENT));
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if super::gone(&name.to_string_lossy(), "") {
+                kill_all(&entry.path());
+                remove_tree(&entry.path());
+            }
+        }
+    }
+}
+
+/// Kills every process in the cgroup `dir` and below, until none is left
+/// (a fork bomb forks while it is killed: a few rounds end it).
+fn kill_all(dir: &Path) {
+    for _ in 0..100 {
+        let mut found = false;
+        for procs in cgroup_files(dir, "cgroup.procs") {
+            let text = std::fs::read_to_string(procs).unwrap_or_default();
+            for pid in text
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                found = true;
+                // SAFETY: kill(2) with a pid read from the cgroup; no
+                // memory is involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes the (empty) cgroup `dir` and those below it, deepest first.
+fn remove_tree(dir: &Path) {
+    let mut below: Vec<PathBuf> = cgroup_files(dir, "cgroup.procs")
+        .into_iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    below.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in below {
+        let _ = std::fs::remove_dir(d);
     }
 }
 
 impl Drop for Cell {
     fn drop(&mut self) {
         self.kill_all();
-        let dirs: Vec<&PathBuf> = match &self.layout {
-            Layout::V1 { memory, pids, cpu } => vec![memory, pids, cpu],
-            Layout::V2(dir) => vec![dir],
-        };
-        for dir in dirs {
-            // The engine's containers' cgroups first, deepest first.
-            let mut below: Vec<PathBuf> = cgroup_files(dir, "cgroup.procs")
-                .into_iter()
-                .filter_map(|p| p.parent().map(Path::to_path_buf))
-                .collect();
-            below.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-            for d in below {
-                let _ = std::fs::remove_dir(d);
-            }
+        for dir in self.dirs() {
+            remove_tree(dir);
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The step engine: buildah, run as a subprocess with storage of our own
 //! (never the host's default), each container in a user namespace whose
 //! root is `HOST_ID_BASE` on the host, with runc (`--isolation oci`: own
-//! PID, mount, IPC, UTS and network namespaces; buildah's seccomp profile
-//! and capability set), no network, and the steps' cgroup as its parent.
+//! PID, mount, IPC, UTS and network namespaces; buildah's capability set
+//! and seccomp profile, less user namespaces), no network unless egress,
+//! and the steps' cgroup as its parent.
 //! `--isolation chroot` would share the host's network and PIDs: never used.
 
 use std::io::{BufRead, BufReader, Read};
@@ -23,6 +24,8 @@ pub struct Engine {
     runroot: PathBuf,
     /// buildah's own temporary files (each run's bundle) go here.
     tmp: PathBuf,
+    /// The steps' seccomp profile.
+    seccomp: PathBuf,
 }
 
 impl Engine {
@@ -39,15 +42,39 @@ impl Engine {
                 "install buildah to run build steps (Debian: apt-get install buildah runc uidmap)"
             );
         }
-        let engine = Engine {
-            root: dir.join("storage"),
-            runroot: dir.join("run"),
-            tmp: dir.join("tmp"),
-        };
-        for d in [&engine.root, &engine.runroot, &engine.tmp] {
+        let (root, runroot, tmp) = (dir.join("storage"), dir.join("run"), dir.join("tmp"));
+        for d in [&root, &runroot, &tmp] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
+        let engine = Engine {
+            seccomp: super::seccomp::write_profile(dir)?,
+            root,
+            runroot,
+            tmp,
+        };
+        engine.sweep();
         Ok(engine)
+    }
+
+    /// Removes the containers that builderd processes now gone left
+    /// behind (a build killed before it could remove its own).
+    fn sweep(&self) {
+        let Ok(names) = self.output(
+            &[
+                "containers",
+                "--noheading",
+                "--format",
+                "{{.ContainerName}}",
+            ],
+            "list its containers",
+        ) else {
+            return;
+        };
+        for name in names.lines() {
+            if super::gone(name, "builderd-") {
+                let _ = self.output(&["rm", name], "remove a stale container");
+            }
+        }
     }
 
     fn command(&self) -> Command {
@@ -101,6 +128,7 @@ impl Engine {
         let dir =
             std::fs::File::open(layout).with_context(|| format!("opening {}", layout.display()))?;
         let image = format!("oci:/proc/self/fd/{LAYOUT_FD}:{tag}");
+        let seccomp = format!("seccomp={}", self.seccomp.display());
         let mut from = self.command();
         pass_as(&mut from, &dir, LAYOUT_FD);
         self.run_to_end(
@@ -120,6 +148,8 @@ impl Engine {
                 &map,
                 "--cgroup-parent",
                 cgroup_parent,
+                "--security-opt",
+                &seccomp,
                 &image,
             ],
             "start a container from the base image",
@@ -196,17 +226,28 @@ impl Container<'_> {
         Ok(())
     }
 
-    /// Runs `/bin/sh -c command` in the container, as `user` if given;
+    /// Runs `/bin/sh -c command` in the container, as `user` if given, in
+    /// the network namespace `network` (None: a new one, loopback only);
     /// each line of output goes to `line` as it comes. Answers the exit
     /// code and the last lines of output.
     pub fn run(
         &self,
         command: &str,
         user: Option<&str>,
+        network: Option<&Path>,
         line: &(dyn Fn(OutputStream, String) + Sync),
     ) -> Result<(i32, Vec<String>)> {
         let mut c = self.engine.command();
-        c.args(["run", "--isolation", "oci", "--network", "none"]);
+        c.args(["run", "--isolation", "oci"]);
+        match network {
+            None => c.args(["--network", "none"]),
+            // A network namespace the step's user namespace does not own:
+            // sysfs cannot be mounted there (and the host's is not lent).
+            Some(ns) => c
+                .arg("--network")
+                .arg(format!("ns:{}", ns.display()))
+                .args(["--mount", "type=tmpfs,destination=/sys"]),
+        };
         if let Some(user) = user {
             c.args(["--user", user]);
         }

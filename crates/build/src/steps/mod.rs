@@ -11,6 +11,8 @@ mod base;
 mod cell;
 mod engine;
 mod layer;
+mod network;
+mod seccomp;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +28,7 @@ pub use base::BlobAt;
 use crate::error::StepError;
 use crate::event::{Event, Reporter, StepOutput, StepResult, StepStarted};
 use crate::report::StepsInfo;
-use crate::request::Steps;
+use crate::request::{StepNetwork, Steps};
 
 /// How often the steps' cgroup is looked at while they run.
 const WATCH: Duration = Duration::from_millis(100);
@@ -36,13 +38,40 @@ pub struct Done {
     pub layers: Vec<PathBuf>,
     pub adjust: Arc<Adjust>,
     pub results: Vec<StepResult>,
+    network: StepNetwork,
     /// Holds the layer's files until the flatten has read them.
     _work: WorkDir,
+}
+
+/// Ends what builderd processes now gone left running or mounted on the
+/// host: their steps' processes and cgroups, their network namespaces.
+/// (Each engine storage's containers and work directories are swept when
+/// it is next used.) Whoever kills a build process calls this after it.
+pub fn sweep() {
+    cell::sweep();
+    network::sweep();
+}
+
+/// `name` is `PREFIX{pid}-...`, made by a builderd process that is gone.
+fn gone(name: &str, prefix: &str) -> bool {
+    let pid = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<i32>().ok());
+    pid.is_some_and(|pid| pid > 0 && !exists(pid))
+}
+
+fn exists(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// A build's own directory in the engine's storage, removed when dropped.
 /// Its name is lower case: the engine names the base image after it.
 struct WorkDir(PathBuf);
+
+const WORK_PREFIX: &str = "work-";
 
 impl WorkDir {
     fn new(storage: &Path) -> Result<WorkDir> {
@@ -50,7 +79,13 @@ impl WorkDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or_default();
-        let dir = storage.join(format!("work-{}-{nanos}", std::process::id()));
+        let dir = storage.join(format!("{WORK_PREFIX}{}-{nanos}", std::process::id()));
+        // Those of builderd processes now gone.
+        for entry in std::fs::read_dir(storage).into_iter().flatten().flatten() {
+            if gone(&entry.file_name().to_string_lossy(), WORK_PREFIX) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         std::fs::create_dir_all(storage)
             .and_then(|()| std::fs::create_dir(&dir))
             .with_context(|| format!("creating {}", dir.display()))?;
@@ -96,7 +131,7 @@ impl Done {
         let infos = self.layer_infos().unwrap_or_default();
         StepsInfo {
             sandbox: "oci",
-            network: "none",
+            network: self.network.name(),
             commands: self.results,
             layer_digest: infos
                 .iter()
@@ -119,12 +154,17 @@ pub fn run(
     epoch: Option<i64>,
     reporter: &dyn Reporter,
 ) -> Result<Done> {
+    sweep();
     let engine = engine::Engine::new(storage)?;
     let work = WorkDir::new(storage)?;
     let base_dir = work.path().join("base");
     let base = base::write(&base_dir, image, config, layers)?;
     let cell = cell::Cell::new(&steps.limits)?;
     let container = engine.from(&base_dir, base::TAG, &cell.containers())?;
+    let egress = match steps.network {
+        StepNetwork::None => None,
+        StepNetwork::Egress => Some(network::Egress::new()?),
+    };
 
     let deadline = Instant::now() + steps.limits.timeout;
     let timed_out = AtomicBool::new(false);
@@ -148,7 +188,15 @@ pub fn run(
                 done = wake.wait_timeout(done, left.min(WATCH)).unwrap().0;
             }
         });
-        let ran = run_each(&container, steps, &cell, &timed_out, reporter, &mut results);
+        let ran = run_each(
+            &container,
+            steps,
+            egress.as_ref().map(|e| e.path()).as_deref(),
+            &cell,
+            &timed_out,
+            reporter,
+            &mut results,
+        );
         *finished.0.lock().unwrap() = true;
         finished.1.notify_all();
         ran
@@ -162,7 +210,9 @@ pub fn run(
     let layers = layer::new_layers(&commit_dir, &committed, &base.diff_ids)?;
     drop(container);
     drop(cell);
+    drop(egress);
     Ok(Done {
+        network: steps.network,
         layers,
         adjust: layer::adjust(epoch.or(base.created).unwrap_or(0)),
         results,
@@ -175,6 +225,7 @@ pub fn run(
 fn run_each(
     container: &engine::Container<'_>,
     steps: &Steps,
+    network: Option<&Path>,
     cell: &cell::Cell,
     timed_out: &AtomicBool,
     reporter: &dyn Reporter,
@@ -187,13 +238,18 @@ fn run_each(
             command: command.clone(),
         }));
         let started = Instant::now();
-        let (code, tail) = container.run(command, steps.run_as.as_deref(), &|stream, line| {
-            reporter.report(Event::StepOutput(StepOutput {
-                index,
-                stream,
-                line,
-            }))
-        })?;
+        let (code, tail) = container.run(
+            command,
+            steps.run_as.as_deref(),
+            network,
+            &|stream, line| {
+                reporter.report(Event::StepOutput(StepOutput {
+                    index,
+                    stream,
+                    line,
+                }))
+            },
+        )?;
         let result = StepResult {
             index,
             command: command.clone(),

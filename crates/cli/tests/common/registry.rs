@@ -490,6 +490,8 @@ impl TokenServer {
 pub struct TestHost {
     pub name: String,
     pub ip: String,
+    /// This namespace's end of the pair.
+    outer: String,
 }
 
 impl TestHost {
@@ -519,7 +521,20 @@ impl TestHost {
         ]);
         ip(&["netns", "exec", &name, "ip", "link", "set", &inner, "up"]);
         ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
-        TestHost { name, ip: ns_ip }
+        TestHost {
+            name,
+            ip: ns_ip,
+            outer,
+        }
+    }
+
+    /// Gives the host `addr` too (one address, routed to it from here).
+    pub fn add_address(&self, addr: &str) {
+        let ip = |args: &[&str]| run(Command::new("ip").args(args));
+        let inner = self.outer.replacen("bdo", "bdi", 1);
+        let one = format!("{addr}/32");
+        ip(&["-n", &self.name, "addr", "add", &one, "dev", &inner]);
+        ip(&["route", "add", &one, "dev", &self.outer]);
     }
 }
 
