@@ -229,10 +229,15 @@ pub struct Steps {
     pub limits: StepLimits,
     pub network: StepNetwork,
     /// Where the step engine keeps its storage (the base layers it
-    /// unpacked stay there for the next build from them); None: `steps`
-    /// beside the blob cache.
+    /// unpacked stay there for the next build from them); None:
+    /// `DEFAULT_STEPS_DIR`.
     pub storage: Option<PathBuf>,
 }
+
+/// The step engine's storage unless a build names one: a system place
+/// (steps need root), whose parents every user may pass through (see
+/// `docs/steps.md`), as container engines keep theirs in /var/lib.
+pub const DEFAULT_STEPS_DIR: &str = "/var/lib/builderd/steps";
 
 /// What a step's network reaches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use crate::event::{self, Event, Progress, Reporter, Stage};
 use crate::layer_streams::{Blob, Streams};
 use crate::output::Pending;
 use crate::report::{CompressedInfo, FlattenInfo, ImageInfo, Report, Timings};
-use crate::request::{BlobCacheChoice, BootOptions, BuildRequest, CopyFormat};
+use crate::request::{BootOptions, BuildRequest, CopyFormat};
 use crate::source::{self, Blobs, Opened};
 use crate::steps::{self, BlobAt};
 use crate::units::{count, human};
@@ -257,11 +257,11 @@ fn run_steps(
             (at(&image.config_digest), layers)
         }
     };
-    let storage = match (&req.steps.storage, &req.cache) {
-        (Some(dir), _) => dir.clone(),
-        (None, BlobCacheChoice::Dir(d)) => d.join("steps"),
-        (None, _) => BlobCache::default_dir().join("steps"),
-    };
+    let storage = req
+        .steps
+        .storage
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::request::DEFAULT_STEPS_DIR));
     let done = steps::run(
         image,
         config,

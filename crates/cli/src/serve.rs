@@ -98,6 +98,11 @@ pub struct ServeArgs {
     /// limit if smaller.
     #[arg(long, value_name = "BYTES", value_parser = crate::units::parse_bytes)]
     max_build_memory: Option<u64>,
+    /// What the network of builds' steps (`custom_commands`) reaches: by
+    /// the tenant's tier (free: none; the others: egress, public addresses
+    /// only), or none or egress for every tier.
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = StepsNetwork::Tier)]
+    steps_network: StepsNetwork,
     /// Connections open at once (more wait until one closes).
     #[arg(long, value_name = "N", default_value = "1024")]
     max_connections: usize,
@@ -105,6 +110,13 @@ pub struct ServeArgs {
     /// or an idle kept-alive one, before the connection is closed.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     header_timeout: Duration,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StepsNetwork {
+    Tier,
+    None,
+    Egress,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -148,6 +160,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         retention: args.retention,
         otlp_endpoint: args.otlp_endpoint,
         max_build_memory: args.max_build_memory,
+        steps_network: match args.steps_network {
+            StepsNetwork::Tier => None,
+            StepsNetwork::None => Some(builderd_build::StepNetwork::None),
+            StepsNetwork::Egress => Some(builderd_build::StepNetwork::Egress),
+        },
         limits: builderd_service::Limits {
             max_connections: args.max_connections,
             header_timeout: args.header_timeout,

@@ -36,8 +36,9 @@ pub struct StepsArgs {
     /// or the host's own addresses. Needs nftables.
     #[arg(long, value_name = "NETWORK", value_enum, requires = "commands")]
     network: Option<NetworkArg>,
-    /// Where the step engine keeps its storage (default: steps/ in the blob
-    /// cache's directory).
+    /// Where the step engine keeps its storage (default:
+    /// /var/lib/builderd/steps); others must be able to search each
+    /// directory above it (o+x), as the steps' root is another user.
     #[arg(long, value_name = "DIR", requires = "commands")]
     steps_dir: Option<PathBuf>,
 }

@@ -9,23 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::registry::{Proxy, TestRegistry};
-use common::server::{config, download_and_check, num, push_app, python_client, Server};
+use common::server::{config, download_and_check, logs, num, push_app, python_client, Server};
 use common::*;
 use serde_json::{json, Value};
-
-/// `builderd client logs ID`: the build's log lines.
-fn logs(server: &Server, key: &str, id: &str) -> String {
-    let out = builderd()
-        .args(["client", "--server", &server.url, "--key", key, "logs", id])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn with_retry(mut c: Value, policy: Value) -> Value {
     c["config"]["retry_policy"] = policy;

@@ -71,7 +71,7 @@ impl Artifacts {
                     .as_str()
                     .and_then(|d| builderd_oci::Digest::parse(d).ok())
                 {
-                    let key = self.cache.key(&manifest, job);
+                    let key = self.cache.key(&manifest, job, &build.tenant_id);
                     match self
                         .cache
                         .insert(&key, &self.dirs.artifacts(&build.tenant_id, id))

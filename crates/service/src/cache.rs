@@ -66,8 +66,10 @@ impl Cache {
     /// resolved that manifest there), the platform's manifest and everything
     /// of the job that shapes the image (not the tag, which the manifest
     /// stands for, nor the size limit, checked against the image, nor the
-    /// retry policy).
-    pub fn key(&self, manifest: &Digest, job: &Job) -> String {
+    /// retry policy). An image the tenant's commands changed is the
+    /// tenant's own: its key names the tenant, the commands and their
+    /// network.
+    pub fn key(&self, manifest: &Digest, job: &Job, tenant: &str) -> String {
         let origin = match builderd_oci::Source::parse(&job.image) {
             Ok(builderd_oci::Source::Registry(r)) => r.origin(),
             _ => job.image.clone(),
@@ -86,6 +88,11 @@ impl Cache {
             "working_dir": job.working_dir,
             "user": job.user,
             "hostname": job.hostname,
+            "steps": (!job.commands.is_empty()).then(|| serde_json::json!({
+                "tenant": tenant,
+                "commands": job.commands,
+                "network": job.step_network.name(),
+            })),
         });
         Digest::of(inputs.to_string().as_bytes()).hex().to_string()
     }
@@ -222,5 +229,40 @@ fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
     match fs::hard_link(from, to) {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => fs::copy(from, to).map(drop),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_make_the_key_their_tenants_and_any_change_a_miss() {
+        let data = tempfile::tempdir().unwrap();
+        let cache = Cache::open(data.path(), None, 0).unwrap();
+        let manifest = Digest::of(b"manifest");
+        let plain = Job {
+            image: "reg.example/app:v1".into(),
+            ..Job::default()
+        };
+        // Without commands the image is anyone's who can pull it.
+        assert_eq!(
+            cache.key(&manifest, &plain, "a"),
+            cache.key(&manifest, &plain, "b")
+        );
+        let with = |commands: &[&str]| Job {
+            commands: commands.iter().map(|c| c.to_string()).collect(),
+            ..plain.clone()
+        };
+        let key = cache.key(&manifest, &with(&["npm ci"]), "a");
+        assert_eq!(key, cache.key(&manifest, &with(&["npm ci"]), "a"));
+        assert_ne!(key, cache.key(&manifest, &plain, "a"));
+        assert_ne!(key, cache.key(&manifest, &with(&["npm ci", "true"]), "a"));
+        assert_ne!(key, cache.key(&manifest, &with(&["npm ci"]), "b"));
+        let egress = Job {
+            step_network: builderd_build::StepNetwork::Egress,
+            ..with(&["npm ci"])
+        };
+        assert_ne!(key, cache.key(&manifest, &egress, "a"));
     }
 }

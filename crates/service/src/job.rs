@@ -45,6 +45,12 @@ pub struct Job {
     pub working_dir: Option<String>,
     pub user: Option<String>,
     pub hostname: Option<String>,
+    /// The docker strategy's `custom_commands`: run in the image, in order,
+    /// before it is written.
+    pub commands: Vec<String>,
+    /// What their network reaches: the runner sets it from the tenant's
+    /// tier and the operator's policy.
+    pub step_network: builderd_build::StepNetwork,
     /// The build's retry policy: its registry requests are retried by it
     /// (NETWORK_ERROR, REGISTRY_RATE_LIMIT), the whole build is run again for
     /// a TEMPORARY_RESOURCE_ERROR, and `max_retries` also bounds how many
@@ -238,12 +244,7 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
                     "keeping the image's layers (the rootfs is always flattened)",
                 ));
             }
-            if !d.custom_commands.is_empty() {
-                return Err(unimplemented(
-                    &format!("{field}.custom_commands"),
-                    "running commands in the image",
-                ));
-            }
+            job.commands = commands(&format!("{field}.custom_commands"), &d.custom_commands)?;
         }
         Some(StrategyType::GitStrategy(_)) => {
             return Err(unimplemented(
@@ -267,6 +268,36 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
             .map_err(Refusal::Invalid)?;
     }
     Ok(job)
+}
+
+/// Most commands one build may run, and the longest one: a tenant's
+/// commands are stored with the build and sent to the build process.
+const MAX_COMMANDS: usize = 64;
+const MAX_COMMAND_BYTES: usize = 16 << 10;
+
+/// Commands to run in the image: each one a shell command line.
+fn commands(field: &str, given: &[String]) -> Result<Vec<String>, Refusal> {
+    if given.len() > MAX_COMMANDS {
+        return Err(Refusal::Invalid(format!(
+            "{field}: {} commands; at most {MAX_COMMANDS}",
+            given.len()
+        )));
+    }
+    for (i, c) in given.iter().enumerate() {
+        if c.trim().is_empty() {
+            return Err(Refusal::Invalid(format!("{field}[{i}]: empty")));
+        }
+        if c.len() > MAX_COMMAND_BYTES {
+            return Err(Refusal::Invalid(format!(
+                "{field}[{i}]: {} bytes; at most {MAX_COMMAND_BYTES}",
+                c.len()
+            )));
+        }
+        if c.contains('\0') {
+            return Err(Refusal::Invalid(format!("{field}[{i}]: holds a NUL byte")));
+        }
+    }
+    Ok(given.to_vec())
 }
 
 /// A webhook's events and headers must mean something; its URL must be
@@ -412,6 +443,7 @@ pub fn credentials(config: &BuildConfig) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn parse(json: &str) -> BuildConfig {
         let req: crate::proto::builder::v1::CreateBuildRequest =
@@ -463,6 +495,47 @@ mod tests {
             !shown.contains("ghp_token") && shown.contains("github_user"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn custom_commands_are_taken_in_order_and_bad_ones_named() {
+        let config = |commands: Value| {
+            parse(
+                &json!({"config": {"source": {"docker_image": {"image_uri": "node:18-alpine"}},
+                  "strategy": {"docker_strategy": {"custom_commands": commands}}}})
+                .to_string(),
+            )
+        };
+        let j = job(
+            &config(json!([
+                "npm ci --only=production",
+                "npm cache clean --force"
+            ])),
+            &default_retry_policy(),
+        )
+        .unwrap();
+        assert_eq!(
+            j.commands,
+            ["npm ci --only=production", "npm cache clean --force"]
+        );
+        let field = "config.strategy.docker_strategy.custom_commands";
+        for (commands, why) in [
+            (json!(["true", " "]), format!("{field}[1]: empty")),
+            (json!(["a\u{0}b"]), format!("{field}[0]: holds a NUL byte")),
+            (
+                json!(["x".repeat(MAX_COMMAND_BYTES + 1)]),
+                format!("{field}[0]: 16385 bytes; at most 16384"),
+            ),
+            (
+                json!(vec!["true"; MAX_COMMANDS + 1]),
+                format!("{field}: 65 commands; at most 64"),
+            ),
+        ] {
+            assert_eq!(
+                job(&config(commands), &default_retry_policy()),
+                Err(Refusal::Invalid(why))
+            );
+        }
     }
 
     #[test]

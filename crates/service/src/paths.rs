@@ -31,6 +31,32 @@ impl DataDir {
         self.0.join("artifacts").join(tenant).join(id)
     }
 
+    /// A tenant's step engine storage (its builds' steps only).
+    pub fn steps(&self, tenant: &str) -> PathBuf {
+        self.0.join("steps").join(tenant)
+    }
+
+    /// Only the steps' part is for others to pass through: builds' steps
+    /// run as another user (their user namespace's root), which the step
+    /// engine needs to reach its storage. So the data directory lets
+    /// others search it (not list it), `steps/` too; all else is the
+    /// server's alone (directories 0700, files 0600).
+    pub fn set_modes(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let mode = |path: &std::path::Path, mode: u32| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        };
+        for private in ["work", "artifacts", "blobs", "cache"] {
+            mode(&self.0.join(private), 0o700)?;
+        }
+        mode(&self.0.join("steps"), 0o711)?;
+        mode(&self.0, 0o711)
+    }
+
     /// The layer blob cache the builds share.
     pub fn blobs(&self) -> PathBuf {
         self.0.join("blobs")

@@ -25,6 +25,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use builderd_build::{
     BlobCacheChoice, BootOptions, BuildRequest, CopyFormat, Event, Init, RegistryOptions, Resolved,
+    StepLimits, StepNetwork, Steps,
 };
 use builderd_oci::{RetryCause, RetryPolicy};
 
@@ -33,6 +34,7 @@ use crate::job::Job;
 use crate::paths::ARTIFACT;
 use crate::state::State;
 use crate::store::{BuildRow, Retry, Store, Usage};
+use crate::tier::Limits;
 
 /// Why the server stops a run before it ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct Runner {
     pub confinement: Arc<crate::confine::Confinement>,
     /// The operator's bound on any build's memory, below the tier's if lower.
     pub max_build_memory: Option<u64>,
+    /// What builds' steps reach, for every tier; None: by the tier.
+    pub steps_network: Option<StepNetwork>,
     /// Counts cache lookups, retries and bytes pulled.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -93,7 +97,13 @@ impl Runner {
 
     /// The build process's request; `storage_left` is what the tenant's
     /// storage quota has room for (the image may not grow past it).
-    fn request(&self, job: &Job, work: &Path, storage_left: Option<u64>) -> BuildRequest {
+    fn request(
+        &self,
+        job: &Job,
+        work: &Path,
+        storage_left: Option<u64>,
+        steps: Steps,
+    ) -> BuildRequest {
         // The registry requests' share of the policy; a temporary resource
         // shortage is retried here, by running the build again.
         let request_causes: Vec<RetryCause> = job
@@ -149,8 +159,28 @@ impl Runner {
                 storage_left,
             },
             hold_after_resolve: true,
-            steps: Default::default(),
+            steps,
             credentials: None,
+        }
+    }
+
+    /// The job's commands as the build's steps: the tier's limits (memory:
+    /// the build's), the tenant's own engine storage.
+    fn steps(&self, job: &Job, tenant: &str, limits: &Limits, memory_bytes: u64) -> Steps {
+        Steps {
+            commands: job.commands.clone(),
+            run_as: None,
+            limits: StepLimits {
+                memory_bytes,
+                cpus: f64::from(limits.step_cpus),
+                pids: limits.step_processes,
+                // The server ends the whole build at its own deadline.
+                timeout: limits.build_timeout,
+            },
+            network: job.step_network,
+            // Each tenant's own: nothing one tenant's steps leave in the
+            // engine's storage (layers, cache mounts) is seen by another's.
+            storage: Some(self.artifacts.dirs.steps(tenant)),
         }
     }
 
@@ -160,16 +190,27 @@ impl Runner {
         &self,
         store: Arc<Store>,
         build: &BuildRow,
-        job: Job,
+        mut job: Job,
         timeout: Duration,
         mut stop: watch::Receiver<Option<Stop>>,
     ) -> Ended {
         let id = build.id.as_str();
+        let tier = store
+            .tenant(&build.tenant_id)
+            .ok()
+            .flatten()
+            .map_or(crate::tier::Tier::Free, |t| t.tier);
+        job.step_network = self.steps_network.unwrap_or(tier.limits().step_network);
         let work = self.artifacts.dirs.work(id);
         let deadline = tokio::time::Instant::now() + timeout;
         let result = self
             .attempt(&store, build, &job, &work, deadline, &mut stop)
             .await;
+        if !job.commands.is_empty() {
+            // A build process killed mid-step leaves its steps running in
+            // their cgroup, and their network namespace: end them.
+            let _ = tokio::task::spawn_blocking(builderd_build::sweep_steps).await;
+        }
         let ended = self.settle(&store, build, &job, result, timeout);
         let _ = store.release_blobs(id);
         let _ = std::fs::remove_dir_all(&work);
@@ -220,7 +261,7 @@ impl Runner {
                 temporary: false,
             }
         })?;
-        let key = self.artifacts.cache.key(&manifest, job);
+        let key = self.artifacts.cache.key(&manifest, job, &build.tenant_id);
         let dest = self.artifact_dir(&build.tenant_id, id);
         let cache = self.artifacts.cache.clone();
         let k = key.clone();
@@ -331,8 +372,9 @@ impl Runner {
                 .cell(id, bounds)
                 .map_err(|e| RunError::resource(format!("the build's cgroup: {e}")))?,
         );
+        let steps = self.steps(job, &build.tenant_id, &limits, bounds.memory_bytes);
         let request = work.join(REQUEST);
-        let text = serde_json::to_vec_pretty(&self.request(job, work, storage_left))
+        let text = serde_json::to_vec_pretty(&self.request(job, work, storage_left, steps))
             .map_err(|e| RunError::resource(format!("the build request: {e}")))?;
         std::fs::write(&request, text)
             .map_err(|e| RunError::resource(format!("work directory: {e}")))?;
@@ -787,6 +829,7 @@ mod tests {
             insecure_registries: vec!["reg:5000".into()],
             allow_private_registries: false,
             retry_defaults: crate::job::default_retry_policy(),
+            steps_network: None,
         }
     }
 
@@ -807,7 +850,12 @@ mod tests {
     #[test]
     fn a_job_becomes_a_build_request() {
         let data = tempfile::tempdir().unwrap();
-        let r = runner(data.path(), "builderd".into()).request(&job(), Path::new("/w"), Some(1000));
+        let r = runner(data.path(), "builderd".into()).request(
+            &job(),
+            Path::new("/w"),
+            Some(1000),
+            Steps::default(),
+        );
         assert_eq!(r.source, "alpine");
         assert_eq!(r.output, Path::new("/w/rootfs.ext4"));
         assert!(r.hold_after_resolve && r.registry.public_only && !r.registry.docker_config);
@@ -835,6 +883,33 @@ mod tests {
             r.registry.retry.retry_on,
             [RetryCause::Network, RetryCause::RateLimit]
         );
+    }
+
+    #[test]
+    fn a_jobs_commands_run_with_the_tiers_limits_in_the_tenants_storage() {
+        let data = tempfile::tempdir().unwrap();
+        let r = runner(data.path(), "builderd".into());
+        let job = Job {
+            commands: vec!["npm ci".into()],
+            step_network: StepNetwork::Egress,
+            ..job()
+        };
+        let limits = crate::tier::Tier::Pro.limits();
+        let steps = r.steps(&job, "acme", &limits, 512 << 20);
+        assert_eq!(steps.commands, ["npm ci"]);
+        assert_eq!(steps.network, StepNetwork::Egress);
+        assert_eq!(
+            (
+                steps.limits.memory_bytes,
+                steps.limits.cpus,
+                steps.limits.pids
+            ),
+            (512 << 20, 2.0, 512)
+        );
+        assert_eq!(steps.limits.timeout, limits.build_timeout);
+        assert_eq!(steps.storage, Some(data.path().join("steps/acme")));
+        let other = r.steps(&job, "globex", &limits, 512 << 20);
+        assert_ne!(steps.storage, other.storage, "each tenant's own");
     }
 
     /// A stand-in for `builderd build`: keeps the request it is given and

@@ -54,6 +54,8 @@ pub struct Options {
     pub limits: crate::front::Limits,
     /// An upper bound on any build's memory, below the tier's if smaller.
     pub max_build_memory: Option<u64>,
+    /// What builds' steps reach, for every tier; None: by the tier.
+    pub steps_network: Option<builderd_build::StepNetwork>,
 }
 
 /// `${XDG_DATA_HOME:-~/.local/share}/builderd`.
@@ -314,11 +316,16 @@ pub async fn serve(opts: Options) -> Result<()> {
         );
     }
     clean_leftovers(&opts.data_dir, &store)?;
+    crate::paths::DataDir(opts.data_dir.clone())
+        .set_modes()
+        .with_context(|| format!("{}: setting its modes", opts.data_dir.display()))?;
     let cache = Arc::new(
         Cache::open(&opts.data_dir, Some(&opts.exe), opts.cache_max_bytes)
             .context("opening the cache")?,
     );
-    // No build runs yet: no blob is in use.
+    // No build runs yet: what the steps of builds killed with an earlier
+    // server still run goes, and no blob is in use.
+    builderd_build::sweep_steps();
     store.clear_leases()?;
     cache.adopt(&store).context("reading the cache")?;
     let evicted = cache.evict(&store, None)?;
@@ -331,6 +338,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         metrics: metrics.clone(),
         confinement: confinement.clone(),
         max_build_memory: opts.max_build_memory,
+        steps_network: opts.steps_network,
         exe: opts.exe.clone(),
         artifacts: crate::artifact::Artifacts {
             dirs: crate::paths::DataDir(opts.data_dir.clone()),

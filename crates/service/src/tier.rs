@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use builderd_build::StepNetwork;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
     Free,
@@ -20,6 +22,13 @@ pub struct Limits {
     pub build_memory_bytes: u64,
     /// Processes and threads one build may run at once.
     pub build_processes: u64,
+    /// A build's steps (`custom_commands`), all together: whole CPUs'
+    /// worth of time, processes and threads at once, and what their
+    /// network reaches unless the operator says otherwise. Their memory
+    /// bound is the build's.
+    pub step_cpus: u32,
+    pub step_processes: u64,
+    pub step_network: StepNetwork,
 }
 
 const GIB: u64 = 1 << 30;
@@ -47,6 +56,12 @@ impl Tier {
             Tier::Enterprise => (10, 1000, 30, 100 * GIB, 4 * GIB),
             Tier::Dedicated => (50, 10000, 60, 1024 * GIB, 8 * GIB),
         };
+        let (step_cpus, step_processes, step_network) = match self {
+            Tier::Free => (1, 256, StepNetwork::None),
+            Tier::Pro => (2, 512, StepNetwork::Egress),
+            Tier::Enterprise => (2, 1024, StepNetwork::Egress),
+            Tier::Dedicated => (4, 2048, StepNetwork::Egress),
+        };
         Limits {
             concurrent_builds,
             daily_builds,
@@ -56,6 +71,9 @@ impl Tier {
             // A build's threads: downloads, decompression lanes, the image's
             // read-back, compression workers; a few dozen at most.
             build_processes: 256,
+            step_cpus,
+            step_processes,
+            step_network,
         }
     }
 
@@ -83,9 +101,11 @@ mod tests {
         let l: Vec<Limits> = Tier::ALL.iter().map(|t| t.limits()).collect();
         assert_eq!(l[0].concurrent_builds, 1);
         assert_eq!(l[3].storage_bytes, 1 << 40);
-        assert!(l
-            .windows(2)
-            .all(|w| w[0].daily_builds < w[1].daily_builds
-                && w[0].build_timeout < w[1].build_timeout));
+        assert_eq!(l[0].step_network, StepNetwork::None, "free: no network");
+        assert!(l[1..].iter().all(|l| l.step_network == StepNetwork::Egress));
+        assert!(l.windows(2).all(|w| w[0].daily_builds < w[1].daily_builds
+            && w[0].build_timeout < w[1].build_timeout
+            && w[0].step_cpus <= w[1].step_cpus
+            && w[0].step_processes < w[1].step_processes));
     }
 }

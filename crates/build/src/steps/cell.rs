@@ -170,7 +170,7 @@ pub fn sweep() {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if super::gone(&name.to_string_lossy(), "") {
+            if super::owner::gone(&name.to_string_lossy(), "") {
                 kill_all(&entry.path());
                 remove_tree(&entry.path());
             }

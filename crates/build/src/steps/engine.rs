@@ -46,6 +46,7 @@ impl Engine {
         for d in [&root, &runroot, &tmp] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
+        searchable(dir)?;
         let engine = Engine {
             seccomp: super::seccomp::write_profile(dir)?,
             root,
@@ -71,7 +72,7 @@ impl Engine {
             return;
         };
         for name in names.lines() {
-            if super::gone(name, "builderd-") {
+            if super::owner::gone(name, "builderd-") {
                 let _ = self.output(&["rm", name], "remove a stale container");
             }
         }
@@ -159,6 +160,31 @@ impl Engine {
         container.prepare_root()?;
         Ok(container)
     }
+}
+
+/// The runtime reaches a container's root through the storage's path as
+/// the step's root (`HOST_ID_BASE`, an other user to every directory on
+/// the way): each must let others search it (o+x; reading is not needed).
+fn searchable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    for d in dir.ancestors() {
+        let mode = std::fs::metadata(d)
+            .with_context(|| format!("reading {}", d.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            anyhow::bail!(
+                "build steps cannot use {}: {} is mode {:o}, and the steps' root (uid {HOST_ID_BASE} on this host) must pass through it; allow others to search it (chmod o+x) or choose a steps directory elsewhere",
+                dir.display(),
+                d.display(),
+                mode & 0o7777
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The descriptor the base layout is handed over as.
@@ -262,9 +288,24 @@ impl Container<'_> {
             let read = |from: Box<dyn Read + Send>, stream: OutputStream| {
                 let tail = &tail;
                 s.spawn(move || {
-                    read_lines(from, |text| {
+                    let each = |text: String| {
                         tail.lock().unwrap().push(&text);
                         line(stream, text);
+                    };
+                    // The engine's own last word on a step that failed
+                    // ("Error: while running runtime: exit status 3") says
+                    // nothing the exit code does not: held back, and
+                    // dropped when it is the last line.
+                    let mut held: Option<String> = None;
+                    read_lines(from, |text| {
+                        if let Some(h) = held.take() {
+                            each(h);
+                        }
+                        if stream == OutputStream::Stderr && text.starts_with(ENGINE_EXIT) {
+                            held = Some(text);
+                        } else {
+                            each(text);
+                        }
                     })
                 })
             };
@@ -332,6 +373,9 @@ fn upper_dir(merged: &Path) -> Result<PathBuf> {
             )
         })
 }
+
+/// How the engine reports a step's non-zero exit, on its stderr.
+const ENGINE_EXIT: &str = "Error: while running runtime: exit status ";
 
 /// The last lines a step wrote, for its error.
 #[derive(Default)]

@@ -12,6 +12,7 @@ mod cell;
 mod engine;
 mod layer;
 mod network;
+mod owner;
 mod seccomp;
 
 use std::path::{Path, PathBuf};
@@ -52,21 +53,6 @@ pub fn sweep() {
     network::sweep();
 }
 
-/// `name` is `PREFIX{pid}-...`, made by a builderd process that is gone.
-fn gone(name: &str, prefix: &str) -> bool {
-    let pid = name
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.split('-').next())
-        .and_then(|pid| pid.parse::<i32>().ok());
-    pid.is_some_and(|pid| pid > 0 && !exists(pid))
-}
-
-fn exists(pid: i32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks that the process exists.
-    let sent = unsafe { libc::kill(pid, 0) };
-    sent == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
-
 /// A build's own directory in the engine's storage, removed when dropped.
 /// Its name is lower case: the engine names the base image after it.
 struct WorkDir(PathBuf);
@@ -82,7 +68,7 @@ impl WorkDir {
         let dir = storage.join(format!("{WORK_PREFIX}{}-{nanos}", std::process::id()));
         // Those of builderd processes now gone.
         for entry in std::fs::read_dir(storage).into_iter().flatten().flatten() {
-            if gone(&entry.file_name().to_string_lossy(), WORK_PREFIX) {
+            if owner::gone(&entry.file_name().to_string_lossy(), WORK_PREFIX) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }

@@ -136,7 +136,7 @@ pub fn sweep() {
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
     {
-        if super::gone(&name, NAMESPACE_PREFIX) {
+        if super::owner::gone(&name, NAMESPACE_PREFIX) {
             let _ = ip(&["netns", "del", &name]);
         }
     }

@@ -336,6 +336,20 @@ pub fn download_and_check(server: &Server, key: &str, id: &str, dir: &Path) -> V
     a.body
 }
 
+/// `builderd client logs ID`: the build's log lines.
+pub fn logs(server: &Server, key: &str, id: &str) -> String {
+    let out = super::builderd()
+        .args(["client", "--server", &server.url, "--key", key, "logs", id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The clients' directory: connect_client.mjs, the Python clients, node_modules.
 pub fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
