@@ -226,6 +226,10 @@ pub struct Steps {
     pub commands: Vec<String>,
     /// USER[:GROUP] they run as; None: the image's `USER`.
     pub run_as: Option<String>,
+    /// Directories of the image (absolute) whose contents are kept from
+    /// build to build in the engine's storage, never in the image: a
+    /// package manager's download cache, say (`RUN --mount=type=cache`).
+    pub cache_dirs: Vec<String>,
     pub limits: StepLimits,
     pub network: StepNetwork,
     /// Where the step engine keeps its storage (the base layers it

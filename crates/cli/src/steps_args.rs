@@ -31,6 +31,11 @@ pub struct StepsArgs {
     /// Wall time for all of them (default 30m).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "commands")]
     steps_timeout: Option<Duration>,
+    /// Keep DIR of the image (absolute) from build to build in the step
+    /// engine's storage, outside the image: a package manager's download
+    /// cache, say (repeat for more).
+    #[arg(long = "cache-mount", value_name = "DIR", requires = "commands")]
+    cache_dirs: Vec<String>,
     /// What the commands' network reaches: none (the default), or egress:
     /// public addresses through NAT, never loopback, private, link-local
     /// or the host's own addresses. Needs nftables.
@@ -59,6 +64,7 @@ impl StepsArgs {
         Ok(Steps {
             commands: self.commands.clone(),
             run_as: self.run_as.clone(),
+            cache_dirs: self.cache_dirs.clone(),
             limits: StepLimits {
                 memory_bytes: self.memory.unwrap_or(defaults.memory_bytes),
                 cpus,

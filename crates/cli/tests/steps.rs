@@ -392,3 +392,49 @@ fn a_step_past_its_time_ends_as_a_timeout() {
     assert_eq!(category, "timeout", "{message}");
     assert!(took < std::time::Duration::from_secs(60), "{took:?}");
 }
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn a_cache_mount_is_kept_for_the_next_build_of_its_storage_and_no_other() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let source = busybox(dir.path());
+    // Two step storages, as the service gives two tenants.
+    let build_in = |storage: &str, n: u32| {
+        let out = dir.path().join(format!("{storage}-{n}.ext4"));
+        let steps = dir.path().join(storage);
+        let err = ok(&build(
+            &source,
+            &out,
+            &[
+                "--steps-dir",
+                steps.to_str().unwrap(),
+                "--cache-mount",
+                "/root/.cache",
+                "--run",
+                "ls /root/.cache; echo \"$(cat /root/.cache/seen 2>/dev/null) build\" > /root/.cache/seen; \
+                 echo CACHE-NOW: $(cat /root/.cache/seen)",
+            ],
+        ));
+        e2fsck(&out);
+        // The cache is not in the image.
+        assert_eq!(debugfs_cat(&out, "/root/.cache/seen"), "");
+        err.lines()
+            .find_map(|l| l.strip_prefix("CACHE-NOW: "))
+            .unwrap_or_else(|| panic!("no CACHE-NOW line:\n{err}"))
+            .to_string()
+    };
+    assert_eq!(build_in("tenant-a", 1), "build");
+    assert_eq!(
+        build_in("tenant-a", 2),
+        "build build",
+        "tenant A's cache kept"
+    );
+    assert_eq!(
+        build_in("tenant-b", 1),
+        "build",
+        "tenant B saw tenant A's cache"
+    );
+}

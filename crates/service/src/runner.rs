@@ -170,6 +170,9 @@ impl Runner {
         Steps {
             commands: job.commands.clone(),
             run_as: None,
+            // The docker strategy names none (Git builds' dependency
+            // caching will).
+            cache_dirs: Vec::new(),
             limits: StepLimits {
                 memory_bytes,
                 cpus: f64::from(limits.step_cpus),

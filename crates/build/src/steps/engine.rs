@@ -212,6 +212,17 @@ fn pass_as(command: &mut Command, file: &std::fs::File, fd: i32) {
     }
 }
 
+/// How a step runs.
+pub struct RunOptions<'a> {
+    /// USER[:GROUP]; None: the image's.
+    pub user: Option<&'a str>,
+    /// The network namespace to join; None: a new one, loopback only.
+    pub network: Option<&'a Path>,
+    /// Directories of the image whose contents persist from build to
+    /// build of the same storage, outside the image.
+    pub caches: &'a [String],
+}
+
 /// A working container; removed when dropped.
 pub struct Container<'e> {
     engine: &'e Engine,
@@ -252,20 +263,18 @@ impl Container<'_> {
         Ok(())
     }
 
-    /// Runs `/bin/sh -c command` in the container, as `user` if given, in
-    /// the network namespace `network` (None: a new one, loopback only);
-    /// each line of output goes to `line` as it comes. Answers the exit
-    /// code and the last lines of output.
+    /// Runs `/bin/sh -c command` in the container as `how` says; each line
+    /// of output goes to `line` as it comes. Answers the exit code and the
+    /// last lines of output.
     pub fn run(
         &self,
         command: &str,
-        user: Option<&str>,
-        network: Option<&Path>,
+        how: &RunOptions<'_>,
         line: &(dyn Fn(OutputStream, String) + Sync),
     ) -> Result<(i32, Vec<String>)> {
         let mut c = self.engine.command();
         c.args(["run", "--isolation", "oci"]);
-        match network {
+        match how.network {
             None => c.args(["--network", "none"]),
             // A network namespace the step's user namespace does not own:
             // sysfs cannot be mounted there (and the host's is not lent).
@@ -274,7 +283,14 @@ impl Container<'_> {
                 .arg(format!("ns:{}", ns.display()))
                 .args(["--mount", "type=tmpfs,destination=/sys"]),
         };
-        if let Some(user) = user {
+        for dir in how.caches {
+            // Kept in the engine's storage (its TMPDIR), owned by the
+            // step's root.
+            c.arg("--mount").arg(format!(
+                "type=cache,target={dir},uid={HOST_ID_BASE},gid={HOST_ID_BASE}"
+            ));
+        }
+        if let Some(user) = how.user {
             c.args(["--user", user]);
         }
         c.args([&self.name, "--", "/bin/sh", "-c", command])

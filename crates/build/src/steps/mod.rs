@@ -53,6 +53,24 @@ pub fn sweep() {
     network::sweep();
 }
 
+/// A cache directory is an absolute path of plain names (it goes into the
+/// engine's mount options, where a comma would start another).
+fn check_cache_dir(dir: &str) -> Result<()> {
+    let plain = dir.starts_with('/')
+        && dir.len() > 1
+        && dir.len() <= 4096
+        && !dir.contains(|c: char| c == ',' || c.is_control())
+        && dir[1..]
+            .split('/')
+            .all(|part| !matches!(part, "" | "." | ".."));
+    if !plain {
+        anyhow::bail!(
+            "cache directory {dir:?}: give an absolute path of plain names (no '.', '..', empty names or commas)"
+        );
+    }
+    Ok(())
+}
+
 /// A build's own directory in the engine's storage, removed when dropped.
 /// Its name is lower case: the engine names the base image after it.
 struct WorkDir(PathBuf);
@@ -140,6 +158,9 @@ pub fn run(
     epoch: Option<i64>,
     reporter: &dyn Reporter,
 ) -> Result<Done> {
+    for dir in &steps.cache_dirs {
+        check_cache_dir(dir)?;
+    }
     sweep();
     let engine = engine::Engine::new(storage)?;
     let work = WorkDir::new(storage)?;
@@ -224,18 +245,18 @@ fn run_each(
             command: command.clone(),
         }));
         let started = Instant::now();
-        let (code, tail) = container.run(
-            command,
-            steps.run_as.as_deref(),
+        let how = engine::RunOptions {
+            user: steps.run_as.as_deref(),
             network,
-            &|stream, line| {
-                reporter.report(Event::StepOutput(StepOutput {
-                    index,
-                    stream,
-                    line,
-                }))
-            },
-        )?;
+            caches: &steps.cache_dirs,
+        };
+        let (code, tail) = container.run(command, &how, &|stream, line| {
+            reporter.report(Event::StepOutput(StepOutput {
+                index,
+                stream,
+                line,
+            }))
+        })?;
         let result = StepResult {
             index,
             command: command.clone(),
@@ -281,4 +302,28 @@ fn run_each(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_directories_are_absolute_paths_of_plain_names() {
+        for good in ["/root/.npm", "/var/cache/apt", "/a b/c"] {
+            assert!(check_cache_dir(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/",
+            "root/.npm",
+            "/a/../b",
+            "/a/./b",
+            "/a//b",
+            "/a,b",
+            "/a\nb",
+        ] {
+            assert!(check_cache_dir(bad).is_err(), "{bad:?}");
+        }
+    }
 }
