@@ -438,3 +438,55 @@ fn a_cache_mount_is_kept_for_the_next_build_of_its_storage_and_no_other() {
         "tenant B saw tenant A's cache"
     );
 }
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn the_step_storage_keeps_only_the_most_recently_used_bases() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let storage = dir.path().join("steps");
+    let images = || {
+        let o = std::process::Command::new("buildah")
+            .arg("--root")
+            .arg(storage.join("storage"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .args([
+                "--storage-driver",
+                "overlay",
+                "images",
+                "--noheading",
+                "--no-trunc",
+                "-q",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().lines().count()
+    };
+    // Six bases, each another image (a file of its own).
+    for n in 0..6 {
+        let layout = dir.path().join(format!("layout-{n}"));
+        make_image(
+            &layout,
+            json!({"tag": "v1", "layers": [{"entries": [
+                {"name": "bin", "type": "dir"},
+                {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
+                {"name": "bin/sh", "type": "symlink", "link": "busybox"},
+                {"name": "base", "data": format!("base {n}\n")},
+            ]}], "config": {"Env": ["PATH=/bin"]}}),
+        );
+        let out = dir.path().join(format!("{n}.ext4"));
+        ok(&build_steps(
+            dir.path(),
+            &format!("oci:{}:v1", layout.display()),
+            &out,
+            &["--run", "cat /base > /seen"],
+        ));
+        assert_eq!(debugfs_cat(&out, "/seen"), format!("base {n}\n"));
+        assert_eq!(images(), (n + 1).min(4), "after base {n}");
+    }
+    assert_eq!(std::fs::read_dir(storage.join("bases")).unwrap().count(), 4);
+}

@@ -157,10 +157,74 @@ impl Engine {
         )?;
         drop(dir);
         let container = Container { engine: self, name };
+        self.remember_base(&container.name)?;
         container.prepare_root()?;
         Ok(container)
     }
+
+    /// Marks the container's base image as used now (a file named by its
+    /// id in `bases/`, whose time is its last use).
+    fn remember_base(&self, container: &str) -> Result<()> {
+        let id = self.output(
+            &[
+                "inspect",
+                "--type",
+                "container",
+                "--format",
+                "{{.FromImageID}}",
+                container,
+            ],
+            "name the base image",
+        )?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            anyhow::bail!("the engine named the base image {id:?}");
+        }
+        let bases = self.bases();
+        std::fs::create_dir_all(&bases)
+            .and_then(|()| std::fs::write(bases.join(&id), b""))
+            .with_context(|| format!("recording the base in {}", bases.display()))
+    }
+
+    fn bases(&self) -> PathBuf {
+        self.root.with_file_name("bases")
+    }
+
+    /// Removes the images beyond the `KEEP_BASES` most recently used (one
+    /// another build still runs on stays): each base a build used stays
+    /// unpacked for the next, but the storage does not grow without bound.
+    pub fn prune(&self) {
+        let Ok(images) = self.output(
+            &["images", "--noheading", "--no-trunc", "--format", "{{.ID}}"],
+            "list its images",
+        ) else {
+            return;
+        };
+        let mut used: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(self.bases())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let when = e.metadata().ok()?.modified().ok()?;
+                Some((when, e.file_name().into_string().ok()?))
+            })
+            .collect();
+        used.sort_by(|a, b| b.cmp(a));
+        let kept: Vec<&str> = used
+            .iter()
+            .take(KEEP_BASES)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        for id in images.lines().map(|l| l.trim_start_matches("sha256:")) {
+            if !kept.contains(&id) && self.output(&["rmi", id], "remove an old base").is_ok() {
+                let _ = std::fs::remove_file(self.bases().join(id));
+            }
+        }
+    }
 }
+
+/// How many base images an engine storage keeps (each build from one of
+/// them skips unpacking it).
+pub const KEEP_BASES: usize = 4;
 
 /// The runtime reaches a container's root through the storage's path as
 /// the step's root (`HOST_ID_BASE`, an other user to every directory on

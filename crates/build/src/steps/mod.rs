@@ -218,6 +218,7 @@ pub fn run(
     drop(container);
     drop(cell);
     drop(egress);
+    engine.prune();
     Ok(Done {
         network: steps.network,
         layers,
