@@ -209,6 +209,14 @@ pub trait Reporter: Sync {
     }
 }
 
+/// A reporter that drops every event (a build inside another, whose
+/// progress the outer one tells).
+pub struct Quiet;
+
+impl Reporter for Quiet {
+    fn report(&self, _: Event) {}
+}
+
 /// A reporter that keeps every event (for tests, and for programs that
 /// look at them afterwards).
 #[derive(Default)]

@@ -25,6 +25,7 @@ mod run;
 mod source;
 mod steps;
 pub mod units;
+pub mod vm;
 
 pub use error::{message, Category, Error, Limit, SizeLimitExceeded, SourceError, StepError};
 pub use event::{
@@ -36,7 +37,7 @@ pub use output::Pending;
 pub use report::Report;
 pub use request::{
     BlobCacheChoice, BootOptions, BuildRequest, CopyFormat, Ext4Options, FreeSpace, Init,
-    RegistryOptions, StepLimits, StepNetwork, Steps,
+    RegistryOptions, Sandbox, StepLimits, StepNetwork, Steps,
 };
 pub use run::build;
 pub use steps::sweep as sweep_steps;

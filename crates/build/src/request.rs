@@ -232,6 +232,7 @@ pub struct Steps {
     pub cache_dirs: Vec<String>,
     pub limits: StepLimits,
     pub network: StepNetwork,
+    pub sandbox: Sandbox,
     /// Where the step engine keeps its storage (the base layers it
     /// unpacked stay there for the next build from them); None:
     /// `DEFAULT_STEPS_DIR`.
@@ -242,6 +243,26 @@ pub struct Steps {
 /// (steps need root), whose parents every user may pass through (see
 /// `docs/steps.md`), as container engines keep theirs in /var/lib.
 pub const DEFAULT_STEPS_DIR: &str = "/var/lib/builderd/steps";
+
+/// What isolates the steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sandbox {
+    /// Containers: buildah with runc, a user namespace.
+    #[default]
+    Oci,
+    /// A microVM booted from the image (KVM when it works, else TCG).
+    Microvm,
+}
+
+impl Sandbox {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sandbox::Oci => "oci",
+            Sandbox::Microvm => "microvm",
+        }
+    }
+}
 
 /// What a step's network reaches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

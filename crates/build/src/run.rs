@@ -262,14 +262,18 @@ fn run_steps(
         .storage
         .clone()
         .unwrap_or_else(|| PathBuf::from(crate::request::DEFAULT_STEPS_DIR));
+    // The inner build of a microVM's rootfs tells nothing of its own.
     let done = steps::run(
         image,
         config,
         layers,
         &req.steps,
-        &storage,
-        req.ext4.fs_time,
-        reporter,
+        &steps::Setting {
+            storage: &storage,
+            epoch: req.ext4.fs_time,
+            reporter,
+            build_rootfs: &|r| Ok(build(r, &event::Quiet)?),
+        },
     )?;
     Ok(Some(done))
 }
@@ -298,10 +302,17 @@ fn flatten(
         cache,
         ..
     } = opened;
-    // The steps' layers go over the image's own.
+    // The steps' layers go over the image's own, or are the image.
     let step_layers = stepped.map_or(Ok(Vec::new()), steps::Done::layer_infos)?;
-    let base_layers = image.layers.len();
-    let all_layers: Vec<LayerInfo> = image.layers.iter().chain(&step_layers).cloned().collect();
+    let base_layers = match stepped {
+        Some(done) if done.replaces_base() => 0,
+        _ => image.layers.len(),
+    };
+    let all_layers: Vec<LayerInfo> = image.layers[..base_layers]
+        .iter()
+        .chain(&step_layers)
+        .cloned()
+        .collect();
     let total: u64 = all_layers.iter().map(|l| l.size).sum();
     // A local source has nothing to download: it is building from the start.
     if matches!(blobs, Blobs::Local(_)) {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use builderd_build::{StepLimits, StepNetwork, Steps};
+use builderd_build::{Sandbox, StepLimits, StepNetwork, Steps};
 
 use crate::units::parse_bytes;
 
@@ -36,6 +36,11 @@ pub struct StepsArgs {
     /// cache, say (repeat for more).
     #[arg(long = "cache-mount", value_name = "DIR", requires = "commands")]
     cache_dirs: Vec<String>,
+    /// What isolates the commands: oci (containers: buildah and runc, a
+    /// user namespace; the default) or microvm (the image booted in a QEMU
+    /// microVM, KVM when it works, else TCG; no network).
+    #[arg(long, value_name = "SANDBOX", value_enum, requires = "commands")]
+    sandbox: Option<SandboxArg>,
     /// What the commands' network reaches: none (the default), or egress:
     /// public addresses through NAT, never loopback, private, link-local
     /// or the host's own addresses. Needs nftables.
@@ -46,6 +51,12 @@ pub struct StepsArgs {
     /// directory above it (o+x), as the steps' root is another user.
     #[arg(long, value_name = "DIR", requires = "commands")]
     steps_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SandboxArg {
+    Oci,
+    Microvm,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -74,6 +85,10 @@ impl StepsArgs {
             network: match self.network {
                 None | Some(NetworkArg::None) => StepNetwork::None,
                 Some(NetworkArg::Egress) => StepNetwork::Egress,
+            },
+            sandbox: match self.sandbox {
+                None | Some(SandboxArg::Oci) => Sandbox::Oci,
+                Some(SandboxArg::Microvm) => Sandbox::Microvm,
             },
             storage: self.steps_dir.clone(),
         })

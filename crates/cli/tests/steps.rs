@@ -490,3 +490,73 @@ fn the_step_storage_keeps_only_the_most_recently_used_bases() {
     }
     assert_eq!(std::fs::read_dir(storage.join("bases")).unwrap().count(), 4);
 }
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn in_the_microvm_sandbox_steps_run_in_the_booted_image_and_their_tree_is_the_image() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let source = busybox(dir.path());
+    let out = dir.path().join("vm.ext4");
+    // Under TCG here: a short step or two.
+    let err = ok(&build_steps(
+        dir.path(),
+        &source,
+        &out,
+        &[
+            "--sandbox",
+            "microvm",
+            "--run",
+            "rm -rf /var/cache/x && echo built > /etc/marker",
+            "--run",
+            "echo in the vm: $(cat /etc/marker) as $(id -u)",
+        ],
+    ));
+    assert!(
+        err.lines().any(|l| l.ends_with("in the vm: built as 0")),
+        "{err}"
+    );
+    e2fsck(&out);
+    assert_eq!(debugfs_cat(&out, "/etc/marker"), "built\n");
+    assert_eq!(debugfs_cat(&out, "/var/cache/x/blob"), "");
+    let image = std::fs::read(&out).unwrap();
+    assert!(
+        !image
+            .windows(PLANTED.len())
+            .any(|w| w == PLANTED.as_bytes()),
+        "the removed file's bytes are still in the image"
+    );
+    // The image's own files came through the guest's tree as they were.
+    assert_eq!(debugfs_cat(&out, "/etc/group"), "root:x:0:\napp:x:1000:\n");
+    let steps = &metadata(&out)["steps"];
+    assert_eq!(steps["sandbox"], "microvm");
+    let codes: Vec<i64> = steps["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["exit_code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes, [0, 0]);
+
+    // A failing step: its exit code, from the guest, and no image.
+    let failed = dir.path().join("failed.ext4");
+    let o = build_steps(
+        dir.path(),
+        &source,
+        &failed,
+        &[
+            "--sandbox",
+            "microvm",
+            "--run",
+            "echo about to fail; exit 3",
+        ],
+    );
+    let err = assert_failed(&o, &failed);
+    assert!(
+        err.contains("build step 1 failed with exit code 3: echo about to fail; exit 3"),
+        "{err}"
+    );
+    assert!(err.contains("about to fail"), "{err}");
+}

@@ -4,6 +4,7 @@
 //! the console, and the user lookup (kept pure so it is tested on the host).
 
 pub mod run_config;
+pub mod steps_disk;
 pub mod user;
 
 pub use run_config::RunConfig;

@@ -10,14 +10,15 @@
 //! `builderd-init report-exit` is the SYSTEMD strategy's helper: run by the
 //! app's unit after the app stops, it writes the same exit line to the console.
 
+mod console;
 mod initramfs;
 mod setup;
+mod steps;
 mod supervise;
 mod sys;
 
-use std::io::Write;
-
 use builderd_init::{exit_line, RunConfig, RUN_CONFIG_PATH};
+use console::say;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -51,13 +52,6 @@ fn main() {
     setup::power_off();
 }
 
-/// One line on the console, flushed before anything else happens.
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
 /// Everything up to the app's exit code.
 fn run() -> Result<i32, String> {
     setup::system()?;
@@ -66,5 +60,8 @@ fn run() -> Result<i32, String> {
     let config: RunConfig = serde_json::from_str(&text)
         .map_err(|e| format!("{RUN_CONFIG_PATH} is not a valid run config: {e}"))?;
     setup::hostname(config.hostname());
+    if let Some(disk) = steps::requested() {
+        return steps::run(&config, &disk);
+    }
     supervise::run_app(&config)
 }

@@ -181,6 +181,7 @@ impl Runner {
                 timeout: limits.build_timeout,
             },
             network: job.step_network,
+            sandbox: Default::default(),
             // Each tenant's own: nothing one tenant's steps leave in the
             // engine's storage (layers, cache mounts) is seen by another's.
             storage: Some(self.artifacts.dirs.steps(tenant)),

@@ -102,12 +102,25 @@ pub fn adjust(epoch: i64) -> Arc<Adjust> {
         };
         shift(&mut meta.uid);
         shift(&mut meta.gid);
-        for t in [&mut meta.atime, &mut meta.mtime, &mut meta.ctime] {
-            if t.secs > epoch {
-                t.secs = epoch;
-                t.nanos = 0;
-            }
-        }
+        clamp_times(meta, epoch);
         true
     })
+}
+
+/// How the flatten reads a tree the steps wrote as it is (the microVM's):
+/// times no later than `epoch`, nothing else changed.
+pub fn clamp(epoch: i64) -> Arc<Adjust> {
+    Arc::new(move |_, meta| {
+        clamp_times(meta, epoch);
+        true
+    })
+}
+
+fn clamp_times(meta: &mut builderd_ext4::Metadata, epoch: i64) {
+    for t in [&mut meta.atime, &mut meta.mtime, &mut meta.ctime] {
+        if t.secs > epoch {
+            t.secs = epoch;
+            t.nanos = 0;
+        }
+    }
 }

@@ -9,40 +9,35 @@
 
 mod base;
 mod cell;
+mod done;
 mod engine;
 mod layer;
+mod microvm;
 mod network;
 mod owner;
 mod seccomp;
+mod setting;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use builderd_flatten::Adjust;
-use builderd_oci::{Compression, Digest, Image, LayerInfo};
+use anyhow::Result;
+use builderd_oci::Image;
 
 pub use base::BlobAt;
+pub use done::Done;
+pub use setting::Setting;
+
+use done::WorkDir;
 
 use crate::error::StepError;
 use crate::event::{Event, Reporter, StepOutput, StepResult, StepStarted};
-use crate::report::StepsInfo;
-use crate::request::{StepNetwork, Steps};
+use crate::request::{Sandbox, StepNetwork, Steps};
 
 /// How often the steps' cgroup is looked at while they run.
 const WATCH: Duration = Duration::from_millis(100);
-
-/// What the steps made: their layer, for the flatten, and how each ran.
-pub struct Done {
-    pub layers: Vec<PathBuf>,
-    pub adjust: Arc<Adjust>,
-    pub results: Vec<StepResult>,
-    network: StepNetwork,
-    /// Holds the layer's files until the flatten has read them.
-    _work: WorkDir,
-}
 
 /// Ends what builderd processes now gone left running or mounted on the
 /// host: their steps' processes and cgroups, their network namespaces.
@@ -71,82 +66,6 @@ fn check_cache_dir(dir: &str) -> Result<()> {
     Ok(())
 }
 
-/// A build's own directory in the engine's storage, removed when dropped.
-/// Its name is lower case: the engine names the base image after it.
-struct WorkDir(PathBuf);
-
-const WORK_PREFIX: &str = "work-";
-
-impl WorkDir {
-    fn new(storage: &Path) -> Result<WorkDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let dir = storage.join(format!("{WORK_PREFIX}{}-{nanos}", std::process::id()));
-        // Those of builderd processes now gone.
-        for entry in std::fs::read_dir(storage).into_iter().flatten().flatten() {
-            if owner::gone(&entry.file_name().to_string_lossy(), WORK_PREFIX) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-        std::fs::create_dir_all(storage)
-            .and_then(|()| std::fs::create_dir(&dir))
-            .with_context(|| format!("creating {}", dir.display()))?;
-        Ok(WorkDir(dir))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Done {
-    /// The steps' layers as the flatten lists them: uncompressed tars,
-    /// named by the digest the engine gave them.
-    pub fn layer_infos(&self) -> Result<Vec<LayerInfo>> {
-        self.layers
-            .iter()
-            .map(|path| {
-                let hex = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
-                Ok(LayerInfo {
-                    digest: Digest::parse(&format!("sha256:{hex}"))?,
-                    size: std::fs::metadata(path)
-                        .with_context(|| format!("the steps' layer {}", path.display()))?
-                        .len(),
-                    media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-                    compression: Compression::None,
-                })
-            })
-            .collect()
-    }
-
-    /// What OUT.json says of the steps.
-    pub fn info(self) -> StepsInfo {
-        let infos = self.layer_infos().unwrap_or_default();
-        StepsInfo {
-            sandbox: "oci",
-            network: self.network.name(),
-            commands: self.results,
-            layer_digest: infos
-                .iter()
-                .map(|l| l.digest.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-            layer_bytes: infos.iter().map(|l| l.size).sum(),
-        }
-    }
-}
-
 /// Runs `steps` over `image`, whose blobs are where `config` and `layers`
 /// say; `storage` is the step engine's directory.
 pub fn run(
@@ -154,10 +73,22 @@ pub fn run(
     config: BlobAt,
     layers: Vec<BlobAt>,
     steps: &Steps,
-    storage: &Path,
-    epoch: Option<i64>,
-    reporter: &dyn Reporter,
+    setting: &Setting<'_>,
 ) -> Result<Done> {
+    let Setting {
+        storage,
+        epoch,
+        reporter,
+        ..
+    } = *setting;
+    if steps.sandbox == Sandbox::Microvm {
+        if steps.network != StepNetwork::None || !steps.cache_dirs.is_empty() {
+            anyhow::bail!(
+                "the microVM sandbox has no network and no cache mounts yet: use the oci sandbox for them"
+            );
+        }
+        return microvm::run(image, config, layers, steps, setting);
+    }
     for dir in &steps.cache_dirs {
         check_cache_dir(dir)?;
     }
@@ -221,6 +152,7 @@ pub fn run(
     engine.prune();
     Ok(Done {
         network: steps.network,
+        sandbox: Sandbox::Oci,
         layers,
         adjust: layer::adjust(epoch.or(base.created).unwrap_or(0)),
         results,

@@ -3,12 +3,6 @@
 //! tried at once. SIGINT or SIGTERM asks the guest to shut down (Ctrl-Alt-Del:
 //! the app gets SIGTERM); a second one stops the VM at once.
 
-mod initramfs;
-mod kernel;
-mod qemu;
-
-use kernel::Kernel;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +11,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-pub use qemu::Accel;
+use builderd_build::vm::{self, Accel};
+
+/// `--accel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelArg {
+    /// KVM when /dev/kvm is usable, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl From<AccelArg> for Accel {
+    fn from(a: AccelArg) -> Accel {
+        match a {
+            AccelArg::Auto => Accel::Auto,
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Tcg => Accel::Tcg,
+        }
+    }
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,7 +51,7 @@ pub struct Args {
     #[arg(long, value_name = "S", default_value_t = 300)]
     timeout: u64,
     #[arg(long, value_enum, default_value = "auto")]
-    accel: Accel,
+    accel: AccelArg,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u32,
@@ -80,42 +93,31 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
         bail!("{}: no such image", args.image.display());
     }
     refuse_compressed(&args.image)?;
-    let kernel = Kernel::read(&match &args.kernel {
-        Some(k) => k.clone(),
-        None => newest_kernel()?,
-    })?;
     let scratch = tempfile::Builder::new()
         .prefix("builderd-boot-")
         .tempdir()?;
-    let initrd = match &args.initrd {
-        Some(i) => i.clone(),
-        None => {
-            let modules = match &args.modules {
-                Some(m) => m.clone(),
-                None => Path::new("/lib/modules").join(kernel.release()?),
-            };
-            let path = scratch.path().join("initrd.cpio");
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
-            initramfs::build(&modules, &mut f)?;
-            f.flush()?;
-            path
-        }
-    };
-    let bootable = kernel.bootable(&builderd_oci::BlobCache::default_dir().join("kernels"))?;
+    let boot = vm::Boot::prepare(
+        args.kernel.as_deref(),
+        args.initrd.as_deref(),
+        args.modules.as_deref(),
+        &builderd_oci::BlobCache::default_dir().join("kernels"),
+        scratch.path(),
+    )?;
     let mut cmdline = kernel_cmdline(&args.image)?;
     cmdline += " quiet";
     if let Some(extra) = &args.append {
         cmdline += " ";
         cmdline += extra;
     }
-    let machine = qemu::Machine {
-        kernel: &bootable,
-        initrd: &initrd,
+    let machine = vm::Machine {
+        kernel: &boot.kernel,
+        initrd: &boot.initrd,
         image: &args.image,
         cmdline: &cmdline,
         memory_mib: args.memory,
         cpus: args.cpus,
         snapshot: args.snapshot,
+        disks: &[],
         qmp: scratch.path().join("qmp.sock"),
     };
     let stop_requests = Arc::new(AtomicUsize::new(0));
@@ -123,12 +125,10 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
         signal_hook::flag::register_usize(sig, stop_requests.clone(), 1)?;
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let accel = args.accel.resolve();
+    let asked = Accel::from(args.accel);
+    let accel = asked.resolve();
     let mut vm = supervise(&machine, accel, deadline, &stop_requests)?;
-    if args.accel == Accel::Auto
-        && accel == Accel::Kvm
-        && vm.console_lines == 0
-        && !vm.status.success()
+    if asked == Accel::Auto && accel == Accel::Kvm && vm.console_lines == 0 && !vm.status.success()
     {
         // KVM can be there and still fail (a nested or software hypervisor).
         eprintln!("builderd: QEMU failed with KVM before the guest said anything; trying TCG");
@@ -163,7 +163,7 @@ struct Ended {
 /// the init's exit line; a stop request presses Ctrl-Alt-Del, a second one
 /// (or the deadline) kills QEMU.
 fn supervise(
-    machine: &qemu::Machine,
+    machine: &vm::Machine,
     accel: Accel,
     deadline: Instant,
     stop_requests: &AtomicUsize,
@@ -203,7 +203,7 @@ fn supervise(
                 eprintln!(
                     "builderd: asking the guest to shut down (Ctrl-Alt-Del); again to stop it now"
                 );
-                if let Err(e) = qemu::ctrl_alt_del(&machine.qmp) {
+                if let Err(e) = vm::ctrl_alt_del(&machine.qmp) {
                     eprintln!("builderd: {e:#}; stopping the VM");
                     let _ = child.kill();
                 }
@@ -243,21 +243,4 @@ fn kernel_cmdline(image: &Path) -> Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("{}", Path::new(&meta).display())),
     }
-}
-
-/// The newest /boot/vmlinuz-* by modification time.
-fn newest_kernel() -> Result<PathBuf> {
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for entry in std::fs::read_dir("/boot").context("/boot")? {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with("vmlinuz-") {
-            let t = entry.metadata()?.modified()?;
-            if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
-                best = Some((t, entry.path()));
-            }
-        }
-    }
-    best.map(|(_, p)| p).context(
-        "no kernel in /boot (Debian: apt-get install linux-image-amd64); give --kernel FILE",
-    )
 }

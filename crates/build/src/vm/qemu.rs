@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
     /// KVM when /dev/kvm is usable, else TCG.
     Auto,
@@ -28,6 +28,8 @@ pub struct Machine<'a> {
     pub cpus: u32,
     /// Writes go to a throwaway overlay; the image stays as it was.
     pub snapshot: bool,
+    /// More raw disks, after the image (the first is /dev/vdb).
+    pub disks: &'a [PathBuf],
     pub qmp: PathBuf,
 }
 
@@ -99,11 +101,17 @@ impl Machine<'_> {
         .arg("-initrd")
         .arg(self.initrd)
         .args(["-append", self.cmdline])
-        .args(["-drive", &drive])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", self.qmp.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .args(["-drive", &drive]);
+        for disk in self.disks {
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,cache=unsafe",
+                disk.display()
+            ));
+        }
+        cmd.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", self.qmp.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
         cmd.spawn()
             .context("starting qemu-system-x86_64 (Debian: apt-get install qemu-system-x86)")
     }
