@@ -19,19 +19,27 @@ const PLANTED: &str = "PLANTED-6c1f0e-not-to-be-found";
 
 /// A busybox userland with a cache directory to remove; answers its source.
 fn busybox(dir: &Path) -> String {
+    busybox_with(dir, Vec::new())
+}
+
+/// `busybox` with more entries.
+fn busybox_with(dir: &Path, extra: Vec<Value>) -> String {
     let layout = dir.join("layout");
+    let mut entries = vec![
+        json!({"name": "bin", "type": "dir"}),
+        json!({"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755}),
+        json!({"name": "bin/sh", "type": "symlink", "link": "busybox"}),
+        json!({"name": "etc", "type": "dir"}),
+        json!({"name": "etc/passwd", "data": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n"}),
+        json!({"name": "etc/group", "data": "root:x:0:\napp:x:1000:\n"}),
+        json!({"name": "var/cache/x", "type": "dir"}),
+        json!({"name": "var/cache/x/blob", "data": PLANTED.repeat(200)}),
+    ];
+    entries.extend(extra);
     make_image(
         &layout,
-        json!({"tag": "v1", "layers": [{"compression": "gzip", "entries": [
-            {"name": "bin", "type": "dir"},
-            {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
-            {"name": "bin/sh", "type": "symlink", "link": "busybox"},
-            {"name": "etc", "type": "dir"},
-            {"name": "etc/passwd", "data": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n"},
-            {"name": "etc/group", "data": "root:x:0:\napp:x:1000:\n"},
-            {"name": "var/cache/x", "type": "dir"},
-            {"name": "var/cache/x/blob", "data": PLANTED.repeat(200)},
-        ]}], "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}}),
+        json!({"tag": "v1", "layers": [{"compression": "gzip", "entries": entries}],
+               "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}}),
     );
     // busybox's applets, as a shell in the image would find them.
     format!("oci:{}:v1", layout.display())
@@ -498,7 +506,16 @@ fn in_the_microvm_sandbox_steps_run_in_the_booted_image_and_their_tree_is_the_im
         return;
     }
     let dir = tmp();
-    let source = busybox(dir.path());
+    // Hard links and an extended attribute, to come back through the
+    // guest's tree as they were.
+    let source = busybox_with(
+        dir.path(),
+        vec![
+            json!({"name": "data", "type": "dir"}),
+            json!({"name": "data/a", "data": "linked\n", "xattrs": {"user.builderd": "kept"}}),
+            json!({"name": "data/b", "type": "hardlink", "link": "data/a"}),
+        ],
+    );
     let out = dir.path().join("vm.ext4");
     // Under TCG here: a short step or two.
     let err = ok(&build_steps(
@@ -530,6 +547,19 @@ fn in_the_microvm_sandbox_steps_run_in_the_booted_image_and_their_tree_is_the_im
     );
     // The image's own files came through the guest's tree as they were.
     assert_eq!(debugfs_cat(&out, "/etc/group"), "root:x:0:\napp:x:1000:\n");
+    let stat = |path: &str| {
+        let o = std::process::Command::new("debugfs")
+            .args(["-R", &format!("stat {path}")])
+            .arg(&out)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let (a, b) = (stat("/data/a"), stat("/data/b"));
+    let inode = |s: &str| s.split_whitespace().nth(1).map(str::to_string);
+    assert_eq!(inode(&a), inode(&b), "not one file:\n{a}\n{b}");
+    assert!(a.contains("Links: 2"), "{a}");
+    assert!(a.contains("user.builderd (4) = \"kept\""), "{a}");
     let steps = &metadata(&out)["steps"];
     assert_eq!(steps["sandbox"], "microvm");
     let codes: Vec<i64> = steps["commands"]

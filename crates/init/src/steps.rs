@@ -1,9 +1,14 @@
 //! Steps mode: when the kernel command line names a steps' disk, the init
 //! runs the steps it holds instead of the app, one after another, and on
 //! success writes the root's tree (this filesystem only, without
-//! builderd's own files) over that disk as a tar for the host to read.
+//! builderd's own files) over that disk as a tar for the host to read:
+//! hard links as links, extended attributes (file capabilities) as PAX
+//! `SCHILY.xattr.*` records.
 
+use std::collections::HashMap;
+use std::ffi::CString;
 use std::io::{BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +51,71 @@ pub fn run(app: &RunConfig, disk: &str) -> Result<i32, String> {
     Ok(0)
 }
 
+/// The extended attributes of `path` (not followed), names and values.
+fn xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: a NUL-terminated path and a buffer of the length given.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOTSUP) => Ok(Vec::new()),
+            _ => Err(e),
+        };
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name)?;
+        let mut value = vec![0u8; 64 << 10];
+        // SAFETY: NUL-terminated path and name, a buffer of the length given.
+        let len = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        value.truncate(len as usize);
+        out.push((name.to_vec(), value));
+    }
+    Ok(out)
+}
+
+/// A PAX extended header whose records give the next entry's xattrs.
+fn append_pax<W: Write>(
+    tar: &mut tar::Builder<W>,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+) -> std::io::Result<()> {
+    let mut data = Vec::new();
+    for (name, value) in xattrs {
+        let mut body = b"SCHILY.xattr.".to_vec();
+        body.extend_from_slice(name);
+        body.push(b'=');
+        body.extend_from_slice(value);
+        body.push(b'\n');
+        // "LEN KEY=VALUE\n", LEN counting its own digits.
+        let mut len = body.len() + 2;
+        while format!("{len} ").len() + body.len() != len {
+            len = format!("{len} ").len() + body.len();
+        }
+        data.extend_from_slice(format!("{len} ").as_bytes());
+        data.extend_from_slice(&body);
+    }
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_path("PaxHeaders/xattrs")?;
+    header.set_mode(0o644);
+    header.set_size(data.len() as u64);
+    header.set_cksum();
+    tar.append(&header, &data[..])
+}
+
 /// A writer that counts what goes through it.
 struct Counted<W> {
     inner: W,
@@ -78,6 +148,8 @@ fn write_tree(disk: &str) -> Result<u64, String> {
     tar.follow_symlinks(false);
     tar.mode(tar::HeaderMode::Complete);
     let root_dev = std::fs::symlink_metadata("/").map_err(fail)?.dev();
+    // The first name of each file with more than one link.
+    let mut linked: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut todo: Vec<PathBuf> = vec![PathBuf::from("/")];
     while let Some(dir) = todo.pop() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -96,6 +168,21 @@ fn write_tree(disk: &str) -> Result<u64, String> {
                 continue;
             }
             let name = path.strip_prefix("/").expect("under the root");
+            let xattrs = xattrs(&path).map_err(fail)?;
+            if !xattrs.is_empty() {
+                append_pax(&mut tar, &xattrs).map_err(fail)?;
+            }
+            if meta.is_file() && meta.nlink() > 1 {
+                if let Some(first) = linked.get(&(meta.dev(), meta.ino())) {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+                    header.set_entry_type(tar::EntryType::Link);
+                    header.set_size(0);
+                    tar.append_link(&mut header, name, first).map_err(fail)?;
+                    continue;
+                }
+                linked.insert((meta.dev(), meta.ino()), name.to_path_buf());
+            }
             tar.append_path_with_name(&path, name).map_err(fail)?;
             if meta.is_dir() {
                 todo.push(path);
