@@ -130,7 +130,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
                 whiteouts: stats.counts.whiteouts,
                 hardlinks_fixed: stats.counts.links_fixed,
             },
-            steps: stepped.map(|done| done.info()),
+            steps: stepped.map(|done| done.info(req.steps.network)),
             timings_ms: times.timings(),
             compressed,
         };

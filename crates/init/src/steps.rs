@@ -52,22 +52,29 @@ pub fn run(app: &RunConfig, disk: &str) -> Result<i32, String> {
 }
 
 /// The extended attributes of `path` (not followed), names and values.
+/// Most files have none: one call with no buffer says so.
 fn xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let c = CString::new(path.as_os_str().as_bytes())?;
-    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: a NUL-terminated path; a null buffer of length 0 asks for the size.
+    let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if size <= 0 {
+        let e = std::io::Error::last_os_error();
+        return match (size, e.raw_os_error()) {
+            (0, _) | (_, Some(libc::ENOTSUP)) => Ok(Vec::new()),
+            _ => Err(e),
+        };
+    }
+    let mut names = vec![0u8; size as usize];
     // SAFETY: a NUL-terminated path and a buffer of the length given.
     let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOTSUP) => Ok(Vec::new()),
-            _ => Err(e),
-        };
+        return Err(std::io::Error::last_os_error());
     }
     names.truncate(n as usize);
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let cname = CString::new(name)?;
+        // An xattr value is at most 64 KiB.
         let mut value = vec![0u8; 64 << 10];
         // SAFETY: NUL-terminated path and name, a buffer of the length given.
         let len = unsafe {

@@ -19,7 +19,6 @@ pub struct Done {
     pub layers: Vec<PathBuf>,
     pub adjust: Arc<Adjust>,
     pub results: Vec<StepResult>,
-    pub(super) network: StepNetwork,
     pub(super) sandbox: Sandbox,
     /// Holds the layer's files until the flatten has read them.
     pub(super) _work: WorkDir,
@@ -90,12 +89,12 @@ impl Done {
             .collect()
     }
 
-    /// What OUT.json says of the steps.
-    pub fn info(self) -> StepsInfo {
+    /// What OUT.json says of the steps, which ran with `network`.
+    pub fn info(self, network: StepNetwork) -> StepsInfo {
         let infos = self.layer_infos().unwrap_or_default();
         StepsInfo {
             sandbox: self.sandbox.name(),
-            network: self.network.name(),
+            network: network.name(),
             commands: self.results,
             layer_digest: infos
                 .iter()

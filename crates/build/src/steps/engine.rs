@@ -6,13 +6,14 @@
 //! and the steps' cgroup as its parent.
 //! `--isolation chroot` would share the host's network and PIDs: never used.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
-use crate::event::{OutputStream, MAX_STEP_LINE};
+use super::output::{read_lines, Tail};
+use crate::event::OutputStream;
 
 /// The host uid and gid a step's root (0) is; the namespace maps
 /// `HOST_ID_RANGE` ids from there.
@@ -32,16 +33,12 @@ impl Engine {
     /// The engine with its storage in `dir`; a clear error if buildah is
     /// not installed.
     pub fn new(dir: &Path) -> Result<Engine> {
-        let found = Command::new("buildah")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !found.is_ok_and(|s| s.success()) {
-            anyhow::bail!(
-                "install buildah to run build steps (Debian: apt-get install buildah runc uidmap)"
-            );
-        }
+        super::host::require(
+            "buildah",
+            "--version",
+            "buildah runc uidmap",
+            "run build steps",
+        )?;
         let (root, runroot, tmp) = (dir.join("storage"), dir.join("run"), dir.join("tmp"));
         for d in [&root, &runroot, &tmp] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -456,63 +453,3 @@ fn upper_dir(merged: &Path) -> Result<PathBuf> {
 
 /// How the engine reports a step's non-zero exit, on its stderr.
 const ENGINE_EXIT: &str = "Error: while running runtime: exit status ";
-
-/// The last lines a step wrote, for its error.
-#[derive(Default)]
-struct Tail {
-    lines: Vec<String>,
-}
-
-const TAIL_LINES: usize = 20;
-
-impl Tail {
-    fn push(&mut self, line: &str) {
-        if self.lines.len() == TAIL_LINES {
-            self.lines.remove(0);
-        }
-        self.lines.push(line.to_string());
-    }
-}
-
-/// Splits `from` into lines (cut at `MAX_STEP_LINE` bytes, invalid UTF-8
-/// replaced) for `each`; memory stays bounded whatever the step writes.
-fn read_lines(from: Box<dyn Read + Send>, mut each: impl FnMut(String)) {
-    let mut reader = BufReader::new(from);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let mut cut = false;
-        let ended = loop {
-            let buf = match reader.fill_buf() {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break true,
-            };
-            if buf.is_empty() {
-                break true;
-            }
-            let (take, newline) = match buf.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (buf.len(), false),
-            };
-            let room = MAX_STEP_LINE.saturating_sub(line.len());
-            let body = if newline { take - 1 } else { take };
-            line.extend_from_slice(&buf[..body.min(room)]);
-            cut |= body > room;
-            reader.consume(take);
-            if newline {
-                break false;
-            }
-        };
-        if !line.is_empty() || !ended {
-            let mut text = String::from_utf8_lossy(&line).into_owned();
-            if cut {
-                text.push_str(" [cut]");
-            }
-            each(text);
-        }
-        if ended {
-            return;
-        }
-    }
-}

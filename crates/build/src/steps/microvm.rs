@@ -7,8 +7,7 @@
 //! the whole image the flatten writes: what a step deleted is simply not
 //! in it. The guest has no network.
 
-use std::io::{BufRead, BufReader};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,18 +16,17 @@ use builderd_oci::Digest;
 
 use super::base::{self, BlobAt};
 use super::done::{Done, WorkDir};
+use super::output::{read_lines, Tail};
 use super::setting::Setting;
 use crate::error::StepError;
 use crate::event::{Event, OutputStream, Reporter, StepOutput, StepResult, StepStarted};
-use crate::request::{BlobCacheChoice, BootOptions, BuildRequest, Sandbox, StepNetwork, Steps};
+use crate::request::{BlobCacheChoice, BootOptions, BuildRequest, Sandbox, Steps};
 use crate::vm::{Accel, Boot, Machine};
 
 /// Room on the steps' disk for the tree, over the base image's size.
 const TREE_ROOM: u64 = 256 << 20;
 /// Free space in the booted rootfs for what the steps write.
 const STEP_ROOM: u64 = 512 << 20;
-/// The last console lines kept for a failing step's error.
-const TAIL_LINES: usize = 20;
 
 /// Runs `steps` over `image` in a microVM; `storage` holds the work.
 pub fn run(
@@ -118,7 +116,7 @@ pub fn run(
                 number: last.index + 1,
                 command: last.command.clone(),
                 code: last.exit_code,
-                tail: ran.tail,
+                tail: ran.tail.lines,
             }
             .into());
         }
@@ -136,15 +134,22 @@ pub fn run(
     let Some(bytes) = ran.written else {
         anyhow::bail!(
             "the microVM stopped without writing the steps' tree; its last console lines:\n{}",
-            ran.tail.join("\n")
+            ran.tail.lines.join("\n")
         );
     };
-    // The tar, named by its digest as the flatten lists layers.
-    std::fs::OpenOptions::new()
+    // The tar, named by its digest as the flatten lists layers. The guest
+    // says how long it is: never past the disk it was given.
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&disk)
-        .and_then(|f| f.set_len(bytes))
+        .with_context(|| format!("opening {}", disk.display()))?;
+    let room = file.metadata()?.len();
+    if bytes > room {
+        anyhow::bail!("the microVM says it wrote {bytes} bytes of tree to a disk of {room}");
+    }
+    file.set_len(bytes)
         .with_context(|| format!("cutting {} to the tree", disk.display()))?;
+    drop(file);
     let digest = {
         use sha2::Digest as _;
         let mut hash = sha2::Sha256::new();
@@ -157,7 +162,6 @@ pub fn run(
         layers: vec![tree],
         adjust: super::layer::clamp(setting.epoch.or(base.created).unwrap_or(0)),
         results: ran.results,
-        network: StepNetwork::None,
         sandbox: Sandbox::Microvm,
         _work: work,
     })
@@ -168,14 +172,16 @@ struct Ran {
     results: Vec<StepResult>,
     /// The tree's size, once the init says it is written.
     written: Option<u64>,
-    tail: Vec<String>,
+    tail: Tail,
     console_lines: usize,
     timed_out: bool,
 }
 
 /// Boots the VM and follows its console to its end: each line is the
 /// steps' output, except the init's own lines, which say how each step
-/// ended and when the tree is written.
+/// ended and when the tree is written. Lines are cut at `MAX_STEP_LINE`
+/// bytes, and the init's lines are taken only in order (a step printing
+/// one cannot grow what is kept).
 fn watch(
     machine: &Machine,
     accel: Accel,
@@ -185,11 +191,11 @@ fn watch(
 ) -> Result<Ran> {
     let mut child = machine.spawn(accel)?;
     let console = child.stdout.take().expect("stdout is piped");
-    let started = Instant::now();
+    let pid = child.id() as libc::pid_t;
     let mut ran = Ran {
         results: Vec::new(),
         written: None,
-        tail: Vec::new(),
+        tail: Tail::default(),
         console_lines: 0,
         timed_out: false,
     };
@@ -202,36 +208,32 @@ fn watch(
         }
     };
     start(0);
+    let done = AtomicBool::new(false);
+    let timed_out = AtomicBool::new(false);
     std::thread::scope(|s| {
         // The deadline ends the VM; the console then closes.
-        let pid = child.id() as libc::pid_t;
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        {
-            let (done, timed_out) = (done.clone(), timed_out.clone());
-            s.spawn(move || {
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    if Instant::now() >= deadline {
-                        timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
-                        // SAFETY: kill(2) on the QEMU process this function started.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if Instant::now() >= deadline {
+                    timed_out.store(true, Ordering::Relaxed);
+                    // SAFETY: kill(2) on the QEMU process this function started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return;
                 }
-            });
-        }
-        let mut step_started = started;
-        for line in BufReader::new(console).split(b'\n').map_while(Result::ok) {
-            let line = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_string();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let mut step_started = Instant::now();
+        read_lines(Box::new(console), |line| {
+            let line = line.trim_end_matches('\r').to_string();
             ran.console_lines += 1;
-            if let Some((number, code)) = steps_disk::parse_step_line(&line) {
-                let index = number.saturating_sub(1);
+            let next = ran.results.len();
+            if let Some((number, code)) = steps_disk::parse_step_line(&line)
+                .filter(|&(n, _)| n == next + 1 && n <= steps.commands.len())
+            {
                 let result = StepResult {
-                    index,
-                    command: steps.commands.get(index).cloned().unwrap_or_default(),
+                    index: next,
+                    command: steps.commands[next].clone(),
                     exit_code: code,
                     duration_ms: step_started.elapsed().as_millis() as u64,
                 };
@@ -239,36 +241,32 @@ fn watch(
                 ran.results.push(result);
                 step_started = Instant::now();
                 if code == 0 {
-                    start(index + 1);
+                    start(number);
                 }
-                continue;
+                return;
             }
-            if let Some(bytes) = steps_disk::parse_written_line(&line) {
-                ran.written = Some(bytes);
-                continue;
+            if ran.written.is_none() && next == steps.commands.len() {
+                if let Some(bytes) = steps_disk::parse_written_line(&line) {
+                    ran.written = Some(bytes);
+                    return;
+                }
             }
             // The init's and the kernel's last words: not the steps'.
             if builderd_init::parse_exit_line(&line).is_some()
                 || line.ends_with("] reboot: Power down")
             {
-                continue;
+                return;
             }
-            if ran.tail.len() == TAIL_LINES {
-                ran.tail.remove(0);
-            }
-            ran.tail.push(line.clone());
+            ran.tail.push(&line);
             reporter.report(Event::StepOutput(StepOutput {
-                index: ran
-                    .results
-                    .len()
-                    .min(steps.commands.len().saturating_sub(1)),
+                index: next.min(steps.commands.len().saturating_sub(1)),
                 stream: OutputStream::Stdout,
                 line,
             }));
-        }
+        });
         let _ = child.wait();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        ran.timed_out = timed_out.load(std::sync::atomic::Ordering::Relaxed);
+        done.store(true, Ordering::Relaxed);
     });
+    ran.timed_out = timed_out.load(Ordering::Relaxed);
     Ok(ran)
 }

@@ -1,19 +1,23 @@
 //! Build steps: shell commands run in the image before it is written, for
-//! a tenant we do not trust. The step engine (buildah with runc, see
-//! `engine`) takes the base image from our own blobs, runs each command in
-//! a container of its own namespaces under the steps' cgroup (`cell`), and
-//! commits only what they changed, as one uncompressed layer. The flatten
-//! reads that layer over the image's own layers, which come from our cache
-//! as in any build: nothing of the base is unpacked twice for the image.
-//! docs/steps.md says what isolates a step and what it may use.
+//! a tenant we do not trust. In the oci sandbox the step engine (buildah
+//! with runc, see `engine`) takes the base image from our own blobs, runs
+//! each command in a container of its own namespaces under the steps'
+//! cgroup (`cell`), and commits only what they changed, as one
+//! uncompressed layer; the flatten reads that layer over the image's own
+//! layers, which come from our cache as in any build. In the microVM
+//! sandbox (`microvm`) the booted image runs them and its whole tree comes
+//! back as the image. docs/steps.md says what isolates a step and what it
+//! may use.
 
 mod base;
 mod cell;
 mod done;
 mod engine;
+mod host;
 mod layer;
 mod microvm;
 mod network;
+mod output;
 mod owner;
 mod seccomp;
 mod setting;
@@ -151,7 +155,6 @@ pub fn run(
     drop(egress);
     engine.prune();
     Ok(Done {
-        network: steps.network,
         sandbox: Sandbox::Oci,
         layers,
         adjust: layer::adjust(epoch.or(base.created).unwrap_or(0)),

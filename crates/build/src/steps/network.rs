@@ -45,8 +45,9 @@ pub struct Egress {
 impl Egress {
     /// Makes the namespace, its link to the host and the host's rules.
     pub fn new() -> Result<Egress> {
-        require("ip", "iproute2")?;
-        require("nft", "nftables")?;
+        let what = "give build steps a network";
+        super::host::require("ip", "-V", "iproute2", what)?;
+        super::host::require("nft", "-V", "nftables", what)?;
         install_rules()?;
         // Forwarding is off on a host that routes nothing yet; the rules
         // above decide what a step's packets may reach.
@@ -218,20 +219,6 @@ fn unique() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn require(tool: &str, package: &str) -> Result<()> {
-    let found = Command::new(tool)
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !found.is_ok_and(|s| s.success()) {
-        anyhow::bail!(
-            "install {package} to give build steps a network (Debian: apt-get install {package})"
-        );
-    }
-    Ok(())
 }
 
 fn ip(args: &[&str]) -> Result<()> {

@@ -338,15 +338,15 @@ pub fn download_and_check(server: &Server, key: &str, id: &str, dir: &Path) -> V
 
 /// `builderd client logs ID`: the build's log lines.
 pub fn logs(server: &Server, key: &str, id: &str) -> String {
-    let out = super::builderd()
-        .args(["client", "--server", &server.url, "--key", key, "logs", id])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = super::run(super::builderd().args([
+        "client",
+        "--server",
+        &server.url,
+        "--key",
+        key,
+        "logs",
+        id,
+    ]));
     String::from_utf8(out.stdout).unwrap()
 }
 
