@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::registry::{Proxy, TestRegistry};
 use common::server::{
@@ -360,21 +360,23 @@ fn list_builds_pages_fifty_at_a_time_newest_first_and_filters_by_state() {
 }
 
 /// Each build's [start, end] from its recorded RUNNING and final times.
-fn run_spans(server: &Server, key: &str, ids: &[String]) -> Vec<(String, String)> {
+/// Parsed, not compared as text: proto3 JSON drops a zero fraction
+/// ("…:03Z"), which sorts after "…:03.001Z".
+fn run_spans(server: &Server, key: &str, ids: &[String]) -> Vec<(SystemTime, SystemTime)> {
     ids.iter()
         .map(|id| {
             let b =
                 server.ok("GetBuild", key, &format!(r#"{{"build_id":"{id}"}}"#))["build"].clone();
             let at = |state: &str| {
-                b["transitions"]
+                let text = b["transitions"]
                     .as_array()
                     .unwrap()
                     .iter()
                     .find(|t| t["state"] == state)
                     .unwrap()["at"]
                     .as_str()
-                    .unwrap()
-                    .to_string()
+                    .unwrap();
+                humantime::parse_rfc3339(text).unwrap()
             };
             (at("BUILD_STATE_RUNNING"), at("BUILD_STATE_COMPLETED"))
         })
