@@ -13,7 +13,7 @@ ext4.
 
 - builderd: `builderd build oci:LAYOUT --run CMD -o OUT`, its step engine's
   storage new each run (cold, as the peer's) and, reported apart, once more
-  with the storage of the run before (the base already unpacked).
+  with the storage of the run before (the base disk kept).
 - The peer: `buildah from oci:LAYOUT` + `buildah run CTR -- sh -c CMD` +
   `buildah commit` + `buildah push oci:DIR` + `umoci raw unpack` +
   `mkfs.ext4 -d`, with buildah's storage new each run (its defaults as root:

@@ -135,6 +135,7 @@ impl Ext4Options {
             journal: self.journal,
             fs_time: self.fs_time,
             max_bytes,
+            implicit_owner: 0,
         }
     }
 }

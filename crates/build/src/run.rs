@@ -89,6 +89,10 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
         let finished = Instant::now();
         reporter.report(Event::Stage(Stage::Packaging));
         let sha256 = checksum(&outputs.image, checks, stats.cache.as_deref())?;
+        // Every blob of the base is checked now.
+        if let Some(done) = &stepped {
+            done.keep_base();
+        }
         let checksummed = Instant::now();
         let compressed = compress(&outputs, req.boot.compression)?;
         let times = Times {

@@ -225,7 +225,11 @@ fn a_step_is_root_only_in_its_namespace_and_reaches_nothing_of_the_host() {
         return;
     }
     let dir = tmp();
-    let source = busybox(dir.path());
+    // A device node in the image: the host's /dev/null, were it usable.
+    let source = busybox_with(
+        dir.path(),
+        vec![json!({"name": "hostnull", "type": "char", "major": 1, "minor": 3, "mode": 0o666})],
+    );
     let net = TestNet::new(dir.path());
     // A file and servers of the host's, which the step tries to reach: on
     // loopback, and on every address (reached through the host's own
@@ -259,6 +263,7 @@ fn a_step_is_root_only_in_its_namespace_and_reaches_nothing_of_the_host() {
          unshare -U -r true 2>&1 && echo UNSHARE-OK || echo UNSHARE-REFUSED; \
          (echo b > /proc/sysrq-trigger) 2>&1 && echo SYSRQ-OK || echo SYSRQ-REFUSED; \
          ip link set eth0 down 2>&1 && echo NETADMIN-OK || echo NETADMIN-REFUSED; \
+         (echo x > /hostnull) 2>&1 && echo DEVICE-OK || echo DEVICE-REFUSED; \
          touch /made-by-step",
         secret = secret.display(),
         loopback = connect("127.0.0.1", port, "LOOPBACK"),
@@ -301,6 +306,7 @@ fn a_step_is_root_only_in_its_namespace_and_reaches_nothing_of_the_host() {
             "UNSHARE-REFUSED",
             "SYSRQ-REFUSED",
             "NETADMIN-REFUSED",
+            "DEVICE-REFUSED",
         ] {
             // A line of its own (the command, echoed, holds every word).
             assert!(
@@ -455,25 +461,7 @@ fn the_step_storage_keeps_only_the_most_recently_used_bases() {
     }
     let dir = tmp();
     let storage = dir.path().join("steps");
-    let images = || {
-        let o = std::process::Command::new("buildah")
-            .arg("--root")
-            .arg(storage.join("storage"))
-            .arg("--runroot")
-            .arg(storage.join("run"))
-            .args([
-                "--storage-driver",
-                "overlay",
-                "images",
-                "--noheading",
-                "--no-trunc",
-                "-q",
-            ])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap().lines().count()
-    };
+    let disks = || std::fs::read_dir(storage.join("bases")).unwrap().count();
     // Six bases, each another image (a file of its own).
     for n in 0..6 {
         let layout = dir.path().join(format!("layout-{n}"));
@@ -494,9 +482,83 @@ fn the_step_storage_keeps_only_the_most_recently_used_bases() {
             &["--run", "cat /base > /seen"],
         ));
         assert_eq!(debugfs_cat(&out, "/seen"), format!("base {n}\n"));
-        assert_eq!(images(), (n + 1).min(4), "after base {n}");
+        assert_eq!(disks(), (n + 1).min(4), "after base {n}");
     }
-    assert_eq!(std::fs::read_dir(storage.join("bases")).unwrap().count(), 4);
+    // A base the storage keeps is used as it is, not written again.
+    let kept = || {
+        let mut v: Vec<(std::ffi::OsString, u64)> = std::fs::read_dir(storage.join("bases"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name(),
+                    std::os::unix::fs::MetadataExt::ino(&e.metadata().unwrap()),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = kept();
+    ok(&build_steps(
+        dir.path(),
+        &format!("oci:{}:v1", dir.path().join("layout-5").display()),
+        &dir.path().join("again.ext4"),
+        &["--run", "cat /base > /seen"],
+    ));
+    assert_eq!(kept(), before);
+}
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn a_base_disk_is_kept_only_once_its_blobs_are_checked() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let layout = dir.path().join("layout");
+    let digests = make_image(
+        &layout,
+        json!({"tag": "v1", "layers": [{"compression": "none", "entries": [
+            {"name": "bin", "type": "dir"},
+            {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
+            {"name": "bin/sh", "type": "symlink", "link": "busybox"},
+            {"name": "base", "data": "genuine\n"},
+        ]}], "config": {"Env": ["PATH=/bin"]}}),
+    );
+    let source = format!("oci:{}:v1", layout.display());
+    let disks = || {
+        std::fs::read_dir(dir.path().join("steps/bases"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    // The layer's blob, changed where the file's bytes are: still a tar of
+    // the same size, no longer what its digest says.
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digests[0].trim_start_matches("sha256:"));
+    let genuine = std::fs::read(&blob).unwrap();
+    let at = genuine.windows(8).position(|w| w == b"genuine\n").unwrap();
+    let mut forged = genuine.clone();
+    forged[at..at + 8].copy_from_slice(b"forged!\n");
+    std::fs::write(&blob, &forged).unwrap();
+    let out = dir.path().join("forged.ext4");
+    let o = build_steps(dir.path(), &source, &out, &["--run", "cat /base > /seen"]);
+    assert!(!o.status.success(), "a forged blob was built");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("digest"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(disks(), 0, "the disk of a forged blob was kept");
+    // The genuine blob: built, and its disk kept.
+    std::fs::write(&blob, &genuine).unwrap();
+    ok(&build_steps(
+        dir.path(),
+        &source,
+        &out,
+        &["--run", "cat /base > /seen"],
+    ));
+    assert_eq!(debugfs_cat(&out, "/seen"), "genuine\n");
+    assert_eq!(disks(), 1);
 }
 
 #[test]

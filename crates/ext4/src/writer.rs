@@ -65,6 +65,10 @@ pub struct Options {
     /// is ever written, so content that would make a larger image fails as
     /// it comes (`Error::NoSpace`), before it takes the disk.
     pub max_bytes: Option<u64>,
+    /// The owner (uid and gid) of directories the tree has without an
+    /// entry of their own (the root, a parent no entry names): root, or
+    /// for an image made to be seen from a user namespace, its root's id.
+    pub implicit_owner: u32,
 }
 
 /// What `finish` wrote.
@@ -480,10 +484,13 @@ impl Finisher {
     }
 
     fn fill_implicit(&mut self, fs_time: i64) {
+        let owner = self.w.opts.implicit_owner;
         for &id in &self.order {
             let node = self.w.tree.node_mut(id);
             if node.implicit {
                 node.meta = Metadata::root_owned(0o755, fs_time);
+                node.meta.uid = owner;
+                node.meta.gid = owner;
             }
         }
     }

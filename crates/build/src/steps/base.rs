@@ -1,7 +1,7 @@
-//! The base image as the step engine takes it: an OCI layout of our own
-//! whose blobs are links to the files we already have (the blob cache, a
-//! local layout), copied only from sources that are not files (archives).
-//! The step engine checks every blob's digest as it imports it.
+//! The base image's blobs as the steps get them, what its config says of
+//! them, and, for the microVM sandbox's inner build, an OCI layout of our
+//! own whose blobs are links to the files we already have (the blob cache,
+//! a local layout), copied only from sources that are not files (archives).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,20 +18,48 @@ pub enum BlobAt {
     Stream(Box<dyn Read + Send>),
 }
 
-/// What the layout's config says that the steps need.
-pub struct BaseConfig {
-    /// The uncompressed digests of the image's layers, in order: the
-    /// engine names the base layers of what it commits by them.
-    pub diff_ids: Vec<String>,
-    /// When the image was made (seconds since the epoch), if it says.
-    pub created: Option<i64>,
-}
-
 /// The tag the layout's one image has.
 pub const TAG: &str = "base";
 
-/// Writes an OCI layout of `image` at `dir`; answers what its config says.
-pub fn write(dir: &Path, image: &Image, config: BlobAt, layers: Vec<BlobAt>) -> Result<BaseConfig> {
+/// When the image was made (seconds since the epoch), as its config says,
+/// if it does; the config is checked against its digest.
+pub fn created(image: &Image, config: BlobAt) -> Result<Option<i64>> {
+    let bytes = match config {
+        BlobAt::File(path) => read_small(&path)?,
+        BlobAt::Stream(reader) => {
+            let mut bytes = Vec::new();
+            reader
+                .take(builderd_oci::MAX_DOC + 1)
+                .read_to_end(&mut bytes)
+                .context("reading the base image's config")?;
+            bytes
+        }
+    };
+    created_of(image, &bytes)
+}
+
+fn created_of(image: &Image, config: &[u8]) -> Result<Option<i64>> {
+    image
+        .config_digest
+        .verify(config, image.config_size)
+        .context("the base image's config")?;
+    let config: Value =
+        serde_json::from_slice(config).context("the base image's config is not JSON")?;
+    Ok(config["created"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64))
+}
+
+/// Writes an OCI layout of `image` at `dir`; answers when the image was
+/// made, as its config says.
+pub fn write(
+    dir: &Path,
+    image: &Image,
+    config: BlobAt,
+    layers: Vec<BlobAt>,
+) -> Result<Option<i64>> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
     let put = |digest: &Digest, at: BlobAt| -> Result<()> {
@@ -51,14 +79,8 @@ pub fn write(dir: &Path, image: &Image, config: BlobAt, layers: Vec<BlobAt>) -> 
     for (layer, at) in image.layers.iter().zip(layers) {
         put(&layer.digest, at)?;
     }
-    let config_path = blobs.join(image.config_digest.hex());
-    let config_bytes = read_small(&config_path)?;
-    image
-        .config_digest
-        .verify(&config_bytes, image.config_size)
-        .context("the base image's config")?;
-    let config: Value =
-        serde_json::from_slice(&config_bytes).context("the base image's config is not JSON")?;
+    let config_bytes = read_small(&blobs.join(image.config_digest.hex()))?;
+    let created = created_of(image, &config_bytes)?;
 
     let manifest = json!({
         "schemaVersion": 2,
@@ -89,28 +111,7 @@ pub fn write(dir: &Path, image: &Image, config: BlobAt, layers: Vec<BlobAt>) -> 
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
 
-    let diff_ids = config["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|ids| {
-            ids.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    if diff_ids.len() != image.layers.len() {
-        anyhow::bail!(
-            "the base image's config lists {} diff_ids for {} layers",
-            diff_ids.len(),
-            image.layers.len()
-        );
-    }
-    let created = config["created"]
-        .as_str()
-        .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs() as i64);
-    Ok(BaseConfig { diff_ids, created })
+    Ok(created)
 }
 
 fn layer_media_type(c: Compression) -> &'static str {

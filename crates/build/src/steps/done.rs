@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use builderd_flatten::Adjust;
 use builderd_oci::{Compression, Digest, LayerInfo};
 
+use super::disk::Keeper;
 use super::owner;
 use crate::event::StepResult;
 use crate::report::StepsInfo;
@@ -20,12 +21,14 @@ pub struct Done {
     pub adjust: Arc<Adjust>,
     pub results: Vec<StepResult>,
     pub(super) sandbox: Sandbox,
+    /// The base's disk written for this build, kept for the next once the
+    /// build has checked the blobs it came from.
+    pub(super) base: Option<Keeper>,
     /// Holds the layer's files until the flatten has read them.
     pub(super) _work: WorkDir,
 }
 
 /// A build's own directory in the engine's storage, removed when dropped.
-/// Its name is lower case: the engine names the base image after it.
 pub(super) struct WorkDir(PathBuf);
 
 const WORK_PREFIX: &str = "work-";
@@ -40,6 +43,8 @@ impl WorkDir {
         // Those of builderd processes now gone.
         for entry in std::fs::read_dir(storage).into_iter().flatten().flatten() {
             if owner::gone(&entry.file_name().to_string_lossy(), WORK_PREFIX) {
+                // Its base disk may still be mounted in it.
+                super::disk::unmount_below(&entry.path());
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -61,6 +66,14 @@ impl Drop for WorkDir {
 }
 
 impl Done {
+    /// The build checked every blob of its base: the disk the steps ran on
+    /// may serve later builds of the same image.
+    pub fn keep_base(&self) {
+        if let Some(keeper) = &self.base {
+            keeper.keep();
+        }
+    }
+
     /// The steps' layers are the whole image (the microVM writes its tree
     /// as it is), not layers over the image's own.
     pub fn replaces_base(&self) -> bool {

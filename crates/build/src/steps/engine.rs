@@ -1,9 +1,12 @@
 //! The step engine: buildah, run as a subprocess with storage of our own
-//! (never the host's default), each container in a user namespace whose
-//! root is `HOST_ID_BASE` on the host, with runc (`--isolation oci`: own
-//! PID, mount, IPC, UTS and network namespaces; buildah's capability set
-//! and seccomp profile, less user namespaces), no network unless egress,
-//! and the steps' cgroup as its parent.
+//! (never the host's default). Each container is made from nothing and
+//! given the base as a disk of ours under its overlay
+//! (`Container::attach_base`: the engine's own import of a large image was
+//! most of a build's time). It runs in a user namespace whose root is
+//! `HOST_ID_BASE` on the host, with runc (`--isolation oci`: own PID,
+//! mount, IPC, UTS and network namespaces; buildah's capability set and
+//! seccomp profile, less user namespaces), no network unless egress, and
+//! the steps' cgroup as its parent.
 //! `--isolation chroot` would share the host's network and PIDs: never used.
 
 use std::io::Read;
@@ -11,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
+
+use builderd_oci::RunConfig;
 
 use super::output::{read_lines, Tail};
 use crate::event::OutputStream;
@@ -109,8 +114,9 @@ impl Engine {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    /// A working container from the image in the OCI layout `layout`.
-    pub fn from(&self, layout: &Path, tag: &str, cgroup_parent: &str) -> Result<Container<'_>> {
+    /// A working container of nothing (the base comes as a disk of ours,
+    /// see `Container::attach_base`) that runs steps as `run` says.
+    pub fn empty_container(&self, run: &RunConfig, cgroup_parent: &str) -> Result<Container<'_>> {
         let name = format!(
             "builderd-{}-{}",
             std::process::id(),
@@ -120,17 +126,8 @@ impl Engine {
                 .unwrap_or_default()
         );
         let map = format!("0:{HOST_ID_BASE}:{HOST_ID_RANGE}");
-        // The engine names the image after the layout's path, which must
-        // then be a valid repository name (lower case): the layout is
-        // handed over as descriptor 3, whatever its path.
-        let dir =
-            std::fs::File::open(layout).with_context(|| format!("opening {}", layout.display()))?;
-        let image = format!("oci:/proc/self/fd/{LAYOUT_FD}:{tag}");
         let seccomp = format!("seccomp={}", self.seccomp.display());
-        let mut from = self.command();
-        pass_as(&mut from, &dir, LAYOUT_FD);
-        self.run_to_end(
-            from,
+        self.output(
             &[
                 "from",
                 "--quiet",
@@ -148,80 +145,30 @@ impl Engine {
                 cgroup_parent,
                 "--security-opt",
                 &seccomp,
-                &image,
+                "scratch",
             ],
-            "start a container from the base image",
+            "start a container",
         )?;
-        drop(dir);
         let container = Container { engine: self, name };
-        self.remember_base(&container.name)?;
-        container.prepare_root()?;
+        // What the image's config says of how it runs: the steps run so.
+        let mut config: Vec<String> = vec!["config".into()];
+        for var in &run.env {
+            config.extend(["--env".into(), var.clone()]);
+        }
+        if !run.working_dir.is_empty() {
+            config.extend(["--workingdir".into(), run.working_dir.clone()]);
+        }
+        if !run.user.is_empty() {
+            config.extend(["--user".into(), run.user.clone()]);
+        }
+        if config.len() > 1 {
+            config.push(container.name.clone());
+            let args: Vec<&str> = config.iter().map(String::as_str).collect();
+            self.output(&args, "give the container the image's settings")?;
+        }
         Ok(container)
     }
-
-    /// Marks the container's base image as used now (a file named by its
-    /// id in `bases/`, whose time is its last use).
-    fn remember_base(&self, container: &str) -> Result<()> {
-        let id = self.output(
-            &[
-                "inspect",
-                "--type",
-                "container",
-                "--format",
-                "{{.FromImageID}}",
-                container,
-            ],
-            "name the base image",
-        )?;
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            anyhow::bail!("the engine named the base image {id:?}");
-        }
-        let bases = self.bases();
-        std::fs::create_dir_all(&bases)
-            .and_then(|()| std::fs::write(bases.join(&id), b""))
-            .with_context(|| format!("recording the base in {}", bases.display()))
-    }
-
-    fn bases(&self) -> PathBuf {
-        self.root.with_file_name("bases")
-    }
-
-    /// Removes the images beyond the `KEEP_BASES` most recently used (one
-    /// another build still runs on stays): each base a build used stays
-    /// unpacked for the next, but the storage does not grow without bound.
-    pub fn prune(&self) {
-        let Ok(images) = self.output(
-            &["images", "--noheading", "--no-trunc", "--format", "{{.ID}}"],
-            "list its images",
-        ) else {
-            return;
-        };
-        let mut used: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(self.bases())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let when = e.metadata().ok()?.modified().ok()?;
-                Some((when, e.file_name().into_string().ok()?))
-            })
-            .collect();
-        used.sort_by(|a, b| b.cmp(a));
-        let kept: Vec<&str> = used
-            .iter()
-            .take(KEEP_BASES)
-            .map(|(_, id)| id.as_str())
-            .collect();
-        for id in images.lines().map(|l| l.trim_start_matches("sha256:")) {
-            if !kept.contains(&id) && self.output(&["rmi", id], "remove an old base").is_ok() {
-                let _ = std::fs::remove_file(self.bases().join(id));
-            }
-        }
-    }
 }
-
-/// How many base images an engine storage keeps (each build from one of
-/// them skips unpacking it).
-pub const KEEP_BASES: usize = 4;
 
 /// The runtime reaches a container's root through the storage's path as
 /// the step's root (`HOST_ID_BASE`, an other user to every directory on
@@ -248,31 +195,6 @@ fn searchable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The descriptor the base layout is handed over as.
-const LAYOUT_FD: i32 = 3;
-
-/// Makes `file` descriptor `fd` of `command`'s process.
-fn pass_as(command: &mut Command, file: &std::fs::File, fd: i32) {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let from = file.as_raw_fd();
-    // SAFETY: between fork and exec only async-signal-safe calls are made
-    // (dup2, fcntl), on descriptors this process holds; nothing allocates.
-    unsafe {
-        command.pre_exec(move || {
-            if from == fd {
-                // dup2 onto itself keeps close-on-exec: clear it instead.
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(from, fd) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// How a step runs.
 pub struct RunOptions<'a> {
     /// USER[:GROUP]; None: the image's.
@@ -296,23 +218,71 @@ pub struct Container<'e> {
 pub const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "run"];
 
 impl Container<'_> {
-    /// The container's root directory belongs to the namespace's root,
-    /// and the runtime's mount points exist. The container stays mounted
-    /// from here to its removal: each new mount of it gives its root
-    /// directory back to the host's root (the storage copies the owner of
-    /// the image's root), and the steps' runs reuse this mount.
-    fn prepare_root(&self) -> Result<()> {
+    /// Puts the base under the container: the engine's own overlay of the
+    /// container (an empty lower layer, as it is made from scratch) is
+    /// mounted again with `lower`, a directory of the base's tree, as its
+    /// lower layer, on the same upper and work directories, so what the
+    /// steps change lands where the engine's commit reads it. The root
+    /// directory takes the base root's owner and mode, and the runtime's
+    /// mount points are made where the base lacks them (the runtime, as the
+    /// namespace's root, may not make them in a directory of another
+    /// owner). The container stays mounted from here to its removal: the
+    /// engine's runs reuse a mounted container as it is.
+    pub fn attach_base(&self, lower: &Path) -> Result<()> {
         let merged = self
             .engine
             .output(&["mount", &self.name], "mount the container")?;
         let merged = PathBuf::from(merged);
+        let options = overlay_options(&merged)?;
+        let option = |key: &str| {
+            options
+                .split(',')
+                .find_map(|o| o.strip_prefix(key))
+                .map(|v| PathBuf::from(super::disk::unescape(v)))
+                .with_context(|| format!("the container's overlay has no {key}"))
+        };
+        let (upper, work) = (option("upperdir=")?, option("workdir=")?);
+        let lower_text = lower.to_string_lossy();
+        if lower_text.contains([',', ':', '\\']) || lower_text.contains(char::is_whitespace) {
+            anyhow::bail!(
+                "the steps' storage path {} cannot go into mount options (no commas, colons, backslashes or spaces)",
+                lower.display()
+            );
+        }
+        super::disk::unmount(&merged);
+        // A volatile overlay leaves a mark in its work directory that
+        // refuses the next mount on it; nothing else is kept there.
+        let marks = work.join("work");
+        if marks.exists() {
+            std::fs::remove_dir_all(&marks)
+                .with_context(|| format!("clearing {}", marks.display()))?;
+        }
+        // The root directory is the upper directory itself, and the overlay
+        // takes its attributes when mounted.
+        let root = std::fs::metadata(lower)
+            .with_context(|| format!("reading the base's root {}", lower.display()))?;
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            std::os::unix::fs::chown(&upper, Some(root.uid()), Some(root.gid()))
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &upper,
+                        std::fs::Permissions::from_mode(root.mode() & 0o7777),
+                    )
+                })
+                .with_context(|| format!("giving {} the base root's owner", upper.display()))?;
+        }
+        let data: Vec<String> = options
+            .split(',')
+            .filter(|o| !o.starts_with("lowerdir=") && !matches!(*o, "rw" | "ro"))
+            .map(str::to_string)
+            .chain([format!("lowerdir={lower_text}")])
+            .collect();
+        mount_overlay(&merged, &data.join(","))?;
         let chown = |path: &Path| {
             std::os::unix::fs::chown(path, Some(HOST_ID_BASE), Some(HOST_ID_BASE))
                 .with_context(|| format!("giving {} to the step's root", path.display()))
         };
-        // The root directory is the overlay's upper directory itself; a
-        // chown through the overlay does not reach it.
-        chown(&upper_dir(&merged)?)?;
         for dir in MOUNT_POINTS {
             let path = merged.join(dir);
             if std::fs::symlink_metadata(&path).is_err() {
@@ -427,28 +397,44 @@ impl Drop for Container<'_> {
     }
 }
 
-/// The upper directory of the overlay mounted at `merged`, from the mount
-/// table.
-fn upper_dir(merged: &Path) -> Result<PathBuf> {
+/// The options of the overlay mounted at `merged`, from the mount table.
+fn overlay_options(merged: &Path) -> Result<String> {
     let table =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading the mount table")?;
-    let at = format!(" {} ", merged.display());
     table
         .lines()
-        .filter(|l| l.contains(&at) && l.contains(" - overlay "))
-        .find_map(|l| {
-            l.rsplit(' ')
-                .next()?
-                .split(',')
-                .find_map(|o| o.strip_prefix("upperdir="))
-                .map(PathBuf::from)
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|p| Path::new(&super::disk::unescape(p)) == merged)
+                && l.contains(" - overlay ")
         })
-        .with_context(|| {
-            format!(
-                "no overlay with an upper directory is mounted at {}",
-                merged.display()
-            )
-        })
+        .find_map(|l| l.rsplit(' ').next().map(str::to_string))
+        .with_context(|| format!("no overlay is mounted at {}", merged.display()))
+}
+
+/// Mounts an overlay at `at` with `options`, without device files.
+fn mount_overlay(at: &Path, options: &str) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |b: &[u8]| std::ffi::CString::new(b).context("a NUL in a mount argument");
+    let (target, data) = (c(at.as_os_str().as_bytes())?, c(options.as_bytes())?);
+    let kind = c(b"overlay")?;
+    // SAFETY: mount(2) with NUL-terminated strings that live across the
+    // call.
+    let r = unsafe {
+        libc::mount(
+            kind.as_ptr(),
+            target.as_ptr(),
+            kind.as_ptr(),
+            libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting the base under the container at {}", at.display()));
+    }
+    Ok(())
 }
 
 /// How the engine reports a step's non-zero exit, on its stderr.

@@ -1,5 +1,5 @@
 //! The layer the steps made, as the flatten reads it over the image's own:
-//! the engine's commit, with the base layers left out of it, read back with
+//! the engine's commit of a container made from nothing, read back with
 //! its owners shifted out of the user namespace, the runtime's placeholders
 //! dropped and its times clamped (same input, same image).
 
@@ -22,19 +22,9 @@ const BIND_MOUNTED: [&[u8]; 4] = [
     b"run/.containerenv",
 ];
 
-/// An OCI layout for the commit, with a placeholder for each base layer:
-/// the engine sees a blob of that digest is there and writes only the new
-/// layer.
-pub fn commit_layout(dir: &Path, diff_ids: &[String]) -> Result<()> {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs)?;
-    for id in diff_ids {
-        let hex = id
-            .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .with_context(|| format!("the base image's diff_id {id:?} is not a sha256 digest"))?;
-        std::fs::write(blobs.join(hex), b"")?;
-    }
+/// An empty OCI layout for the commit.
+pub fn commit_layout(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir.join("blobs/sha256"))?;
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     std::fs::write(
         dir.join("index.json"),
@@ -43,11 +33,20 @@ pub fn commit_layout(dir: &Path, diff_ids: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The layer digests of the manifest tagged `tag` in the layout at `dir`.
-pub fn manifest_layers(dir: &Path, tag: &str) -> Result<Vec<String>> {
+/// The layer files of the manifest tagged `tag` in the layout at `dir`:
+/// the container is made from nothing, so all it has is what the steps
+/// changed.
+pub fn committed_layers(dir: &Path, tag: &str) -> Result<Vec<PathBuf>> {
     let read = |path: PathBuf| -> Result<Value> {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
+    };
+    let blob = |digest: &str| -> Result<PathBuf> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .with_context(|| format!("the step engine's commit names a blob {digest:?}"))?;
+        Ok(dir.join("blobs/sha256").join(hex))
     };
     let index = read(dir.join("index.json"))?;
     let manifest = index["manifests"]
@@ -58,34 +57,14 @@ pub fn manifest_layers(dir: &Path, tag: &str) -> Result<Vec<String>> {
             })
         })
         .and_then(|d| d["digest"].as_str())
-        .and_then(|d| d.strip_prefix("sha256:"))
         .context("the step engine's commit has no manifest")?;
-    let manifest = read(dir.join("blobs/sha256").join(manifest))?;
-    Ok(manifest["layers"]
+    let manifest = read(blob(manifest)?)?;
+    manifest["layers"]
         .as_array()
         .context("the step engine's manifest has no layers")?
         .iter()
-        .filter_map(|l| l["digest"].as_str().map(str::to_string))
-        .collect())
-}
-
-/// The new layers of a commit: what follows the base's own layers.
-pub fn new_layers(dir: &Path, committed: &[String], diff_ids: &[String]) -> Result<Vec<PathBuf>> {
-    if committed.len() < diff_ids.len() || committed[..diff_ids.len()] != *diff_ids {
-        anyhow::bail!(
-            "the step engine's commit does not start with the base image's layers \
-             ({} layers, {} in the base)",
-            committed.len(),
-            diff_ids.len()
-        );
-    }
-    Ok(committed[diff_ids.len()..]
-        .iter()
-        .map(|d| {
-            dir.join("blobs/sha256")
-                .join(d.strip_prefix("sha256:").unwrap_or(d))
-        })
-        .collect())
+        .map(|l| blob(l["digest"].as_str().unwrap_or_default()))
+        .collect()
 }
 
 /// How the flatten reads the steps' layer: owners from the host's view

@@ -40,7 +40,7 @@ pub fn run(
     let work = WorkDir::new(setting.storage)?;
     let dir = work.path().to_path_buf();
     let base_dir = dir.join("base");
-    let base = base::write(&base_dir, image, config, layers)?;
+    let created = base::write(&base_dir, image, config, layers)?;
     let rootfs = dir.join("rootfs.ext4");
     let built = (setting.build_rootfs)(&BuildRequest {
         source: format!("oci:{}:{}", base_dir.display(), base::TAG),
@@ -160,9 +160,10 @@ pub fn run(
     std::fs::rename(&disk, &tree)?;
     Ok(Done {
         layers: vec![tree],
-        adjust: super::layer::clamp(setting.epoch.or(base.created).unwrap_or(0)),
+        adjust: super::layer::clamp(setting.epoch.or(created).unwrap_or(0)),
         results: ran.results,
         sandbox: Sandbox::Microvm,
+        base: None,
         _work: work,
     })
 }

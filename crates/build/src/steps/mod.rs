@@ -1,16 +1,18 @@
 //! Build steps: shell commands run in the image before it is written, for
 //! a tenant we do not trust. In the oci sandbox the step engine (buildah
-//! with runc, see `engine`) takes the base image from our own blobs, runs
-//! each command in a container of its own namespaces under the steps'
-//! cgroup (`cell`), and commits only what they changed, as one
-//! uncompressed layer; the flatten reads that layer over the image's own
-//! layers, which come from our cache as in any build. In the microVM
+//! with runc, see `engine`) runs each command in a container of its own
+//! namespaces under the steps' cgroup (`cell`), over the base image as a
+//! disk our writer made from our own blobs (`disk`), and commits only
+//! what they changed, as one uncompressed layer; the flatten reads that
+//! layer over the image's own layers, which come from our cache as in any
+//! build. In the microVM
 //! sandbox (`microvm`) the booted image runs them and its whole tree comes
 //! back as the image. docs/steps.md says what isolates a step and what it
 //! may use.
 
 mod base;
 mod cell;
+mod disk;
 mod done;
 mod engine;
 mod host;
@@ -97,12 +99,26 @@ pub fn run(
         check_cache_dir(dir)?;
     }
     sweep();
+    let created = base::created(image, config)?;
     let engine = engine::Engine::new(storage)?;
     let work = WorkDir::new(storage)?;
-    let base_dir = work.path().join("base");
-    let base = base::write(&base_dir, image, config, layers)?;
-    let cell = cell::Cell::new(&steps.limits)?;
-    let container = engine.from(&base_dir, base::TAG, &cell.containers())?;
+    // The base's disk is written while the engine makes the container.
+    let (lower, container) = std::thread::scope(|s| {
+        let lower = s.spawn(|| {
+            let disk = disk::provide(storage, image, layers, work.path())?;
+            let mounted = disk::Mounted::new(&disk.path, &work.path().join("lower"))?;
+            anyhow::Ok((disk.keeper(storage), mounted))
+        });
+        let cell = cell::Cell::new(&steps.limits);
+        let container = cell.and_then(|cell| {
+            let container = engine.empty_container(&image.run, &cell.containers())?;
+            anyhow::Ok((cell, container))
+        });
+        let lower = lower.join().expect("the base disk's thread panicked");
+        (lower, container)
+    });
+    let ((keeper, lower), (cell, container)) = (lower?, container?);
+    container.attach_base(lower.path())?;
     let egress = match steps.network {
         StepNetwork::None => None,
         StepNetwork::Egress => Some(network::Egress::new()?),
@@ -146,19 +162,19 @@ pub fn run(
     ran?;
 
     let commit_dir = work.path().join("commit");
-    layer::commit_layout(&commit_dir, &base.diff_ids)?;
+    layer::commit_layout(&commit_dir)?;
     container.commit(&commit_dir, "steps")?;
-    let committed = layer::manifest_layers(&commit_dir, "steps")?;
-    let layers = layer::new_layers(&commit_dir, &committed, &base.diff_ids)?;
+    let layers = layer::committed_layers(&commit_dir, "steps")?;
     drop(container);
+    drop(lower);
     drop(cell);
     drop(egress);
-    engine.prune();
     Ok(Done {
         sandbox: Sandbox::Oci,
         layers,
-        adjust: layer::adjust(epoch.or(base.created).unwrap_or(0)),
+        adjust: layer::adjust(epoch.or(created).unwrap_or(0)),
         results,
+        base: keeper,
         _work: work,
     })
 }
