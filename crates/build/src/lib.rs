@@ -18,6 +18,7 @@ mod error;
 mod event;
 mod layer_streams;
 mod output;
+mod project;
 mod pull;
 mod report;
 mod request;
@@ -34,10 +35,11 @@ pub use event::{
     MAX_STEP_LINE,
 };
 pub use output::Pending;
+pub use project::Project;
 pub use report::Report;
 pub use request::{
     BlobCacheChoice, BootOptions, BuildRequest, CopyFormat, Ext4Options, FreeSpace, Init,
-    RegistryOptions, Sandbox, StepLimits, StepNetwork, Steps,
+    ProjectOptions, RegistryOptions, Sandbox, StepLimits, StepNetwork, Steps,
 };
 pub use run::build;
 pub use steps::sweep as sweep_steps;

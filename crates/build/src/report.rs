@@ -9,6 +9,9 @@ use serde::Serialize;
 pub struct Report {
     pub builderd_version: &'static str,
     pub source: String,
+    /// The commit a Git project source was built from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_commit: Option<String>,
     pub manifest_digest: String,
     pub manifest_media_type: String,
     pub config_digest: String,

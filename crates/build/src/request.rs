@@ -35,6 +35,9 @@ pub struct BuildRequest {
     /// Commands run in the image, isolated, before it is written.
     #[serde(default)]
     pub steps: Steps,
+    /// How a project source (`dir:`, `git:`) is built.
+    #[serde(default)]
+    pub project: ProjectOptions,
     /// Registry credentials: never serialised.
     #[serde(skip)]
     pub credentials: Option<Credentials>,
@@ -234,10 +237,23 @@ pub struct Steps {
     pub limits: StepLimits,
     pub network: StepNetwork,
     pub sandbox: Sandbox,
-    /// Where the step engine keeps its storage (the base layers it
-    /// unpacked stay there for the next build from them); None:
+    /// Where the step engine keeps its storage (the base disks it wrote
+    /// stay there for the next build from them); None:
     /// `DEFAULT_STEPS_DIR`.
     pub storage: Option<PathBuf>,
+}
+
+/// How a project source is built into its image.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProjectOptions {
+    /// The Containerfile, relative to the context; None: `Dockerfile`,
+    /// else `Containerfile`.
+    pub dockerfile: Option<String>,
+    /// The build context, a directory of the project (a monorepo's app);
+    /// None: the project's root.
+    pub context: Option<String>,
+    /// `ARG` values, in order.
+    pub build_args: Vec<(String, String)>,
 }
 
 /// The step engine's storage unless a build names one: a system place

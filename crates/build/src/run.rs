@@ -44,6 +44,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
     // flatten, so that both may tell `reporter`.
     std::thread::scope(|scope| {
         let opened = source::open(scope, req, &platform, reporter)?;
+        let source_commit = opened.commit();
         let resolved = Instant::now();
         let image = &opened.image;
         event::info(
@@ -59,7 +60,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
         // The request is checked before the long part.
         let plan = crate::boot::plan(&req.boot, &image.run)?;
         let outputs = Outputs::new(&req.output, req.boot.compression)?;
-        let stepped = run_steps(&opened, req, reporter)?;
+        let mut stepped = run_steps(&opened, req, reporter)?;
         let steps_ended = Instant::now();
         let limit = image_limit(&req.boot);
         let mut writer = Writer::new(
@@ -89,8 +90,8 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
         let finished = Instant::now();
         reporter.report(Event::Stage(Stage::Packaging));
         let sha256 = checksum(&outputs.image, checks, stats.cache.as_deref())?;
-        // Every blob of the base is checked now.
-        if let Some(done) = &stepped {
+        // The image is whole and its blobs checked.
+        if let Some(done) = &mut stepped {
             done.keep_base();
         }
         let checksummed = Instant::now();
@@ -111,6 +112,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
         let report = Report {
             builderd_version: env!("CARGO_PKG_VERSION"),
             source: req.source.clone(),
+            source_commit,
             manifest_digest: stats.image.manifest_digest.to_string(),
             manifest_media_type: stats.image.manifest_media_type.clone(),
             config_digest: stats.image.config_digest.to_string(),

@@ -1,7 +1,7 @@
 //! Where a build's image comes from: a registry (resolved with the build's
 //! own credentials, under the outbound policy; its layers downloading into
 //! the blob cache in the background from then on), an OCI layout or an
-//! archive (read in place). The one place a source is resolved, for the
+//! archive (read in place), or a project built into a layout (`project`). The one place a source is resolved, for the
 //! command line and the service's build processes alike.
 
 use std::path::Path;
@@ -15,6 +15,7 @@ use builderd_oci::{
 };
 
 use crate::event::{Event, Reporter, Resolved, ResolvedLayer, Stage};
+use crate::project::Project;
 use crate::pull::Downloads;
 use crate::request::{BlobCacheChoice, BuildRequest};
 use crate::SourceError;
@@ -36,6 +37,15 @@ pub struct Opened<'scope> {
     pub cache: Option<Arc<BlobCache>>,
     /// A `--no-cache` build's private blob directory, kept to the end.
     _scratch: Option<tempfile::TempDir>,
+    /// A project's image, built for this build, kept to the end.
+    _project: Option<crate::project::Built>,
+}
+
+impl Opened<'_> {
+    /// The commit a Git project was built from.
+    pub fn commit(&self) -> Option<String> {
+        self._project.as_ref().and_then(|p| p.commit.clone())
+    }
 }
 
 /// Parses the request's source: a path given as one is refused with the
@@ -62,7 +72,17 @@ pub fn open<'scope, 'env>(
         blobs: Blobs::Local(store),
         cache: None,
         _scratch: None,
+        _project: None,
     };
+    if let Some(project) = Project::parse(&req.source) {
+        let built = crate::project::build(&project?, req, reporter)?;
+        let layout = OciLayout::open(&built.layout)?;
+        let image = layout.resolve(Some(&built.tag), platform)?;
+        return Ok(Opened {
+            _project: Some(built),
+            ..local(Box::new(layout), image)
+        });
+    }
     Ok(match parse(&req.source)? {
         Source::OciLayout { dir, tag } => {
             let layout = OciLayout::open(&dir)?;
@@ -127,6 +147,7 @@ pub fn open<'scope, 'env>(
                 blobs: Blobs::Pull(downloads),
                 cache: Some(cache),
                 _scratch: scratch,
+                _project: None,
             }
         }
     })

@@ -11,6 +11,7 @@ use builderd_oci::Credentials;
 
 use crate::boot_args::BootArgs;
 use crate::ext4_args::Ext4Args;
+use crate::project_args::ProjectArgs;
 use crate::reporters::{JsonLines, Terminal};
 use crate::retry_args::RetryArgs;
 use crate::steps_args::StepsArgs;
@@ -21,7 +22,9 @@ pub struct Args {
     /// The image: docker://REF or a bare REF (alpine means
     /// docker.io/library/alpine:latest; tags and @sha256: digests),
     /// oci:DIR[:TAG] (an OCI image layout), oci-archive:FILE[:TAG] (a tar of
-    /// one) or docker-archive:FILE (`docker save` output).
+    /// one) or docker-archive:FILE (`docker save` output); or a project
+    /// built by its Containerfile: dir:PATH (a directory) or git:PATH[#REF]
+    /// (a Git repository at a branch, tag or commit; default its HEAD).
     #[arg(required_unless_present = "request")]
     source: Option<String>,
     /// The image file to write; its metadata goes to OUT.json.
@@ -72,6 +75,8 @@ pub struct Args {
     boot: BootArgs,
     #[command(flatten)]
     steps: StepsArgs,
+    #[command(flatten)]
+    project: ProjectArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,6 +127,7 @@ impl Args {
             boot: self.boot.options()?,
             hold_after_resolve: false,
             steps: self.steps.steps().map_err(anyhow::Error::msg)?,
+            project: self.project.options()?,
             credentials,
         })
     }

@@ -7,6 +7,7 @@ mod client;
 mod ext4_args;
 mod mkfs;
 mod progress;
+mod project_args;
 mod reporters;
 mod retry_args;
 mod serve;

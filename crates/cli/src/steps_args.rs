@@ -19,17 +19,17 @@ pub struct StepsArgs {
     /// USER[:GROUP] the commands run as (default: the image's USER).
     #[arg(long, value_name = "USER", requires = "commands")]
     run_as: Option<String>,
-    /// Memory for all the commands (default 2G).
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "commands")]
+    /// Memory for all the commands, or a project's build (default 2G).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     memory: Option<u64>,
     /// CPUs' worth of time for them (default 1).
-    #[arg(long, value_name = "N", requires = "commands")]
+    #[arg(long, value_name = "N")]
     cpus: Option<f64>,
     /// Processes and threads at once (default 1024).
-    #[arg(long, value_name = "N", requires = "commands")]
+    #[arg(long, value_name = "N")]
     pids: Option<u64>,
     /// Wall time for all of them (default 30m).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "commands")]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     steps_timeout: Option<Duration>,
     /// Keep DIR of the image (absolute) from build to build in the step
     /// engine's storage, outside the image: a package manager's download
@@ -44,12 +44,12 @@ pub struct StepsArgs {
     /// What the commands' network reaches: none (the default), or egress:
     /// public addresses through NAT, never loopback, private, link-local
     /// or the host's own addresses. Needs nftables.
-    #[arg(long, value_name = "NETWORK", value_enum, requires = "commands")]
+    #[arg(long, value_name = "NETWORK", value_enum)]
     network: Option<NetworkArg>,
     /// Where the step engine keeps its storage (default:
     /// /var/lib/builderd/steps); others must be able to search each
     /// directory above it (o+x), as the steps' root is another user.
-    #[arg(long, value_name = "DIR", requires = "commands")]
+    #[arg(long, value_name = "DIR")]
     steps_dir: Option<PathBuf>,
 }
 

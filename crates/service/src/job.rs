@@ -117,9 +117,11 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
                 ));
             }
             // Only registries: the other transports (oci:, docker-archive:)
-            // would read the server's own files.
+            // and project sources (dir:, git:) would read the server's own
+            // files.
+            let project = builderd_build::Project::parse(&d.image_uri).is_some();
             match builderd_oci::Source::parse(&d.image_uri) {
-                Ok(builderd_oci::Source::Registry(_)) => {}
+                Ok(builderd_oci::Source::Registry(_)) if !project => {}
                 Ok(_) => {
                     return Err(Refusal::Invalid(format!(
                         "config.source.docker_image.image_uri: {:?} is not a registry reference; the service pulls from registries only",
@@ -495,6 +497,26 @@ mod tests {
             !shown.contains("ghp_token") && shown.contains("github_user"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn sources_that_read_the_servers_own_files_are_refused() {
+        for image in [
+            "dir:abc",
+            "dir:/etc",
+            "git:repo",
+            "git:/srv/repo#main",
+            "oci:/etc",
+            "docker-archive:/etc/passwd",
+        ] {
+            let config = parse(
+                &json!({"config": {"source": {"docker_image": {"image_uri": image}}}}).to_string(),
+            );
+            assert!(
+                matches!(job(&config, &default_retry_policy()), Err(Refusal::Invalid(m)) if m.contains("image_uri")),
+                "{image} was taken"
+            );
+        }
     }
 
     #[test]

@@ -160,6 +160,7 @@ impl Runner {
             },
             hold_after_resolve: true,
             steps,
+            project: Default::default(),
             credentials: None,
         }
     }

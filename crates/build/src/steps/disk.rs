@@ -8,8 +8,6 @@
 //! same image (once that build has checked the blobs), the `KEEP_BASES`
 //! most recently used of them.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,17 +18,18 @@ use builderd_oci::{Digest, Image};
 
 use super::base::BlobAt;
 use super::engine::{HOST_ID_BASE, HOST_ID_RANGE};
+use crate::blob_checks::BlobChecks;
 use crate::layer_streams::{Blob, Streams};
 
 /// How many base disks a storage keeps.
 pub const KEEP_BASES: usize = 4;
 
 /// The base's disk for one build: one the storage kept, or one written
-/// for this build (unchecked, see `write`), to be kept once the build has
-/// checked the blobs it came from.
+/// for this build, to be kept once the digest checks of the blobs it was
+/// written from have passed (`Keeper`).
 pub struct Disk {
     pub path: PathBuf,
-    keep_as: Option<PathBuf>,
+    keeper: Option<Keeper>,
 }
 
 /// The disk of `image`: the one `storage` keeps in `bases/`, or one written
@@ -38,37 +37,73 @@ pub struct Disk {
 /// blobs that come only as streams).
 pub fn provide(storage: &Path, image: &Image, layers: Vec<BlobAt>, work: &Path) -> Result<Disk> {
     let bases = storage.join("bases");
-    std::fs::create_dir_all(&bases).with_context(|| format!("creating {}", bases.display()))?;
+    private_dir(&bases)?;
     let kept = bases.join(format!("{}.ext4", key(image).hex()));
     if std::fs::metadata(&kept).is_ok() {
-        // Its time is its last use, for the pruning.
-        let _ = std::fs::File::options()
-            .write(true)
-            .open(&kept)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        return Ok(Disk {
-            path: kept,
-            keep_as: None,
-        });
+        if whole(&kept) {
+            touch(&kept);
+            return Ok(Disk {
+                path: kept,
+                keeper: None,
+            });
+        }
+        // Cut short (a machine that stopped while it was kept): written again.
+        let _ = std::fs::remove_file(&kept);
     }
     let path = work.join("base.ext4");
-    write(&path, image, layers, work)?;
+    let checks = write(&path, image, layers, work)?;
     Ok(Disk {
+        keeper: Some(Keeper {
+            written: path.clone(),
+            kept,
+            storage: storage.to_path_buf(),
+            checks,
+        }),
         path,
-        keep_as: Some(kept),
     })
 }
 
 impl Disk {
     /// What keeps the disk for later builds, when it was written for this
     /// one.
-    pub fn keeper(&self, storage: &Path) -> Option<Keeper> {
-        self.keep_as.as_ref().map(|kept| Keeper {
-            written: self.path.clone(),
-            kept: kept.clone(),
-            storage: storage.to_path_buf(),
-        })
+    pub fn keeper(self) -> Option<Keeper> {
+        self.keeper
     }
+}
+
+/// A directory only root may enter: the disks are tenants' images.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(e).with_context(|| format!("creating {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Its time is its last use, for the pruning.
+fn touch(path: &Path) {
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+}
+
+/// The file is as long as the filesystem its superblock describes.
+fn whole(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut sb = [0u8; 64];
+    if file.read_exact_at(&mut sb, 1024).is_err() || sb[56..58] != [0x53, 0xef] {
+        return false;
+    }
+    let blocks = u64::from(u32::from_le_bytes(sb[4..8].try_into().unwrap()));
+    let block_size = 1024u64 << u32::from_le_bytes(sb[24..28].try_into().unwrap()).min(6);
+    file.metadata()
+        .is_ok_and(|m| m.len() >= blocks * block_size)
 }
 
 /// Keeps a disk written for a build in the storage's `bases/`.
@@ -76,15 +111,19 @@ pub struct Keeper {
     written: PathBuf,
     kept: PathBuf,
     storage: PathBuf,
+    /// The digest checks of the very reads the disk was written from.
+    checks: BlobChecks,
 }
 
 impl Keeper {
-    /// Call once the build has checked every blob the disk was made from
-    /// (the disk must not be mounted). A disk that cannot be kept is only
-    /// written again by the next build.
-    pub fn keep(&self) {
-        let _ = std::fs::rename(&self.written, &self.kept);
-        prune(&self.storage);
+    /// Call once the disk is unmounted: it is kept if the blobs it was
+    /// written from were what their digests say (the checks ran beside the
+    /// steps), and otherwise only written again by the next build.
+    pub fn keep(self) {
+        if self.checks.join().is_ok() && std::fs::rename(&self.written, &self.kept).is_ok() {
+            touch(&self.kept);
+            prune(&self.storage);
+        }
     }
 }
 
@@ -103,12 +142,10 @@ fn key(image: &Image) -> Digest {
     Digest::of(text.as_bytes())
 }
 
-/// Writes the disk at `out`. The blobs are not checked against their
-/// digests here (a second hash of every blob, a fifth of the disk's time):
-/// the build's own flatten reads and checks each of them, and fails if one
-/// is not what its digest says; the disk is kept for other builds only
-/// after that (`Keeper`).
-fn write(out: &Path, image: &Image, layers: Vec<BlobAt>, scratch: &Path) -> Result<()> {
+/// Writes the disk at `out`; answers the digest checks of the blobs it
+/// read, still running (at idle priority, beside the steps: waiting for
+/// them here took a fifth of the disk's time).
+fn write(out: &Path, image: &Image, layers: Vec<BlobAt>, scratch: &Path) -> Result<BlobChecks> {
     // The flatten may open a layer twice (a hard link whose target an upper
     // layer replaced): a stream is kept as a file first.
     let mut files = Vec::with_capacity(layers.len());
@@ -127,7 +164,7 @@ fn write(out: &Path, image: &Image, layers: Vec<BlobAt>, scratch: &Path) -> Resu
     let open_blob = |i: usize| {
         Ok(Blob {
             reader: Box::new(std::fs::File::open(&files[i])?),
-            verified: true,
+            verified: false,
         })
     };
     let streams = Streams::new(&image.layers, &open_blob, Arc::new(AtomicU64::new(0)));
@@ -159,7 +196,9 @@ fn write(out: &Path, image: &Image, layers: Vec<BlobAt>, scratch: &Path) -> Resu
     let flattened = builderd_flatten::flatten(&layers, &mut writer, &|_| {});
     drop(layers);
     flattened.context("writing the base image's disk for the steps")?;
-    writer.finish()?;
+    let (_, file) = writer.finish()?;
+    // Whole on the disk before it may be kept.
+    file.sync_all().context("flushing the base disk")?;
     let id = beyond.load(Ordering::Relaxed);
     if id != 0 {
         anyhow::bail!(
@@ -167,7 +206,7 @@ fn write(out: &Path, image: &Image, layers: Vec<BlobAt>, scratch: &Path) -> Resu
             HOST_ID_RANGE - 1
         );
     }
-    Ok(())
+    Ok(streams.take_checks())
 }
 
 /// Removes all but the `KEEP_BASES` most recently used disks. A disk
@@ -175,13 +214,15 @@ fn write(out: &Path, image: &Image, layers: Vec<BlobAt>, scratch: &Path) -> Resu
 /// unmounts it.
 pub fn prune(storage: &Path) {
     let bases = storage.join("bases");
-    let mut disks: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&bases)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".ext4"))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
+    let mut disks: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&bases).into_iter().flatten().flatten() {
+        if !entry.file_name().to_string_lossy().ends_with(".ext4") {
+            // What earlier versions kept there (the engine's image ids).
+            let _ = std::fs::remove_file(entry.path());
+        } else if let Ok(when) = entry.metadata().and_then(|m| m.modified()) {
+            disks.push((when, entry.path()));
+        }
+    }
     disks.sort_by(|a, b| b.cmp(a));
     for (_, path) in disks.into_iter().skip(KEEP_BASES) {
         let _ = std::fs::remove_file(path);
@@ -196,7 +237,7 @@ impl Mounted {
     pub fn new(disk: &Path, at: &Path) -> Result<Mounted> {
         std::fs::create_dir_all(at).with_context(|| format!("creating {}", at.display()))?;
         let out = std::process::Command::new("mount")
-            .args(["-t", "ext4", "-o", "ro,nodev,loop,noload"])
+            .args(["-t", "ext4", "-o", "ro,nodev,nosuid,loop,noload"])
             .arg(disk)
             .arg(at)
             .output()
@@ -218,72 +259,13 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        unmount(&self.0);
+        super::mounts::unmount(&self.0);
     }
-}
-
-/// Detaches whatever is mounted at `path` (the loop device goes with the
-/// last user of the mount).
-pub fn unmount(path: &Path) {
-    if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
-        // SAFETY: umount2 with a NUL-terminated path that lives across
-        // the call.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-/// Detaches every mount at or below `dir`, deepest first (what a killed
-/// build left mounted in its work directory).
-pub fn unmount_below(dir: &Path) {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = table
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        unmount(&p);
-    }
-}
-
-/// A path as the mount table writes it (space, tab, newline and backslash
-/// as octal escapes).
-pub fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(b)) => {
-                out.push(b);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mount_table_paths_are_unescaped() {
-        assert_eq!(unescape(r"/a\040b/c\134d"), r"/a b/c\d");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape(r"/odd\9"), r"/odd\9");
-    }
 
     #[test]
     fn pruning_keeps_the_most_recently_used_disks() {

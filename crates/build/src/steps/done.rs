@@ -22,7 +22,7 @@ pub struct Done {
     pub results: Vec<StepResult>,
     pub(super) sandbox: Sandbox,
     /// The base's disk written for this build, kept for the next once the
-    /// build has checked the blobs it came from.
+    /// blobs it came from passed their checks.
     pub(super) base: Option<Keeper>,
     /// Holds the layer's files until the flatten has read them.
     pub(super) _work: WorkDir,
@@ -44,12 +44,16 @@ impl WorkDir {
         for entry in std::fs::read_dir(storage).into_iter().flatten().flatten() {
             if owner::gone(&entry.file_name().to_string_lossy(), WORK_PREFIX) {
                 // Its base disk may still be mounted in it.
-                super::disk::unmount_below(&entry.path());
+                super::mounts::unmount_below(&entry.path());
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+        // Only root enters it: it holds the tenant's base, mounted.
         std::fs::create_dir_all(storage)
-            .and_then(|()| std::fs::create_dir(&dir))
+            .and_then(|()| {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new().mode(0o700).create(&dir)
+            })
             .with_context(|| format!("creating {}", dir.display()))?;
         Ok(WorkDir(dir))
     }
@@ -66,10 +70,10 @@ impl Drop for WorkDir {
 }
 
 impl Done {
-    /// The build checked every blob of its base: the disk the steps ran on
-    /// may serve later builds of the same image.
-    pub fn keep_base(&self) {
-        if let Some(keeper) = &self.base {
+    /// The build is done with the base's disk (and checked every blob of
+    /// its own): the disk may serve later builds of the same image.
+    pub fn keep_base(&mut self) {
+        if let Some(keeper) = self.base.take() {
             keeper.keep();
         }
     }

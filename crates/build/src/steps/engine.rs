@@ -56,7 +56,30 @@ impl Engine {
             tmp,
         };
         engine.sweep();
+        engine.require_native_diff()?;
         Ok(engine)
+    }
+
+    /// The engine's commit of a container made from nothing reads what
+    /// changed from the overlay's upper directory only where its storage
+    /// diffs natively; where it would compare trees instead (metacopy, a
+    /// mount program, a kernel redirecting directories), the steps'
+    /// deletions would not reach the image: refused.
+    fn require_native_diff(&self) -> Result<()> {
+        let native = self.output(
+            &[
+                "info",
+                "--format",
+                r#"{{index .store.GraphStatus "Native Overlay Diff"}}"#,
+            ],
+            "describe its storage",
+        )?;
+        if native != "true" {
+            anyhow::bail!(
+                "build steps need buildah's overlay storage to diff natively (no metacopy, no mount program); its \"Native Overlay Diff\" is {native:?}"
+            );
+        }
+        Ok(())
     }
 
     /// Removes the containers that builderd processes now gone left
@@ -88,8 +111,7 @@ impl Engine {
             .arg(&self.runroot)
             .args(["--storage-driver", "overlay"])
             .env("TMPDIR", &self.tmp)
-            // The host's registries and policy play no part: the base
-            // image comes from a layout of ours.
+            // The host's registry logins play no part.
             .env_remove("REGISTRY_AUTH_FILE")
             .stdin(Stdio::null());
         c
@@ -97,11 +119,8 @@ impl Engine {
 
     /// Runs a buildah command to its end; answers its stdout.
     fn output(&self, args: &[&str], what: &str) -> Result<String> {
-        self.run_to_end(self.command(), args, what)
-    }
-
-    fn run_to_end(&self, mut command: Command, args: &[&str], what: &str) -> Result<String> {
-        let out = command
+        let out = self
+            .command()
             .args(args)
             .output()
             .with_context(|| format!("running buildah to {what}"))?;
@@ -233,12 +252,12 @@ impl Container<'_> {
             .engine
             .output(&["mount", &self.name], "mount the container")?;
         let merged = PathBuf::from(merged);
-        let options = overlay_options(&merged)?;
+        let options = super::mounts::overlay_options(&merged)?;
         let option = |key: &str| {
             options
                 .split(',')
                 .find_map(|o| o.strip_prefix(key))
-                .map(|v| PathBuf::from(super::disk::unescape(v)))
+                .map(|v| PathBuf::from(super::mounts::unescape(v)))
                 .with_context(|| format!("the container's overlay has no {key}"))
         };
         let (upper, work) = (option("upperdir=")?, option("workdir=")?);
@@ -249,7 +268,7 @@ impl Container<'_> {
                 lower.display()
             );
         }
-        super::disk::unmount(&merged);
+        super::mounts::unmount(&merged);
         // A volatile overlay leaves a mark in its work directory that
         // refuses the next mount on it; nothing else is kept there.
         let marks = work.join("work");
@@ -278,7 +297,7 @@ impl Container<'_> {
             .map(str::to_string)
             .chain([format!("lowerdir={lower_text}")])
             .collect();
-        mount_overlay(&merged, &data.join(","))?;
+        super::mounts::mount_overlay(&merged, &data.join(","))?;
         let chown = |path: &Path| {
             std::os::unix::fs::chown(path, Some(HOST_ID_BASE), Some(HOST_ID_BASE))
                 .with_context(|| format!("giving {} to the step's root", path.display()))
@@ -324,49 +343,12 @@ impl Container<'_> {
         if let Some(user) = how.user {
             c.args(["--user", user]);
         }
-        c.args([&self.name, "--", "/bin/sh", "-c", command])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().context("running buildah")?;
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let tail = std::sync::Mutex::new(Tail::default());
-        std::thread::scope(|s| {
-            let read = |from: Box<dyn Read + Send>, stream: OutputStream| {
-                let tail = &tail;
-                s.spawn(move || {
-                    let each = |text: String| {
-                        tail.lock().unwrap().push(&text);
-                        line(stream, text);
-                    };
-                    // The engine's own last word on a step that failed
-                    // ("Error: while running runtime: exit status 3") says
-                    // nothing the exit code does not: held back, and
-                    // dropped when it is the last line.
-                    let mut held: Option<String> = None;
-                    read_lines(from, |text| {
-                        if let Some(h) = held.take() {
-                            each(h);
-                        }
-                        if stream == OutputStream::Stderr && text.starts_with(ENGINE_EXIT) {
-                            held = Some(text);
-                        } else {
-                            each(text);
-                        }
-                    })
-                })
-            };
-            read(Box::new(stdout), OutputStream::Stdout);
-            read(Box::new(stderr), OutputStream::Stderr);
-        });
-        let status = child.wait().context("waiting for buildah")?;
-        let code = status.code().unwrap_or(128 + 9);
-        Ok((code, tail.into_inner().unwrap().lines))
+        c.args([&self.name, "--", "/bin/sh", "-c", command]);
+        streamed(c, line)
     }
 
-    /// Commits what the steps changed into the OCI layout `out`, whose
-    /// blobs named by the base's `diff_ids` are there already (placeholders:
-    /// the engine then writes only the new layer), tagged `tag`.
+    /// Commits what the steps changed into the OCI layout `out`, tagged
+    /// `tag`.
     pub fn commit(&self, out: &Path, tag: &str) -> Result<()> {
         let dest = format!("oci:{}:{tag}", out.display());
         self.engine.output(
@@ -397,44 +379,136 @@ impl Drop for Container<'_> {
     }
 }
 
-/// The options of the overlay mounted at `merged`, from the mount table.
-fn overlay_options(merged: &Path) -> Result<String> {
-    let table =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading the mount table")?;
-    table
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|p| Path::new(&super::disk::unescape(p)) == merged)
-                && l.contains(" - overlay ")
-        })
-        .find_map(|l| l.rsplit(' ').next().map(str::to_string))
-        .with_context(|| format!("no overlay is mounted at {}", merged.display()))
+/// Runs `c` to its end, each line of its output to `line` as it comes;
+/// answers its exit code and last lines.
+fn streamed(
+    mut c: Command,
+    line: &(dyn Fn(OutputStream, String) + Sync),
+) -> Result<(i32, Vec<String>)> {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().context("running buildah")?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let tail = std::sync::Mutex::new(Tail::default());
+    std::thread::scope(|s| {
+        let read = |from: Box<dyn Read + Send>, stream: OutputStream| {
+            let tail = &tail;
+            s.spawn(move || {
+                let each = |text: String| {
+                    tail.lock().unwrap().push(&text);
+                    line(stream, text);
+                };
+                // The engine's own last word on a step that failed
+                // ("Error: while running runtime: exit status 3") says
+                // nothing the exit code does not: held back, and dropped
+                // when it is the last line.
+                let mut held: Option<String> = None;
+                read_lines(from, |text| {
+                    if let Some(h) = held.take() {
+                        each(h);
+                    }
+                    if stream == OutputStream::Stderr && text.starts_with(ENGINE_EXIT) {
+                        held = Some(text);
+                    } else {
+                        each(text);
+                    }
+                })
+            })
+        };
+        read(Box::new(stdout), OutputStream::Stdout);
+        read(Box::new(stderr), OutputStream::Stderr);
+    });
+    let status = child.wait().context("waiting for buildah")?;
+    let code = status.code().unwrap_or(128 + 9);
+    Ok((code, tail.into_inner().unwrap().lines))
 }
 
-/// Mounts an overlay at `at` with `options`, without device files.
-fn mount_overlay(at: &Path, options: &str) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |b: &[u8]| std::ffi::CString::new(b).context("a NUL in a mount argument");
-    let (target, data) = (c(at.as_os_str().as_bytes())?, c(options.as_bytes())?);
-    let kind = c(b"overlay")?;
-    // SAFETY: mount(2) with NUL-terminated strings that live across the
-    // call.
-    let r = unsafe {
-        libc::mount(
-            kind.as_ptr(),
-            target.as_ptr(),
-            kind.as_ptr(),
-            libc::MS_NODEV,
-            data.as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mounting the base under the container at {}", at.display()));
+/// How a Containerfile is built.
+pub struct BuildOptions<'a> {
+    pub context: &'a Path,
+    pub containerfile: &'a Path,
+    pub build_args: &'a [(String, String)],
+    /// The name the image gets in the engine's storage.
+    pub image: &'a str,
+    pub cgroup_parent: &'a str,
+    /// The network namespace its `RUN`s join; None: none.
+    pub network: Option<&'a Path>,
+    /// Registries its `FROM` images come from over plain HTTP.
+    pub insecure: &'a [String],
+}
+
+impl Engine {
+    /// Builds a Containerfile into the image `how.image`, each `RUN` in a
+    /// container isolated as a step's is. (No `--layers`: buildah 1.28 fails
+    /// to commit an instruction over a base image without history, which
+    /// the tests' images and many others are.)
+    pub fn build(
+        &self,
+        how: &BuildOptions<'_>,
+        line: &(dyn Fn(OutputStream, String) + Sync),
+    ) -> Result<(i32, Vec<String>)> {
+        let map = format!("0:{HOST_ID_BASE}:{HOST_ID_RANGE}");
+        let mut c = self.command();
+        c.args(["build", "--isolation", "oci"])
+            .args(["--userns-uid-map", &map, "--userns-gid-map", &map])
+            .args(["--cgroup-parent", how.cgroup_parent])
+            .arg("--security-opt")
+            .arg(format!("seccomp={}", self.seccomp.display()))
+            .env("CONTAINERS_REGISTRIES_CONF", self.registries(how.insecure)?);
+        match how.network {
+            None => c.args(["--network", "none"]),
+            Some(ns) => c.arg("--network").arg(format!("ns:{}", ns.display())),
+        };
+        for (key, value) in how.build_args {
+            c.arg("--build-arg").arg(format!("{key}={value}"));
+        }
+        c.arg("--file")
+            .arg(how.containerfile)
+            .args(["--tag", how.image])
+            .arg(how.context);
+        streamed(c, line)
     }
-    Ok(())
+
+    /// The engine's registry settings for one build: loopback registries
+    /// and `insecure` ones over plain HTTP, no search registries (a short
+    /// name is refused, not looked up on some registry).
+    fn registries(&self, insecure: &[String]) -> Result<PathBuf> {
+        let mut text = String::from("unqualified-search-registries = []\n");
+        let loopback = ["localhost", "127.0.0.1", "[::1]"];
+        for host in loopback
+            .iter()
+            .map(|h| h.to_string())
+            .chain(insecure.iter().cloned())
+        {
+            if host.contains(['"', '\\', '\n']) {
+                anyhow::bail!("the registry {host:?} cannot go into the engine's settings");
+            }
+            text.push_str(&format!(
+                "[[registry]]\nprefix = \"{host}\"\nlocation = \"{host}\"\ninsecure = true\n"
+            ));
+        }
+        let path = self
+            .tmp
+            .join(format!("registries-{}.conf", std::process::id()));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Writes the image `image` into the OCI layout `dir`, tagged `tag`, its
+    /// layers uncompressed (the flatten reads them next).
+    pub fn push_layout(&self, image: &str, dir: &Path, tag: &str) -> Result<()> {
+        let dest = format!("oci:{}:{tag}", dir.display());
+        self.output(
+            &["push", "--quiet", "--disable-compression", image, &dest],
+            "write the built image out",
+        )
+        .map(drop)
+    }
+
+    /// Removes the image `image` from the storage (its base stays).
+    pub fn remove_image(&self, image: &str) {
+        let _ = self.output(&["rmi", image], "remove the built image's name");
+    }
 }
 
 /// How the engine reports a step's non-zero exit, on its stderr.

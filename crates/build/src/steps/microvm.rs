@@ -61,6 +61,7 @@ pub fn run(
         },
         hold_after_resolve: false,
         steps: Steps::default(),
+        project: Default::default(),
         credentials: None,
     })
     .context("building the microVM's rootfs")?;

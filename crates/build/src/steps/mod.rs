@@ -18,6 +18,7 @@ mod engine;
 mod host;
 mod layer;
 mod microvm;
+mod mounts;
 mod network;
 mod output;
 mod owner;
@@ -39,8 +40,8 @@ pub use setting::Setting;
 use done::WorkDir;
 
 use crate::error::StepError;
-use crate::event::{Event, Reporter, StepOutput, StepResult, StepStarted};
-use crate::request::{Sandbox, StepNetwork, Steps};
+use crate::event::{Event, OutputStream, Reporter, StepOutput, StepResult, StepStarted};
+use crate::request::{Sandbox, StepLimits, StepNetwork, Steps};
 
 /// How often the steps' cgroup is looked at while they run.
 const WATCH: Duration = Duration::from_millis(100);
@@ -107,7 +108,7 @@ pub fn run(
         let lower = s.spawn(|| {
             let disk = disk::provide(storage, image, layers, work.path())?;
             let mounted = disk::Mounted::new(&disk.path, &work.path().join("lower"))?;
-            anyhow::Ok((disk.keeper(storage), mounted))
+            anyhow::Ok((disk.keeper(), mounted))
         });
         let cell = cell::Cell::new(&steps.limits);
         let container = cell.and_then(|cell| {
@@ -124,42 +125,19 @@ pub fn run(
         StepNetwork::Egress => Some(network::Egress::new()?),
     };
 
-    let deadline = Instant::now() + steps.limits.timeout;
-    let timed_out = AtomicBool::new(false);
-    let finished = (Mutex::new(false), Condvar::new());
-    let mut results = Vec::new();
-    let ran = std::thread::scope(|s| {
-        // Ends whatever runs when the time is up, or as soon as a process
-        // is refused (a fork bomb would otherwise spin to the deadline).
-        s.spawn(|| {
-            let (lock, wake) = &finished;
-            let mut done = lock.lock().unwrap();
-            while !*done {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    timed_out.store(true, Ordering::SeqCst);
-                }
-                if left.is_zero() || cell.pids_refused() {
-                    cell.kill_all();
-                    return;
-                }
-                done = wake.wait_timeout(done, left.min(WATCH)).unwrap().0;
-            }
-        });
-        let ran = run_each(
-            &container,
-            steps,
-            egress.as_ref().map(|e| e.path()).as_deref(),
-            &cell,
-            &timed_out,
-            reporter,
-            &mut results,
-        );
-        *finished.0.lock().unwrap() = true;
-        finished.1.notify_all();
-        ran
-    });
-    ran?;
+    let network = egress.as_ref().map(|e| e.path());
+    let how = engine::RunOptions {
+        user: steps.run_as.as_deref(),
+        network: network.as_deref(),
+        caches: &steps.cache_dirs,
+    };
+    let results = supervised(
+        &steps.commands,
+        &steps.limits,
+        &cell,
+        reporter,
+        &|i, line| container.run(&steps.commands[i], &how, line),
+    )?;
 
     let commit_dir = work.path().join("commit");
     layer::commit_layout(&commit_dir)?;
@@ -179,30 +157,65 @@ pub fn run(
     })
 }
 
-/// Runs each command in turn, telling `reporter`; the first that fails (or
-/// goes over a limit) ends them.
-fn run_each(
-    container: &engine::Container<'_>,
-    steps: &Steps,
-    network: Option<&Path>,
+/// Runs one command: its output's lines go to the function given as they
+/// come; answers its exit code and last lines.
+type RunOne<'a> =
+    dyn Fn(usize, &(dyn Fn(OutputStream, String) + Sync)) -> Result<(i32, Vec<String>)> + 'a;
+
+/// Runs `commands` in turn with `run_one` under `cell`, telling
+/// `reporter`; the first that fails (or goes over a limit) ends them.
+/// Whatever runs when the time is up, or as soon as a process is refused
+/// (a fork bomb would otherwise spin to the deadline), is killed.
+fn supervised(
+    commands: &[String],
+    limits: &StepLimits,
+    cell: &cell::Cell,
+    reporter: &dyn Reporter,
+    run_one: &RunOne<'_>,
+) -> Result<Vec<StepResult>> {
+    let deadline = Instant::now() + limits.timeout;
+    let timed_out = AtomicBool::new(false);
+    let finished = (Mutex::new(false), Condvar::new());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let (lock, wake) = &finished;
+            let mut done = lock.lock().unwrap();
+            while !*done {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    timed_out.store(true, Ordering::SeqCst);
+                }
+                if left.is_zero() || cell.pids_refused() {
+                    cell.kill_all();
+                    return;
+                }
+                done = wake.wait_timeout(done, left.min(WATCH)).unwrap().0;
+            }
+        });
+        let ran = each(commands, limits, cell, &timed_out, reporter, run_one);
+        *finished.0.lock().unwrap() = true;
+        finished.1.notify_all();
+        ran
+    })
+}
+
+fn each(
+    commands: &[String],
+    limits: &StepLimits,
     cell: &cell::Cell,
     timed_out: &AtomicBool,
     reporter: &dyn Reporter,
-    results: &mut Vec<StepResult>,
-) -> Result<()> {
-    for (index, command) in steps.commands.iter().enumerate() {
+    run_one: &RunOne<'_>,
+) -> Result<Vec<StepResult>> {
+    let mut results = Vec::new();
+    for (index, command) in commands.iter().enumerate() {
         let number = index + 1;
         reporter.report(Event::StepStarted(StepStarted {
             index,
             command: command.clone(),
         }));
         let started = Instant::now();
-        let how = engine::RunOptions {
-            user: steps.run_as.as_deref(),
-            network,
-            caches: &steps.cache_dirs,
-        };
-        let (code, tail) = container.run(command, &how, &|stream, line| {
+        let (code, tail) = run_one(index, &|stream, line| {
             reporter.report(Event::StepOutput(StepOutput {
                 index,
                 stream,
@@ -218,7 +231,6 @@ fn run_each(
         reporter.report(Event::StepFinished(result.clone()));
         results.push(result);
         let command = command.clone();
-        let limits = &steps.limits;
         if timed_out.load(Ordering::SeqCst) {
             return Err(StepError::Timeout {
                 number,
@@ -253,7 +265,68 @@ fn run_each(
             .into());
         }
     }
-    Ok(())
+    Ok(results)
+}
+
+/// A Containerfile to build into an OCI layout.
+pub struct ContainerfileBuild<'a> {
+    pub context: &'a Path,
+    pub containerfile: &'a Path,
+    pub build_args: &'a [(String, String)],
+    /// Where the image goes, as an OCI layout, tagged `tag`.
+    pub layout: &'a Path,
+    pub tag: &'a str,
+    /// Registries reached over plain HTTP for its `FROM` images (besides
+    /// those on loopback).
+    pub insecure: &'a [String],
+}
+
+/// Builds a Containerfile with the step engine, each of its `RUN`
+/// instructions isolated as a build step is and all of them under one
+/// cgroup bounded by `steps.limits`, on `steps.network`.
+pub fn build_containerfile(
+    build: &ContainerfileBuild<'_>,
+    steps: &Steps,
+    storage: &Path,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    if steps.sandbox == Sandbox::Microvm {
+        anyhow::bail!("a Containerfile builds in the oci sandbox only");
+    }
+    sweep();
+    let engine = engine::Engine::new(storage)?;
+    let cell = cell::Cell::new(&steps.limits)?;
+    let egress = match steps.network {
+        StepNetwork::None => None,
+        StepNetwork::Egress => Some(network::Egress::new()?),
+    };
+    let network = egress.as_ref().map(|e| e.path());
+    let name = build
+        .containerfile
+        .strip_prefix(build.context)
+        .unwrap_or(build.containerfile)
+        .display()
+        .to_string();
+    let image = format!("localhost/builderd-built-{}", std::process::id());
+    let how = engine::BuildOptions {
+        context: build.context,
+        containerfile: build.containerfile,
+        build_args: build.build_args,
+        image: &image,
+        cgroup_parent: &cell.containers(),
+        network: network.as_deref(),
+        insecure: build.insecure,
+    };
+    supervised(
+        &[format!("build {name}")],
+        &steps.limits,
+        &cell,
+        reporter,
+        &|_, line| engine.build(&how, line),
+    )?;
+    let pushed = engine.push_layout(&image, build.layout, build.tag);
+    engine.remove_image(&image);
+    pushed
 }
 
 #[cfg(test)]
