@@ -35,15 +35,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The engine with its storage in `dir`; a clear error if buildah is
-    /// not installed.
+    /// The engine with its storage in `dir` (nothing run yet: see
+    /// `ready`).
     pub fn new(dir: &Path) -> Result<Engine> {
-        super::host::require(
-            "buildah",
-            "--version",
-            "buildah runc uidmap",
-            "run build steps",
-        )?;
         let (root, runroot, tmp) = (dir.join("storage"), dir.join("run"), dir.join("tmp"));
         for d in [&root, &runroot, &tmp] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -55,9 +49,21 @@ impl Engine {
             runroot,
             tmp,
         };
-        engine.sweep();
-        engine.require_native_diff()?;
         Ok(engine)
+    }
+
+    /// Makes the engine ready for a build: a clear error if buildah is not
+    /// installed or its storage would not do, and what builds now gone left
+    /// behind removed.
+    pub fn ready(&self) -> Result<()> {
+        super::host::require(
+            "buildah",
+            "--version",
+            "buildah runc uidmap",
+            "run build steps",
+        )?;
+        self.sweep();
+        self.require_native_diff()
     }
 
     /// The engine's commit of a container made from nothing reads what

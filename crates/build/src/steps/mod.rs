@@ -103,14 +103,15 @@ pub fn run(
     let created = base::created(image, config)?;
     let engine = engine::Engine::new(storage)?;
     let work = WorkDir::new(storage)?;
-    // The base's disk is written while the engine makes the container.
+    // The base's disk is written while the engine gets ready and makes the
+    // container.
     let (lower, container) = std::thread::scope(|s| {
         let lower = s.spawn(|| {
             let disk = disk::provide(storage, image, layers, work.path())?;
             let mounted = disk::Mounted::new(&disk.path, &work.path().join("lower"))?;
             anyhow::Ok((disk.keeper(), mounted))
         });
-        let cell = cell::Cell::new(&steps.limits);
+        let cell = engine.ready().and_then(|()| cell::Cell::new(&steps.limits));
         let container = cell.and_then(|cell| {
             let container = engine.empty_container(&image.run, &cell.containers())?;
             anyhow::Ok((cell, container))
@@ -295,6 +296,7 @@ pub fn build_containerfile(
     }
     sweep();
     let engine = engine::Engine::new(storage)?;
+    engine.ready()?;
     let cell = cell::Cell::new(&steps.limits)?;
     let egress = match steps.network {
         StepNetwork::None => None,
