@@ -499,6 +499,13 @@ fn the_step_storage_keeps_only_the_most_recently_used_bases() {
         v.sort();
         v
     };
+    // Tenants' images: only root may read them.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&storage.join("bases")), 0o700);
+    for e in std::fs::read_dir(storage.join("bases")).unwrap() {
+        assert_eq!(mode(&e.unwrap().path()), 0o600);
+    }
     let before = kept();
     ok(&build_steps(
         dir.path(),

@@ -73,13 +73,11 @@ impl Disk {
 
 /// A directory only root may enter: the disks are tenants' images.
 fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            Err(e).with_context(|| format!("creating {}", dir.display()))
-        }
-        _ => Ok(()),
-    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        // One an earlier version made is made private too.
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .with_context(|| format!("making {} private", dir.display()))
 }
 
 /// Its time is its last use, for the pruning.
@@ -183,7 +181,16 @@ fn write(out: &Path, image: &Image, layers: Vec<BlobAt>, scratch: &Path) -> Resu
             true
         }));
     }
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .with_context(|| format!("creating {}", out.display()))?
+    };
     let mut writer = Writer::new(
         file,
         Options {
