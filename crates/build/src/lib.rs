@@ -38,8 +38,9 @@ pub use output::Pending;
 pub use project::Project;
 pub use report::Report;
 pub use request::{
-    BlobCacheChoice, BootOptions, BuildRequest, CopyFormat, Ext4Options, FreeSpace, Init,
-    ProjectOptions, RegistryOptions, Sandbox, StepLimits, StepNetwork, Steps,
+    BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, CopyFormat, Ext4Options, FreeSpace,
+    GitCredentials, GitOptions, Init, ProjectOptions, RegistryOptions, Sandbox, StepLimits,
+    StepNetwork, Steps,
 };
 pub use run::build;
 pub use steps::sweep as sweep_steps;

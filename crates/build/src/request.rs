@@ -38,9 +38,15 @@ pub struct BuildRequest {
     /// How a project source (`dir:`, `git:`) is built.
     #[serde(default)]
     pub project: ProjectOptions,
+    /// How a Git source is fetched.
+    #[serde(default)]
+    pub git: GitOptions,
     /// Registry credentials: never serialised.
     #[serde(skip)]
     pub credentials: Option<Credentials>,
+    /// The Git source's credentials: never serialised.
+    #[serde(skip)]
+    pub git_credentials: Option<GitCredentials>,
 }
 
 /// How registries are reached.
@@ -252,8 +258,147 @@ pub struct ProjectOptions {
     /// The build context, a directory of the project (a monorepo's app);
     /// None: the project's root.
     pub context: Option<String>,
-    /// `ARG` values, in order.
+    /// `ARG` values, in order; `{{.GitCommit}}` and the other names of
+    /// docs/projects.md are filled in.
     pub build_args: Vec<(String, String)>,
+    /// Files `RUN --mount=type=secret,id=ID` steps may read; never part of
+    /// a layer, a log or the metadata.
+    pub secrets: Vec<BuildSecret>,
+    /// What `{{.BuildID}}` is (the service's build id); None: `local`.
+    pub build_id: Option<String>,
+}
+
+/// A build secret: its id in the Containerfile, the file that holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSecret {
+    pub id: String,
+    pub src: PathBuf,
+}
+
+impl BuildSecret {
+    /// `id=NAME,src=FILE`, as `--secret` takes it.
+    pub fn parse(text: &str) -> Result<BuildSecret, String> {
+        let (mut id, mut src) = (None, None);
+        for part in text.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("src", v)) => src = Some(PathBuf::from(v)),
+                _ => return Err(format!("--secret {text:?}: give id=NAME,src=FILE")),
+            }
+        }
+        match (id, src) {
+            (Some(id), Some(src)) => BuildSecret { id, src }.checked(),
+            _ => Err(format!("--secret {text:?}: give id=NAME,src=FILE")),
+        }
+    }
+
+    /// Refuses an id a Containerfile could not name, or a path the
+    /// engine's `--secret` could not take.
+    pub fn checked(self) -> Result<BuildSecret, String> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 128
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !id_ok {
+            return Err(format!(
+                "the secret id {:?}: letters, digits, '-', '_' and '.' only",
+                self.id
+            ));
+        }
+        if self.src.to_str().is_none_or(|p| p.contains([',', '\n'])) {
+            return Err(format!(
+                "the secret {}: its file's path cannot hold ',' or a newline",
+                self.id
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// How a Git source is fetched, and what bounds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitOptions {
+    /// Hosts (`HOST` or `HOST:PORT`) that may be reached over plain
+    /// `http` or `git://` (loopback always may).
+    pub insecure_hosts: Vec<String>,
+    /// Public addresses only, for the repository and its submodules.
+    pub public_only: bool,
+    /// The operator's known_hosts for `ssh` servers; without it, and
+    /// without `accept_new_host_keys`, no ssh server is trusted.
+    pub known_hosts: Option<PathBuf>,
+    /// Trust an ssh server's key on first sight (for this build only).
+    pub accept_new_host_keys: bool,
+    /// The fetch (the repository and its submodules) must end within this.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    /// Most bytes the checkout (with its submodules) may hold; also the
+    /// largest pack a fetch may write.
+    pub max_bytes: u64,
+    /// Most files the checkout (with its submodules) may hold.
+    pub max_files: u64,
+    /// Whose source cache a fetch uses (the service's tenant): fetched
+    /// objects are never shared between namespaces.
+    pub cache_namespace: String,
+}
+
+impl Default for GitOptions {
+    fn default() -> Self {
+        GitOptions {
+            insecure_hosts: Vec::new(),
+            public_only: false,
+            known_hosts: None,
+            accept_new_host_keys: false,
+            timeout: Duration::from_secs(600),
+            max_bytes: 4 << 30,
+            max_files: 1_000_000,
+            cache_namespace: String::new(),
+        }
+    }
+}
+
+/// What a Git server is given to let the build read a repository.
+#[derive(Clone, PartialEq, Eq)]
+pub enum GitCredentials {
+    /// A token, sent as the password of `x-access-token` (GitHub's,
+    /// GitLab's and Gitea's convention for tokens over HTTPS).
+    Token(String),
+    Basic {
+        username: String,
+        password: String,
+    },
+    /// A private key, in OpenSSH's text form.
+    SshKey(String),
+}
+
+impl GitCredentials {
+    /// What to say it is, in errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GitCredentials::Token(_) => "token",
+            GitCredentials::Basic { .. } => "user and password",
+            GitCredentials::SshKey(_) => "SSH key",
+        }
+    }
+
+    /// The login an HTTP server is given; None for a key.
+    pub fn user_password(&self) -> Option<(&str, &str)> {
+        match self {
+            GitCredentials::Token(t) => Some(("x-access-token", t)),
+            GitCredentials::Basic { username, password } => Some((username, password)),
+            GitCredentials::SshKey(_) => None,
+        }
+    }
+}
+
+/// Never prints the secret.
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GitCredentials({})", self.kind())
+    }
 }
 
 /// The step engine's storage unless a build names one: a system place

@@ -44,7 +44,9 @@ pub struct Opened<'scope> {
 impl Opened<'_> {
     /// The commit a Git project was built from.
     pub fn commit(&self) -> Option<String> {
-        self._project.as_ref().and_then(|p| p.commit.clone())
+        self._project
+            .as_ref()
+            .and_then(|p| Some(p.fetched.as_ref()?.commit.clone()))
     }
 }
 

@@ -23,8 +23,11 @@ pub struct Args {
     /// docker.io/library/alpine:latest; tags and @sha256: digests),
     /// oci:DIR[:TAG] (an OCI image layout), oci-archive:FILE[:TAG] (a tar of
     /// one) or docker-archive:FILE (`docker save` output); or a project
-    /// built by its Containerfile: dir:PATH (a directory) or git:PATH[#REF]
-    /// (a Git repository at a branch, tag or commit; default its HEAD).
+    /// built by its Containerfile: dir:PATH (a directory), or a Git
+    /// repository at #REF (a branch, tag, commit or full ref; default its
+    /// HEAD): git+https://HOST/PATH, git+ssh://[USER@]HOST/PATH,
+    /// git+http:// and git:// (loopback or --insecure-git-host), git:PATH
+    /// (on this machine).
     #[arg(required_unless_present = "request")]
     source: Option<String>,
     /// The image file to write; its metadata goes to OUT.json.
@@ -57,8 +60,8 @@ pub struct Args {
     insecure_registry: Vec<String>,
     /// Connect to public addresses only: no loopback, private, link-local or
     /// other special-purpose address, for the registry, its token realm and
-    /// every redirect (the service's builds run so, unless its operator
-    /// allows private registries).
+    /// every redirect, and for a Git source and its submodules (the
+    /// service's builds run so, unless its operator allows private ones).
     #[arg(long)]
     public_only: bool,
     /// The blob cache, shared by all builds.
@@ -105,6 +108,7 @@ impl Args {
             let mut req: BuildRequest = serde_json::from_slice(&text)
                 .with_context(|| format!("--request {}: not a build request", path.display()))?;
             req.credentials = credentials;
+            req.git_credentials = self.project.git_credentials()?;
             return Ok(req);
         }
         Ok(BuildRequest {
@@ -128,7 +132,9 @@ impl Args {
             hold_after_resolve: false,
             steps: self.steps.steps().map_err(anyhow::Error::msg)?,
             project: self.project.options()?,
+            git: self.project.git(self.public_only),
             credentials,
+            git_credentials: self.project.git_credentials()?,
         })
     }
 }

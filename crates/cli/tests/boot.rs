@@ -11,9 +11,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::images::{assert_failed, build, make_image};
+use common::projects::metadata;
 use common::registry::TestRegistry;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Every boot is bounded (TCG boots take seconds; systemd's tens of them).
 const BOOT_TIMEOUT: &str = "180";
@@ -68,10 +69,6 @@ fn local_busybox(dir: &Path) -> String {
     let layout = dir.join("layout");
     busybox_image(&layout);
     format!("oci:{}:v1", layout.display())
-}
-
-fn metadata(image: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(format!("{}.json", image.display())).unwrap()).unwrap()
 }
 
 fn built(source: &str, out: &Path, extra: &[&str]) {

@@ -6,55 +6,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::images::{build, make_image};
+use common::images::build;
+use common::projects::{base_image, debugfs_cat, git, metadata};
 use common::registry::TestRegistry;
 use common::*;
-use serde_json::{json, Value};
-
-/// A busybox image on a registry of the test's; answers its reference.
-fn base_image(reg: &TestRegistry, dir: &Path) -> String {
-    let layout = dir.join("base-layout");
-    make_image(
-        &layout,
-        json!({"tag": "v1", "layers": [{"entries": [
-            {"name": "bin", "type": "dir"},
-            {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
-            {"name": "bin/sh", "type": "symlink", "link": "busybox"},
-        ]}], "config": {"Env": ["PATH=/bin"]}}),
-    );
-    reg.push(&layout, "v1", "base:v1", None);
-    format!("{}/base:v1", reg.addr)
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
+use serde_json::json;
 
 fn steps_dir(dir: &Path) -> String {
     dir.join("steps").display().to_string()
-}
-
-fn debugfs_cat(image: &Path, path: &str) -> String {
-    let o = Command::new("debugfs")
-        .args(["-R", &format!("cat {path}")])
-        .arg(image)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]
@@ -97,8 +57,7 @@ fn a_directory_and_a_git_ref_build_by_their_containerfile() {
     assert_eq!(debugfs_cat(&out, "/app/greeting"), "hello\n");
     // RUN ran as root in its namespace.
     assert_eq!(debugfs_cat(&out, "/app/uid"), "0\n");
-    let meta: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("dir.ext4.json")).unwrap()).unwrap();
+    let meta = metadata(&out);
     assert_eq!(meta["config"]["cmd"], json!(["cat", "/app/app.txt"]));
     assert!(meta.get("source_commit").is_none());
 
@@ -132,9 +91,7 @@ fn a_directory_and_a_git_ref_build_by_their_containerfile() {
         );
         e2fsck(&out);
         assert_eq!(debugfs_cat(&out, "/app/app.txt"), text, "{reference}");
-        let meta: Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("git.ext4.json")).unwrap())
-                .unwrap();
+        let meta = metadata(&out);
         assert_eq!(meta["source_commit"], commit.as_str(), "{reference}");
     }
 }
@@ -177,7 +134,7 @@ fn bad_projects_fail_with_what_was_wrong() {
     fails(
         format!("{git_source}#nope"),
         &[],
-        "no branch, tag or commit \"nope\"",
+        "has no branch, tag or ref \"nope\"",
     );
     fails(
         format!("{git_source}#--upload-pack=touch"),
@@ -196,4 +153,80 @@ fn bad_projects_fail_with_what_was_wrong() {
     )
     .unwrap();
     fails(format!("dir:{}", repo.display()), &[], "about-to-fail");
+}
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn a_build_secret_reaches_its_step_and_nothing_else() {
+    if !root_or_skip() {
+        return;
+    }
+    const SECRET: &str = "s3cr3t-7d1e0b9a44";
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    let base = base_image(&reg, dir.path());
+    let project = dir.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    // The Containerfile names the secret's digest, not the secret (its
+    // steps are in the logs).
+    use sha2::Digest;
+    let digest = format!("{:x}", sha2::Sha256::digest(SECRET));
+    std::fs::write(
+        project.join("Dockerfile"),
+        format!(
+            "FROM {base}\n\
+             RUN --mount=type=secret,id=token sha256sum /run/secrets/token | grep -q ^{digest} \
+             && mkdir -p /app && echo secret-was-read > /app/proof\n\
+             RUN test ! -e /run/secrets/token && echo gone-in-the-next-step > /app/after\n"
+        ),
+    )
+    .unwrap();
+    let secret = dir.path().join("token.txt");
+    std::fs::write(&secret, SECRET).unwrap();
+    let out = dir.path().join("secret.ext4");
+    let steps = steps_dir(dir.path());
+    let o = build(
+        &format!("dir:{}", project.display()),
+        &out,
+        &[
+            "--steps-dir",
+            &steps,
+            "--secret",
+            &format!("id=token,src={}", secret.display()),
+            "--events",
+            "json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    e2fsck(&out);
+    assert_eq!(debugfs_cat(&out, "/app/proof"), "secret-was-read\n");
+    assert_eq!(debugfs_cat(&out, "/app/after"), "gone-in-the-next-step\n");
+    // Not in the image, its metadata, the build's events and logs, nor
+    // anywhere in the engine's storage (its layers, the built image).
+    let needle = SECRET.as_bytes();
+    let holds = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(!holds(&std::fs::read(&out).unwrap()), "the image holds it");
+    assert!(!holds(
+        &std::fs::read(format!("{}.json", out.display())).unwrap()
+    ));
+    assert!(!holds(&o.stdout) && !holds(&o.stderr), "the logs hold it");
+    let o = std::process::Command::new("grep")
+        .args(["-rlF", SECRET])
+        .arg(&steps)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "",
+        "the steps' storage holds it"
+    );
+    // Without the secret, the step that needs it fails, saying so.
+    let bad = dir.path().join("bad.ext4");
+    let o = build(
+        &format!("dir:{}", project.display()),
+        &bad,
+        &["--steps-dir", &steps],
+    );
+    assert!(!o.status.success());
+    assert!(!bad.exists());
 }

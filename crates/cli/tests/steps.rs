@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Output;
 
 use common::images::{assert_failed, build, make_image};
+use common::projects::{debugfs_cat, metadata};
 use common::registry::TestHost;
 use common::*;
 use serde_json::{json, Value};
@@ -57,19 +58,6 @@ fn ok(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "the build failed:\n{err}");
     err
-}
-
-fn metadata(image: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(format!("{}.json", image.display())).unwrap()).unwrap()
-}
-
-fn debugfs_cat(image: &Path, path: &str) -> String {
-    let o = std::process::Command::new("debugfs")
-        .args(["-R", &format!("cat {path}")])
-        .arg(image)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]

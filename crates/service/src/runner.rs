@@ -161,7 +161,9 @@ impl Runner {
             hold_after_resolve: true,
             steps,
             project: Default::default(),
+            git: Default::default(),
             credentials: None,
+            git_credentials: None,
         }
     }
 

@@ -1,50 +1,60 @@
 //! Sources that are projects, not images: a local directory (`dir:PATH`)
-//! or a local Git repository at a ref (`git:PATH[#REF]`), built into an
-//! image by the step engine (`buildah build`, with the isolation build
+//! or a Git repository at a ref (`git+https://`, `git+ssh://`,
+//! `git+http://`, `git://` addresses, or `git:PATH` on this machine, each
+//! with `#REF`), built into an image by the step engine (`buildah build`, with the isolation build
 //! steps have: docs/steps.md) from the project's Containerfile, and handed
 //! to the flatten as an OCI layout like any local image. docs/projects.md
 //! says what is detected and what is not done yet.
 
+mod access;
 mod detect;
 mod fetch;
+mod git;
+mod remote;
+mod templates;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::event::Reporter;
+use crate::event::{Event, Reporter, Stage};
 use crate::request::{BuildRequest, DEFAULT_STEPS_DIR};
+pub use fetch::{Fetched, Origin};
+use remote::Remote;
 
 /// A project source, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Project {
     /// A directory, built as it is.
     Dir(PathBuf),
-    /// A Git repository on this machine, checked out at `reference` (None:
-    /// its HEAD).
+    /// A Git repository, checked out at `reference` (None: its HEAD).
     Git {
-        repo: PathBuf,
+        origin: Origin,
         reference: Option<String>,
     },
 }
 
 impl Project {
-    /// `source` as a project, if it names one (`dir:` or `git:`).
+    /// `source` as a project, if it names one (`dir:`, `git:` or a Git
+    /// address).
     pub fn parse(source: &str) -> Option<Result<Project>> {
         if let Some(path) = source.strip_prefix("dir:") {
             return Some(non_empty(path, source).map(|p| Project::Dir(p.into())));
         }
-        let rest = source.strip_prefix("git:")?;
-        let (repo, reference) = match rest.split_once('#') {
-            Some((repo, r)) => (repo, Some(r)),
-            None => (rest, None),
+        let (address, reference) = match source.split_once('#') {
+            Some((a, r)) => (a, Some(r)),
+            None => (source, None),
         };
-        Some(non_empty(repo, source).and_then(|repo| {
+        let origin = match Remote::parse_source(address) {
+            Some(remote) => remote.map(Origin::Remote),
+            None => {
+                let path = address.strip_prefix("git:")?;
+                non_empty(path, source).map(|p| Origin::Local(p.into()))
+            }
+        };
+        Some(origin.and_then(|origin| {
             let reference = reference.map(fetch::check_ref).transpose()?;
-            Ok(Project::Git {
-                repo: repo.into(),
-                reference,
-            })
+            Ok(Project::Git { origin, reference })
         }))
     }
 }
@@ -61,7 +71,7 @@ fn non_empty<'a>(path: &'a str, source: &str) -> Result<&'a str> {
 pub struct Built {
     pub layout: PathBuf,
     pub tag: String,
-    pub commit: Option<String>,
+    pub fetched: Option<Fetched>,
     _dir: tempfile::TempDir,
 }
 
@@ -72,34 +82,58 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
         .storage
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STEPS_DIR));
+    templates::check(&req.project.build_args)?;
     std::fs::create_dir_all(&storage).with_context(|| format!("creating {}", storage.display()))?;
     let dir = tempfile::Builder::new()
         .prefix("project-")
         .tempdir_in(&storage)
         .context("a directory for the project's build")?;
-    let (context, commit) = match project {
+    let (context, fetched) = match project {
         Project::Dir(path) => (absolute(path)?, None),
-        Project::Git { repo, reference } => {
-            let checkout = dir.path().join("src");
-            let commit = fetch::checkout(&absolute(repo)?, reference.as_deref(), &checkout)?;
-            (checkout, Some(commit))
+        Project::Git { origin, reference } => {
+            reporter.report(Event::Stage(Stage::Downloading));
+            let origin = match origin {
+                Origin::Local(path) => Origin::Local(absolute(path)?),
+                remote => remote.clone(),
+            };
+            let src = dir.path().join("src");
+            let fetched = fetch::checkout(
+                &fetch::Checkout {
+                    origin: &origin,
+                    reference: reference.as_deref(),
+                    dest: &src,
+                    private: &dir.path().join("git"),
+                    sources: &storage.join("sources"),
+                    opts: &req.git,
+                    credentials: req.git_credentials.as_ref(),
+                },
+                reporter,
+            )?;
+            (src.canonicalize()?, Some(fetched))
         }
     };
+    reporter.report(Event::Stage(Stage::Building));
     let context = match &req.project.context {
         Some(sub) => detect::subdirectory(&context, sub)?,
         None => context,
     };
     let containerfile = detect::containerfile(&context, req.project.dockerfile.as_deref())?;
+    let build_args = templates::expand(
+        &req.project.build_args,
+        fetched.as_ref(),
+        req.project.build_id.as_deref().unwrap_or("local"),
+    )?;
     let layout = dir.path().join("layout");
     let tag = "built".to_string();
     crate::steps::build_containerfile(
         &crate::steps::ContainerfileBuild {
             context: &context,
             containerfile: &containerfile,
-            build_args: &req.project.build_args,
+            build_args: &build_args,
             layout: &layout,
             tag: &tag,
             insecure: &req.registry.insecure,
+            secrets: &req.project.secrets,
         },
         &req.steps,
         &storage,
@@ -108,7 +142,7 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
     Ok(Built {
         layout,
         tag,
-        commit,
+        fetched,
         _dir: dir,
     })
 }
@@ -131,17 +165,28 @@ mod tests {
         assert_eq!(
             Project::parse("git:/src/repo#v1.2").unwrap().unwrap(),
             Project::Git {
-                repo: "/src/repo".into(),
+                origin: Origin::Local("/src/repo".into()),
                 reference: Some("v1.2".into())
             }
         );
         assert_eq!(
             Project::parse("git:repo").unwrap().unwrap(),
             Project::Git {
-                repo: "repo".into(),
+                origin: Origin::Local("repo".into()),
                 reference: None
             }
         );
+        match Project::parse("git+https://h/org/app.git#refs/pull/7/head") {
+            Some(Ok(Project::Git {
+                origin: Origin::Remote(r),
+                reference: Some(reference),
+            })) => {
+                assert_eq!(r.to_string(), "https://h/org/app.git");
+                assert_eq!(reference, "refs/pull/7/head");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Project::parse("git://127.0.0.1/r.git").unwrap().is_ok());
         assert!(Project::parse("dir:").unwrap().is_err());
         assert!(Project::parse("git:repo#--upload-pack=x").unwrap().is_err());
         assert!(Project::parse("oci:/x").is_none());

@@ -429,18 +429,28 @@ fn streamed(
     Ok((code, tail.into_inner().unwrap().lines))
 }
 
-/// How a Containerfile is built.
-pub struct BuildOptions<'a> {
+/// A Containerfile to build into an OCI layout.
+pub struct ContainerfileBuild<'a> {
     pub context: &'a Path,
     pub containerfile: &'a Path,
     pub build_args: &'a [(String, String)],
+    /// Where the image goes, as an OCI layout, tagged `tag`.
+    pub layout: &'a Path,
+    pub tag: &'a str,
+    /// Registries reached over plain HTTP for its `FROM` images (besides
+    /// those on loopback).
+    pub insecure: &'a [String],
+    pub secrets: &'a [crate::request::BuildSecret],
+}
+
+/// How a Containerfile is built.
+pub struct BuildOptions<'a> {
+    pub build: &'a ContainerfileBuild<'a>,
     /// The name the image gets in the engine's storage.
     pub image: &'a str,
     pub cgroup_parent: &'a str,
     /// The network namespace its `RUN`s join; None: none.
     pub network: Option<&'a Path>,
-    /// Registries its `FROM` images come from over plain HTTP.
-    pub insecure: &'a [String],
 }
 
 impl Engine {
@@ -460,18 +470,25 @@ impl Engine {
             .args(["--cgroup-parent", how.cgroup_parent])
             .arg("--security-opt")
             .arg(format!("seccomp={}", self.seccomp.display()))
-            .env("CONTAINERS_REGISTRIES_CONF", self.registries(how.insecure)?);
+            .env(
+                "CONTAINERS_REGISTRIES_CONF",
+                self.registries(how.build.insecure)?,
+            );
         match how.network {
             None => c.args(["--network", "none"]),
             Some(ns) => c.arg("--network").arg(format!("ns:{}", ns.display())),
         };
-        for (key, value) in how.build_args {
+        for (key, value) in how.build.build_args {
             c.arg("--build-arg").arg(format!("{key}={value}"));
         }
+        for secret in how.build.secrets {
+            c.arg("--secret")
+                .arg(format!("id={},src={}", secret.id, secret.src.display()));
+        }
         c.arg("--file")
-            .arg(how.containerfile)
+            .arg(how.build.containerfile)
             .args(["--tag", how.image])
-            .arg(how.context);
+            .arg(how.build.context);
         streamed(c, line)
     }
 

@@ -62,7 +62,9 @@ pub fn run(
         hold_after_resolve: false,
         steps: Steps::default(),
         project: Default::default(),
+        git: Default::default(),
         credentials: None,
+        git_credentials: None,
     })
     .context("building the microVM's rootfs")?;
 

@@ -35,6 +35,7 @@ use builderd_oci::Image;
 
 pub use base::BlobAt;
 pub use done::Done;
+pub use engine::ContainerfileBuild;
 pub use setting::Setting;
 
 use done::WorkDir;
@@ -269,19 +270,6 @@ fn each(
     Ok(results)
 }
 
-/// A Containerfile to build into an OCI layout.
-pub struct ContainerfileBuild<'a> {
-    pub context: &'a Path,
-    pub containerfile: &'a Path,
-    pub build_args: &'a [(String, String)],
-    /// Where the image goes, as an OCI layout, tagged `tag`.
-    pub layout: &'a Path,
-    pub tag: &'a str,
-    /// Registries reached over plain HTTP for its `FROM` images (besides
-    /// those on loopback).
-    pub insecure: &'a [String],
-}
-
 /// Builds a Containerfile with the step engine, each of its `RUN`
 /// instructions isolated as a build step is and all of them under one
 /// cgroup bounded by `steps.limits`, on `steps.network`.
@@ -311,13 +299,10 @@ pub fn build_containerfile(
         .to_string();
     let image = format!("localhost/builderd-built-{}", std::process::id());
     let how = engine::BuildOptions {
-        context: build.context,
-        containerfile: build.containerfile,
-        build_args: build.build_args,
+        build,
         image: &image,
         cgroup_parent: &cell.containers(),
         network: network.as_deref(),
-        insecure: build.insecure,
     };
     supervised(
         &[format!("build {name}")],

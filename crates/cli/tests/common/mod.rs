@@ -296,6 +296,8 @@ pub fn p(dir: &Path, rel: &str) -> PathBuf {
     dir.join(rel)
 }
 pub mod fake;
+pub mod git_servers;
 pub mod images;
+pub mod projects;
 pub mod registry;
 pub mod server;
