@@ -14,6 +14,8 @@ pub struct Error {
     pub category: Category,
     /// The machine ran short for a moment (a full disk, no memory).
     pub temporary: bool,
+    /// The source's server could not be reached, or the connection broke.
+    pub network: bool,
     /// The error and its causes, each cause once.
     pub message: String,
 }
@@ -23,6 +25,7 @@ impl Error {
         Error {
             category: Category::of(e),
             temporary: is_temporary(e),
+            network: failure_of(e) == Some(GitFailure::Network),
             message: message(e),
         }
     }
@@ -71,7 +74,10 @@ impl Category {
     /// source's; no space or quota on the disk, or the size limit, is a resource.
     pub fn of(e: &anyhow::Error) -> Category {
         for cause in e.chain() {
-            if cause.is::<builderd_oci::Error>() || cause.is::<SourceError>() {
+            if cause.is::<builderd_oci::Error>()
+                || cause.is::<SourceError>()
+                || cause.is::<GitError>()
+            {
                 return Category::Source;
             }
             if cause.is::<SizeLimitExceeded>() {
@@ -109,6 +115,65 @@ pub fn is_temporary(e: &anyhow::Error) -> bool {
             .and_then(|io| io.raw_os_error())
             .is_some_and(|code| [libc::ENOSPC, libc::EDQUOT, libc::ENOMEM].contains(&code))
     })
+}
+
+/// Why `git` failed, as far as its words tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GitFailure {
+    /// The server refused the credentials, or asked for some and none
+    /// were given.
+    Credentials,
+    /// No such repository (or one the credentials may not see).
+    NoRepository,
+    /// The host could not be reached, or the connection broke: trying
+    /// again later may pass.
+    Network,
+    /// The build's time for fetching ran out.
+    Timeout,
+    /// The repository is larger than the build allows.
+    TooLarge,
+    /// The server's host key is not the one the operator knows.
+    HostKey,
+    Other,
+}
+
+/// A failed `git` command: what it was doing, why, and its last words.
+#[derive(Debug, thiserror::Error)]
+#[error("git could not {what}: {}", self.explained())]
+pub struct GitError {
+    pub what: String,
+    pub failure: GitFailure,
+    pub detail: String,
+}
+
+impl GitError {
+    fn explained(&self) -> String {
+        let why = match self.failure {
+            GitFailure::Credentials => "the server refused the credentials (or wants some)",
+            GitFailure::NoRepository => {
+                "the repository does not exist or these credentials may not read it"
+            }
+            GitFailure::Network => "the server could not be reached",
+            GitFailure::Timeout => "the time for fetching the source ran out",
+            GitFailure::TooLarge => "the repository is larger than the build allows",
+            GitFailure::HostKey => {
+                "the server's SSH host key is not known (give the operator's known_hosts)"
+            }
+            GitFailure::Other => "",
+        };
+        match (why.is_empty(), self.detail.is_empty()) {
+            (true, _) => self.detail.clone(),
+            (false, true) => why.to_string(),
+            (false, false) => format!("{why}: {}", self.detail),
+        }
+    }
+}
+
+/// The failure `e` is, if git's.
+pub fn failure_of(e: &anyhow::Error) -> Option<GitFailure> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<GitError>())
+        .map(|g| g.failure)
 }
 
 /// A problem with the SOURCE argument itself (its syntax, its platform).

@@ -196,6 +196,9 @@ pub struct Failure {
     pub category: crate::Category,
     /// The machine ran short for a moment: trying again later may pass.
     pub temporary: bool,
+    /// The source's server could not be reached: trying again may pass.
+    #[serde(default)]
+    pub network: bool,
 }
 
 /// Hears a build's events. Called from the build's threads.

@@ -35,7 +35,7 @@ pub use event::{
     MAX_STEP_LINE,
 };
 pub use output::Pending;
-pub use project::Project;
+pub use project::{check_build_args, Origin, Project};
 pub use report::Report;
 pub use request::{
     BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, CopyFormat, Ext4Options, FreeSpace,

@@ -498,14 +498,16 @@ mod tests {
         assert!(r.registry.docker_config && r.ext4.journal);
         r.credentials = Some(Credentials {
             username: "u".into(),
-            password: "secret".into(),
+            password: "registry-pa55".into(),
         });
+        r.git_credentials = Some(GitCredentials::Token("git-t0ken".into()));
         r.boot.env = vec!["A=1".into()];
         let text = serde_json::to_string(&r).unwrap();
-        assert!(!text.contains("secret"), "{text}");
+        assert!(!text.contains("registry-pa55") && !text.contains("git-t0ken"), "{text}");
+        assert!(!format!("{r:?}").contains("git-t0ken"));
         let back: BuildRequest = serde_json::from_str(&text).unwrap();
         assert_eq!(back.boot.env, ["A=1"]);
-        assert!(back.credentials.is_none());
+        assert!(back.credentials.is_none() && back.git_credentials.is_none());
         // A field this version does not know is an error, not a default.
         let e =
             serde_json::from_str::<BuildRequest>(r#"{"source": "a", "output": "o", "sorce": 1}"#)

@@ -175,6 +175,7 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
                             message: builderd_build::bounded(&e.message).into_owned(),
                             category: e.category,
                             temporary: e.temporary,
+                            network: e.network,
                         }),
                     );
                     Ok(std::process::ExitCode::FAILURE)

@@ -36,7 +36,7 @@ enum Command {
     /// Boot a built rootfs in a QEMU microVM; exits with the app's exit code.
     Boot(boot::Args),
     /// Serve builder.v1 (Connect, gRPC and plain HTTP) with a durable queue.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Talk to a builderd server: create, status, wait, logs, download, cancel, list.
     Client(client::ClientArgs),
     /// Manage the service's tenants.
@@ -56,7 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Mkfs(args) => mkfs::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Build(args) => build::run(*args),
         Command::Boot(args) => boot::run(args),
-        Command::Serve(args) => serve::serve(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Serve(args) => serve::serve(*args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Client(args) => client::run(args),
         Command::Tenant(cmd) => serve::tenant(cmd).map(|()| std::process::ExitCode::SUCCESS),
         Command::Cache(cmd) => serve::cache(cmd).map(|()| std::process::ExitCode::SUCCESS),

@@ -78,6 +78,18 @@ pub struct ServeArgs {
     /// must lead to a public address).
     #[arg(long)]
     allow_private_registries: bool,
+    /// Let Git sources (and their submodules) be fetched from loopback,
+    /// link-local and private addresses.
+    #[arg(long)]
+    allow_private_git: bool,
+    /// Allow plain git+http:// and git:// to this host (loopback always may,
+    /// if private addresses are allowed).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    insecure_git_host: Vec<String>,
+    /// The ssh servers' host keys, for git+ssh:// sources (OpenSSH's
+    /// known_hosts form); without it no ssh server is trusted.
+    #[arg(long, value_name = "FILE")]
+    ssh_known_hosts: Option<PathBuf>,
     /// Serve Prometheus `/metrics` on this address instead of the API's.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -156,6 +168,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         cache_max_bytes: args.cache_max_bytes,
         allow_private_webhooks: args.allow_private_webhooks,
         allow_private_registries: args.allow_private_registries,
+        git: builderd_service::GitPolicy {
+            allow_private: args.allow_private_git,
+            insecure_hosts: args.insecure_git_host,
+            known_hosts: args.ssh_known_hosts,
+        },
         metrics_listen: args.metrics_listen,
         retention: args.retention,
         otlp_endpoint: args.otlp_endpoint,

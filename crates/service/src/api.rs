@@ -231,23 +231,38 @@ impl Api {
     /// Refuses at once an image whose registry the outbound policy does not
     /// allow (an address, or a name resolving to one); the build process
     /// checks every connection it makes again, redirects and realms too.
-    async fn check_registry(&self, image: &str) -> Result<(), ConnectError> {
-        let Ok(builderd_oci::Source::Registry(r)) = builderd_oci::Source::parse(image) else {
-            return Ok(());
-        };
-        let host = if r.registry == "docker.io" {
-            "registry-1.docker.io"
+    async fn check_source_host(&self, job: &job::Job) -> Result<(), ConnectError> {
+        let (host, policy, field) = if job.project.is_some() {
+            let Some(Ok(builderd_build::Project::Git {
+                origin: builderd_build::Origin::Remote(r),
+                ..
+            })) = builderd_build::Project::parse(&job.image)
+            else {
+                return Ok(());
+            };
+            let policy =
+                builderd_oci::Outbound::new(self.runner.git.allow_private, "--allow-private-git");
+            (r.host, policy, "config.source.git_repository.clone_url")
         } else {
-            r.registry.as_str()
+            let Ok(builderd_oci::Source::Registry(r)) = builderd_oci::Source::parse(&job.image)
+            else {
+                return Ok(());
+            };
+            let host = if r.registry == "docker.io" {
+                "registry-1.docker.io".to_string()
+            } else {
+                r.registry
+            };
+            let policy = builderd_oci::Outbound::new(
+                self.runner.allow_private_registries,
+                "--allow-private-registries",
+            );
+            (host, policy, "config.source.docker_image.image_uri")
         };
-        let policy = builderd_oci::Outbound::new(
-            self.runner.allow_private_registries,
-            "--allow-private-registries",
-        );
-        match policy.check_host(host).await {
-            Err(builderd_net::HostError::NotAllowed(e)) => Err(ConnectError::invalid_argument(
-                format!("config.source.docker_image.image_uri: {e}"),
-            )),
+        match policy.check_host(&host).await {
+            Err(builderd_net::HostError::NotAllowed(e)) => {
+                Err(ConnectError::invalid_argument(format!("{field}: {e}")))
+            }
             // A name that does not resolve now may later; the build says so.
             Ok(()) | Err(builderd_net::HostError::Unresolved(_)) => Ok(()),
         }
@@ -373,7 +388,8 @@ impl BuilderService for Api {
             }
         }
         let job = job::job(&config, &self.runner.retry_defaults)?;
-        self.check_registry(&job.image).await?;
+        self.check_source_host(&job).await?;
+        let secrets = job::secrets(&config)?;
         if let Some(w) = config.webhook.as_option().filter(|w| !w.url.is_empty()) {
             crate::webhook::check_url(&w.url, self.allow_private_webhooks)
                 .await
@@ -383,14 +399,14 @@ impl BuilderService for Api {
         let limits = tenant.tier.limits();
         let config_json = serde_json::to_string(&job::redacted(&config))
             .map_err(|e| ConnectError::internal(e.to_string()))?;
-        let creds = job::credentials(&config);
+        let creds = self.runner.sealer.seal(&secrets);
         let log = format!("queued: {}", job.image);
         let created = self
             .store
             .insert_build(&NewBuild {
                 id: &id,
                 tenant_id: &tenant.id,
-                source_type: crate::job::Job::SOURCE_TYPE,
+                source_type: job.source_type,
                 tier: tenant.tier,
                 config_json: &config_json,
                 creds: creds.as_deref(),

@@ -66,9 +66,12 @@ impl Artifacts {
             Ok(meta) => {
                 let _ = store.transition(id, &State::ACTIVE, State::Completed);
                 log(store, id, "info", "completed");
-                // What the build process resolved is what it built.
+                // What the build process resolved is what it built. An
+                // image built from a Git source is made anew each time (its
+                // manifest is never looked up): not cached.
                 if let Some(manifest) = meta["manifest_digest"]
                     .as_str()
+                    .filter(|_| job.project.is_none())
                     .and_then(|d| builderd_oci::Digest::parse(d).ok())
                 {
                     let key = self.cache.key(&manifest, job, &build.tenant_id);

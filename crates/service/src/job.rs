@@ -9,8 +9,9 @@ use builderd_oci::{Backoff, RetryCause, RetryPolicy};
 
 use crate::proto::builder::v1::{
     build_source::SourceType, build_strategy::StrategyType, build_target::TargetType, BuildConfig,
-    InitStrategy,
+    GitAuth, InitStrategy,
 };
+use crate::sealed::{BuildSecrets, GitSecret};
 
 /// Why a config cannot be run.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,12 +57,23 @@ pub struct Job {
     /// a TEMPORARY_RESOURCE_ERROR, and `max_retries` also bounds how many
     /// server restarts may interrupt it.
     pub retry: RetryPolicy,
+    /// What it is built from: "docker_image" or "git_repository" (archive
+    /// sources are refused at CreateBuild).
+    pub source_type: &'static str,
+    /// How a Git source is built (None for an image).
+    pub project: Option<GitJob>,
 }
 
-impl Job {
-    /// What a job is built from: a registry image, the one source
-    /// implemented yet (git and archive sources are refused at CreateBuild).
-    pub const SOURCE_TYPE: &'static str = "docker_image";
+/// A Git source's build: `Job::image` is its address as `builderd build`
+/// takes it (`git+https://HOST/PATH#REF`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GitJob {
+    pub dockerfile: Option<String>,
+    pub context: Option<String>,
+    /// In key order (a proto map has none of its own).
+    pub build_args: Vec<(String, String)>,
+    /// The ids of its build secrets (their values are sealed apart).
+    pub secret_ids: Vec<String>,
 }
 
 /// The server's retry policy for builds whose config has none (or leaves
@@ -86,6 +98,7 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
     let mut job = Job {
         retry: retry_defaults.clone(),
         init: "direct-exec",
+        source_type: "docker_image",
         ..Job::default()
     };
     match config
@@ -98,12 +111,7 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
                 "config.source: name the source (docker_image with an image_uri)".into(),
             ))
         }
-        Some(SourceType::GitRepository(_)) => {
-            return Err(unimplemented(
-                "config.source.git_repository",
-                "building from a Git repository",
-            ))
-        }
+        Some(SourceType::GitRepository(g)) => git_source(g, &mut job)?,
         Some(SourceType::Archive(_)) => {
             return Err(unimplemented(
                 "config.source.archive",
@@ -226,6 +234,12 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
         .and_then(|s| s.strategy_type.as_ref())
     {
         None => {}
+        Some(StrategyType::DockerStrategy(_)) if job.project.is_some() => {
+            return Err(unimplemented(
+                "config.strategy.docker_strategy",
+                "the docker strategy for a git_repository source",
+            ))
+        }
         Some(StrategyType::DockerStrategy(d)) => {
             let field = "config.strategy.docker_strategy";
             if d.optimize_for_size {
@@ -248,12 +262,7 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
             }
             job.commands = commands(&format!("{field}.custom_commands"), &d.custom_commands)?;
         }
-        Some(StrategyType::GitStrategy(_)) => {
-            return Err(unimplemented(
-                "config.strategy.git_strategy",
-                "building from a Git repository",
-            ))
-        }
+        Some(StrategyType::GitStrategy(g)) => git_strategy(g, &mut job)?,
         Some(StrategyType::ArchiveStrategy(_)) => {
             return Err(unimplemented(
                 "config.strategy.archive_strategy",
@@ -270,6 +279,158 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
             .map_err(Refusal::Invalid)?;
     }
     Ok(job)
+}
+
+/// A `git_repository` source: its address as `builderd build` takes it
+/// (no credentials in it: they come from `auth`, sealed apart), its ref,
+/// what to build with.
+fn git_source(
+    g: &crate::proto::builder::v1::GitRepositorySource,
+    job: &mut Job,
+) -> Result<(), Refusal> {
+    let field = "config.source.git_repository";
+    let url = g.clone_url.trim();
+    let address = if let Some(rest) = ["https://", "http://", "ssh://"]
+        .iter()
+        .find(|p| url.starts_with(*p))
+        .map(|_| url)
+    {
+        format!("git+{rest}")
+    } else if url.starts_with("git://") || url.starts_with("git+") {
+        url.to_string()
+    } else {
+        return Err(Refusal::Invalid(format!(
+            "{field}.clone_url: {:?}: give https://HOST/PATH, ssh://USER@HOST/PATH, or http:// or \
+             git:// for hosts the operator allows",
+            redact_userinfo(url)
+        )));
+    };
+    let source = match g.r#ref.as_str() {
+        "" => address,
+        r => format!("{address}#{r}"),
+    };
+    match builderd_build::Project::parse(&source) {
+        Some(Ok(builderd_build::Project::Git {
+            origin: builderd_build::Origin::Remote(_),
+            ..
+        })) => {}
+        Some(Err(e)) => {
+            let which = if e.to_string().contains("Git ref") {
+                "ref"
+            } else {
+                "clone_url"
+            };
+            return Err(Refusal::Invalid(format!("{field}.{which}: {e}")));
+        }
+        _ => {
+            return Err(Refusal::Invalid(format!(
+                "{field}.clone_url: {:?} is not a repository address",
+                redact_userinfo(url)
+            )))
+        }
+    }
+    job.image = source;
+    job.source_type = "git_repository";
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    job.project = Some(GitJob {
+        dockerfile: some(&g.dockerfile_path),
+        context: some(&g.context_path),
+        ..GitJob::default()
+    });
+    Ok(())
+}
+
+/// `url` with what stands before an `@` in its authority hidden.
+fn redact_userinfo(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Most build args and secrets, and the longest value of either.
+const MAX_BUILD_ARGS: usize = 128;
+const MAX_SECRETS: usize = 32;
+const MAX_VALUE_BYTES: usize = 64 << 10;
+
+/// The git strategy: what builds the repository, its args and secrets.
+fn git_strategy(
+    g: &crate::proto::builder::v1::GitBuildStrategy,
+    job: &mut Job,
+) -> Result<(), Refusal> {
+    let field = "config.strategy.git_strategy";
+    let Some(project) = job.project.as_mut() else {
+        return Err(Refusal::Invalid(format!(
+            "{field}: goes with a git_repository source"
+        )));
+    };
+    match g.build_system.as_str() {
+        "" | "auto" | "docker" => {}
+        "buildpack" | "script" => {
+            return Err(unimplemented(
+                &format!("{field}.build_system"),
+                &format!("{:?} (detecting a stack or a build script)", g.build_system),
+            ))
+        }
+        other => {
+            return Err(Refusal::Invalid(format!(
+                "{field}.build_system: {other:?}; use auto, docker, buildpack or script"
+            )))
+        }
+    }
+    if g.cache_dependencies {
+        return Err(unimplemented(
+            &format!("{field}.cache_dependencies"),
+            "the layer cache",
+        ));
+    }
+    match (&project.dockerfile, g.dockerfile_path.as_str()) {
+        (_, "") => {}
+        (Some(given), path) if given != path => {
+            return Err(Refusal::Invalid(format!(
+                "{field}.dockerfile_path: {path:?}, but the source names {given:?}"
+            )))
+        }
+        (_, path) => project.dockerfile = Some(path.to_string()),
+    }
+    if g.build_args.len() > MAX_BUILD_ARGS || g.secrets.len() > MAX_SECRETS {
+        return Err(Refusal::Invalid(format!(
+            "{field}: at most {MAX_BUILD_ARGS} build_args and {MAX_SECRETS} secrets"
+        )));
+    }
+    let mut args: Vec<(String, String)> = g
+        .build_args
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    args.sort();
+    for (k, v) in &args {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') || v.len() > MAX_VALUE_BYTES
+        {
+            return Err(Refusal::Invalid(format!(
+                "{field}.build_args: {k:?} is not a name with a value of at most {MAX_VALUE_BYTES} bytes"
+            )));
+        }
+    }
+    builderd_build::check_build_args(&args)
+        .map_err(|e| Refusal::Invalid(format!("{field}.build_args: {e}")))?;
+    project.build_args = args;
+    for (id, value) in &g.secrets {
+        builderd_build::BuildSecret {
+            id: id.clone(),
+            src: "secret".into(),
+        }
+        .checked()
+        .map_err(|e| Refusal::Invalid(format!("{field}.secrets: {e}")))?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(Refusal::Invalid(format!(
+                "{field}.secrets: {id:?} is longer than {MAX_VALUE_BYTES} bytes"
+            )));
+        }
+    }
+    project.secret_ids = g.secrets.keys().cloned().collect();
+    project.secret_ids.sort();
+    Ok(())
 }
 
 /// Most commands one build may run, and the longest one: a tenant's
@@ -427,18 +588,92 @@ pub fn redacted(config: &BuildConfig) -> BuildConfig {
             _ => {}
         }
     }
+    if let Some(StrategyType::GitStrategy(g)) = c
+        .strategy
+        .as_option_mut()
+        .and_then(|s| s.strategy_type.as_mut())
+    {
+        for value in g.secrets.values_mut() {
+            value.clear();
+        }
+    }
     c
 }
 
-/// The registry login of a config as `builderd build` takes it (USER:PASS).
-pub fn credentials(config: &BuildConfig) -> Option<String> {
-    match config.source.as_option()?.source_type.as_ref()? {
-        SourceType::DockerImage(d) => {
-            let auth = d.registry_auth.as_option()?;
-            (!auth.username.is_empty() || !auth.password.is_empty())
-                .then(|| format!("{}:{}", auth.username, auth.password))
+/// What a config gives the build that must not be stored or shown in
+/// plain text: the registry login (USER:PASS), the Git credentials, the
+/// build secrets.
+pub fn secrets(config: &BuildConfig) -> Result<BuildSecrets, Refusal> {
+    let mut secrets = BuildSecrets::default();
+    match config
+        .source
+        .as_option()
+        .and_then(|s| s.source_type.as_ref())
+    {
+        Some(SourceType::DockerImage(d)) => {
+            if let Some(auth) = d.registry_auth.as_option() {
+                if !auth.username.is_empty() || !auth.password.is_empty() {
+                    secrets.registry = Some(format!("{}:{}", auth.username, auth.password));
+                }
+            }
         }
-        _ => None,
+        Some(SourceType::GitRepository(g)) => {
+            if let Some(a) = g.auth.as_option() {
+                secrets.git = git_secret(a, &g.clone_url)?;
+            }
+        }
+        _ => {}
+    }
+    if let Some(StrategyType::GitStrategy(g)) = config
+        .strategy
+        .as_option()
+        .and_then(|s| s.strategy_type.as_ref())
+    {
+        secrets.build = g
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+    Ok(secrets)
+}
+
+/// The one kind of credentials `auth` gives, fit for `clone_url`.
+fn git_secret(a: &GitAuth, clone_url: &str) -> Result<Option<GitSecret>, Refusal> {
+    let field = "config.source.git_repository.auth";
+    let ssh = clone_url.starts_with("ssh://") || clone_url.starts_with("git+ssh://");
+    let basic = !a.username.is_empty() || !a.password.is_empty();
+    let given = [!a.token.is_empty(), basic, !a.ssh_key.is_empty()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(Refusal::Invalid(format!(
+            "{field}: give one of token, username and password, or ssh_key"
+        )));
+    }
+    let secret = if !a.ssh_key.is_empty() {
+        GitSecret::SshKey(a.ssh_key.clone())
+    } else if !a.token.is_empty() {
+        GitSecret::Token(a.token.clone())
+    } else if basic {
+        if a.username.is_empty() || a.password.is_empty() {
+            return Err(Refusal::Invalid(format!(
+                "{field}: give both username and password"
+            )));
+        }
+        GitSecret::Basic {
+            username: a.username.clone(),
+            password: a.password.clone(),
+        }
+    } else {
+        return Ok(None);
+    };
+    match (&secret, ssh) {
+        (GitSecret::SshKey(_), false) => Err(Refusal::Invalid(format!(
+            "{field}.ssh_key: the clone_url is not an ssh:// address"
+        ))),
+        (GitSecret::Token(_) | GitSecret::Basic { .. }, true) => Err(Refusal::Invalid(format!(
+            "{field}: an ssh:// address takes an ssh_key"
+        ))),
+        _ => Ok(Some(secret)),
     }
 }
 
@@ -483,14 +718,22 @@ mod tests {
         );
         let webapp = parse(WEBAPP);
         assert_eq!(
-            credentials(&webapp).as_deref(),
+            secrets(&webapp).unwrap().registry.as_deref(),
             Some("github_user:ghp_token")
         );
         assert!(
             matches!(job(&webapp, &default_retry_policy()), Err(Refusal::Unimplemented(m)) if m.contains("optimize_for_size"))
         );
+        // The Git example: its Dockerfile.production is taken, its build
+        // args checked; the layer cache it asks for is not done yet, and
+        // INIT_STRATEGY_CUSTOM wants its script.
+        let git = parse(GIT);
         assert!(
-            matches!(job(&parse(GIT), &default_retry_policy()), Err(Refusal::Unimplemented(m)) if m.starts_with("config.source.git_repository"))
+            matches!(job(&git, &default_retry_policy()), Err(Refusal::Invalid(m)) if m.contains("custom_init_script"))
+        );
+        assert_eq!(
+            secrets(&git).unwrap().git,
+            Some(GitSecret::Token("github_token".into()))
         );
         let shown = serde_json::to_string(&redacted(&webapp)).unwrap();
         assert!(
@@ -652,5 +895,138 @@ mod tests {
             "target": {"microvm_rootfs": {"init_strategy": "INIT_STRATEGY_CUSTOM"}}}}"#
         )
         .contains("custom_init_script"));
+    }
+
+    #[test]
+    fn git_sources_are_taken_or_refused_with_their_field() {
+        let git = |source: Value, strategy: Value| {
+            parse(
+                &json!({"config": {"source": {"git_repository": source},
+                    "strategy": {"git_strategy": strategy}}})
+                .to_string(),
+            )
+        };
+        let ok = job(
+            &git(
+                json!({"clone_url": "https://git.example.com/org/app.git", "ref": "refs/pull/7/head",
+                       "context_path": "services/api", "auth": {"token": "t0k"}}),
+                json!({"build_system": "docker", "dockerfile_path": "Dockerfile.prod",
+                       "build_args": {"B": "{{.GitShortCommit}}", "A": "1"},
+                       "secrets": {"npm": "npm-token-value"}}),
+            ),
+            &default_retry_policy(),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.image,
+            "git+https://git.example.com/org/app.git#refs/pull/7/head"
+        );
+        assert_eq!(ok.source_type, "git_repository");
+        let p = ok.project.unwrap();
+        assert_eq!(p.dockerfile.as_deref(), Some("Dockerfile.prod"));
+        assert_eq!(p.context.as_deref(), Some("services/api"));
+        assert_eq!(
+            p.build_args,
+            [
+                ("A".into(), "1".into()),
+                ("B".into(), "{{.GitShortCommit}}".into())
+            ]
+        );
+        assert_eq!(p.secret_ids, ["npm"]);
+        for scheme in ["ssh://git@h/x.git", "git://h/x.git", "http://h/x.git"] {
+            let j = job(
+                &git(json!({"clone_url": scheme}), json!({})),
+                &default_retry_policy(),
+            );
+            assert!(j.is_ok(), "{scheme}: {j:?}");
+        }
+
+        let refused = |source: Value, strategy: Value| match job(
+            &git(source, strategy),
+            &default_retry_policy(),
+        ) {
+            Err(Refusal::Invalid(m)) | Err(Refusal::Unimplemented(m)) => m,
+            Ok(j) => panic!("taken: {j:?}"),
+        };
+        let url = |u: &str| json!({"clone_url": u});
+        for (source, strategy, expected) in [
+            (url("file:///etc"), json!({}), "clone_url"),
+            (url("/srv/repo.git"), json!({}), "clone_url"),
+            (url("git@h:org/x.git"), json!({}), "clone_url"),
+            (url("https://bob:hunter2@h/x.git"), json!({}), "--git-creds"),
+            (
+                json!({"clone_url": "https://h/x.git", "ref": "--upload-pack=x"}),
+                json!({}),
+                "config.source.git_repository.ref",
+            ),
+            (
+                url("https://h/x.git"),
+                json!({"build_system": "buildpack"}),
+                "not implemented",
+            ),
+            (
+                url("https://h/x.git"),
+                json!({"build_system": "maven"}),
+                "use auto, docker",
+            ),
+            (
+                url("https://h/x.git"),
+                json!({"cache_dependencies": true}),
+                "cache_dependencies",
+            ),
+            (
+                url("https://h/x.git"),
+                json!({"build_args": {"X": "{{.Nope}}"}}),
+                "{{.Nope}}",
+            ),
+            (
+                url("https://h/x.git"),
+                json!({"secrets": {"a/b": "x"}}),
+                "secret id",
+            ),
+        ] {
+            let m = refused(source.clone(), strategy);
+            assert!(m.contains(expected), "{source}: {expected:?} not in {m:?}");
+            assert!(!m.contains("hunter2"), "{m}");
+        }
+        // A git strategy needs a Git source.
+        let docker = parse(
+            r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
+            "strategy": {"git_strategy": {"build_system": "docker"}}}}"#,
+        );
+        assert!(
+            matches!(job(&docker, &default_retry_policy()), Err(Refusal::Invalid(m)) if m.contains("git_repository"))
+        );
+
+        // One kind of credentials, fit for the address.
+        let auth = |u: &str, a: Value| secrets(&git(json!({"clone_url": u, "auth": a}), json!({})));
+        assert!(auth("https://h/x", json!({"token": "t", "password": "p"})).is_err());
+        assert!(auth("https://h/x", json!({"username": "u"})).is_err());
+        assert!(auth("https://h/x", json!({"ssh_key": "k"})).is_err());
+        assert!(auth("ssh://h/x", json!({"token": "t"})).is_err());
+        assert_eq!(
+            auth("ssh://h/x", json!({"ssh_key": "KEY"})).unwrap().git,
+            Some(GitSecret::SshKey("KEY".into()))
+        );
+
+        // What is stored and shown holds no secret, and is taken again.
+        let full = git(
+            json!({"clone_url": "https://h/x.git", "auth": {"username": "u", "password": "pw-value"}}),
+            json!({"secrets": {"npm": "npm-token-value"}}),
+        );
+        let shown = serde_json::to_string(&redacted(&full)).unwrap();
+        assert!(
+            !shown.contains("pw-value") && !shown.contains("npm-token-value"),
+            "{shown}"
+        );
+        let again: BuildConfig = serde_json::from_str(&shown).unwrap();
+        assert_eq!(
+            job(&again, &default_retry_policy())
+                .unwrap()
+                .project
+                .unwrap()
+                .secret_ids,
+            ["npm"]
+        );
     }
 }

@@ -21,6 +21,7 @@ mod paths;
 mod retention;
 mod runner;
 mod scheduler;
+mod sealed;
 mod serve;
 mod state;
 mod store;
@@ -31,6 +32,7 @@ mod webhook;
 
 pub use front::Limits;
 pub use job::{default_retry_policy, parse_retry_policy};
+pub use runner::GitPolicy;
 pub use serve::{
     cache_list, cache_prune, create_tenant, default_data_dir, new_tenant_key, revoke_tenant_key,
     rotate_operator_key, serve, tenant_keys, tenant_webhook, Options,

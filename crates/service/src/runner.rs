@@ -24,8 +24,8 @@ use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use builderd_build::{
-    BlobCacheChoice, BootOptions, BuildRequest, CopyFormat, Event, Init, RegistryOptions, Resolved,
-    StepLimits, StepNetwork, Steps,
+    BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, CopyFormat, Event, GitOptions, Init,
+    ProjectOptions, RegistryOptions, Resolved, StepLimits, StepNetwork, Steps,
 };
 use builderd_oci::{RetryCause, RetryPolicy};
 
@@ -63,6 +63,21 @@ pub struct Runner {
     pub steps_network: Option<StepNetwork>,
     /// Counts cache lookups, retries and bytes pulled.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What Git sources may reach.
+    pub git: GitPolicy,
+    /// Opens the builds' sealed secrets.
+    pub sealer: Arc<crate::sealed::Sealer>,
+}
+
+/// The operator's rules for Git sources.
+#[derive(Clone, Debug, Default)]
+pub struct GitPolicy {
+    /// Loopback, private and link-local addresses may be reached.
+    pub allow_private: bool,
+    /// Hosts reached over plain http or git://.
+    pub insecure_hosts: Vec<String>,
+    /// The ssh servers' host keys; without it, no ssh server is trusted.
+    pub known_hosts: Option<PathBuf>,
 }
 
 /// The longest line a build process may write on stderr: longer ones are
@@ -103,6 +118,8 @@ impl Runner {
         work: &Path,
         storage_left: Option<u64>,
         steps: Steps,
+        build_id: &str,
+        tenant: &str,
     ) -> BuildRequest {
         // The registry requests' share of the policy; a temporary resource
         // shortage is retried here, by running the build again.
@@ -158,10 +175,34 @@ impl Runner {
                 size_limit_name: "config.target.microvm_rootfs.size_limit_bytes".into(),
                 storage_left,
             },
-            hold_after_resolve: true,
+            // A built image has no manifest to look up before it is built.
+            hold_after_resolve: job.project.is_none(),
             steps,
-            project: Default::default(),
-            git: Default::default(),
+            project: match &job.project {
+                Some(p) => ProjectOptions {
+                    dockerfile: p.dockerfile.clone(),
+                    context: p.context.clone(),
+                    build_args: p.build_args.clone(),
+                    secrets: p
+                        .secret_ids
+                        .iter()
+                        .map(|id| BuildSecret {
+                            id: id.clone(),
+                            src: work.join(SECRETS).join(id),
+                        })
+                        .collect(),
+                    build_id: Some(build_id.to_string()),
+                },
+                None => ProjectOptions::default(),
+            },
+            git: GitOptions {
+                insecure_hosts: self.git.insecure_hosts.clone(),
+                public_only: !self.git.allow_private,
+                known_hosts: self.git.known_hosts.clone(),
+                accept_new_host_keys: false,
+                cache_namespace: tenant.to_string(),
+                ..GitOptions::default()
+            },
             credentials: None,
             git_credentials: None,
         }
@@ -265,7 +306,7 @@ impl Runner {
             RunError::Failed {
                 category: "build",
                 message: format!("the build process resolved a bad digest: {e}"),
-                temporary: false,
+                retry: None,
             }
         })?;
         let key = self.artifacts.cache.key(&manifest, job, &build.tenant_id);
@@ -321,10 +362,12 @@ impl Runner {
             Err(RunError::Failed {
                 category,
                 message,
-                temporary,
+                retry,
             }) => {
-                if temporary {
-                    if let Some(ended) = retry_build(store, &self.metrics, build, job, &message) {
+                if let Some(cause) = retry {
+                    if let Some(ended) =
+                        retry_build(store, &self.metrics, build, job, cause, &message)
+                    {
                         return ended;
                     }
                 }
@@ -381,8 +424,15 @@ impl Runner {
         );
         let steps = self.steps(job, &build.tenant_id, &limits, bounds.memory_bytes);
         let request = work.join(REQUEST);
-        let text = serde_json::to_vec_pretty(&self.request(job, work, storage_left, steps))
-            .map_err(|e| RunError::resource(format!("the build request: {e}")))?;
+        let text = serde_json::to_vec_pretty(&self.request(
+            job,
+            work,
+            storage_left,
+            steps,
+            &build.id,
+            &build.tenant_id,
+        ))
+        .map_err(|e| RunError::resource(format!("the build request: {e}")))?;
         std::fs::write(&request, text)
             .map_err(|e| RunError::resource(format!("work directory: {e}")))?;
         let mut cmd = Command::new(&self.exe);
@@ -395,10 +445,19 @@ impl Runner {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env_remove("BUILDERD_CREDS")
+            .env_remove("BUILDERD_GIT_CREDS")
+            .env_remove("BUILDERD_GIT_TOKEN")
+            .env_remove("BUILDERD_SSH_KEY_FILE")
             .process_group(0)
             .kill_on_drop(true);
-        if let Some(creds) = &build.creds {
-            cmd.env("BUILDERD_CREDS", creds);
+        if let Some(sealed) = &build.creds {
+            let secrets = self.sealer.open(sealed).map_err(|e| RunError::Failed {
+                category: "build",
+                message: e,
+                retry: None,
+            })?;
+            give_secrets(&mut cmd, &secrets, work)
+                .map_err(|e| RunError::resource(format!("the build's secrets: {e}")))?;
         }
         let inside = cell.clone();
         // SAFETY: prctl, setpriority and what `Cell::enter` calls (open,
@@ -423,7 +482,7 @@ impl Runner {
         let child = cmd.spawn().map_err(|e| RunError::Failed {
             category: "build",
             message: format!("cannot start {}: {e}", self.exe.display()),
-            temporary: false,
+            retry: None,
         })?;
         Ok((child, cell))
     }
@@ -512,17 +571,17 @@ impl Runner {
                     "the build used more memory than its limit of {} bytes and was stopped",
                     cell.memory_limit()
                 ),
-                temporary: false,
+                retry: None,
             }),
             Ok(s) => Err(follow.failure.take().unwrap_or_else(|| RunError::Failed {
                 category: "build",
                 message: format!("the build process ended with {s} without saying why"),
-                temporary: false,
+                retry: None,
             })),
             Err(e) => Err(RunError::Failed {
                 category: "build",
                 message: format!("waiting for the build process: {e}"),
-                temporary: false,
+                retry: None,
             }),
         }
     }
@@ -584,6 +643,55 @@ fn ended(completed: bool) -> Ended {
 
 /// The build request's name in the work directory.
 const REQUEST: &str = "request.json";
+/// The build secrets' directory in the work directory.
+const SECRETS: &str = "secrets";
+
+/// Hands the build process its secrets: the registry's and the Git server's
+/// through its environment (never its arguments), an SSH key and the build
+/// secrets as files of mode 0600 in the work directory (the server's
+/// alone, and removed with it).
+fn give_secrets(
+    cmd: &mut Command,
+    secrets: &crate::sealed::BuildSecrets,
+    work: &Path,
+) -> std::io::Result<()> {
+    use crate::sealed::GitSecret;
+    let private = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?
+            .write_all(bytes)
+    };
+    if let Some(creds) = &secrets.registry {
+        cmd.env("BUILDERD_CREDS", creds);
+    }
+    match &secrets.git {
+        Some(GitSecret::Token(t)) => {
+            cmd.env("BUILDERD_GIT_TOKEN", t);
+        }
+        Some(GitSecret::Basic { username, password }) => {
+            cmd.env("BUILDERD_GIT_CREDS", format!("{username}:{password}"));
+        }
+        Some(GitSecret::SshKey(key)) => {
+            let path = work.join("ssh-key");
+            private(&path, key.as_bytes())?;
+            cmd.env("BUILDERD_SSH_KEY_FILE", path);
+        }
+        None => {}
+    }
+    if !secrets.build.is_empty() {
+        let dir = work.join(SECRETS);
+        std::fs::create_dir(&dir)?;
+        for (id, value) in &secrets.build {
+            private(&dir.join(id), value.as_bytes())?;
+        }
+    }
+    Ok(())
+}
 
 pub enum RunError {
     Stopped(Stop),
@@ -591,8 +699,10 @@ pub enum RunError {
     Failed {
         category: &'static str,
         message: String,
-        /// The machine ran short for a moment: trying again later may pass.
-        temporary: bool,
+        /// Trying again later may pass: the machine ran short for a moment
+        /// (TEMPORARY_RESOURCE_ERROR), or the source's server could not be
+        /// reached (NETWORK_ERROR).
+        retry: Option<RetryCause>,
     },
 }
 
@@ -601,7 +711,7 @@ impl RunError {
         RunError::Failed {
             category: "resource",
             message,
-            temporary: false,
+            retry: None,
         }
     }
 }
@@ -614,10 +724,10 @@ fn retry_build(
     metrics: &crate::metrics::Metrics,
     build: &BuildRow,
     job: &Job,
+    cause: RetryCause,
     message: &str,
 ) -> Option<Ended> {
     let id = build.id.as_str();
-    let cause = RetryCause::TemporaryResource;
     if !job.retry.retries(cause) {
         return None;
     }
@@ -775,7 +885,13 @@ impl Follow {
                 self.failure = Some(RunError::Failed {
                     category: f.category.name(),
                     message: f.message,
-                    temporary: f.temporary,
+                    retry: if f.temporary {
+                        Some(RetryCause::TemporaryResource)
+                    } else if f.network {
+                        Some(RetryCause::Network)
+                    } else {
+                        None
+                    },
                 });
             }
             // A step's command and output, line by line, in the build's log.
@@ -837,6 +953,10 @@ mod tests {
             allow_private_registries: false,
             retry_defaults: crate::job::default_retry_policy(),
             steps_network: None,
+            git: GitPolicy::default(),
+            sealer: Arc::new(
+                crate::sealed::Sealer::open_or_create(&data.join("secrets.key")).unwrap(),
+            ),
         }
     }
 
@@ -862,6 +982,8 @@ mod tests {
             Path::new("/w"),
             Some(1000),
             Steps::default(),
+            "b-1",
+            "acme",
         );
         assert_eq!(r.source, "alpine");
         assert_eq!(r.output, Path::new("/w/rootfs.ext4"));
@@ -890,6 +1012,49 @@ mod tests {
             r.registry.retry.retry_on,
             [RetryCause::Network, RetryCause::RateLimit]
         );
+        assert_eq!(r.project.dockerfile, None);
+    }
+
+    #[test]
+    fn a_git_job_becomes_a_project_build_in_the_tenants_namespace() {
+        let data = tempfile::tempdir().unwrap();
+        let job = Job {
+            image: "git+https://git.example.com/app.git#v1".into(),
+            source_type: "git_repository",
+            project: Some(crate::job::GitJob {
+                dockerfile: Some("Dockerfile.prod".into()),
+                context: Some("services/api".into()),
+                build_args: vec![("V".into(), "{{.GitCommit}}".into())],
+                secret_ids: vec!["npm".into()],
+            }),
+            ..job()
+        };
+        let r = runner(data.path(), "builderd".into()).request(
+            &job,
+            Path::new("/w"),
+            None,
+            Steps::default(),
+            "b-7",
+            "acme",
+        );
+        assert_eq!(r.source, "git+https://git.example.com/app.git#v1");
+        // Built anew each time: nothing to look up in the artifact cache.
+        assert!(!r.hold_after_resolve);
+        assert_eq!(r.project.dockerfile.as_deref(), Some("Dockerfile.prod"));
+        assert_eq!(r.project.context.as_deref(), Some("services/api"));
+        assert_eq!(r.project.build_id.as_deref(), Some("b-7"));
+        assert_eq!(
+            r.project.secrets,
+            [BuildSecret {
+                id: "npm".into(),
+                src: "/w/secrets/npm".into()
+            }]
+        );
+        assert_eq!(r.git.cache_namespace, "acme");
+        assert!(r.git.public_only && !r.git.accept_new_host_keys);
+        // The serialised request holds no secret's value, only its path.
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("/w/secrets/npm"));
     }
 
     #[test]

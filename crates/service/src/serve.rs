@@ -44,6 +44,8 @@ pub struct Options {
     pub allow_private_webhooks: bool,
     /// Builds may pull from loopback, private and link-local registries.
     pub allow_private_registries: bool,
+    /// What Git sources may reach.
+    pub git: crate::runner::GitPolicy,
     /// Serve `/metrics` here instead of on the API's address.
     pub metrics_listen: Option<SocketAddr>,
     /// Delete the artifacts and logs of builds finished longer ago.
@@ -347,6 +349,11 @@ pub async fn serve(opts: Options) -> Result<()> {
         insecure_registries: opts.insecure_registries.clone(),
         allow_private_registries: opts.allow_private_registries,
         retry_defaults: opts.retry_defaults.clone(),
+        git: opts.git.clone(),
+        sealer: Arc::new(
+            crate::sealed::Sealer::open_or_create(&opts.data_dir.join("secrets.key"))
+                .context("the data directory's secrets.key")?,
+        ),
     });
     let scheduler = Scheduler::new(
         store.clone(),

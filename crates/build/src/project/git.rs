@@ -14,63 +14,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+pub use crate::error::{failure_of, GitError, GitFailure as Failure};
+
 /// Most bytes of a command's output kept (ref lists, tree listings).
 const MAX_STDOUT: usize = 64 << 20;
 /// The end of its errors kept for the message.
 const STDERR_TAIL: usize = 4 << 10;
 const POLL: Duration = Duration::from_millis(20);
-
-/// Why `git` failed, as far as its words tell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// The server refused the credentials, or asked for some and none
-    /// were given.
-    Credentials,
-    /// No such repository (or one the credentials may not see).
-    NoRepository,
-    /// The host could not be reached, or the connection broke: trying
-    /// again later may pass.
-    Network,
-    /// The build's time for fetching ran out.
-    Timeout,
-    /// The repository is larger than the build allows.
-    TooLarge,
-    /// The server's host key is not the one the operator knows.
-    HostKey,
-    Other,
-}
-
-/// A failed `git` command: what it was doing, why, and its last words.
-#[derive(Debug, thiserror::Error)]
-#[error("git could not {what}: {}", self.explained())]
-pub struct GitError {
-    pub what: String,
-    pub failure: Failure,
-    pub detail: String,
-}
-
-impl GitError {
-    fn explained(&self) -> String {
-        let why = match self.failure {
-            Failure::Credentials => "the server refused the credentials (or wants some)",
-            Failure::NoRepository => {
-                "the repository does not exist or these credentials may not read it"
-            }
-            Failure::Network => "the server could not be reached",
-            Failure::Timeout => "the time for fetching the source ran out",
-            Failure::TooLarge => "the repository is larger than the build allows",
-            Failure::HostKey => {
-                "the server's SSH host key is not known (give the operator's known_hosts)"
-            }
-            Failure::Other => "",
-        };
-        match (why.is_empty(), self.detail.is_empty()) {
-            (true, _) => self.detail.clone(),
-            (false, true) => why.to_string(),
-            (false, false) => format!("{why}: {}", self.detail),
-        }
-    }
-}
 
 /// What every `git` command of one fetch shares.
 pub struct GitEnv {
@@ -329,13 +279,6 @@ fn classify(detail: &str) -> Failure {
     } else {
         Failure::Other
     }
-}
-
-/// The failure `e` is, if git's.
-pub fn failure_of(e: &anyhow::Error) -> Option<Failure> {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<GitError>())
-        .map(|g| g.failure)
 }
 
 #[cfg(test)]

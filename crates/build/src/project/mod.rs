@@ -147,6 +147,12 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
     })
 }
 
+/// Refuses build args that name something no build fills in (before
+/// anything runs).
+pub fn check_build_args(args: &[(String, String)]) -> Result<()> {
+    templates::check(args)
+}
+
 fn absolute(path: &Path) -> Result<PathBuf> {
     path.canonicalize()
         .with_context(|| format!("the project {}", path.display()))

@@ -476,7 +476,19 @@ impl Engine {
             );
         match how.network {
             None => c.args(["--network", "none"]),
-            Some(ns) => c.arg("--network").arg(format!("ns:{}", ns.display())),
+            // As for a step: sysfs cannot be mounted in a network namespace
+            // the build's user namespace does not own, so an empty
+            // directory stands at /sys (`build` takes no tmpfs mounts), with
+            // the mount point the runtime mounts the cgroups on.
+            Some(ns) => {
+                let empty = self.tmp.join("empty-sys");
+                std::fs::create_dir_all(empty.join("fs/cgroup"))
+                    .with_context(|| format!("creating {}", empty.display()))?;
+                c.arg("--network")
+                    .arg(format!("ns:{}", ns.display()))
+                    .arg("--volume")
+                    .arg(format!("{}:/sys:ro", empty.display()))
+            }
         };
         for (key, value) in how.build.build_args {
             c.arg("--build-arg").arg(format!("{key}={value}"));

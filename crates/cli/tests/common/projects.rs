@@ -1,7 +1,7 @@
 //! What the project tests share: a busybox base image on a registry of the
 //! test's, `git` in a directory, and reading an image's files and metadata.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
@@ -60,4 +60,99 @@ pub fn debugfs_cat(image: &Path, path: &str) -> String {
 /// OUT.json of the image `image`.
 pub fn metadata(image: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(format!("{}.json", image.display())).unwrap()).unwrap()
+}
+
+/// Bare repositories under `srv` (lib.git, app.git) and what app.git's
+/// refs point at.
+pub struct Repos {
+    pub srv: PathBuf,
+    pub v1: String,
+    pub feature: String,
+    pub pull: String,
+    pub main: String,
+}
+
+/// app.git: a Containerfile that writes its build args into the image, a
+/// submodule `vendor/lib` (`../lib.git`), a 1 MiB file (so a second fetch
+/// shows what the cache saved); an annotated tag v1, a branch feature, a
+/// pull-request ref, and main one commit past v1.
+pub fn make_repos(dir: &Path, base: &str) -> Repos {
+    let srv = dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    for name in ["lib.git", "app.git"] {
+        git(&srv, &["init", "-q", "--bare", name]);
+    }
+    let lib = dir.join("lib-work");
+    std::fs::create_dir(&lib).unwrap();
+    std::fs::write(lib.join("lib.txt"), "library one\n").unwrap();
+    git(&lib, &["init", "-q"]);
+    git(&lib, &["add", "."]);
+    git(&lib, &["commit", "-q", "-m", "lib"]);
+    git(
+        &lib,
+        &["push", "-q", srv.join("lib.git").to_str().unwrap(), "main"],
+    );
+
+    let app = dir.join("app-work");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("Dockerfile"),
+        format!(
+            "FROM {base}\nARG COMMIT=unset\nARG TAG=unset\nCOPY . /app\n\
+             RUN echo \"$COMMIT\" > /app/commit && echo \"$TAG\" > /app/tag\n\
+             CMD [\"cat\", \"/app/app.txt\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(app.join("app.txt"), "one\n").unwrap();
+    let mut noise = Vec::with_capacity(1 << 20);
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    while noise.len() < 1 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(app.join("blob.bin"), noise).unwrap();
+    git(&app, &["init", "-q"]);
+    git(
+        &app,
+        &[
+            "remote",
+            "add",
+            "origin",
+            srv.join("app.git").to_str().unwrap(),
+        ],
+    );
+    git(
+        &app,
+        &["submodule", "add", "-q", "../lib.git", "vendor/lib"],
+    );
+    git(&app, &["add", "."]);
+    git(&app, &["commit", "-q", "-m", "one"]);
+    git(&app, &["tag", "-a", "v1", "-m", "release one"]);
+    let v1 = git(&app, &["rev-parse", "HEAD"]);
+    let commit = |text: &str| {
+        std::fs::write(app.join("app.txt"), text).unwrap();
+        git(&app, &["commit", "-q", "-am", text]);
+        git(&app, &["rev-parse", "HEAD"])
+    };
+    git(&app, &["checkout", "-q", "-b", "feature"]);
+    let feature = commit("feature\n");
+    git(&app, &["checkout", "-q", "--detach", &v1]);
+    let pull = commit("pull seven\n");
+    git(&app, &["checkout", "-q", "main"]);
+    let main = commit("main two\n");
+    git(&app, &["push", "-q", "origin", "main", "feature", "v1"]);
+    git(
+        &app,
+        &["push", "-q", "origin", &format!("{pull}:refs/pull/7/head")],
+    );
+    Repos {
+        srv,
+        v1,
+        feature,
+        pull,
+        main,
+    }
 }
