@@ -38,9 +38,9 @@ pub use output::Pending;
 pub use project::{check_build_args, Origin, Project};
 pub use report::Report;
 pub use request::{
-    BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, CopyFormat, Ext4Options, FreeSpace,
-    GitCredentials, GitOptions, Init, ProjectOptions, RegistryOptions, Sandbox, StepLimits,
-    StepNetwork, Steps,
+    BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, BuildSystem, CopyFormat, Ext4Options,
+    FreeSpace, GitCredentials, GitOptions, Init, ProjectOptions, RegistryOptions, Sandbox,
+    StepLimits, StepNetwork, Steps,
 };
 pub use run::build;
 pub use steps::sweep as sweep_steps;

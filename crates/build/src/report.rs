@@ -12,6 +12,9 @@ pub struct Report {
     /// The commit a Git project source was built from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_commit: Option<String>,
+    /// The Containerfile builderd wrote for a project without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generated: Option<Generated>,
     pub manifest_digest: String,
     pub manifest_media_type: String,
     pub config_digest: String,
@@ -29,6 +32,17 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<StepsInfo>,
     pub timings_ms: Timings,
+}
+
+/// A detected stack and the Containerfile generated for it: what a user
+/// can read, and take over as their own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Generated {
+    pub stack: &'static str,
+    /// The runtime version the project's files ask for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub containerfile: String,
 }
 
 #[derive(Clone, Debug, Serialize)]

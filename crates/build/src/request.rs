@@ -266,6 +266,30 @@ pub struct ProjectOptions {
     pub secrets: Vec<BuildSecret>,
     /// What `{{.BuildID}}` is (the service's build id); None: `local`.
     pub build_id: Option<String>,
+    /// What builds it: its Containerfile, or a detected stack.
+    pub build_system: BuildSystem,
+    /// The operator's base-image table (JSON), over builderd's.
+    pub base_images: Option<PathBuf>,
+    /// One base image for every stage of a generated Containerfile.
+    pub base_image: Option<String>,
+    /// Generated Containerfiles keep the package managers' downloads in
+    /// cache mounts between builds.
+    pub cache_dependencies: bool,
+}
+
+/// What a project is built with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildSystem {
+    /// Its Containerfile if it has one, else its detected stack.
+    #[default]
+    Auto,
+    /// Its Containerfile only.
+    Docker,
+    /// Its detected stack (a language, a static site), not a Containerfile.
+    Buildpack,
+    /// Its build.sh.
+    Script,
 }
 
 /// A build secret: its id in the Containerfile, the file that holds it.
@@ -503,7 +527,10 @@ mod tests {
         r.git_credentials = Some(GitCredentials::Token("git-t0ken".into()));
         r.boot.env = vec!["A=1".into()];
         let text = serde_json::to_string(&r).unwrap();
-        assert!(!text.contains("registry-pa55") && !text.contains("git-t0ken"), "{text}");
+        assert!(
+            !text.contains("registry-pa55") && !text.contains("git-t0ken"),
+            "{text}"
+        );
         assert!(!format!("{r:?}").contains("git-t0ken"));
         let back: BuildRequest = serde_json::from_str(&text).unwrap();
         assert_eq!(back.boot.env, ["A=1"]);

@@ -45,6 +45,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
     std::thread::scope(|scope| {
         let opened = source::open(scope, req, &platform, reporter)?;
         let source_commit = opened.commit();
+        let generated = opened.generated();
         let resolved = Instant::now();
         let image = &opened.image;
         event::info(
@@ -113,6 +114,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
             builderd_version: env!("CARGO_PKG_VERSION"),
             source: req.source.clone(),
             source_commit,
+            generated,
             manifest_digest: stats.image.manifest_digest.to_string(),
             manifest_media_type: stats.image.manifest_media_type.clone(),
             config_digest: stats.image.config_digest.to_string(),

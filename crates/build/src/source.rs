@@ -42,6 +42,11 @@ pub struct Opened<'scope> {
 }
 
 impl Opened<'_> {
+    /// The Containerfile generated for a project without one.
+    pub fn generated(&self) -> Option<crate::report::Generated> {
+        self._project.as_ref().and_then(|p| p.generated.clone())
+    }
+
     /// The commit a Git project was built from.
     pub fn commit(&self) -> Option<String> {
         self._project

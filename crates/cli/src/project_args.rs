@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use builderd_build::{BuildSecret, GitCredentials, GitOptions, ProjectOptions};
+use builderd_build::{BuildSecret, BuildSystem, GitCredentials, GitOptions, ProjectOptions};
 
 use crate::units::parse_bytes;
 
@@ -28,6 +28,22 @@ pub struct ProjectArgs {
     /// more); it never reaches a layer, a log or the metadata.
     #[arg(long = "secret", value_name = "id=NAME,src=FILE", value_parser = BuildSecret::parse)]
     secrets: Vec<BuildSecret>,
+    /// What builds a project: auto (its Containerfile, else its detected
+    /// stack), docker (its Containerfile only), buildpack (its detected
+    /// stack: Go, Python, Node, a static site) or script (its build.sh).
+    #[arg(long, value_name = "SYSTEM", value_enum, default_value = "auto")]
+    build_system: BuildSystemArg,
+    /// The base images of detected stacks (JSON: {"node": {"18": "REF",
+    /// "default": "REF"}, …}), over builderd's own table.
+    #[arg(long, value_name = "FILE")]
+    base_images: Option<PathBuf>,
+    /// One base image for every stage of a generated Containerfile.
+    #[arg(long, value_name = "REF")]
+    base_image: Option<String>,
+    /// Keep a detected stack's package downloads in cache mounts between
+    /// builds (in the step engine's storage).
+    #[arg(long)]
+    cache_dependencies: bool,
     /// The Git server's user and password (HTTPS).
     #[arg(
         long,
@@ -69,6 +85,14 @@ pub struct ProjectArgs {
     git_max_bytes: u64,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BuildSystemArg {
+    Auto,
+    Docker,
+    Buildpack,
+    Script,
+}
+
 impl ProjectArgs {
     pub fn options(&self) -> Result<ProjectOptions> {
         let build_args = self
@@ -85,6 +109,15 @@ impl ProjectArgs {
             build_args,
             secrets: self.secrets.clone(),
             build_id: None,
+            build_system: match self.build_system {
+                BuildSystemArg::Auto => BuildSystem::Auto,
+                BuildSystemArg::Docker => BuildSystem::Docker,
+                BuildSystemArg::Buildpack => BuildSystem::Buildpack,
+                BuildSystemArg::Script => BuildSystem::Script,
+            },
+            base_images: self.base_images.clone(),
+            base_image: self.base_image.clone(),
+            cache_dependencies: self.cache_dependencies,
         })
     }
 

@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// known_hosts form); without it no ssh server is trusted.
     #[arg(long, value_name = "FILE")]
     ssh_known_hosts: Option<PathBuf>,
+    /// The base images of detected stacks (JSON: {"node": {"18": "REF",
+    /// "default": "REF"}, …}), over builderd's own table.
+    #[arg(long, value_name = "FILE")]
+    base_images: Option<PathBuf>,
     /// Serve Prometheus `/metrics` on this address instead of the API's.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -172,6 +176,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             allow_private: args.allow_private_git,
             insecure_hosts: args.insecure_git_host,
             known_hosts: args.ssh_known_hosts,
+            base_images: args.base_images,
         },
         metrics_listen: args.metrics_listen,
         retention: args.retention,

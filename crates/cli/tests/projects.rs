@@ -230,3 +230,117 @@ fn a_build_secret_reaches_its_step_and_nothing_else() {
     assert!(!o.status.success());
     assert!(!bad.exists());
 }
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn detected_stacks_build_on_the_tables_images_and_a_build_script_app_boots() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    let base = base_image(&reg, dir.path());
+    let table = dir.path().join("base-images.json");
+    std::fs::write(
+        &table,
+        json!({"static": {"default": base}, "script": {"default": base},
+               "node": {"18": base}})
+        .to_string(),
+    )
+    .unwrap();
+    let table_arg = table.display().to_string();
+    let steps = steps_dir(dir.path());
+    let project = |name: &str, files: &[(&str, &str)]| {
+        let p = dir.path().join(name);
+        for (file, text) in files {
+            let path = p.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        format!("dir:{}", p.display())
+    };
+
+    // A static site: its public/ served by the base's httpd.
+    let site = project("site", &[("public/index.html", "<h1>static</h1>\n")]);
+    let out = dir.path().join("site.ext4");
+    let o = build(
+        &site,
+        &out,
+        &["--steps-dir", &steps, "--base-images", &table_arg],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    e2fsck(&out);
+    assert_eq!(
+        debugfs_cat(&out, "/srv/www/index.html"),
+        "<h1>static</h1>\n"
+    );
+    let meta = metadata(&out);
+    assert_eq!(meta["generated"]["stack"], "static");
+    assert!(meta["generated"]["containerfile"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("FROM {base}\n")));
+    assert_eq!(meta["config"]["cmd"][0], "httpd");
+    // The generated Containerfile is in the build's output too.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("COPY public /srv/www"));
+
+    // A build script, started by its Procfile: built, then booted.
+    let script = project(
+        "script",
+        &[
+            (
+                "build.sh",
+                "mkdir -p out && echo \"greeting $((6 * 7))\" > out/greeting\n",
+            ),
+            ("Procfile", "web: cat /app/out/greeting; exit 3\n"),
+        ],
+    );
+    let out = dir.path().join("script.ext4");
+    let o = build(
+        &script,
+        &out,
+        &["--steps-dir", &steps, "--base-images", &table_arg],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    e2fsck(&out);
+    assert_eq!(metadata(&out)["generated"]["stack"], "script");
+    assert_eq!(debugfs_cat(&out, "/app/out/greeting"), "greeting 42\n");
+    let booted = builderd()
+        .args(["boot", "--timeout", "180"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&booted.stdout);
+    assert!(console.contains("greeting 42"), "{console}");
+    assert_eq!(booted.status.code(), Some(3), "{console}");
+
+    // What cannot be built says why, before anything runs.
+    let fails = |source: &str, extra: &[&str], expected: &str| {
+        let bad = dir.path().join("bad.ext4");
+        let mut args = vec!["--steps-dir", &steps, "--base-images", &table_arg];
+        args.extend_from_slice(extra);
+        let o = build(source, &bad, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(expected),
+            "{expected:?} not in {err}"
+        );
+        assert!(!bad.exists());
+    };
+    let nothing = project("nothing", &[("README.md", "hi\n")]);
+    fails(
+        &nothing,
+        &[],
+        "looked for Dockerfile and Containerfile, then go.mod",
+    );
+    let old_node = project(
+        "old-node",
+        &[
+            ("package.json", r#"{"main": "index.js"}"#),
+            (".nvmrc", "16\n"),
+        ],
+    );
+    fails(&old_node, &[], "asks for node 16");
+    fails(&site, &["--build-system", "docker"], "no Containerfile");
+    fails(&site, &["--build-system", "script"], "no build.sh");
+}

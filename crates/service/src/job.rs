@@ -74,6 +74,7 @@ pub struct GitJob {
     pub build_args: Vec<(String, String)>,
     /// The ids of its build secrets (their values are sealed apart).
     pub secret_ids: Vec<String>,
+    pub build_system: builderd_build::BuildSystem,
 }
 
 /// The server's retry policy for builds whose config has none (or leaves
@@ -364,20 +365,18 @@ fn git_strategy(
             "{field}: goes with a git_repository source"
         )));
     };
-    match g.build_system.as_str() {
-        "" | "auto" | "docker" => {}
-        "buildpack" | "script" => {
-            return Err(unimplemented(
-                &format!("{field}.build_system"),
-                &format!("{:?} (detecting a stack or a build script)", g.build_system),
-            ))
-        }
+    use builderd_build::BuildSystem;
+    project.build_system = match g.build_system.as_str() {
+        "" | "auto" => BuildSystem::Auto,
+        "docker" => BuildSystem::Docker,
+        "buildpack" => BuildSystem::Buildpack,
+        "script" => BuildSystem::Script,
         other => {
             return Err(Refusal::Invalid(format!(
                 "{field}.build_system: {other:?}; use auto, docker, buildpack or script"
             )))
         }
-    }
+    };
     if g.cache_dependencies {
         return Err(unimplemented(
             &format!("{field}.cache_dependencies"),
@@ -958,11 +957,6 @@ mod tests {
                 json!({"clone_url": "https://h/x.git", "ref": "--upload-pack=x"}),
                 json!({}),
                 "config.source.git_repository.ref",
-            ),
-            (
-                url("https://h/x.git"),
-                json!({"build_system": "buildpack"}),
-                "not implemented",
             ),
             (
                 url("https://h/x.git"),

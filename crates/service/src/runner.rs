@@ -78,6 +78,8 @@ pub struct GitPolicy {
     pub insecure_hosts: Vec<String>,
     /// The ssh servers' host keys; without it, no ssh server is trusted.
     pub known_hosts: Option<PathBuf>,
+    /// The operator's base-image table for detected stacks.
+    pub base_images: Option<PathBuf>,
 }
 
 /// The longest line a build process may write on stderr: longer ones are
@@ -192,6 +194,10 @@ impl Runner {
                         })
                         .collect(),
                     build_id: Some(build_id.to_string()),
+                    build_system: p.build_system,
+                    base_images: self.git.base_images.clone(),
+                    base_image: None,
+                    cache_dependencies: false,
                 },
                 None => ProjectOptions::default(),
             },
@@ -1026,6 +1032,7 @@ mod tests {
                 context: Some("services/api".into()),
                 build_args: vec![("V".into(), "{{.GitCommit}}".into())],
                 secret_ids: vec!["npm".into()],
+                build_system: builderd_build::BuildSystem::Buildpack,
             }),
             ..job()
         };
@@ -1043,6 +1050,10 @@ mod tests {
         assert_eq!(r.project.dockerfile.as_deref(), Some("Dockerfile.prod"));
         assert_eq!(r.project.context.as_deref(), Some("services/api"));
         assert_eq!(r.project.build_id.as_deref(), Some("b-7"));
+        assert_eq!(
+            r.project.build_system,
+            builderd_build::BuildSystem::Buildpack
+        );
         assert_eq!(
             r.project.secrets,
             [BuildSecret {

@@ -35,7 +35,7 @@ pub fn containerfile(context: &Path, named: Option<&str>) -> Result<PathBuf> {
         .filter(|path| path.starts_with(context))
         .with_context(|| {
             format!(
-                "nothing to build {} with: looked for {} (finding a language stack, a static site or a build script is not done yet)",
+                "no Containerfile to build {} with: looked for {}",
                 context.display(),
                 CONTAINERFILES.join(" and ")
             )

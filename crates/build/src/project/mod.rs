@@ -7,10 +7,12 @@
 //! says what is detected and what is not done yet.
 
 mod access;
+mod base_images;
 mod detect;
 mod fetch;
 mod git;
 mod remote;
+mod stack;
 mod templates;
 
 use std::path::{Path, PathBuf};
@@ -72,6 +74,7 @@ pub struct Built {
     pub layout: PathBuf,
     pub tag: String,
     pub fetched: Option<Fetched>,
+    pub generated: Option<crate::report::Generated>,
     _dir: tempfile::TempDir,
 }
 
@@ -117,7 +120,7 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
         Some(sub) => detect::subdirectory(&context, sub)?,
         None => context,
     };
-    let containerfile = detect::containerfile(&context, req.project.dockerfile.as_deref())?;
+    let (containerfile, generated) = what_builds(&context, &req.project, dir.path(), reporter)?;
     let build_args = templates::expand(
         &req.project.build_args,
         fetched.as_ref(),
@@ -143,8 +146,65 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
         layout,
         tag,
         fetched,
+        generated,
         _dir: dir,
     })
+}
+
+/// The Containerfile that builds the project at `context`: its own, or
+/// one generated for its stack (written to `private`, outside the
+/// context, told to `reporter` line by line and kept for the metadata).
+fn what_builds(
+    context: &Path,
+    opts: &crate::request::ProjectOptions,
+    private: &Path,
+    reporter: &dyn Reporter,
+) -> Result<(PathBuf, Option<crate::report::Generated>)> {
+    use crate::request::BuildSystem;
+    let own = match opts.build_system {
+        BuildSystem::Auto | BuildSystem::Docker => {
+            detect::containerfile(context, opts.dockerfile.as_deref())
+        }
+        BuildSystem::Buildpack | BuildSystem::Script => Err(anyhow::anyhow!("not looked for")),
+    };
+    match (own, opts.build_system) {
+        (Ok(path), _) => return Ok((path, None)),
+        (Err(e), BuildSystem::Docker) => return Err(e),
+        (Err(e), _) if opts.dockerfile.is_some() => return Err(e),
+        _ => {}
+    }
+    let want = match opts.build_system {
+        BuildSystem::Script => stack::Want::Script,
+        _ => stack::Want::Auto,
+    };
+    let found = stack::detect(context, want)?;
+    let bases =
+        base_images::BaseImages::load(opts.base_images.as_deref(), opts.base_image.as_deref())?;
+    let text = stack::containerfile(&found, &bases, opts.cache_dependencies)?;
+    crate::event::info(
+        reporter,
+        format!(
+            "no Containerfile: a {} project{}; builderd generated this one:",
+            found.name(),
+            found
+                .version()
+                .map(|v| format!(" ({v})"))
+                .unwrap_or_default()
+        ),
+    );
+    for line in text.lines() {
+        crate::event::info(reporter, format!("  {line}"));
+    }
+    let path = private.join("Containerfile.generated");
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    Ok((
+        path,
+        Some(crate::report::Generated {
+            stack: found.name(),
+            version: found.version().map(str::to_string),
+            containerfile: text,
+        }),
+    ))
 }
 
 /// Refuses build args that name something no build fills in (before
