@@ -304,6 +304,7 @@ fn flatten(
     reporter: &dyn Reporter,
     limit: &Option<(u64, Limit)>,
 ) -> Result<(Flattened, BlobChecks)> {
+    let built = opened.built_layers();
     let Opened {
         image,
         blobs,
@@ -363,6 +364,13 @@ fn flatten(
         };
         let streams = Streams::new(&all_layers, &open_blob, read.clone());
         let mut layers = streams.layers();
+        // What the step engine built of a project's image was written in
+        // its user namespace.
+        if base_layers == image.layers.len() {
+            for layer in &mut layers[base_layers - built..base_layers] {
+                layer.adjust = Some(steps::built_layer_adjust());
+            }
+        }
         if let Some(done) = stepped {
             for layer in &mut layers[base_layers..] {
                 layer.adjust = Some(done.adjust.clone());

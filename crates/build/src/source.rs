@@ -42,6 +42,15 @@ pub struct Opened<'scope> {
 }
 
 impl Opened<'_> {
+    /// How many of the image's top layers the step engine built (a
+    /// project's build commits one, over its base's).
+    pub fn built_layers(&self) -> usize {
+        match &self._project {
+            Some(_) => 1.min(self.image.layers.len()),
+            None => 0,
+        }
+    }
+
     /// The Containerfile generated for a project without one.
     pub fn generated(&self) -> Option<crate::report::Generated> {
         self._project.as_ref().and_then(|p| p.generated.clone())

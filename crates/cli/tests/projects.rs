@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::images::build;
-use common::projects::{base_image, debugfs_cat, git, metadata};
+use common::projects::{base_image, debugfs_cat, git, metadata, owner};
 use common::registry::TestRegistry;
 use common::*;
 use serde_json::json;
@@ -33,7 +33,8 @@ fn a_directory_and_a_git_ref_build_by_their_containerfile() {
         repo.join("Dockerfile"),
         format!(
             "FROM {base}\nARG GREETING=unset\nCOPY app.txt /app/app.txt\n\
-             RUN echo \"$GREETING\" > /app/greeting && id -u > /app/uid\n\
+             RUN echo \"$GREETING\" > /app/greeting && id -u > /app/uid \
+             && mkdir -p /srv/made && touch /app/owned && chown 1000:2000 /app/owned\n\
              CMD [\"cat\", \"/app/app.txt\"]\n"
         ),
     )
@@ -55,8 +56,15 @@ fn a_directory_and_a_git_ref_build_by_their_containerfile() {
     e2fsck(&out);
     assert_eq!(debugfs_cat(&out, "/app/app.txt"), "version one\n");
     assert_eq!(debugfs_cat(&out, "/app/greeting"), "hello\n");
-    // RUN ran as root in its namespace.
+    // RUN ran as root in its namespace, and what it and COPY wrote is
+    // owned as the image says (not by the namespace's host ids), without
+    // the runtime's placeholders.
     assert_eq!(debugfs_cat(&out, "/app/uid"), "0\n");
+    for path in ["/app", "/app/app.txt", "/app/greeting", "/srv/made"] {
+        assert_eq!(owner(&out, path), Some((0, 0)), "{path}");
+    }
+    assert_eq!(owner(&out, "/app/owned"), Some((1000, 2000)));
+    assert_eq!(owner(&out, "/etc/hostname"), None);
     let meta = metadata(&out);
     assert_eq!(meta["config"]["cmd"], json!(["cat", "/app/app.txt"]));
     assert!(meta.get("source_commit").is_none());

@@ -270,6 +270,14 @@ fn each(
     Ok(results)
 }
 
+/// How the flatten reads the layer a Containerfile build committed (a
+/// build without `--layers` commits exactly one over its base's): as a
+/// step's, its owners shifted back out of the user namespace and the
+/// runtime's placeholders dropped (its times as they are).
+pub fn built_layer_adjust() -> std::sync::Arc<builderd_flatten::Adjust> {
+    layer::adjust(i64::MAX)
+}
+
 /// Builds a Containerfile with the step engine, each of its `RUN`
 /// instructions isolated as a build step is and all of them under one
 /// cgroup bounded by `steps.limits`, on `steps.network`.

@@ -156,3 +156,20 @@ pub fn make_repos(dir: &Path, base: &str) -> Repos {
         main,
     }
 }
+
+/// The owner (uid, gid) of `path` in the ext4 image, as debugfs reads it;
+/// None if it is absent.
+pub fn owner(image: &Path, path: &str) -> Option<(u32, u32)> {
+    let o = Command::new("debugfs")
+        .args(["-R", &format!("stat {path}")])
+        .arg(image)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text.lines().find(|l| l.contains("User:"))?;
+    let field = |name: &str| -> u32 {
+        let rest = &line[line.find(name).unwrap() + name.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    Some((field("User:"), field("Group:")))
+}
