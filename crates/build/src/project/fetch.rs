@@ -172,6 +172,7 @@ impl Fetcher<'_> {
         let cache = self.cache_of(origin);
         let fetched = {
             let _lock = lock(&cache.with_extension("lock"), self.deadline)?;
+            remove_stale_locks(&cache);
             if !cache.join("HEAD").is_file() {
                 env.git(None)
                     .args(["init", "--quiet", "--bare"])
@@ -554,6 +555,21 @@ fn gitmodules(env: &GitEnv, cache: &Path, commit: &str) -> Result<HashMap<String
         .into_iter()
         .filter_map(|(name, path)| Some((path, urls.remove(&name)?)))
         .collect())
+}
+
+/// git's own lock files that a fetch killed at its deadline left behind:
+/// with the cache's lock held no other git works in it, so they are stale
+/// (and would fail every later fetch).
+fn remove_stale_locks(cache: &Path) {
+    for name in [
+        "shallow.lock",
+        "packed-refs.lock",
+        "config.lock",
+        "HEAD.lock",
+        "index.lock",
+    ] {
+        let _ = std::fs::remove_file(cache.join(name));
+    }
 }
 
 /// Holds `path`'s lock (one fetch into a cache at a time) until dropped.
