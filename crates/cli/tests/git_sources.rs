@@ -365,3 +365,69 @@ fn ssh_with_a_key_and_the_operators_known_hosts() {
     );
     assert_fails(&o, &bad, steps_path, "refused the credentials");
 }
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn a_monorepo_apps_multi_stage_build_boots_and_prints_its_commit() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    let base = base_image(&reg, dir.path());
+    let srv = dir.path().join("srv");
+    std::fs::create_dir(&srv).unwrap();
+    git(&srv, &["init", "-q", "--bare", "mono.git"]);
+    let work = dir.path().join("mono");
+    let app = work.join("services/api");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::create_dir_all(work.join("services/web")).unwrap();
+    std::fs::write(work.join("services/web/Dockerfile"), "FROM scratch\n").unwrap();
+    std::fs::write(
+        app.join("Dockerfile"),
+        format!(
+            "FROM {base} AS build\nARG COMMIT=unset\n\
+             RUN mkdir -p /out && echo \"api built from $COMMIT\" > /out/version\n\
+             FROM {base}\nCOPY --from=build /out/version /app/version\nCOPY run.sh /app/run.sh\n\
+             CMD [\"/bin/sh\", \"/app/run.sh\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(app.join("run.sh"), "cat /app/version\nexit 4\n").unwrap();
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "mono"]);
+    let commit = git(&work, &["rev-parse", "HEAD"]);
+    git(
+        &work,
+        &["push", "-q", srv.join("mono.git").to_str().unwrap(), "main"],
+    );
+    let daemon = GitDaemon::start(&srv);
+    let out = dir.path().join("api.ext4");
+    let o = build(
+        &format!("git://{}/mono.git#main", daemon.addr),
+        &out,
+        &[
+            "--steps-dir",
+            &steps_dir(dir.path()),
+            "--context",
+            "services/api",
+            "--build-arg",
+            "COMMIT={{.GitCommit}}",
+        ],
+    );
+    assert_built(&o, &out, "monorepo");
+    // The builder stage's tools stay behind: only what was copied over.
+    assert_eq!(debugfs_cat(&out, "/out/version"), "");
+    let booted = builderd()
+        .args(["boot", "--timeout", "180"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&booted.stdout);
+    assert!(
+        console.contains(&format!("api built from {commit}")),
+        "{console}"
+    );
+    assert_eq!(booted.status.code(), Some(4), "{console}");
+}
