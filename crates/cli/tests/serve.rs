@@ -146,10 +146,23 @@ fn configs_are_refused_by_name_when_not_implemented_or_invalid() {
           "ref": "main", "auth": {"token": "github_token"}, "dockerfile_path": "Dockerfile.production"}},
         "target": {"microvm_rootfs": {"format": "ext4", "init_strategy": "INIT_STRATEGY_CUSTOM"}},
         "strategy": {"git_strategy": {"build_system": "docker", "build_args": {"ENV": "production"}, "cache_dependencies": true}}}}"#;
+    // Git sources are taken: the example as written lacks the script its
+    // INIT_STRATEGY_CUSTOM needs; with one, the layer cache it asks for is
+    // what is not implemented yet.
     let (status, v) = code(git);
-    assert_eq!(status, 501);
+    assert_eq!((status, v["code"].as_str()), (400, Some("invalid_argument")));
     assert!(
-        v["message"].as_str().unwrap().contains("git_repository"),
+        v["message"].as_str().unwrap().contains("custom_init_script"),
+        "{v}"
+    );
+    let with_script = git.replace(
+        r#""init_strategy": "INIT_STRATEGY_CUSTOM""#,
+        r##""init_strategy": "INIT_STRATEGY_CUSTOM", "custom_init_script": "#!/bin/sh\nexec /app/run""##,
+    );
+    let (status, v) = code(&with_script);
+    assert_eq!((status, v["code"].as_str()), (501, Some("unimplemented")));
+    assert!(
+        v["message"].as_str().unwrap().contains("cache_dependencies"),
         "{v}"
     );
     let webhook = r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
