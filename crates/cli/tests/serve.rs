@@ -150,9 +150,15 @@ fn configs_are_refused_by_name_when_not_implemented_or_invalid() {
     // INIT_STRATEGY_CUSTOM needs; with one, the layer cache it asks for is
     // what is not implemented yet.
     let (status, v) = code(git);
-    assert_eq!((status, v["code"].as_str()), (400, Some("invalid_argument")));
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("invalid_argument"))
+    );
     assert!(
-        v["message"].as_str().unwrap().contains("custom_init_script"),
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("custom_init_script"),
         "{v}"
     );
     let with_script = git.replace(
@@ -162,7 +168,10 @@ fn configs_are_refused_by_name_when_not_implemented_or_invalid() {
     let (status, v) = code(&with_script);
     assert_eq!((status, v["code"].as_str()), (501, Some("unimplemented")));
     assert!(
-        v["message"].as_str().unwrap().contains("cache_dependencies"),
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("cache_dependencies"),
         "{v}"
     );
     let webhook = r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
