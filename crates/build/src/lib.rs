@@ -35,7 +35,7 @@ pub use event::{
     MAX_STEP_LINE,
 };
 pub use output::Pending;
-pub use project::{check_build_args, Origin, Project};
+pub use project::{check_build_args, private_file, redact_url, Origin, Project};
 pub use report::Report;
 pub use request::{
     BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, BuildSystem, CopyFormat, Ext4Options,

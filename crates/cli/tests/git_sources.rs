@@ -12,7 +12,7 @@ use std::process::Output;
 
 use common::git_servers::{GitDaemon, GitHttp, Sshd};
 use common::images::build;
-use common::projects::{base_image, debugfs_cat, git, make_repos, metadata};
+use common::projects::{base_image, boot, debugfs_cat, git, make_repos, metadata};
 use common::registry::TestRegistry;
 use common::*;
 
@@ -419,15 +419,10 @@ fn a_monorepo_apps_multi_stage_build_boots_and_prints_its_commit() {
     assert_built(&o, &out, "monorepo");
     // The builder stage's tools stay behind: only what was copied over.
     assert_eq!(debugfs_cat(&out, "/out/version"), "");
-    let booted = builderd()
-        .args(["boot", "--timeout", "180"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&booted.stdout);
+    let (console, code) = boot(&out);
     assert!(
         console.contains(&format!("api built from {commit}")),
         "{console}"
     );
-    assert_eq!(booted.status.code(), Some(4), "{console}");
+    assert_eq!(code, Some(4), "{console}");
 }

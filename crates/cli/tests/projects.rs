@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::images::build;
-use common::projects::{base_image, debugfs_cat, git, metadata, owner};
+use common::projects::{base_image, boot, debugfs_cat, git, metadata, owner};
 use common::registry::TestRegistry;
 use common::*;
 use serde_json::json;
@@ -313,14 +313,9 @@ fn detected_stacks_build_on_the_tables_images_and_a_build_script_app_boots() {
     e2fsck(&out);
     assert_eq!(metadata(&out)["generated"]["stack"], "script");
     assert_eq!(debugfs_cat(&out, "/app/out/greeting"), "greeting 42\n");
-    let booted = builderd()
-        .args(["boot", "--timeout", "180"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&booted.stdout);
+    let (console, code) = boot(&out);
     assert!(console.contains("greeting 42"), "{console}");
-    assert_eq!(booted.status.code(), Some(3), "{console}");
+    assert_eq!(code, Some(3), "{console}");
 
     // What cannot be built says why, before anything runs.
     let fails = |source: &str, extra: &[&str], expected: &str| {

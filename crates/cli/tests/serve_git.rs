@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::git_servers::GitHttp;
 use common::projects::{base_image, debugfs_cat, make_repos};
@@ -28,16 +27,6 @@ fn git_config(url: &str, reference: &str, token: &str) -> Value {
             "build_args": {"COMMIT": "{{.GitCommit}}", "TAG": "{{.BuildID}}"},
             "secrets": {"unused": SECRET}}},
         "retry_policy": {"max_retries": 2, "base_delay": "1s", "max_delay": "1s"}}})
-}
-
-fn finished(server: &Server, key: &str, config: &Value) -> Value {
-    let id = server.create(key, config);
-    server.wait_for(
-        key,
-        &id,
-        &["BUILD_STATE_COMPLETED", "BUILD_STATE_FAILED"],
-        Duration::from_secs(180),
-    )
 }
 
 /// Whether any file of the data directory's database holds `needle`.
@@ -67,7 +56,7 @@ fn a_git_repository_is_fetched_built_and_served_with_its_secrets_sealed() {
     let key = server.tenant("acme", "pro");
     let url = format!("http://{}/app.git", git.addr);
 
-    let done = finished(&server, &key, &git_config(&url, "v1", TOKEN));
+    let done = server.finished(&key, &git_config(&url, "v1", TOKEN));
     assert_eq!(done["state"], "BUILD_STATE_COMPLETED", "{done}");
     let id = done["buildId"].as_str().unwrap();
     download_and_check(&server, &key, id, dir.path());
@@ -105,7 +94,7 @@ fn a_git_repository_is_fetched_built_and_served_with_its_secrets_sealed() {
         ),
         (git_config(&url, "no-such-branch", TOKEN), "no-such-branch"),
     ] {
-        let failed = finished(&server, &key, &config);
+        let failed = server.finished(&key, &config);
         assert_eq!(failed["state"], "BUILD_STATE_FAILED", "{failed}");
         assert_eq!(failed["error"]["category"], "ERROR_CATEGORY_SOURCE");
         let message = failed["error"]["message"].as_str().unwrap();
@@ -122,7 +111,7 @@ fn a_git_repository_is_fetched_built_and_served_with_its_secrets_sealed() {
     // A server that cannot be reached: a network error, tried again as the
     // build's policy says (twice), then FAILED.
     let nobody = format!("http://127.0.0.1:{}/app.git", common::server::free_port());
-    let failed = finished(&server, &key, &git_config(&nobody, "", TOKEN));
+    let failed = server.finished(&key, &git_config(&nobody, "", TOKEN));
     assert_eq!(failed["state"], "BUILD_STATE_FAILED", "{failed}");
     assert_eq!(failed["error"]["category"], "ERROR_CATEGORY_SOURCE");
     let retries = failed["retries"].as_array().expect("retries");

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::images::make_image;
 use common::registry::TestRegistry;
@@ -57,16 +56,6 @@ fn node_example(image: &str, commands: &[&str]) -> Value {
           "custom_commands": commands}}}})
 }
 
-fn finished(server: &Server, key: &str, config: &Value) -> Value {
-    let id = server.create(key, config);
-    server.wait_for(
-        key,
-        &id,
-        &["BUILD_STATE_COMPLETED", "BUILD_STATE_FAILED"],
-        Duration::from_secs(180),
-    )
-}
-
 fn metadata(status: &Value) -> Value {
     serde_json::from_str(status["artifact"]["metadataJson"].as_str().unwrap()).unwrap()
 }
@@ -97,7 +86,7 @@ fn the_node_example_runs_its_commands_with_the_tiers_network_and_caches_per_tena
     let image = format!("{}/node-app:v1", reg.addr);
     let seed = node_example(&image, &SEED_COMMANDS);
 
-    let first = finished(&server, &pro, &seed);
+    let first = server.finished(&pro, &seed);
     assert_eq!(first["state"], "BUILD_STATE_COMPLETED", "{first}");
     assert_ne!(first["cacheHit"], true);
     let id = first["buildId"].as_str().unwrap();
@@ -138,11 +127,10 @@ fn the_node_example_runs_its_commands_with_the_tiers_network_and_caches_per_tena
     );
 
     // The same list is a hit; a changed list a miss.
-    let again = finished(&server, &pro, &seed);
+    let again = server.finished(&pro, &seed);
     assert_eq!(again["cacheHit"], true, "{again}");
     assert_eq!(again["artifact"]["sha256"], first["artifact"]["sha256"]);
-    let changed = finished(
-        &server,
+    let changed = server.finished(
         &pro,
         &node_example(&image, &[SEED_COMMANDS[0], "echo extra > /app/extra"]),
     );
@@ -152,7 +140,7 @@ fn the_node_example_runs_its_commands_with_the_tiers_network_and_caches_per_tena
     // Another tenant's identical build gets nothing of the first's: not its
     // artifact, not its engine storage; a free tenant's steps have no network.
     let free = server.tenant("globex", "free");
-    let theirs = finished(&server, &free, &seed);
+    let theirs = server.finished(&free, &seed);
     assert_eq!(theirs["state"], "BUILD_STATE_COMPLETED", "{theirs}");
     assert_ne!(theirs["cacheHit"], true, "{theirs}");
     assert_eq!(metadata(&theirs)["steps"]["network"], "none");
@@ -176,8 +164,7 @@ fn a_failing_command_fails_the_build_naming_it_and_its_exit_code() {
     let server = Server::start(&dir.path().join("data"), &[]);
     let key = server.tenant("acme", "free");
     let image = format!("{}/node-app:v1", reg.addr);
-    let failed = finished(
-        &server,
+    let failed = server.finished(
         &key,
         &node_example(&image, &["npm ci --only=production", "npm run build"]),
     );

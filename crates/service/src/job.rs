@@ -303,7 +303,7 @@ fn git_source(
         return Err(Refusal::Invalid(format!(
             "{field}.clone_url: {:?}: give https://HOST/PATH, ssh://USER@HOST/PATH, or http:// or \
              git:// for hosts the operator allows",
-            redact_userinfo(url)
+            builderd_build::redact_url(url)
         )));
     };
     let source = match g.r#ref.as_str() {
@@ -326,7 +326,7 @@ fn git_source(
         _ => {
             return Err(Refusal::Invalid(format!(
                 "{field}.clone_url: {:?} is not a repository address",
-                redact_userinfo(url)
+                builderd_build::redact_url(url)
             )))
         }
     }
@@ -339,14 +339,6 @@ fn git_source(
         ..GitJob::default()
     });
     Ok(())
-}
-
-/// `url` with what stands before an `@` in its authority hidden.
-fn redact_userinfo(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
-        _ => url.to_string(),
-    }
 }
 
 /// Most build args and secrets, and the longest value of either.

@@ -662,15 +662,8 @@ fn give_secrets(
     work: &Path,
 ) -> std::io::Result<()> {
     use crate::sealed::GitSecret;
-    let private = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?
-            .write_all(bytes)
+    let private = |path: &Path, bytes: &[u8]| {
+        builderd_build::private_file(path, bytes).map_err(std::io::Error::other)
     };
     if let Some(creds) = &secrets.registry {
         cmd.env("BUILDERD_CREDS", creds);

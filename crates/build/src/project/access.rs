@@ -143,7 +143,8 @@ impl Access {
     }
 }
 
-fn private_file(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to a new file of mode 0600 (a secret's).
+pub fn private_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

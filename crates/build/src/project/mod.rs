@@ -21,7 +21,9 @@ use anyhow::{Context, Result};
 
 use crate::event::{Event, Reporter, Stage};
 use crate::request::{BuildRequest, DEFAULT_STEPS_DIR};
+pub use access::private_file;
 pub use fetch::{Fetched, Origin};
+pub use remote::redact as redact_url;
 use remote::Remote;
 
 /// A project source, parsed.

@@ -334,7 +334,7 @@ fn split_port(hostport: &str) -> Option<(String, Option<u16>)> {
 }
 
 /// `url` with whatever stands before an `@` in its authority hidden.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
         _ => url.to_string(),

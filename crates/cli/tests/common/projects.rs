@@ -173,3 +173,17 @@ pub fn owner(image: &Path, path: &str) -> Option<(u32, u32)> {
     };
     Some((field("User:"), field("Group:")))
 }
+
+/// Boots `image` in QEMU (`builderd boot`); answers its console and the
+/// app's exit code.
+pub fn boot(image: &Path) -> (String, Option<i32>) {
+    let o = super::builderd()
+        .args(["boot", "--timeout", "180"])
+        .arg(image)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.code(),
+    )
+}

@@ -242,6 +242,18 @@ impl Server {
     }
 
     /// Polls until the build reaches one of `states` (BUILD_STATE_ names).
+    /// Creates a build and waits (3 minutes at most) for it to complete
+    /// or fail; answers its status.
+    pub fn finished(&self, key: &str, config: &Value) -> Value {
+        let id = self.create(key, config);
+        self.wait_for(
+            key,
+            &id,
+            &["BUILD_STATE_COMPLETED", "BUILD_STATE_FAILED"],
+            Duration::from_secs(180),
+        )
+    }
+
     pub fn wait_for(&self, key: &str, id: &str, states: &[&str], within: Duration) -> Value {
         let deadline = Instant::now() + within;
         loop {
