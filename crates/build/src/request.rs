@@ -272,8 +272,10 @@ pub struct ProjectOptions {
     pub base_images: Option<PathBuf>,
     /// One base image for every stage of a generated Containerfile.
     pub base_image: Option<String>,
-    /// Generated Containerfiles keep the package managers' downloads in
-    /// cache mounts between builds.
+    /// Each instruction is cached between builds of the namespace (the
+    /// dependency install reused while the files it copies are unchanged),
+    /// and generated Containerfiles keep the package managers' downloads
+    /// in cache mounts.
     pub cache_dependencies: bool,
 }
 

@@ -43,10 +43,10 @@ pub struct Opened<'scope> {
 
 impl Opened<'_> {
     /// How many of the image's top layers the step engine built (a
-    /// project's build commits one, over its base's).
+    /// project's, over its last stage's base).
     pub fn built_layers(&self) -> usize {
         match &self._project {
-            Some(_) => 1.min(self.image.layers.len()),
+            Some(p) => p.built_layers.min(self.image.layers.len()),
             None => 0,
         }
     }

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::images::build;
+use common::images::{build, make_image};
 use common::projects::{base_image, boot, debugfs_cat, git, metadata, owner};
 use common::registry::TestRegistry;
 use common::*;
@@ -161,6 +161,118 @@ fn bad_projects_fail_with_what_was_wrong() {
     )
     .unwrap();
     fails(format!("dir:{}", repo.display()), &[], "about-to-fail");
+    // A cache mount named to climb out of the engine's cache directory
+    // (buildah 1.28 would mount the host's /etc): refused before anything
+    // runs, whether or not the layer cache is on.
+    std::fs::write(
+        repo.join("Dockerfile"),
+        format!(
+            "FROM {base}
+RUN --mount=type=cache,id=../../../../../../../../etc,target=/h \\
+    cat /h/hostname
+"
+        ),
+    )
+    .unwrap();
+    for extra in [&[][..], &["--cache-dependencies"][..]] {
+        fails(
+            format!("dir:{}", repo.display()),
+            extra,
+            "line 2: --mount=type=cache,id=../../../../../../../../etc,target=/h is refused: a cache id is a plain name",
+        );
+    }
+}
+
+/// `builderd build dir:DIR --cache-dependencies` of `dir`; answers its
+/// stderr (the build log) and the image's /app/install-id.
+fn cached_build(dir: &Path, project: &Path, out: &Path) -> (String, String) {
+    let o = build(
+        &format!("dir:{}", project.display()),
+        out,
+        &["--steps-dir", &steps_dir(dir), "--cache-dependencies"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    e2fsck(out);
+    (err, debugfs_cat(out, "/app/install-id"))
+}
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root")]
+fn the_layer_cache_keeps_the_install_until_the_lockfile_changes() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    let base = base_image(&reg, dir.path());
+    let project = dir.path().join("app");
+    std::fs::create_dir(&project).unwrap();
+    let containerfile = |from: &str| {
+        format!(
+            "FROM {from}\nWORKDIR /app\nCOPY deps.lock ./\n\
+             RUN echo installing-deps && mkdir -p /app/deps && cp deps.lock /app/deps/ \\\n  \
+             && chown -R 1000:1000 /app/deps && cat /proc/sys/kernel/random/uuid > install-id\n\
+             COPY . .\nRUN chown 1000 /app/deps/deps.lock && echo built >> /app/deps/deps.lock\n\
+             CMD [\"cat\", \"/app/src.txt\"]\n"
+        )
+    };
+    std::fs::write(project.join("Dockerfile"), containerfile(&base)).unwrap();
+    std::fs::write(project.join("deps.lock"), "left-pad 1.0\n").unwrap();
+    std::fs::write(project.join("src.txt"), "one\n").unwrap();
+    let out = dir.path().join("app.ext4");
+
+    let (log, first) = cached_build(dir.path(), &project, &out);
+    assert!(
+        log.contains("installing-deps") && !log.contains("Using cache"),
+        "{log}"
+    );
+    // A source file changed: the install is the cached one, the source new.
+    std::fs::write(project.join("src.txt"), "two\n").unwrap();
+    let (log, second) = cached_build(dir.path(), &project, &out);
+    assert!(log.contains("Using cache"), "{log}");
+    assert!(!log.lines().any(|l| l == "installing-deps"), "{log}");
+    assert_eq!(second, first);
+    assert_eq!(debugfs_cat(&out, "/app/src.txt"), "two\n");
+    // Owners set in the cached layer and over it are the image's own.
+    assert_eq!(owner(&out, "/app/deps"), Some((1000, 1000)));
+    assert_eq!(owner(&out, "/app/deps/deps.lock"), Some((1000, 1000)));
+    assert_eq!(owner(&out, "/app/src.txt"), Some((0, 0)));
+    assert_eq!(
+        debugfs_cat(&out, "/app/deps/deps.lock"),
+        "left-pad 1.0\nbuilt\n"
+    );
+    // The lockfile changed: installed again.
+    std::fs::write(project.join("deps.lock"), "left-pad 1.1\n").unwrap();
+    let (log, third) = cached_build(dir.path(), &project, &out);
+    assert!(log.lines().any(|l| l == "installing-deps"), "{log}");
+    assert_ne!(third, first);
+    assert_eq!(
+        debugfs_cat(&out, "/app/deps/deps.lock"),
+        "left-pad 1.1\nbuilt\n"
+    );
+
+    // Over a base image without history (buildah cannot cache over one):
+    // built without the cache, and said so.
+    let layout = dir.path().join("bare-layout");
+    make_image(
+        &layout,
+        json!({"tag": "v1", "layers": [{"entries": [
+            {"name": "bin", "type": "dir"},
+            {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
+            {"name": "bin/sh", "type": "symlink", "link": "busybox"},
+        ]}], "config": {"Env": ["PATH=/bin"]}}),
+    );
+    reg.push(&layout, "v1", "bare:v1", None);
+    std::fs::write(
+        project.join("Dockerfile"),
+        containerfile(&format!("{}/bare:v1", reg.addr)),
+    )
+    .unwrap();
+    let (log, _) = cached_build(dir.path(), &project, &out);
+    assert!(log.contains("no layer history"), "{log}");
+    assert_eq!(owner(&out, "/app/deps/deps.lock"), Some((1000, 1000)));
+    assert_eq!(debugfs_cat(&out, "/app/src.txt"), "two\n");
 }
 
 #[test]

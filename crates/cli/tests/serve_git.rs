@@ -2,7 +2,8 @@
 //! test makes, served by `git http-backend` behind a token on loopback
 //! (`--allow-private-git`), built by its Containerfile with buildah; the
 //! token and the build secret sealed in the database, never in it or the
-//! logs in plain text; clone failures FAILED as the source's, not retried.
+//! logs in plain text; the layer cache kept per tenant; clone failures
+//! FAILED as the source's, not retried.
 //! Needs root, buildah, runc and git.
 
 mod common;
@@ -82,6 +83,19 @@ fn a_git_repository_is_fetched_built_and_served_with_its_secrets_sealed() {
         assert!(!log.contains(plain));
         assert!(!database_holds(&data, plain), "the database holds {plain}");
         assert!(!done.to_string().contains(plain));
+    }
+
+    // The layer cache is the tenant's own: acme's second cached build of
+    // v1 reuses what its first one committed; another tenant's identical
+    // build does not.
+    let mut cached = git_config(&url, "v1", TOKEN);
+    cached["config"]["strategy"]["git_strategy"]["cache_dependencies"] = json!(true);
+    let other = server.tenant("globex", "pro");
+    for (who, reused) in [(&key, false), (&key, true), (&other, false)] {
+        let done = server.finished(who, &cached);
+        assert_eq!(done["state"], "BUILD_STATE_COMPLETED", "{done}");
+        let log = logs(&server, who, done["buildId"].as_str().unwrap());
+        assert_eq!(log.contains("Using cache"), reused, "{log}");
     }
 
     // A wrong token, a missing repository: FAILED, the source's fault,

@@ -75,6 +75,8 @@ pub struct GitJob {
     /// The ids of its build secrets (their values are sealed apart).
     pub secret_ids: Vec<String>,
     pub build_system: builderd_build::BuildSystem,
+    /// The tenant's layer cache and package caches are used.
+    pub cache_dependencies: bool,
 }
 
 /// The server's retry policy for builds whose config has none (or leaves
@@ -369,12 +371,7 @@ fn git_strategy(
             )))
         }
     };
-    if g.cache_dependencies {
-        return Err(unimplemented(
-            &format!("{field}.cache_dependencies"),
-            "the layer cache",
-        ));
-    }
+    project.cache_dependencies = g.cache_dependencies;
     match (&project.dockerfile, g.dockerfile_path.as_str()) {
         (_, "") => {}
         (Some(given), path) if given != path => {
@@ -716,8 +713,7 @@ mod tests {
             matches!(job(&webapp, &default_retry_policy()), Err(Refusal::Unimplemented(m)) if m.contains("optimize_for_size"))
         );
         // The Git example: its Dockerfile.production is taken, its build
-        // args checked; the layer cache it asks for is not done yet, and
-        // INIT_STRATEGY_CUSTOM wants its script.
+        // args checked, and INIT_STRATEGY_CUSTOM wants its script.
         let git = parse(GIT);
         assert!(
             matches!(job(&git, &default_retry_policy()), Err(Refusal::Invalid(m)) if m.contains("custom_init_script"))
@@ -954,11 +950,6 @@ mod tests {
                 url("https://h/x.git"),
                 json!({"build_system": "maven"}),
                 "use auto, docker",
-            ),
-            (
-                url("https://h/x.git"),
-                json!({"cache_dependencies": true}),
-                "cache_dependencies",
             ),
             (
                 url("https://h/x.git"),

@@ -197,7 +197,7 @@ impl Runner {
                     build_system: p.build_system,
                     base_images: self.git.base_images.clone(),
                     base_image: None,
-                    cache_dependencies: false,
+                    cache_dependencies: p.cache_dependencies,
                 },
                 None => ProjectOptions::default(),
             },
@@ -1026,6 +1026,7 @@ mod tests {
                 build_args: vec![("V".into(), "{{.GitCommit}}".into())],
                 secret_ids: vec!["npm".into()],
                 build_system: builderd_build::BuildSystem::Buildpack,
+                cache_dependencies: true,
             }),
             ..job()
         };
@@ -1054,6 +1055,7 @@ mod tests {
                 src: "/w/secrets/npm".into()
             }]
         );
+        assert!(r.project.cache_dependencies);
         assert_eq!(r.git.cache_namespace, "acme");
         assert!(r.git.public_only && !r.git.accept_new_host_keys);
         // The serialised request holds no secret's value, only its path.

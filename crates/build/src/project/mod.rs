@@ -77,6 +77,8 @@ pub struct Built {
     pub tag: String,
     pub fetched: Option<Fetched>,
     pub generated: Option<crate::report::Generated>,
+    /// How many of the image's top layers the build made.
+    pub built_layers: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -128,9 +130,13 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
         fetched.as_ref(),
         req.project.build_id.as_deref().unwrap_or("local"),
     )?;
+    let cache_key = req
+        .project
+        .cache_dependencies
+        .then(|| cache_key(project, &req.project));
     let layout = dir.path().join("layout");
     let tag = "built".to_string();
-    crate::steps::build_containerfile(
+    let built_layers = crate::steps::build_containerfile(
         &crate::steps::ContainerfileBuild {
             context: &context,
             containerfile: &containerfile,
@@ -139,6 +145,8 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
             tag: &tag,
             insecure: &req.registry.insecure,
             secrets: &req.project.secrets,
+            layer_cache: cache_key.as_deref(),
+            namespace: &req.git.cache_namespace,
         },
         &req.steps,
         &storage,
@@ -147,10 +155,39 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
     Ok(Built {
         layout,
         tag,
+        built_layers,
         fetched,
         generated,
         _dir: dir,
     })
+}
+
+/// The name a project's layer cache is kept under in its namespace: its
+/// repository (or directory), subdirectory and Containerfile, whatever
+/// the ref.
+fn cache_key(project: &Project, opts: &crate::request::ProjectOptions) -> String {
+    use sha2::{Digest, Sha256};
+    let origin = match project {
+        Project::Dir(path) => format!("dir:{}", path.display()),
+        Project::Git {
+            origin: Origin::Local(path),
+            ..
+        } => format!("git:{}", path.display()),
+        Project::Git {
+            origin: Origin::Remote(remote),
+            ..
+        } => remote.cache_name(),
+    };
+    let mut h = Sha256::new();
+    for part in [
+        origin.as_str(),
+        opts.context.as_deref().unwrap_or(""),
+        opts.dockerfile.as_deref().unwrap_or(""),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    format!("{:x}", h.finalize())[..32].to_string()
 }
 
 /// The Containerfile that builds the project at `context`: its own, or

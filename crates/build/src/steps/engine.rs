@@ -18,6 +18,8 @@ use anyhow::{Context, Result};
 use builderd_oci::RunConfig;
 
 use super::output::{read_lines, Tail};
+use super::run_mounts::CacheDir;
+use crate::error::SourceError;
 use crate::event::OutputStream;
 
 /// The host uid and gid a step's root (0) is; the namespace maps
@@ -32,6 +34,8 @@ pub struct Engine {
     tmp: PathBuf,
     /// The steps' seccomp profile.
     seccomp: PathBuf,
+    /// Whether image layers are copied, never ID-mapped (`for_builds`).
+    copied_layers: bool,
 }
 
 impl Engine {
@@ -48,7 +52,30 @@ impl Engine {
             root,
             runroot,
             tmp,
+            copied_layers: false,
         };
+        Ok(engine)
+    }
+
+    /// The engine for Containerfile builds, with its storage in `dir`: as
+    /// `new`, and its overlay never mounts the image's layers ID-mapped.
+    /// With ID-mapped lower layers, buildah 1.28 commits what a `RUN`
+    /// wrote with the host's ids (100000 and up) and maps them again when
+    /// the next instruction runs over that layer, so a layer cache would
+    /// hand steps files they cannot write. Without, the storage keeps
+    /// shifted copies and each commit is read back in the image's ids.
+    /// (c/storage reads the kernel check's recorded answer from its run
+    /// root; later versions also take the variable.)
+    pub fn for_builds(dir: &Path) -> Result<Engine> {
+        let mut engine = Engine::new(dir)?;
+        engine.copied_layers = true;
+        let records = engine.runroot.join("overlay");
+        std::fs::create_dir_all(&records)
+            .with_context(|| format!("creating {}", records.display()))?;
+        let _ = std::fs::remove_file(records.join("idmapped-lower-dir-true"));
+        let off = records.join("idmapped-lower-dir-false");
+        std::fs::write(&off, "builderd: layers are copied, never ID-mapped")
+            .with_context(|| format!("writing {}", off.display()))?;
         Ok(engine)
     }
 
@@ -120,6 +147,9 @@ impl Engine {
             // The host's registry logins play no part.
             .env_remove("REGISTRY_AUTH_FILE")
             .stdin(Stdio::null());
+        if self.copied_layers {
+            c.env("_CONTAINERS_OVERLAY_DISABLE_IDMAP", "yes");
+        }
         c
     }
 
@@ -441,6 +471,13 @@ pub struct ContainerfileBuild<'a> {
     /// those on loopback).
     pub insecure: &'a [String],
     pub secrets: &'a [crate::request::BuildSecret],
+    /// With a layer cache (`--layers`): the name its layers are kept
+    /// under, one per project in the namespace (the next build of the
+    /// project replaces what this one kept and no later build reuses).
+    pub layer_cache: Option<&'a str>,
+    /// Whose build it is: builds of one namespace share an engine storage
+    /// (their base images, layer cache and cache mounts), never another's.
+    pub namespace: &'a str,
 }
 
 /// How a Containerfile is built.
@@ -451,13 +488,14 @@ pub struct BuildOptions<'a> {
     pub cgroup_parent: &'a str,
     /// The network namespace its `RUN`s join; None: none.
     pub network: Option<&'a Path>,
+    /// Whether each instruction is committed and reused when it and what
+    /// it reads are unchanged (buildah's `--layers`).
+    pub layers: bool,
 }
 
 impl Engine {
     /// Builds a Containerfile into the image `how.image`, each `RUN` in a
-    /// container isolated as a step's is. (No `--layers`: buildah 1.28 fails
-    /// to commit an instruction over a base image without history, which
-    /// the tests' images and many others are.)
+    /// container isolated as a step's is.
     pub fn build(
         &self,
         how: &BuildOptions<'_>,
@@ -466,6 +504,7 @@ impl Engine {
         let map = format!("0:{HOST_ID_BASE}:{HOST_ID_RANGE}");
         let mut c = self.command();
         c.args(["build", "--isolation", "oci"])
+            .arg(format!("--layers={}", how.layers))
             .args(["--userns-uid-map", &map, "--userns-gid-map", &map])
             .args(["--cgroup-parent", how.cgroup_parent])
             .arg("--security-opt")
@@ -529,6 +568,79 @@ impl Engine {
         Ok(path)
     }
 
+    /// Makes the cache mounts' directories, each owned by the steps' root
+    /// (or the mount's `uid`/`gid`). Every directory on the way is one
+    /// this made, owned by the host's root: a path through a cache, which
+    /// a step could have filled with links, is refused.
+    pub fn prepare_caches(&self, dirs: &[CacheDir]) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let parent = self.tmp.join("buildah-cache");
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        for dir in dirs {
+            let names: Vec<&str> = dir.path.split('/').filter(|n| !n.is_empty()).collect();
+            let mut at = parent.clone();
+            for (i, name) in names.iter().enumerate() {
+                at.push(name);
+                let leaf = i + 1 == names.len();
+                match std::fs::symlink_metadata(&at) {
+                    Ok(m) if m.file_type().is_dir() && (leaf || m.uid() == 0) => {}
+                    Ok(_) => {
+                        return Err(SourceError(format!(
+                            "the cache mount {:?} lies inside another cache mount",
+                            dir.path
+                        ))
+                        .into())
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        std::fs::create_dir(&at)
+                            .with_context(|| format!("creating {}", at.display()))?;
+                        if leaf {
+                            std::os::unix::fs::chown(
+                                &at,
+                                Some(HOST_ID_BASE + dir.uid),
+                                Some(HOST_ID_BASE + dir.gid),
+                            )
+                            .with_context(|| format!("giving {} to the steps", at.display()))?;
+                        }
+                    }
+                    Err(e) => return Err(e).context(format!("reading {}", at.display())),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many of the image's layers its build made: those over the
+    /// layers of the image its last stage came from (buildah names that
+    /// one in the annotation read here), all of them for `FROM scratch`.
+    pub fn built_layers(&self, image: &str) -> Result<usize> {
+        let inspect = |name: &str| -> Result<serde_json::Value> {
+            let text = self.output(&["inspect", "--type", "image", name], "describe an image")?;
+            serde_json::from_str(&text).context("reading buildah's description of an image")
+        };
+        let diff_ids = |image: &serde_json::Value| {
+            image["OCIv1"]["rootfs"]["diff_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let built = inspect(image)?;
+        let all = diff_ids(&built);
+        let base = match built["ImageAnnotations"]["org.opencontainers.image.base.name"].as_str() {
+            Some(name) => diff_ids(&inspect(name)?),
+            None => Vec::new(),
+        };
+        // A base renamed since (another build pulled a newer one) is no
+        // longer the prefix: every layer counts as built.
+        let base = if all.starts_with(&base) {
+            base.len()
+        } else {
+            0
+        };
+        Ok(all.len() - base)
+    }
+
     /// Writes the image `image` into the OCI layout `dir`, tagged `tag`, its
     /// layers uncompressed (the flatten reads them next).
     pub fn push_layout(&self, image: &str, dir: &Path, tag: &str) -> Result<()> {
@@ -543,6 +655,34 @@ impl Engine {
     /// Removes the image `image` from the storage (its base stays).
     pub fn remove_image(&self, image: &str) {
         let _ = self.output(&["rmi", image], "remove the built image's name");
+    }
+
+    /// Keeps the image `image` and the instructions' images under it as
+    /// the layer cache `key`, in place of the image kept there before (and
+    /// those of its instructions' images no other image stands on).
+    pub fn keep_as_cache(&self, image: &str, key: &str) -> Result<()> {
+        let name = format!("localhost/builderd-cache:{key}");
+        let id = |name: &str| {
+            self.output(
+                &[
+                    "inspect",
+                    "--type",
+                    "image",
+                    "--format",
+                    "{{.FromImageID}}",
+                    name,
+                ],
+                "describe an image",
+            )
+        };
+        let before = id(&name).ok();
+        self.output(&["tag", image, &name], "keep the layer cache")?;
+        // The build's own name goes; the image stays under the cache's.
+        self.remove_image(image);
+        if let Some(before) = before.filter(|b| *b != id(&name).unwrap_or_default()) {
+            let _ = self.output(&["rmi", &before], "drop the replaced layer cache");
+        }
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@ mod mounts;
 mod network;
 mod output;
 mod owner;
+mod run_mounts;
 mod seccomp;
 mod setting;
 
@@ -30,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use builderd_oci::Image;
 
 pub use base::BlobAt;
@@ -270,29 +271,34 @@ fn each(
     Ok(results)
 }
 
-/// How the flatten reads the layer a Containerfile build committed (a
-/// build without `--layers` commits exactly one over its base's): as a
-/// step's, its owners shifted back out of the user namespace and the
-/// runtime's placeholders dropped (its times as they are).
+/// How the flatten reads the layers a Containerfile build committed: as a
+/// step's, the runtime's placeholders dropped (its times as they are; its
+/// owners are the image's already, and any host id in the namespace's
+/// range shifted back out of it).
 pub fn built_layer_adjust() -> std::sync::Arc<builderd_flatten::Adjust> {
     layer::adjust(i64::MAX)
 }
 
 /// Builds a Containerfile with the step engine, each of its `RUN`
 /// instructions isolated as a build step is and all of them under one
-/// cgroup bounded by `steps.limits`, on `steps.network`.
+/// cgroup bounded by `steps.limits`, on `steps.network`; answers how many
+/// of the image's layers it made (over its last stage's base).
 pub fn build_containerfile(
     build: &ContainerfileBuild<'_>,
     steps: &Steps,
     storage: &Path,
     reporter: &dyn Reporter,
-) -> Result<()> {
+) -> Result<usize> {
     if steps.sandbox == Sandbox::Microvm {
         anyhow::bail!("a Containerfile builds in the oci sandbox only");
     }
+    let text = std::fs::read_to_string(build.containerfile)
+        .with_context(|| format!("reading {}", build.containerfile.display()))?;
+    let caches = run_mounts::check(&text, engine::HOST_ID_RANGE)?;
     sweep();
-    let engine = engine::Engine::new(storage)?;
+    let engine = engine::Engine::for_builds(&namespace_storage(storage, build.namespace))?;
     engine.ready()?;
+    engine.prepare_caches(&caches)?;
     let cell = cell::Cell::new(&steps.limits)?;
     let egress = match steps.network {
         StepNetwork::None => None,
@@ -306,22 +312,63 @@ pub fn build_containerfile(
         .display()
         .to_string();
     let image = format!("localhost/builderd-built-{}", std::process::id());
-    let how = engine::BuildOptions {
-        build,
-        image: &image,
-        cgroup_parent: &cell.containers(),
-        network: network.as_deref(),
+    let cgroup_parent = cell.containers();
+    let run = |layers: bool| {
+        let how = engine::BuildOptions {
+            build,
+            image: &image,
+            cgroup_parent: &cgroup_parent,
+            network: network.as_deref(),
+            layers,
+        };
+        supervised(
+            &[format!("build {name}")],
+            &steps.limits,
+            &cell,
+            reporter,
+            &|_, line| engine.build(&how, line),
+        )
     };
-    supervised(
-        &[format!("build {name}")],
-        &steps.limits,
-        &cell,
-        reporter,
-        &|_, line| engine.build(&how, line),
-    )?;
+    let mut cache = build.layer_cache;
+    match run(cache.is_some()) {
+        Err(e) if cache.is_some() && lacks_history(&e) => {
+            crate::event::info(
+                reporter,
+                "a base image has no layer history, which the layer cache needs: building again without it",
+            );
+            cache = None;
+            run(false)?;
+        }
+        ran => {
+            ran?;
+        }
+    }
+    let built = engine.built_layers(&image);
     let pushed = engine.push_layout(&image, build.layout, build.tag);
-    engine.remove_image(&image);
-    pushed
+    match cache {
+        Some(key) => engine.keep_as_cache(&image, key)?,
+        None => engine.remove_image(&image),
+    }
+    pushed?;
+    built
+}
+
+/// The engine storage of a namespace's Containerfile builds.
+fn namespace_storage(storage: &Path, namespace: &str) -> std::path::PathBuf {
+    use sha2::{Digest, Sha256};
+    let hash = format!("{:x}", Sha256::digest(namespace.as_bytes()));
+    storage.join("builds").join(&hash[..32])
+}
+
+/// Whether a cached build failed because a base image's history does not
+/// match its layers (buildah 1.28 cannot commit over such a base with
+/// `--layers`; images written by tools that record no history are).
+fn lacks_history(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<StepError>(),
+        Some(StepError::Failed { tail, .. })
+            if tail.iter().any(|l| l.contains("history lists") && l.contains("layers on disk"))
+    )
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use super::images::make_image;
 use super::registry::TestRegistry;
 
-/// A busybox image on `reg`; answers its reference.
+/// A busybox image on `reg` (with a history, as builders write); answers
+/// its reference.
 pub fn base_image(reg: &TestRegistry, dir: &Path) -> String {
     let layout = dir.join("base-layout");
     make_image(
@@ -18,7 +19,7 @@ pub fn base_image(reg: &TestRegistry, dir: &Path) -> String {
             {"name": "bin", "type": "dir"},
             {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
             {"name": "bin/sh", "type": "symlink", "link": "busybox"},
-        ]}], "config": {"Env": ["PATH=/bin"]}}),
+        ]}], "config": {"Env": ["PATH=/bin"]}, "history": true}),
     );
     reg.push(&layout, "v1", "base:v1", None);
     format!("{}/base:v1", reg.addr)
