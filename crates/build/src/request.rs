@@ -277,6 +277,10 @@ pub struct ProjectOptions {
     /// and generated Containerfiles keep the package managers' downloads
     /// in cache mounts.
     pub cache_dependencies: bool,
+    /// `FROM` may name this machine's files (`oci:PATH`,
+    /// `docker-archive:PATH`…): a person's own command line does, the
+    /// service never.
+    pub local_images: bool,
 }
 
 /// What a project is built with.

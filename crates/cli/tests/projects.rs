@@ -181,6 +181,30 @@ RUN --mount=type=cache,id=../../../../../../../../etc,target=/h \\
             "line 2: --mount=type=cache,id=../../../../../../../../etc,target=/h is refused: a cache id is a plain name",
         );
     }
+    // The same mount as a base image's ONBUILD trigger, which buildah runs
+    // in the child build.
+    let layout = dir.path().join("onbuild-layout");
+    make_image(
+        &layout,
+        json!({"tag": "v1", "layers": [{"entries": [
+            {"name": "bin", "type": "dir"},
+            {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
+            {"name": "bin/sh", "type": "symlink", "link": "busybox"},
+        ]}], "config": {"Env": ["PATH=/bin"], "OnBuild": [
+            "RUN --mount=type=cache,id=../../../../../../../../etc,target=/h cat /h/hostname"
+        ]}, "history": true}),
+    );
+    reg.push(&layout, "v1", "onbuild:v1", None);
+    std::fs::write(
+        repo.join("Dockerfile"),
+        "ARG REG\nFROM ${REG}/onbuild:v1\nRUN true\n",
+    )
+    .unwrap();
+    fails(
+        format!("dir:{}", repo.display()),
+        &["--build-arg", &format!("REG={}", reg.addr)],
+        "onbuild:v1's ONBUILD triggers: the Containerfile's line 1: --mount=type=cache,id=../../../../../../../../etc,target=/h is refused",
+    );
 }
 
 /// `builderd build dir:DIR --cache-dependencies` of `dir`; answers its

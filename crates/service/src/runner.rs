@@ -198,6 +198,7 @@ impl Runner {
                     base_images: self.git.base_images.clone(),
                     base_image: None,
                     cache_dependencies: p.cache_dependencies,
+                    local_images: false,
                 },
                 None => ProjectOptions::default(),
             },

@@ -475,6 +475,11 @@ pub struct ContainerfileBuild<'a> {
     /// under, one per project in the namespace (the next build of the
     /// project replaces what this one kept and no later build reuses).
     pub layer_cache: Option<&'a str>,
+    /// `FROM` may name this machine's files (`oci:`, `docker-archive:`…):
+    /// a person's own command line, never the service.
+    pub local_images: bool,
+    /// `FROM` registries only at public addresses.
+    pub public_only: bool,
     /// Whose build it is: builds of one namespace share an engine storage
     /// (their base images, layer cache and cache mounts), never another's.
     pub namespace: &'a str,
@@ -491,6 +496,9 @@ pub struct BuildOptions<'a> {
     /// Whether each instruction is committed and reused when it and what
     /// it reads are unchanged (buildah's `--layers`).
     pub layers: bool,
+    /// The Containerfile as built: `build.containerfile` with its `FROM`
+    /// images pinned.
+    pub containerfile: &'a Path,
 }
 
 impl Engine {
@@ -537,7 +545,7 @@ impl Engine {
                 .arg(format!("id={},src={}", secret.id, secret.src.display()));
         }
         c.arg("--file")
-            .arg(how.build.containerfile)
+            .arg(how.containerfile)
             .args(["--tag", how.image])
             .arg(how.build.context);
         streamed(c, line)
@@ -566,6 +574,40 @@ impl Engine {
             .join(format!("registries-{}.conf", std::process::id()));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
+    }
+
+    /// Where buildah's own temporary files go.
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Pulls `image` into the storage (anew if its tag moved); answers its
+    /// id and its `ONBUILD` triggers.
+    pub fn pull(&self, image: &str, insecure: &[String]) -> Result<(String, Vec<String>)> {
+        let out = self
+            .command()
+            .env("CONTAINERS_REGISTRIES_CONF", self.registries(insecure)?)
+            .args(["pull", "--quiet", "--policy", "always", image])
+            .output()
+            .context("running buildah to pull an image")?;
+        if !out.status.success() {
+            return Err(SourceError(format!(
+                "the image {image} could not be pulled: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+            .into());
+        }
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let text = self.output(&["inspect", "--type", "image", &id], "describe an image")?;
+        let described: serde_json::Value =
+            serde_json::from_str(&text).context("reading buildah's description of an image")?;
+        let triggers = ["config", "container_config"]
+            .iter()
+            .filter_map(|c| described["Docker"][c]["OnBuild"].as_array())
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect();
+        Ok((id, triggers))
     }
 
     /// Makes the cache mounts' directories, each owned by the steps' root

@@ -15,6 +15,7 @@ mod cell;
 mod disk;
 mod done;
 mod engine;
+mod from_lines;
 mod host;
 mod layer;
 mod microvm;
@@ -41,7 +42,7 @@ pub use setting::Setting;
 
 use done::WorkDir;
 
-use crate::error::StepError;
+use crate::error::{SourceError, StepError};
 use crate::event::{Event, OutputStream, Reporter, StepOutput, StepResult, StepStarted};
 use crate::request::{Sandbox, StepLimits, StepNetwork, Steps};
 
@@ -299,6 +300,7 @@ pub fn build_containerfile(
     let engine = engine::Engine::for_builds(&namespace_storage(storage, build.namespace))?;
     engine.ready()?;
     engine.prepare_caches(&caches)?;
+    let pinned = pin_images(&engine, build, &text, reporter)?;
     let cell = cell::Cell::new(&steps.limits)?;
     let egress = match steps.network {
         StepNetwork::None => None,
@@ -320,6 +322,7 @@ pub fn build_containerfile(
             cgroup_parent: &cgroup_parent,
             network: network.as_deref(),
             layers,
+            containerfile: pinned.path(),
         };
         supervised(
             &[format!("build {name}")],
@@ -351,6 +354,39 @@ pub fn build_containerfile(
     }
     pushed?;
     built
+}
+
+/// The Containerfile `text` with its `FROM` images pulled, checked and
+/// named by id (`from_lines`), written to a file of the engine's.
+fn pin_images(
+    engine: &engine::Engine,
+    build: &ContainerfileBuild<'_>,
+    text: &str,
+    reporter: &dyn Reporter,
+) -> Result<tempfile::NamedTempFile> {
+    let outbound = match build.public_only {
+        true => builderd_oci::Outbound::public_only("--allow-private-registries"),
+        false => builderd_oci::Outbound::any(),
+    };
+    let mut pulled: Vec<(String, String)> = Vec::new();
+    let text = from_lines::pin(text, build.build_args, &mut |image| {
+        if let Some((_, id)) = pulled.iter().find(|(i, _)| i == image) {
+            return Ok(id.clone());
+        }
+        from_lines::allowed(image, build.local_images, &outbound)?;
+        let (id, triggers) = engine.pull(image, build.insecure)?;
+        // The triggers run in this build as if the Containerfile held them.
+        run_mounts::check(&triggers.join("\n"), engine::HOST_ID_RANGE)
+            .map_err(|e| SourceError(format!("the image {image}'s ONBUILD triggers: {e}")))?;
+        crate::event::info(reporter, format!("FROM {image}: image {id}"));
+        pulled.push((image.to_string(), id.clone()));
+        Ok(id)
+    })?;
+    let mut file = tempfile::NamedTempFile::new_in(engine.tmp())
+        .context("a file for the Containerfile as built")?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .context("writing the Containerfile as built")?;
+    Ok(file)
 }
 
 /// The engine storage of a namespace's Containerfile builds.

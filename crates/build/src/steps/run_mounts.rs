@@ -53,7 +53,7 @@ pub fn check(text: &str, ids: u32) -> Result<Vec<CacheDir>> {
 /// The instructions of a Containerfile, continuation lines joined and
 /// comments dropped, each with the line it starts on.
 fn instructions(text: &str) -> Vec<(usize, String)> {
-    let escape = escape_char(text);
+    let escape = super::from_lines::escape_char(text);
     let mut out = Vec::new();
     let mut current: Option<(usize, String)> = None;
     for (i, raw) in text.lines().enumerate() {
@@ -76,22 +76,6 @@ fn instructions(text: &str) -> Vec<(usize, String)> {
     }
     out.extend(current);
     out
-}
-
-/// The escape character: `\`, or what a leading `# escape=` directive says.
-fn escape_char(text: &str) -> char {
-    for line in text.lines() {
-        let Some(directive) = line.trim().strip_prefix('#') else {
-            break;
-        };
-        let Some((name, value)) = directive.split_once('=') else {
-            break;
-        };
-        if name.trim().eq_ignore_ascii_case("escape") {
-            return value.trim().chars().next().unwrap_or('\\');
-        }
-    }
-    '\\'
 }
 
 /// One mount's spec checked: its cache directory, if it is a cache mount.
