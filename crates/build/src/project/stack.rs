@@ -4,7 +4,9 @@
 //! project's own files, and the Containerfile builderd generates for it
 //! (multi-stage where the build's tools need not ship; dependency
 //! installs before the sources are copied, so their layer is reused;
-//! `RUN --mount=type=cache` for the package manager's downloads when asked).
+//! `RUN --mount=type=cache` for the package manager's downloads when asked;
+//! the package index from the usual variables, given as build args:
+//! `NPM_CONFIG_REGISTRY`, `PIP_INDEX_URL`, `GOPROXY` and their kin).
 
 use std::path::Path;
 
@@ -216,6 +218,9 @@ pub fn containerfile(stack: &Stack, bases: &BaseImages, cache: bool) -> Result<S
     let text = match stack {
         Stack::Go { .. } => format!(
             "FROM {build} AS build\n\
+             ARG GOPROXY\n\
+             ARG GONOSUMDB\n\
+             ARG GOPRIVATE\n\
              WORKDIR /src\n\
              COPY go.mod go.sum* ./\n\
              RUN {mod_cache}go mod download\n\
@@ -258,6 +263,9 @@ pub fn containerfile(stack: &Stack, bases: &BaseImages, cache: bool) -> Result<S
             };
             format!(
                 "FROM {build} AS build\n\
+                 ARG PIP_INDEX_URL\n\
+                 ARG PIP_EXTRA_INDEX_URL\n\
+                 ARG PIP_TRUSTED_HOST\n\
                  WORKDIR /app\n\
                  RUN python3 -m venv /opt/venv\n\
                  COPY {files} ./\n\
@@ -311,6 +319,7 @@ pub fn containerfile(stack: &Stack, bases: &BaseImages, cache: bool) -> Result<S
             let build_step = if *build { "RUN npm run build\n" } else { "" };
             format!(
                 "FROM {build_base} AS build\n\
+                 ARG NPM_CONFIG_REGISTRY\n\
                  WORKDIR /app\n\
                  COPY {lockfiles} ./\n\
                  RUN {cache}{install}\n\

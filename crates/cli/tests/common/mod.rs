@@ -295,9 +295,11 @@ pub fn tmp() -> tempfile::TempDir {
 pub fn p(dir: &Path, rel: &str) -> PathBuf {
     dir.join(rel)
 }
+pub mod debian;
 pub mod fake;
 pub mod git_servers;
 pub mod images;
+pub mod package_index;
 pub mod projects;
 pub mod registry;
 pub mod server;
