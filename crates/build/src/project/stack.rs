@@ -3,7 +3,9 @@
 //! static site, then a build script), its runtime's version read from the
 //! project's own files, and the Containerfile builderd generates for it
 //! (multi-stage where the build's tools need not ship; dependency
-//! installs before the sources are copied, so their layer is reused;
+//! installs before the sources are copied, so their layer is reused; the
+//! last stage's settings before its copies, so that with the layer cache
+//! a source change commits as few new layers as it can;
 //! `RUN --mount=type=cache` for the package manager's downloads when asked;
 //! the package index from the usual variables, given as build args:
 //! `NPM_CONFIG_REGISTRY`, `PIP_INDEX_URL`, `GOPROXY` and their kin).
@@ -228,9 +230,9 @@ pub fn containerfile(stack: &Stack, bases: &BaseImages, cache: bool) -> Result<S
              RUN {build_cache}CGO_ENABLED=0 go build -trimpath -o /out/app .\n\
              \n\
              FROM {run}\n\
-             COPY --from=build /out/app /app/app\n\
              WORKDIR /app\n\
-             CMD [\"/app/app\"]\n",
+             CMD [\"/app/app\"]\n\
+             COPY --from=build /out/app /app/app\n",
             build = base("build")?,
             run = base("run")?,
             mod_cache = cached("/root/go/pkg/mod"),
@@ -273,11 +275,11 @@ pub fn containerfile(stack: &Stack, bases: &BaseImages, cache: bool) -> Result<S
                  RUN {pip_cache}{install}\n\
                  \n\
                  FROM {run}\n\
-                 COPY --from=build /opt/venv /opt/venv\n\
                  WORKDIR /app\n\
-                 COPY . .\n\
                  ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1\n\
-                 CMD {cmd}\n",
+                 CMD {cmd}\n\
+                 COPY --from=build /opt/venv /opt/venv\n\
+                 COPY . .\n",
                 build = base("build")?,
                 run = base("run")?,
                 pip_cache = cached("/root/.cache/pip"),
@@ -316,32 +318,53 @@ pub fn containerfile(stack: &Stack, bases: &BaseImages, cache: bool) -> Result<S
                     "/root/.local/share/pnpm/store",
                 ),
             };
-            let build_step = if *build { "RUN npm run build\n" } else { "" };
+            // Without a build script the last stage takes the installed
+            // dependencies from a stage that ends with their install (an
+            // image the layer cache keeps) and the sources straight from
+            // the context; a build script needs its stage to hold both.
+            let stages = match build {
+                true => format!(
+                    "RUN {cache}{install}\n\
+                     COPY . .\n\
+                     RUN npm run build\n\
+                     RUN {prune}\n\
+                     \n\
+                     FROM {run}\n\
+                     WORKDIR /app\n\
+                     ENV NODE_ENV=production\n\
+                     CMD {cmd}\n\
+                     COPY --from=build /app /app\n",
+                    cache = cached(cache_dir),
+                    run = base("run")?,
+                    cmd = cmd(start),
+                ),
+                false => format!(
+                    "RUN {cache}{install} && {prune}\n\
+                     \n\
+                     FROM {run}\n\
+                     WORKDIR /app\n\
+                     ENV NODE_ENV=production\n\
+                     CMD {cmd}\n\
+                     COPY --from=build /app /app\n\
+                     COPY . .\n",
+                    cache = cached(cache_dir),
+                    run = base("run")?,
+                    cmd = cmd(start),
+                ),
+            };
             format!(
                 "FROM {build_base} AS build\n\
                  ARG NPM_CONFIG_REGISTRY\n\
                  WORKDIR /app\n\
                  COPY {lockfiles} ./\n\
-                 RUN {cache}{install}\n\
-                 COPY . .\n\
-                 {build_step}\
-                 RUN {prune}\n\
-                 \n\
-                 FROM {run}\n\
-                 WORKDIR /app\n\
-                 COPY --from=build /app /app\n\
-                 ENV NODE_ENV=production\n\
-                 CMD {cmd}\n",
+                 {stages}",
                 build_base = base("build")?,
-                run = base("run")?,
-                cache = cached(cache_dir),
-                cmd = cmd(start),
             )
         }
         Stack::Static { dir } => format!(
             "FROM {run}\n\
-             COPY {dir} /srv/www\n\
-             CMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/srv/www\"]\n",
+             CMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/srv/www\"]\n\
+             COPY {dir} /srv/www\n",
             run = base("run")?,
             dir = if dir == "." { "." } else { dir.as_str() },
         ),
@@ -353,9 +376,9 @@ pub fn containerfile(stack: &Stack, bases: &BaseImages, cache: bool) -> Result<S
             format!(
                 "FROM {run}\n\
                  WORKDIR /app\n\
+                 {cmd}\
                  COPY . .\n\
-                 RUN sh ./build.sh\n\
-                 {cmd}",
+                 RUN sh ./build.sh\n",
                 run = base("run")?,
             )
         }
@@ -551,9 +574,26 @@ mod tests {
             at("FROM docker.io/library/node:18-bookworm-slim AS build")
                 < at("RUN --mount=type=cache,target=/root/.npm npm ci")
         );
-        assert!(at("npm ci") < at("COPY . ."));
-        assert!(at("COPY --from=build /app /app") > at("npm prune --omit=dev"));
-        assert!(text.ends_with("CMD [\"npm\",\"start\"]\n"), "{text}");
+        // Without a build script the prune goes with the install; the last
+        // stage's settings come before its copy, which ends the file.
+        assert!(text.contains("npm ci && npm prune --omit=dev\n"), "{text}");
+        assert!(at("CMD [\"npm\",\"start\"]") < at("COPY --from=build /app /app"));
+        assert!(
+            text.ends_with("COPY --from=build /app /app\nCOPY . .\n"),
+            "{text}"
+        );
+        let built = Stack::Node {
+            manager: NodeManager::Npm { locked: true },
+            version: Some("18".into()),
+            build: true,
+            start: vec!["npm".into(), "start".into()],
+        };
+        let text = containerfile(&built, &bases, false).unwrap();
+        assert!(
+            text.contains("RUN npm ci\nCOPY . .\nRUN npm run build\nRUN npm prune --omit=dev\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("COPY --from=build /app /app\n"), "{text}");
         let uncached = containerfile(&node, &bases, false).unwrap();
         assert!(!uncached.contains("--mount"), "{uncached}");
         let go = containerfile(&Stack::Go { version: None }, &bases, false).unwrap();

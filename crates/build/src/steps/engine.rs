@@ -635,8 +635,11 @@ impl Engine {
                         .into())
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        std::fs::create_dir(&at)
-                            .with_context(|| format!("creating {}", at.display()))?;
+                        match std::fs::create_dir(&at) {
+                            // Another build of the namespace made it.
+                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                            made => made.with_context(|| format!("creating {}", at.display()))?,
+                        }
                         if leaf {
                             std::os::unix::fs::chown(
                                 &at,
