@@ -7,8 +7,8 @@ mod common;
 
 use std::path::Path;
 
-use common::images::{build, make_image};
-use common::projects::{base_image, boot, debugfs_cat, git, metadata, owner};
+use common::images::build;
+use common::projects::{base_image, boot, busybox_image, debugfs_cat, git, metadata, owner};
 use common::registry::TestRegistry;
 use common::*;
 use serde_json::json;
@@ -183,18 +183,15 @@ RUN --mount=type=cache,id=../../../../../../../../etc,target=/h \\
     }
     // The same mount as a base image's ONBUILD trigger, which buildah runs
     // in the child build.
-    let layout = dir.path().join("onbuild-layout");
-    make_image(
-        &layout,
-        json!({"tag": "v1", "layers": [{"entries": [
-            {"name": "bin", "type": "dir"},
-            {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
-            {"name": "bin/sh", "type": "symlink", "link": "busybox"},
-        ]}], "config": {"Env": ["PATH=/bin"], "OnBuild": [
+    busybox_image(
+        &reg,
+        dir.path(),
+        "onbuild",
+        json!({"Env": ["PATH=/bin"], "OnBuild": [
             "RUN --mount=type=cache,id=../../../../../../../../etc,target=/h cat /h/hostname"
-        ]}, "history": true}),
+        ]}),
+        true,
     );
-    reg.push(&layout, "v1", "onbuild:v1", None);
     std::fs::write(
         repo.join("Dockerfile"),
         "ARG REG\nFROM ${REG}/onbuild:v1\nRUN true\n",
@@ -278,21 +275,14 @@ fn the_layer_cache_keeps_the_install_until_the_lockfile_changes() {
 
     // Over a base image without history (buildah cannot cache over one):
     // built without the cache, and said so.
-    let layout = dir.path().join("bare-layout");
-    make_image(
-        &layout,
-        json!({"tag": "v1", "layers": [{"entries": [
-            {"name": "bin", "type": "dir"},
-            {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
-            {"name": "bin/sh", "type": "symlink", "link": "busybox"},
-        ]}], "config": {"Env": ["PATH=/bin"]}}),
+    let bare = busybox_image(
+        &reg,
+        dir.path(),
+        "bare",
+        json!({"Env": ["PATH=/bin"]}),
+        false,
     );
-    reg.push(&layout, "v1", "bare:v1", None);
-    std::fs::write(
-        project.join("Dockerfile"),
-        containerfile(&format!("{}/bare:v1", reg.addr)),
-    )
-    .unwrap();
+    std::fs::write(project.join("Dockerfile"), containerfile(&bare)).unwrap();
     let (log, _) = cached_build(dir.path(), &project, &out);
     assert!(log.contains("no layer history"), "{log}");
     assert_eq!(owner(&out, "/app/deps/deps.lock"), Some((1000, 1000)));

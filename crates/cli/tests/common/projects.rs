@@ -12,17 +12,29 @@ use super::registry::TestRegistry;
 /// A busybox image on `reg` (with a history, as builders write); answers
 /// its reference.
 pub fn base_image(reg: &TestRegistry, dir: &Path) -> String {
-    let layout = dir.join("base-layout");
+    busybox_image(reg, dir, "base", json!({"Env": ["PATH=/bin"]}), true)
+}
+
+/// A busybox image `NAME:v1` on `reg` with `config`, with a history or
+/// without; answers its reference.
+pub fn busybox_image(
+    reg: &TestRegistry,
+    dir: &Path,
+    name: &str,
+    config: Value,
+    history: bool,
+) -> String {
+    let layout = dir.join(format!("{name}-layout"));
     make_image(
         &layout,
         json!({"tag": "v1", "layers": [{"entries": [
             {"name": "bin", "type": "dir"},
             {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
             {"name": "bin/sh", "type": "symlink", "link": "busybox"},
-        ]}], "config": {"Env": ["PATH=/bin"]}, "history": true}),
+        ]}], "config": config, "history": history}),
     );
-    reg.push(&layout, "v1", "base:v1", None);
-    format!("{}/base:v1", reg.addr)
+    reg.push(&layout, "v1", &format!("{name}:v1"), None);
+    format!("{}/{name}:v1", reg.addr)
 }
 
 /// `git ARGS` in `dir` (a committer set); answers its output, trimmed.
