@@ -277,10 +277,11 @@ pub struct ProjectOptions {
     /// and generated Containerfiles keep the package managers' downloads
     /// in cache mounts.
     pub cache_dependencies: bool,
-    /// `FROM` may name this machine's files (`oci:PATH`,
-    /// `docker-archive:PATH`…): a person's own command line does, the
-    /// service never.
-    pub local_images: bool,
+    /// The Containerfile may take what the build host reaches: this
+    /// machine's files in `FROM` (`oci:PATH`, `docker-archive:PATH`…),
+    /// images named only in `--from`, URLs in `ADD`. A person's own
+    /// command line does; the service never.
+    pub host_sources: bool,
 }
 
 /// What a project is built with.

@@ -118,7 +118,7 @@ impl ProjectArgs {
             base_images: self.base_images.clone(),
             base_image: self.base_image.clone(),
             cache_dependencies: self.cache_dependencies,
-            local_images: true,
+            host_sources: true,
         })
     }
 

@@ -198,7 +198,7 @@ impl Runner {
                     base_images: self.git.base_images.clone(),
                     base_image: None,
                     cache_dependencies: p.cache_dependencies,
-                    local_images: false,
+                    host_sources: false,
                 },
                 None => ProjectOptions::default(),
             },
@@ -1057,6 +1057,9 @@ mod tests {
             }]
         );
         assert!(r.project.cache_dependencies);
+        // A tenant's Containerfile takes nothing the server reaches but
+        // its registries (no server files, no ADD of a URL).
+        assert!(!r.project.host_sources);
         assert_eq!(r.git.cache_namespace, "acme");
         assert!(r.git.public_only && !r.git.accept_new_host_keys);
         // The serialised request holds no secret's value, only its path.

@@ -147,7 +147,7 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
             secrets: &req.project.secrets,
             layer_cache: cache_key.as_deref(),
             namespace: &req.git.cache_namespace,
-            local_images: req.project.local_images,
+            host_sources: req.project.host_sources,
             public_only: req.registry.public_only,
         },
         &req.steps,

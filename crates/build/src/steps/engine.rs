@@ -475,9 +475,8 @@ pub struct ContainerfileBuild<'a> {
     /// under, one per project in the namespace (the next build of the
     /// project replaces what this one kept and no later build reuses).
     pub layer_cache: Option<&'a str>,
-    /// `FROM` may name this machine's files (`oci:`, `docker-archive:`…):
-    /// a person's own command line, never the service.
-    pub local_images: bool,
+    /// What the build host reaches may be taken (`ProjectOptions`).
+    pub host_sources: bool,
     /// `FROM` registries only at public addresses.
     pub public_only: bool,
     /// Whose build it is: builds of one namespace share an engine storage

@@ -10,15 +10,20 @@ use anyhow::Result;
 use crate::error::SourceError;
 
 /// `text` with each `FROM` of an image (not of an earlier stage, not
-/// `scratch`) replaced by what `pin` answers for it; its variables are
-/// expanded first, from the `ARG`s before the first `FROM` and
-/// `build_args`.
+/// `scratch`) replaced by what `pin` answers for it, its variables
+/// expanded first from the `ARG`s before the first `FROM` and
+/// `build_args`; so too each `COPY --from=IMAGE`. Unless `own` (a
+/// person's own command line), nothing else may reach out from the build
+/// host: a `--from` or mount `from` naming an image that was not pinned,
+/// and `ADD` of a URL, which buildah fetches from the host's own network,
+/// are refused.
 pub fn pin(
     text: &str,
     build_args: &[(String, String)],
+    own: bool,
     pin: &mut dyn FnMut(&str) -> Result<String>,
 ) -> Result<String> {
-    let escape = escape_char(text);
+    let escape = super::instructions::escape_char(text);
     let mut args: Vec<(String, String)> = Vec::new();
     let mut stages: Vec<String> = Vec::new();
     let mut out = String::with_capacity(text.len());
@@ -78,10 +83,70 @@ pub fn pin(
                 out.push_str(&rewritten.join(" "));
                 out.push('\n');
             }
+            "COPY" | "ADD" => {
+                let from = trimmed
+                    .split_whitespace()
+                    .skip(1)
+                    .take_while(|w| w.starts_with("--"))
+                    .find_map(|w| w.strip_prefix("--from="));
+                match from {
+                    Some(image) if !names_stage(image, &stages) && !image.contains('$') => {
+                        let pinned = pin(image)?;
+                        out.push_str(&line.replacen(
+                            &format!("--from={image}"),
+                            &format!("--from={pinned}"),
+                            1,
+                        ));
+                    }
+                    _ => out.push_str(line),
+                }
+            }
             _ => out.push_str(line),
         }
     }
+    if !own {
+        reaches_nothing_else(&out, &stages)?;
+    }
     Ok(out)
+}
+
+/// Whether `from` names a stage: by its name or its number.
+fn names_stage(from: &str, stages: &[String]) -> bool {
+    stages.iter().any(|s| s.eq_ignore_ascii_case(from)) || from.parse::<usize>().is_ok()
+}
+
+/// Checks that the pinned `text` takes nothing from outside but its
+/// pinned images and its context.
+fn reaches_nothing_else(text: &str, stages: &[String]) -> Result<()> {
+    let pinned = |from: &str| from.len() == 64 && from.bytes().all(|b| b.is_ascii_hexdigit());
+    for (line, instruction) in super::instructions::instructions(text) {
+        let mut words = instruction.split_whitespace();
+        let keyword = words.next().unwrap_or_default().to_ascii_uppercase();
+        let words: Vec<&str> = words.collect();
+        let flags = words.iter().take_while(|w| w.starts_with("--")).count();
+        let froms = words[..flags].iter().filter_map(|w| {
+            w.strip_prefix("--from=").or_else(|| {
+                w.strip_prefix("--mount=")?
+                    .split(',')
+                    .find_map(|f| f.strip_prefix("from="))
+            })
+        });
+        for from in froms {
+            if !names_stage(from, stages) && !pinned(from) {
+                return Err(refused(
+                    line - 1,
+                    &format!("from {from:?}: take an image through a stage (FROM IMAGE AS NAME)"),
+                ));
+            }
+        }
+        if keyword == "ADD" && words[flags..].iter().any(|w| w.contains("://")) {
+            return Err(refused(
+                line - 1,
+                "ADD of a URL would be fetched from the build host's network: fetch it in a RUN step (on the egress network)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The engine's transports that read this machine's files.
@@ -145,22 +210,6 @@ fn refused(index: usize, why: &str) -> anyhow::Error {
     SourceError(format!("the Containerfile's line {}: {why}", index + 1)).into()
 }
 
-/// The escape character: `\`, or what a leading `# escape=` directive says.
-pub fn escape_char(text: &str) -> char {
-    for line in text.lines() {
-        let Some(directive) = line.trim().strip_prefix('#') else {
-            break;
-        };
-        let Some((name, value)) = directive.split_once('=') else {
-            break;
-        };
-        if name.trim().eq_ignore_ascii_case("escape") {
-            return value.trim().chars().next().unwrap_or('\\');
-        }
-    }
-    '\\'
-}
-
 /// `$NAME`, `${NAME}` and `${NAME:-DEFAULT}` in `word`, from `args`; any
 /// other use of `$` is refused (the engine would read it otherwise).
 fn expand(word: &str, args: &[(String, String)]) -> Result<String, String> {
@@ -217,15 +266,21 @@ fn expand(word: &str, args: &[(String, String)]) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    /// The test's image ids: 64 hex digits, as the engine's.
+    fn id(image: &str) -> String {
+        use sha2::{Digest, Sha256};
+        format!("{:x}", Sha256::digest(image.as_bytes()))
+    }
+
     fn pinned(text: &str, args: &[(&str, &str)]) -> Result<(String, Vec<String>)> {
         let args: Vec<(String, String)> = args
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let mut asked = Vec::new();
-        let text = pin(text, &args, &mut |image| {
+        let text = pin(text, &args, false, &mut |image| {
             asked.push(image.to_string());
-            Ok(format!("id-of-{image}"))
+            Ok(id(image))
         })?;
         Ok((text, asked))
     }
@@ -236,13 +291,30 @@ mod tests {
                     RUN echo \\\n  FROM nothing\nfrom build\nFROM scratch\nFROM $BASE:$V as run\nCMD x\n";
         let (text, asked) = pinned(text, &[("V", "20")]).unwrap();
         assert_eq!(asked, ["node:20", "node:20"]);
+        let node = id("node:20");
         assert_eq!(
             text,
-            "# syntax=x\nARG BASE=node\nARG V\nFROM --platform=linux/amd64 id-of-node:20 AS build\n\
-             RUN echo \\\n  FROM nothing\nfrom build\nFROM scratch\nFROM id-of-node:20 AS run\nCMD x\n"
+            format!(
+                "# syntax=x\nARG BASE=node\nARG V\nFROM --platform=linux/amd64 {node} AS build\n\
+                 RUN echo \\\n  FROM nothing\nfrom build\nFROM scratch\nFROM {node} AS run\nCMD x\n"
+            )
         );
         let (_, asked) = pinned("ARG V=16\nFROM node:${V:-18}\n", &[]).unwrap();
         assert_eq!(asked, ["node:16"]);
+        let (text, asked) = pinned(
+            "FROM a AS one\nCOPY --from=one /x /x\nCOPY --from=0 /x /x\n\
+             COPY --chown=1 --from=nginx:1 /etc/n /n\n\
+             RUN --mount=type=bind,from=one,target=/o true\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(asked, ["a", "nginx:1"]);
+        let nginx = id("nginx:1");
+        assert!(
+            text.contains(&format!("COPY --chown=1 --from={nginx} /etc/n /n\n")),
+            "{text}"
+        );
+        assert!(text.contains("COPY --from=one /x /x\n"), "{text}");
     }
 
     #[test]
@@ -283,6 +355,19 @@ mod tests {
             ("FROM a b\n", "FROM [--platform=P] IMAGE"),
             ("FROM \\\n a\n", "one line"),
             ("FROM x\nARG LATE=y\nFROM $LATE\n", "no ARG"),
+            (
+                "FROM x\nRUN --mount=type=bind,from=alpine,target=/a true\n",
+                "through a stage",
+            ),
+            ("FROM x\nCOPY \\\n --from=alpine /a /a\n", "through a stage"),
+            (
+                "FROM x\nARG I=alpine\nCOPY --from=$I /a /a\n",
+                "through a stage",
+            ),
+            (
+                "FROM x\nADD http://169.254.169.254/latest/ /m\n",
+                "ADD of a URL",
+            ),
         ] {
             let err = pinned(text, &[]).unwrap_err().to_string();
             assert!(err.contains(why), "{text:?}: {err}");

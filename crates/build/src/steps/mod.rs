@@ -17,6 +17,7 @@ mod done;
 mod engine;
 mod from_lines;
 mod host;
+mod instructions;
 mod layer;
 mod microvm;
 mod mounts;
@@ -369,11 +370,11 @@ fn pin_images(
         false => builderd_oci::Outbound::any(),
     };
     let mut pulled: Vec<(String, String)> = Vec::new();
-    let text = from_lines::pin(text, build.build_args, &mut |image| {
+    let text = from_lines::pin(text, build.build_args, build.host_sources, &mut |image| {
         if let Some((_, id)) = pulled.iter().find(|(i, _)| i == image) {
             return Ok(id.clone());
         }
-        from_lines::allowed(image, build.local_images, &outbound)?;
+        from_lines::allowed(image, build.host_sources, &outbound)?;
         let (id, triggers) = engine.pull(image, build.insecure)?;
         // The triggers run in this build as if the Containerfile held them.
         run_mounts::check(&triggers.join("\n"), engine::HOST_ID_RANGE)

@@ -26,7 +26,7 @@ pub struct CacheDir {
 /// they use.
 pub fn check(text: &str, ids: u32) -> Result<Vec<CacheDir>> {
     let mut caches = Vec::new();
-    for (line, instruction) in instructions(text) {
+    for (line, instruction) in super::instructions::instructions(text) {
         let mut words = instruction.split_whitespace();
         let mut keyword = words.next().unwrap_or_default().to_ascii_uppercase();
         if keyword == "ONBUILD" {
@@ -48,34 +48,6 @@ pub fn check(text: &str, ids: u32) -> Result<Vec<CacheDir>> {
         }
     }
     Ok(caches)
-}
-
-/// The instructions of a Containerfile, continuation lines joined and
-/// comments dropped, each with the line it starts on.
-fn instructions(text: &str) -> Vec<(usize, String)> {
-    let escape = super::from_lines::escape_char(text);
-    let mut out = Vec::new();
-    let mut current: Option<(usize, String)> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let trimmed = raw.trim();
-        // A comment (or a blank line) inside a continued instruction is
-        // dropped, as the engine's parser does.
-        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_some()) {
-            continue;
-        }
-        let (body, continued) = match trimmed.strip_suffix(escape) {
-            Some(body) => (body, true),
-            None => (trimmed, false),
-        };
-        let entry = current.get_or_insert_with(|| (i + 1, String::new()));
-        entry.1.push_str(body);
-        entry.1.push(' ');
-        if !continued {
-            out.extend(current.take());
-        }
-    }
-    out.extend(current);
-    out
 }
 
 /// One mount's spec checked: its cache directory, if it is a cache mount.
