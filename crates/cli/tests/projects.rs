@@ -417,6 +417,29 @@ fn detected_stacks_build_on_the_tables_images_and_a_build_script_app_boots() {
     assert_eq!(meta["config"]["cmd"][0], "httpd");
     // The generated Containerfile is in the build's output too.
     assert!(String::from_utf8_lossy(&o.stderr).contains("COPY public /srv/www"));
+    // Booted, the site's httpd serves its page: started as the image's
+    // command starts it (in the background here, on loopback, so that the
+    // app can fetch the page and end with a code of its own).
+    let serve = json!(["/bin/sh", "-c",
+        "ip link set lo up && httpd -p 127.0.0.1:80 -h /srv/www && wget -qO- http://127.0.0.1/index.html; exit 6"])
+    .to_string();
+    let o = build(
+        &site,
+        &out,
+        &[
+            "--steps-dir",
+            &steps,
+            "--base-images",
+            &table_arg,
+            "--cmd",
+            &serve,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    e2fsck(&out);
+    let (console, code) = boot(&out);
+    assert!(console.contains("<h1>static</h1>"), "{console}");
+    assert_eq!(code, Some(6), "{console}");
 
     // A build script, started by its Procfile: built, then booted.
     let script = project(

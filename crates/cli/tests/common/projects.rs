@@ -16,7 +16,8 @@ pub fn base_image(reg: &TestRegistry, dir: &Path) -> String {
 }
 
 /// A busybox image `NAME:v1` on `reg` with `config`, with a history or
-/// without; answers its reference.
+/// without (its shell, and httpd, wget and ip for a static site's boot);
+/// answers its reference.
 pub fn busybox_image(
     reg: &TestRegistry,
     dir: &Path,
@@ -31,6 +32,9 @@ pub fn busybox_image(
             {"name": "bin", "type": "dir"},
             {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
             {"name": "bin/sh", "type": "symlink", "link": "busybox"},
+            {"name": "bin/httpd", "type": "symlink", "link": "busybox"},
+            {"name": "bin/wget", "type": "symlink", "link": "busybox"},
+            {"name": "bin/ip", "type": "symlink", "link": "busybox"},
         ]}], "config": config, "history": history}),
     );
     reg.push(&layout, "v1", &format!("{name}:v1"), None);
