@@ -718,6 +718,25 @@ mod tests {
         assert!(
             matches!(job(&git, &default_retry_policy()), Err(Refusal::Invalid(m)) if m.contains("custom_init_script"))
         );
+        // With its script it is taken whole, the layer cache included.
+        let scripted = parse(&GIT.replace(
+            r#""init_strategy": "INIT_STRATEGY_CUSTOM""#,
+            r#""init_strategy": "INIT_STRATEGY_CUSTOM", "custom_init_script": "exec /app/run""#,
+        ));
+        let taken = job(&scripted, &default_retry_policy()).unwrap();
+        assert_eq!(taken.init, "custom");
+        assert_eq!(taken.init_script.as_deref(), Some("exec /app/run"));
+        let project = taken.project.expect("a Git project");
+        assert_eq!(project.dockerfile.as_deref(), Some("Dockerfile.production"));
+        assert_eq!(project.build_system, builderd_build::BuildSystem::Docker);
+        assert!(project.cache_dependencies);
+        assert_eq!(
+            project.build_args,
+            [
+                ("BUILD_VERSION".to_string(), "{{.GitCommit}}".to_string()),
+                ("ENV".to_string(), "production".to_string())
+            ]
+        );
         assert_eq!(
             secrets(&git).unwrap().git,
             Some(GitSecret::Token("github_token".into()))
