@@ -2,7 +2,8 @@
 //! test makes, served by `git http-backend` behind a token on loopback
 //! (`--allow-private-git`), built by its Containerfile with buildah; the
 //! token and the build secret sealed in the database, never in it or the
-//! logs in plain text; the layer cache kept per tenant; clone failures
+//! logs in plain text; the layer cache and artifact cache kept per tenant
+//! (an artifact keyed by the commit); clone failures
 //! FAILED as the source's, not retried.
 //! Needs root, buildah, runc and git.
 
@@ -97,6 +98,31 @@ fn a_git_repository_is_fetched_built_and_served_with_its_secrets_sealed() {
         let log = logs(&server, who, done["buildId"].as_str().unwrap());
         assert_eq!(log.contains("Using cache"), reused, "{log}");
     }
+
+    // The artifact cache: the same commit, args and Containerfile again
+    // (by another ref naming the same commit) is served from it, for the
+    // same tenant only. (The builds above differ by their {{.BuildID}}.)
+    let same = |reference: &str| {
+        let mut config = git_config(&url, reference, TOKEN);
+        config["config"]["strategy"]["git_strategy"]["build_args"] =
+            json!({"COMMIT": "{{.GitCommit}}"});
+        config
+    };
+    let first = server.finished(&key, &same("v1"));
+    let again = server.finished(&key, &same(&repos.v1));
+    let other_tenant = server.finished(&other, &same("v1"));
+    for done in [&first, &again, &other_tenant] {
+        assert_eq!(done["state"], "BUILD_STATE_COMPLETED", "{done}");
+    }
+    assert_ne!(first["cacheHit"], true, "{first}");
+    assert_eq!(again["cacheHit"], true, "{again}");
+    assert_ne!(other_tenant["cacheHit"], true, "{other_tenant}");
+    assert_eq!(
+        again["artifact"]["sha256"], first["artifact"]["sha256"],
+        "{again}"
+    );
+    let log = logs(&server, &key, again["buildId"].as_str().unwrap());
+    assert!(!log.contains("STEP 2/"), "built again:\n{log}");
 
     // A wrong token, a missing repository: FAILED, the source's fault,
     // not tried again.

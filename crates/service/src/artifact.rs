@@ -59,28 +59,22 @@ fn check_storage(store: &Store, tenant: &str, size: i64) -> Result<(), Refused> 
 impl Artifacts {
     /// Moves the image and its metadata into the artifact store and records
     /// them; the build completes only when they are in place (answers
-    /// whether it did, else it failed). Then the artifact goes into the cache.
-    pub fn finish(&self, store: &Store, build: &BuildRow, job: &Job) -> bool {
+    /// whether it did, else it failed). Then the artifact goes into the
+    /// cache under `key`, the key of what the build process resolved (an
+    /// image's manifest, a Git project's commit and pinned Containerfile).
+    pub fn finish(&self, store: &Store, build: &BuildRow, key: Option<&str>) -> bool {
         let id = build.id.as_str();
         match self.keep_artifact(store, build) {
-            Ok(meta) => {
+            Ok(_) => {
                 let _ = store.transition(id, &State::ACTIVE, State::Completed);
                 log(store, id, "info", "completed");
-                // What the build process resolved is what it built. An
-                // image built from a Git source is made anew each time (its
-                // manifest is never looked up): not cached.
-                if let Some(manifest) = meta["manifest_digest"]
-                    .as_str()
-                    .filter(|_| job.project.is_none())
-                    .and_then(|d| builderd_oci::Digest::parse(d).ok())
-                {
-                    let key = self.cache.key(&manifest, job, &build.tenant_id);
+                if let Some(key) = key {
                     match self
                         .cache
-                        .insert(&key, &self.dirs.artifacts(&build.tenant_id, id))
+                        .insert(key, &self.dirs.artifacts(&build.tenant_id, id))
                     {
                         Ok(bytes) => {
-                            let _ = store.add_cache_entry(CacheKind::Artifact, &key, bytes);
+                            let _ = store.add_cache_entry(CacheKind::Artifact, key, bytes);
                         }
                         Err(e) => log(store, id, "warn", &format!("not cached: {e}")),
                     }

@@ -68,10 +68,14 @@ impl Cache {
     /// stands for, nor the size limit, checked against the image, nor the
     /// retry policy). An image the tenant's commands changed is the
     /// tenant's own: its key names the tenant, the commands and their
-    /// network.
+    /// network; so is a Git project's, whose `manifest` is the digest the
+    /// build process resolved of its commit, args and Containerfile.
     pub fn key(&self, manifest: &Digest, job: &Job, tenant: &str) -> String {
         let origin = match builderd_oci::Source::parse(&job.image) {
             Ok(builderd_oci::Source::Registry(r)) => r.origin(),
+            // A Git source without its ref: the commit it named is in
+            // `manifest`.
+            _ if job.project.is_some() => job.image.split('#').next().unwrap_or_default().into(),
             _ => job.image.clone(),
         };
         let inputs = serde_json::json!({
@@ -93,6 +97,9 @@ impl Cache {
                 "commands": job.commands,
                 "network": job.step_network.name(),
             })),
+            // A Git project's build runs the tenant's Containerfile over the
+            // tenant's own layer cache and cache mounts: the tenant's own.
+            "project": job.project.as_ref().map(|_| serde_json::json!({"tenant": tenant})),
         });
         Digest::of(inputs.to_string().as_bytes()).hex().to_string()
     }

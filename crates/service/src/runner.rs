@@ -89,8 +89,9 @@ const MAX_LINE: usize = 64 << 10;
 
 /// What a run made, when it made something.
 pub enum Outcome {
-    /// The build process wrote the artifact into the work directory.
-    Built,
+    /// The build process wrote the artifact into the work directory; the
+    /// artifact cache's key of what it resolved, when it did.
+    Built { key: Option<String> },
     /// The cache had it: linked in, with the cached metadata.
     Cached { key: String, meta: Value },
 }
@@ -178,7 +179,7 @@ impl Runner {
                 storage_left,
             },
             // A built image has no manifest to look up before it is built.
-            hold_after_resolve: job.project.is_none(),
+            hold_after_resolve: true,
             steps,
             project: match &job.project {
                 Some(p) => ProjectOptions {
@@ -304,7 +305,7 @@ impl Runner {
         build: &BuildRow,
         job: &Job,
         resolved: &Resolved,
-    ) -> Result<Option<Outcome>, RunError> {
+    ) -> Result<(String, Option<Outcome>), RunError> {
         let id = build.id.as_str();
         let mut blobs = vec![(resolved.config_digest.clone(), resolved.config_size)];
         blobs.extend(resolved.layers.iter().map(|l| (l.digest.clone(), l.size)));
@@ -325,7 +326,7 @@ impl Runner {
             .map_err(|e| RunError::resource(format!("the artifact cache: {e}")))?
             .map_err(|e| RunError::resource(format!("the artifact cache: {e}")))?;
         self.metrics.cache_lookup(hit.is_some());
-        Ok(hit.map(|meta| Outcome::Cached { key, meta }))
+        Ok((key.clone(), hit.map(|meta| Outcome::Cached { key, meta })))
     }
 
     /// Records how the run ended.
@@ -339,7 +340,9 @@ impl Runner {
     ) -> Ended {
         let id = build.id.as_str();
         let (to, category, message, ended) = match result {
-            Ok(Outcome::Built) => return ended(self.artifacts.finish(store, build, job)),
+            Ok(Outcome::Built { key }) => {
+                return ended(self.artifacts.finish(store, build, key.as_deref()))
+            }
             Ok(Outcome::Cached { key, meta }) => {
                 return ended(self.artifacts.finish_cached(store, build, job, &key, meta))
             }
@@ -521,18 +524,20 @@ impl Runner {
         tokio::pin!(deadline);
         let mut follow = Follow::new(id, self.metrics.clone());
         let mut stderr_open = true;
+        let mut resolved_key = None;
         let status = loop {
             tokio::select! {
                 line = lines.next(), if stderr_open => match line {
                     Some(Ok(line)) => {
                         let Some(resolved) = follow.event(store, &line) else { continue };
                         match self.on_resolved(store, build, job, &resolved).await {
-                            Ok(Some(cached)) => {
+                            Ok((_, Some(cached))) => {
                                 kill();
                                 let _ = child.wait().await;
                                 return Ok(cached);
                             }
-                            Ok(None) => {
+                            Ok((key, None)) => {
+                                resolved_key = Some(key);
                                 let go = match stdin.take() {
                                     Some(mut s) => s.write_all(b"build\n").await.is_ok(),
                                     None => false,
@@ -571,7 +576,7 @@ impl Runner {
         // The child may have left a process of its own behind.
         kill();
         match status {
-            Ok(s) if s.success() => Ok(Outcome::Built),
+            Ok(s) if s.success() => Ok(Outcome::Built { key: resolved_key }),
             Ok(_) if cell.oom_killed() => Err(RunError::Failed {
                 category: "resource",
                 message: format!(
@@ -1040,8 +1045,9 @@ mod tests {
             "acme",
         );
         assert_eq!(r.source, "git+https://git.example.com/app.git#v1");
-        // Built anew each time: nothing to look up in the artifact cache.
-        assert!(!r.hold_after_resolve);
+        // Held once its commit and Containerfile are known: the artifact
+        // cache may have it.
+        assert!(r.hold_after_resolve);
         assert_eq!(r.project.dockerfile.as_deref(), Some("Dockerfile.prod"));
         assert_eq!(r.project.context.as_deref(), Some("services/api"));
         assert_eq!(r.project.build_id.as_deref(), Some("b-7"));

@@ -130,10 +130,25 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
         fetched.as_ref(),
         req.project.build_id.as_deref().unwrap_or("local"),
     )?;
-    let cache_key = req
+    let layer_cache = req
         .project
         .cache_dependencies
         .then(|| cache_key(project, &req.project));
+    // A Git build the service may answer from its cache: of this commit,
+    // with these expanded args, this much of the request.
+    let identity = match (&fetched, req.hold_after_resolve) {
+        (Some(fetched), true) => Some(
+            serde_json::json!({
+                "source": cache_key(project, &req.project),
+                "commit": fetched.commit,
+                "build_args": build_args,
+                "build_system": format!("{:?}", req.project.build_system),
+                "network": format!("{:?}", req.steps.network),
+            })
+            .to_string(),
+        ),
+        _ => None,
+    };
     let layout = dir.path().join("layout");
     let tag = "built".to_string();
     let built_layers = crate::steps::build_containerfile(
@@ -145,9 +160,10 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
             tag: &tag,
             insecure: &req.registry.insecure,
             secrets: &req.project.secrets,
-            layer_cache: cache_key.as_deref(),
+            layer_cache: layer_cache.as_deref(),
             namespace: &req.git.cache_namespace,
             host_sources: req.project.host_sources,
+            hold: identity.as_deref(),
             public_only: req.registry.public_only,
         },
         &req.steps,

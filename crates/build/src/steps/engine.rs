@@ -477,6 +477,11 @@ pub struct ContainerfileBuild<'a> {
     pub layer_cache: Option<&'a str>,
     /// What the build host reaches may be taken (`ProjectOptions`).
     pub host_sources: bool,
+    /// With `BuildRequest::hold_after_resolve`: what the build is of (a
+    /// commit and everything else that shapes it but the Containerfile),
+    /// told with the pinned Containerfile as `Event::Resolved` before
+    /// anything runs, so that the service may answer from its cache.
+    pub hold: Option<&'a str>,
     /// `FROM` registries only at public addresses.
     pub public_only: bool,
     /// Whose build it is: builds of one namespace share an engine storage

@@ -302,6 +302,12 @@ pub fn build_containerfile(
     engine.ready()?;
     engine.prepare_caches(&caches)?;
     let pinned = pin_images(&engine, build, &text, reporter)?;
+    if let Some(identity) = build.hold {
+        reporter.report(Event::Resolved(resolved(identity, pinned.path())?));
+        if !reporter.go_on() {
+            return Err(crate::source::Stopped.into());
+        }
+    }
     let cell = cell::Cell::new(&steps.limits)?;
     let egress = match steps.network {
         StepNetwork::None => None,
@@ -388,6 +394,25 @@ fn pin_images(
     std::io::Write::write_all(&mut file, text.as_bytes())
         .context("writing the Containerfile as built")?;
     Ok(file)
+}
+
+/// A project's build as the service's cache keys it: one digest of what it
+/// is of and of its Containerfile as built (its images pinned by id); no
+/// blobs to lease.
+fn resolved(identity: &str, containerfile: &Path) -> Result<crate::event::Resolved> {
+    use sha2::{Digest, Sha256};
+    let text = std::fs::read(containerfile).context("reading the Containerfile as built")?;
+    let mut h = Sha256::new();
+    h.update(identity.as_bytes());
+    h.update([0]);
+    h.update(&text);
+    let digest = format!("sha256:{:x}", h.finalize());
+    Ok(crate::event::Resolved {
+        manifest_digest: digest.clone(),
+        config_digest: digest,
+        config_size: 0,
+        layers: Vec::new(),
+    })
 }
 
 /// The engine storage of a namespace's Containerfile builds.
