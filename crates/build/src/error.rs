@@ -313,3 +313,8 @@ mod tests {
         );
     }
 }
+
+/// The build was told not to go on after the resolution.
+#[derive(Debug, thiserror::Error)]
+#[error("told not to go on after resolving the image")]
+pub struct Stopped;

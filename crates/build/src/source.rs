@@ -143,7 +143,7 @@ pub fn open<'scope, 'env>(
             if req.hold_after_resolve {
                 reporter.report(Event::Resolved(resolved(&image)));
                 if !reporter.go_on() {
-                    return Err(Stopped.into());
+                    return Err(crate::error::Stopped.into());
                 }
             }
             reporter.report(Event::Stage(Stage::Downloading));
@@ -168,11 +168,6 @@ pub fn open<'scope, 'env>(
         }
     })
 }
-
-/// The build was told not to go on after the resolution.
-#[derive(Debug, thiserror::Error)]
-#[error("told not to go on after resolving the image")]
-pub struct Stopped;
 
 fn blob_cache(choice: &BlobCacheChoice) -> Result<(BlobCache, Option<tempfile::TempDir>)> {
     Ok(match choice {

@@ -305,7 +305,7 @@ pub fn build_containerfile(
     if let Some(identity) = build.hold {
         reporter.report(Event::Resolved(resolved(identity, pinned.path())?));
         if !reporter.go_on() {
-            return Err(crate::source::Stopped.into());
+            return Err(crate::error::Stopped.into());
         }
     }
     let cell = cell::Cell::new(&steps.limits)?;
