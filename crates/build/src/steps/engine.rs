@@ -640,8 +640,21 @@ impl Engine {
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         match std::fs::create_dir(&at) {
-                            // Another build of the namespace made it.
-                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                            // Another build of the namespace made it: as
+                            // any existing one, a directory of the host's
+                            // root's on the way.
+                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                                let m = std::fs::symlink_metadata(&at)
+                                    .with_context(|| format!("reading {}", at.display()))?;
+                                if !m.file_type().is_dir() || (!leaf && m.uid() != 0) {
+                                    return Err(SourceError(format!(
+                                        "the cache mount {:?} lies inside another cache mount",
+                                        dir.path
+                                    ))
+                                    .into());
+                                }
+                                continue;
+                            }
                             made => made.with_context(|| format!("creating {}", at.display()))?,
                         }
                         if leaf {

@@ -32,8 +32,12 @@ pub fn pin(
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let was_continued = continued;
         let trimmed = line.trim();
-        continued = (was_continued && (trimmed.is_empty() || trimmed.starts_with('#')))
-            || trimmed.ends_with(escape);
+        // A comment line is dropped whole (never continued); a blank one
+        // or a comment inside a continued instruction keeps it going.
+        continued = match trimmed.starts_with('#') || trimmed.is_empty() {
+            true => was_continued,
+            false => trimmed.ends_with(escape),
+        };
         let mut words = trimmed.split_whitespace();
         let keyword = words.next().unwrap_or_default().to_ascii_uppercase();
         if was_continued || trimmed.starts_with('#') {
@@ -64,12 +68,10 @@ pub fn pin(
                     _ => return Err(refused(i, "FROM [--platform=P] IMAGE [AS NAME]")),
                 };
                 let image = expand(image, &args).map_err(|why| refused(i, &why))?;
+                let stage = names_stage(&image, &stages);
                 if let Some(name) = rest {
                     stages.push(name.to_string());
                 }
-                let stage = stages[..stages.len() - rest.iter().count()]
-                    .iter()
-                    .any(|s| s.eq_ignore_ascii_case(&image));
                 if stage || image.eq_ignore_ascii_case("scratch") {
                     out.push_str(line);
                     continue;
@@ -105,25 +107,40 @@ pub fn pin(
         }
     }
     if !own {
-        reaches_nothing_else(&out, &stages)?;
+        reaches_nothing_else(&out)?;
     }
     Ok(out)
 }
 
-/// Whether `from` names a stage: by its name or its number.
+/// Whether `from` names one of the earlier `stages`: by its name (as
+/// written: the engine matches it exactly) or its number.
 fn names_stage(from: &str, stages: &[String]) -> bool {
-    stages.iter().any(|s| s.eq_ignore_ascii_case(from)) || from.parse::<usize>().is_ok()
+    stages.iter().any(|s| s == from) || from.parse::<usize>().is_ok_and(|n| n < stages.len())
 }
 
 /// Checks that the pinned `text` takes nothing from outside but its
 /// pinned images and its context.
-fn reaches_nothing_else(text: &str, stages: &[String]) -> Result<()> {
+fn reaches_nothing_else(text: &str) -> Result<()> {
     let pinned = |from: &str| from.len() == 64 && from.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut earlier: Vec<String> = Vec::new();
     for (line, instruction) in super::instructions::instructions(text) {
         let mut words = instruction.split_whitespace();
         let keyword = words.next().unwrap_or_default().to_ascii_uppercase();
         let words: Vec<&str> = words.collect();
         let flags = words.iter().take_while(|w| w.starts_with("--")).count();
+        let stages = &earlier[..];
+        if keyword == "FROM" {
+            let image = words.get(flags).copied().unwrap_or_default();
+            if !names_stage(image, stages) && !pinned(image) && image != "scratch" {
+                return Err(refused(line - 1, &format!("FROM {image} was not pinned")));
+            }
+            if let [_, as_, name] = &words[flags..] {
+                if as_.eq_ignore_ascii_case("as") {
+                    earlier.push(name.to_string());
+                }
+            }
+            continue;
+        }
         let froms = words[..flags].iter().filter_map(|w| {
             w.strip_prefix("--from=").or_else(|| {
                 w.strip_prefix("--mount=")?

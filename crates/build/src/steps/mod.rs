@@ -27,6 +27,7 @@ mod owner;
 mod run_mounts;
 mod seccomp;
 mod setting;
+mod strict;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,6 +297,9 @@ pub fn build_containerfile(
     }
     let text = std::fs::read_to_string(build.containerfile)
         .with_context(|| format!("reading {}", build.containerfile.display()))?;
+    if !build.host_sources {
+        strict::check(&text)?;
+    }
     let caches = run_mounts::check(&text, engine::HOST_ID_RANGE)?;
     sweep();
     let engine = engine::Engine::for_builds(&namespace_storage(storage, build.namespace))?;
@@ -382,7 +386,14 @@ fn pin_images(
         }
         from_lines::allowed(image, build.host_sources, &outbound)?;
         let (id, triggers) = engine.pull(image, build.insecure)?;
-        // The triggers run in this build as if the Containerfile held them.
+        // The triggers run in this build as if the Containerfile held them:
+        // the service takes none.
+        if !triggers.is_empty() && !build.host_sources {
+            return Err(SourceError(format!(
+                "the image {image} has ONBUILD triggers, which builds here do not run"
+            ))
+            .into());
+        }
         run_mounts::check(&triggers.join("\n"), engine::HOST_ID_RANGE)
             .map_err(|e| SourceError(format!("the image {image}'s ONBUILD triggers: {e}")))?;
         crate::event::info(reporter, format!("FROM {image}: image {id}"));
