@@ -178,7 +178,9 @@ impl Runner {
                 size_limit_name: "config.target.microvm_rootfs.size_limit_bytes".into(),
                 storage_left,
             },
-            // A built image has no manifest to look up before it is built.
+            // Every build holds for the artifact cache: an image once its
+            // manifest is resolved, a Git project once its commit is
+            // fetched and its FROM images are pinned.
             hold_after_resolve: true,
             steps,
             project: match &job.project {
