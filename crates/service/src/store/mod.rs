@@ -230,14 +230,14 @@ fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-impl Store {
-    pub fn open(path: &Path) -> Result<Store> {
-        owner_only(path).map_err(|e| {
-            StoreError::Conflict(format!("{}: cannot make it private: {e}", path.display()))
-        })?;
+/// The writing connection, its settings and schema in place. Another
+/// process (a server beside `builderd tenant create`) may hold the write
+/// lock for a moment; a busy answer the busy handler does not wait out
+/// (SQLite gives one at once when a WAL snapshot went stale) is tried
+/// again, for at most 10 s.
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let once = || -> rusqlite::Result<Connection> {
         let conn = Connection::open(path)?;
-        // Another process (`builderd tenant create`) may hold the write lock
-        // for a moment.
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -246,6 +246,28 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         add_missing_columns(&conn)?;
+        Ok(conn)
+    };
+    let mut tries = 0;
+    loop {
+        match once() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 100 =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done => return done,
+        }
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        owner_only(path).map_err(|e| {
+            StoreError::Conflict(format!("{}: cannot make it private: {e}", path.display()))
+        })?;
+        let conn = open_writer(path)?;
         Ok(Store {
             outbox_wake: tokio::sync::Notify::new(),
             bells: bells::Bells::default(),
