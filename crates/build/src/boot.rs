@@ -42,5 +42,7 @@ pub fn plan(opts: &BootOptions, image: &builderd_oci::RunConfig) -> Result<Plan>
         strategy,
         run,
         custom_script,
+        // Known after the flatten.
+        regenerate_ssh_host_keys: false,
     })
 }

@@ -18,6 +18,7 @@ mod error;
 mod event;
 mod layer_streams;
 mod output;
+mod policy;
 mod project;
 mod pull;
 mod report;
@@ -35,12 +36,13 @@ pub use event::{
     MAX_STEP_LINE,
 };
 pub use output::Pending;
+pub use policy::check_hardening_policy;
 pub use project::{check_build_args, private_file, redact_url, Origin, Project};
 pub use report::Report;
 pub use request::{
     BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, BuildSystem, CopyFormat, Ext4Options,
-    FreeSpace, GitCredentials, GitOptions, Init, ProjectOptions, RegistryOptions, Sandbox,
-    StepLimits, StepNetwork, Steps,
+    FreeSpace, GitCredentials, GitOptions, Init, PolicyOptions, ProjectOptions, RegistryOptions,
+    Sandbox, StepLimits, StepNetwork, Steps,
 };
 pub use run::build;
 pub use steps::sweep as sweep_steps;

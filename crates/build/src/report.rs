@@ -31,6 +31,10 @@ pub struct Report {
     /// The build steps, when there were any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<StepsInfo>,
+    /// What the flatten left out or changed (size rules, development
+    /// packages, hardening).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<builderd_policy::Report>,
     pub timings_ms: Timings,
 }
 

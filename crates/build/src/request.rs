@@ -41,6 +41,9 @@ pub struct BuildRequest {
     /// How a Git source is fetched.
     #[serde(default)]
     pub git: GitOptions,
+    /// What the flatten leaves out of the image or changes in it.
+    #[serde(default)]
+    pub policy: PolicyOptions,
     /// Registry credentials: never serialised.
     #[serde(skip)]
     pub credentials: Option<Credentials>,
@@ -221,6 +224,46 @@ impl Default for BootOptions {
             size_limit: None,
             size_limit_name: "--size-limit".into(),
             storage_left: None,
+        }
+    }
+}
+
+/// What the build leaves out of the image or changes in it as it is
+/// flattened (docs/docker-strategy.md): nothing is run in the image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyOptions {
+    /// Drop package caches and lists, language caches, /tmp, docs, man
+    /// pages, other languages' locales and logs.
+    pub optimize_for_size: bool,
+    /// Remove development packages no kept package needs, by the image's
+    /// package database.
+    pub remove_dev_packages: bool,
+    /// Remove SSH host keys (made anew at first boot), the machine-id,
+    /// shell histories and credentials; fix world-writable modes.
+    pub harden: bool,
+    /// The operator's hardening policy file (JSON).
+    pub hardening_policy: Option<PathBuf>,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        PolicyOptions {
+            optimize_for_size: false,
+            remove_dev_packages: false,
+            harden: true,
+            hardening_policy: None,
+        }
+    }
+}
+
+impl PolicyOptions {
+    /// Nothing left out or changed: what a build for the step engine's
+    /// own use asks.
+    pub fn none() -> Self {
+        PolicyOptions {
+            harden: false,
+            ..Default::default()
         }
     }
 }

@@ -69,7 +69,22 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
             req.ext4
                 .writer_options(limit.as_ref().map(|(bytes, _)| *bytes)),
         )?;
-        let (stats, checks) = flatten(opened, stepped.as_ref(), &mut writer, reporter, &limit)?;
+        let mut policy = crate::policy::new(&req.policy, &plan.run.env)?;
+        let (stats, checks) = flatten(
+            opened,
+            stepped.as_ref(),
+            &mut policy,
+            &mut writer,
+            reporter,
+            &limit,
+        )?;
+        let policy_report = policy
+            .map(|p| crate::policy::finish(p, &mut writer, reporter))
+            .transpose()?;
+        let mut plan = plan;
+        plan.regenerate_ssh_host_keys = policy_report
+            .as_ref()
+            .is_some_and(|r| r.ssh_host_keys_regenerated_at_boot);
         let installed = builderd_rootfs::install(&mut writer, &plan)?;
         for w in &installed.warnings {
             event::warn(reporter, w);
@@ -139,6 +154,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
                 hardlinks_fixed: stats.counts.links_fixed,
             },
             steps: stepped.map(|done| done.info(req.steps.network)),
+            policy: policy_report,
             timings_ms: times.timings(),
             compressed,
         };
@@ -300,6 +316,7 @@ struct Flattened {
 fn flatten(
     opened: Opened<'_>,
     stepped: Option<&steps::Done>,
+    policy: &mut Option<builderd_policy::Policy>,
     writer: &mut Writer,
     reporter: &dyn Reporter,
     limit: &Option<(u64, Limit)>,
@@ -376,8 +393,11 @@ fn flatten(
                 layer.adjust = Some(done.adjust.clone());
             }
         }
-        let flattened = builderd_flatten::flatten(&layers, writer, &|layer| {
-            event::info(reporter, format!("layer {} written", layer.name))
+        let flattened = crate::policy::read(policy, &layers, reporter).and_then(|()| {
+            let select = policy.as_ref().map(|p| p as &dyn builderd_flatten::Select);
+            builderd_flatten::flatten(&layers, writer, select, &|layer| {
+                event::info(reporter, format!("layer {} written", layer.name))
+            })
         });
         drop(layers);
         done.store(true, Ordering::Relaxed);

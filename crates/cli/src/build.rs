@@ -11,6 +11,7 @@ use builderd_oci::Credentials;
 
 use crate::boot_args::BootArgs;
 use crate::ext4_args::Ext4Args;
+use crate::policy_args::PolicyArgs;
 use crate::project_args::ProjectArgs;
 use crate::reporters::{JsonLines, Terminal};
 use crate::retry_args::RetryArgs;
@@ -80,6 +81,8 @@ pub struct Args {
     steps: StepsArgs,
     #[command(flatten)]
     project: ProjectArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -133,6 +136,7 @@ impl Args {
             steps: self.steps.steps().map_err(anyhow::Error::msg)?,
             project: self.project.options()?,
             git: self.project.git(self.public_only),
+            policy: self.policy.options(),
             credentials,
             git_credentials: self.project.git_credentials()?,
         })

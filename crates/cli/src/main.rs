@@ -6,6 +6,7 @@ mod build;
 mod client;
 mod ext4_args;
 mod mkfs;
+mod policy_args;
 mod progress;
 mod project_args;
 mod reporters;

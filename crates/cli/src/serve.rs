@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// Allow plain HTTP to this registry (loopback registries always may).
     #[arg(long, value_name = "HOST[:PORT]")]
     insecure_registry: Vec<String>,
+    /// The operator's hardening policy (JSON: strip_setuid, allow_setuid,
+    /// remove, modes; see docs/docker-strategy.md), for every build that
+    /// hardens.
+    #[arg(long, value_name = "FILE")]
+    hardening_policy: Option<PathBuf>,
     /// Stop any build after this many seconds, even if its tier allows more.
     #[arg(long, value_name = "SECONDS")]
     max_build_time: Option<u64>,
@@ -165,6 +170,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         trust_tenant_header: args.trust_tenant_header,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         insecure_registries: args.insecure_registry,
+        hardening_policy: match args.hardening_policy {
+            Some(file) => {
+                builderd_build::check_hardening_policy(&file)?;
+                Some(std::path::absolute(&file).context("--hardening-policy")?)
+            }
+            None => None,
+        },
         max_build_time: args.max_build_time.map(Duration::from_secs),
         retry_defaults: args
             .default_retry_policy

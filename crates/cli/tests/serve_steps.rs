@@ -48,11 +48,11 @@ fn push_node_app(reg: &TestRegistry, dir: &Path) {
 }
 
 /// The original service's "Simple Node.js Application" example, as
-/// written but for `optimize_for_size` (not implemented yet, refused).
+/// written (its image and commands given).
 fn node_example(image: &str, commands: &[&str]) -> Value {
     json!({"config": {"source": {"docker_image": {"image_uri": image}},
         "target": {"microvm_rootfs": {"format": "ext4", "init_strategy": "INIT_STRATEGY_DIRECT_EXEC"}},
-        "strategy": {"docker_strategy": {"optimize_for_size": false, "remove_dev_packages": false,
+        "strategy": {"docker_strategy": {"optimize_for_size": true, "remove_dev_packages": false,
           "custom_commands": commands}}}})
 }
 
@@ -108,6 +108,12 @@ fn the_node_example_runs_its_commands_with_the_tiers_network_and_caches_per_tena
     };
     assert!(at("npm ci --only=production") < at("added 1 package in 0.1s"));
     assert!(at("npm cache clean --force") < at("npm cache cleaned"));
+    let policy = &metadata(&first)["policy"];
+    assert_eq!(
+        (&policy["optimize_for_size"], &policy["harden"]),
+        (&json!(true), &json!(true)),
+        "{policy}"
+    );
     let steps = &metadata(&first)["steps"];
     assert_eq!(steps["network"], "egress", "pro: egress");
     let codes: Vec<(String, i64)> = steps["commands"]

@@ -202,6 +202,29 @@ impl Tree {
         self.name_at(path, id)
     }
 
+    /// Removes the directory at `path` (not the root) if it has no
+    /// entries; answers whether it did.
+    pub fn remove_empty_dir(&mut self, path: &[u8]) -> Result<bool, Error> {
+        let comps = components(path)?;
+        let Some((name, parents)) = comps.split_last() else {
+            return Ok(false);
+        };
+        let Some(parent) = self.lookup(&parents.join(&b'/'))? else {
+            return Ok(false);
+        };
+        let Kind::Dir(children) = &self.nodes[parent as usize].kind else {
+            return Ok(false);
+        };
+        let Some(&id) = children.get(*name) else {
+            return Ok(false);
+        };
+        if !matches!(&self.node(id).kind, Kind::Dir(c) if c.is_empty()) {
+            return Ok(false);
+        }
+        self.children_mut(parent).remove(*name);
+        Ok(true)
+    }
+
     /// Moves the entries of directory `from` into directory `to` (made, with
     /// implicit parents, if missing). A name `to` already has keeps its
     /// entry; the one from `from` is dropped. `from` is left empty.

@@ -271,6 +271,12 @@ impl Writer {
         self.tree.move_children(from, to)
     }
 
+    /// Removes the directory at `path` if nothing is in it; answers
+    /// whether it did.
+    pub fn remove_empty_dir(&mut self, path: &[u8]) -> Result<bool, Error> {
+        self.tree.remove_empty_dir(path)
+    }
+
     /// What the tree has at `path` (symlinks not followed), for callers
     /// that add entries by what the content already has.
     pub fn entry(&self, path: &[u8]) -> Result<Option<EntryKind<'_>>, Error> {

@@ -25,11 +25,15 @@
 mod layer;
 mod normalize;
 mod overlay;
+mod read_files;
+mod select;
 mod side_by_side;
 
 pub use layer::{Adjust, Layer};
 pub use normalize::normalize;
 pub use overlay::{flatten, Stats};
+pub use read_files::{read_files, Found};
+pub use select::{Rule, Select, Verdict};
 
 /// What can go wrong flattening; names the layer and path concerned.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ use builderd_import::EntryKind;
 
 use crate::layer::{adjusted, layer_err, open, Layer};
 use crate::normalize::{ancestors, base, join, normalize, parent};
+use crate::select::{Select, Verdict};
 use crate::side_by_side::{self, Event, Item, MAX_LANES};
 use crate::Error;
 
@@ -53,7 +54,7 @@ struct PendingLink {
     target: Vec<u8>,
 }
 
-struct Flatten<'w, 'l, 'a> {
+struct Flatten<'w, 'l, 'a, 's> {
     w: &'w mut Writer,
     layers: &'l [Layer<'a>],
     above: HashMap<Vec<u8>, State>,
@@ -61,14 +62,19 @@ struct Flatten<'w, 'l, 'a> {
     /// The layer each written non-directory came from.
     origin: HashMap<Vec<u8>, usize>,
     pending: Vec<PendingLink>,
+    select: Option<&'s dyn Select>,
+    /// Directories dropped by a verdict, removed at the end if empty.
+    dropped_dirs: Vec<(Vec<u8>, Verdict, builderd_ext4::Metadata)>,
     stats: Stats,
 }
 
 /// Flattens `layers` (bottom first, as a manifest lists them) into `w`;
-/// `progress` is told each layer as it is finished.
+/// `select`, if given, decides what is left out or changed (see
+/// [`Select`]); `progress` is told each layer as it is finished.
 pub fn flatten<'a>(
     layers: &[Layer<'a>],
     w: &mut Writer,
+    select: Option<&dyn Select>,
     progress: &dyn Fn(&Layer<'a>),
 ) -> Result<Stats, Error> {
     let lanes = w.lanes(layers.len().clamp(1, MAX_LANES))?;
@@ -80,6 +86,8 @@ pub fn flatten<'a>(
         opaque_above: HashSet::new(),
         origin: HashMap::new(),
         pending: Vec::new(),
+        select,
+        dropped_dirs: Vec::new(),
         stats: Stats::default(),
     };
     let passed = std::thread::scope(|scope| {
@@ -88,7 +96,7 @@ pub fn flatten<'a>(
             std::thread::Builder::new()
                 .name(format!("flatten-lane-{index}"))
                 .spawn_scoped(scope, move || {
-                    side_by_side::run_lane(lanes, index, layers, order)
+                    side_by_side::run_lane(lanes, index, layers, order, select)
                 })
                 .expect("spawning a lane thread");
         }
@@ -104,6 +112,7 @@ pub fn flatten<'a>(
     f.w.join_lanes(lanes);
     passed?;
     f.resolve_links()?;
+    f.remove_dropped_dirs()?;
     Ok(f.stats)
 }
 
@@ -124,7 +133,7 @@ fn is_whiteout_meta(name: &[u8]) -> bool {
     name.starts_with(b".wh..wh.")
 }
 
-impl Flatten<'_, '_, '_> {
+impl Flatten<'_, '_, '_, '_> {
     /// Is `path` (of an entry of kind `kind`) hidden by an upper layer?
     fn masked(&self, path: &[u8], is_dir: bool) -> bool {
         (!path.is_empty() && self.inside_masked(parent(path))) || self.itself_masked(path, is_dir)
@@ -223,10 +232,24 @@ impl Flatten<'_, '_, '_> {
                 });
             }
             let meta = entry.meta.clone();
+            let dropped = matches!(entry.verdict, Verdict::Drop(_));
+            if let (Some(select), Some(_)) = (self.select, entry.verdict.rule()) {
+                if entry.kind == EntryKind::Dir && dropped {
+                    self.dropped_dirs
+                        .push((path.clone(), entry.verdict, meta.clone()));
+                } else {
+                    select.applied(entry.verdict, &path, entry.size, &meta);
+                }
+            }
             let state = match &entry.kind {
                 EntryKind::Dir => {
                     self.w.mkdir(&path, meta)?;
                     State::Dir
+                }
+                // Left out: it still hides what lower layers have there.
+                _ if dropped => {
+                    self.origin.remove(&path);
+                    State::NonDir
                 }
                 EntryKind::File => {
                     let data = entry.data.take().expect("a lane writes every file");
@@ -269,7 +292,9 @@ impl Flatten<'_, '_, '_> {
                     State::NonDir
                 }
             };
-            self.stats.written += 1;
+            if !dropped || entry.kind == EntryKind::Dir {
+                self.stats.written += 1;
+            }
             here.insert(path.clone(), state);
             if !memo.implied {
                 for a in ancestors(&path) {
@@ -308,6 +333,24 @@ impl Flatten<'_, '_, '_> {
             }
         }
         self.opaque_above.extend(opaque_here);
+        Ok(())
+    }
+
+    /// Directories dropped by their verdict go if nothing was left in them,
+    /// the deepest first (so that a tree left empty goes whole).
+    fn remove_dropped_dirs(&mut self) -> Result<(), Error> {
+        let Some(select) = self.select else {
+            return Ok(());
+        };
+        let mut dirs = std::mem::take(&mut self.dropped_dirs);
+        dirs.sort_by_key(|(path, ..)| {
+            std::cmp::Reverse(path.iter().filter(|&&b| b == b'/').count())
+        });
+        for (path, verdict, meta) in dirs {
+            if self.w.remove_empty_dir(&path)? {
+                select.applied(verdict, &path, 0, &meta);
+            }
+        }
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use builderd_import::{EntryKind, TarReader};
 
 use crate::layer::{adjusted, layer_err, open, Layer};
 use crate::normalize::normalize;
+use crate::select::{Select, Verdict};
 use crate::Error;
 
 /// Lanes at most: a constant, not the machine's core count, so that the
@@ -25,12 +26,15 @@ pub const MAX_LANES: usize = 4;
 const HEADER: u64 = 512;
 
 /// One entry of a layer, its path normalised and its content (if a
-/// regular file) already in the image.
+/// regular file its verdict lets through) already in the image.
 pub struct Item {
     pub path: Vec<u8>,
     pub kind: EntryKind,
     pub meta: Metadata,
     pub data: Option<FileData>,
+    pub verdict: Verdict,
+    /// A regular file's apparent size.
+    pub size: u64,
 }
 
 /// A lane's layers in the order it reads them, each with where its entries go.
@@ -68,7 +72,13 @@ pub fn assign(layers: &[Layer<'_>], lanes: usize) -> (Vec<LaneLayers>, Vec<Recei
 
 /// Runs one lane: its layers in order, each entry sent as it is read.
 /// Stops at the first failure, or when the overlay pass stops listening.
-pub fn run_lane(lanes: &Lanes, index: usize, layers: &[Layer<'_>], order: LaneLayers) {
+pub fn run_lane(
+    lanes: &Lanes,
+    index: usize,
+    layers: &[Layer<'_>],
+    order: LaneLayers,
+    select: Option<&dyn Select>,
+) {
     let mut lane = Some(lanes.lane(index));
     let count = order.len();
     for (i, (k, to)) in order.into_iter().enumerate() {
@@ -76,6 +86,7 @@ pub fn run_lane(lanes: &Lanes, index: usize, layers: &[Layer<'_>], order: LaneLa
             lane.as_mut().expect("taken only at the end"),
             &layers[k],
             &to,
+            select,
         );
         // A layer is whole once its content is in the file: the lane's last
         // one waits for the lane's last write.
@@ -102,7 +113,12 @@ pub fn run_lane(lanes: &Lanes, index: usize, layers: &[Layer<'_>], order: LaneLa
 }
 
 /// Reads a layer into `to`; false when nobody listens any more.
-fn read_layer(lane: &mut Lane<'_>, layer: &Layer<'_>, to: &Sender<Event>) -> Result<bool, Error> {
+fn read_layer(
+    lane: &mut Lane<'_>,
+    layer: &Layer<'_>,
+    to: &Sender<Event>,
+    select: Option<&dyn Select>,
+) -> Result<bool, Error> {
     let mut reader: TarReader<_> = open(layer)?;
     while let Some(mut entry) = reader.next_entry().map_err(layer_err(layer))? {
         lane.advance(HEADER);
@@ -110,7 +126,19 @@ fn read_layer(lane: &mut Lane<'_>, layer: &Layer<'_>, to: &Sender<Event>) -> Res
         if !adjusted(layer, &path, &mut entry.meta) {
             continue;
         }
-        let data = if entry.kind == EntryKind::File {
+        let size = entry.size();
+        let verdict = select.map_or(Verdict::Keep, |s| {
+            s.select(&path, &entry.kind, size, &mut entry.meta)
+        });
+        let data = if entry.kind == EntryKind::File && verdict.skips_content() {
+            // Its bytes are passed over, never written; the lane's position
+            // moves on as if they were, so the layout stays the same.
+            lane.advance(size);
+            match verdict {
+                Verdict::Empty(_) => Some(lane.file(&entry.path).finish()?),
+                _ => None,
+            }
+        } else if entry.kind == EntryKind::File {
             let mut out = lane.file(&entry.path);
             reader
                 .copy_data(&entry, &mut out)
@@ -124,6 +152,8 @@ fn read_layer(lane: &mut Lane<'_>, layer: &Layer<'_>, to: &Sender<Event>) -> Res
             kind: entry.kind,
             meta: entry.meta,
             data,
+            verdict,
+            size,
         };
         if to.send(Event::Item(item)).is_err() {
             return Ok(false);

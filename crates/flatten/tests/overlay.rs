@@ -63,10 +63,16 @@ fn flatten_adjusting(
     adjust: Option<Arc<builderd_flatten::Adjust>>,
     out: &Path,
 ) -> builderd_flatten::Stats {
-    let top = layers.len() - 1;
-    let tars: Vec<Arc<Vec<u8>>> = layers.iter().map(|l| Arc::new(tar(l))).collect();
-    let layers: Vec<builderd_flatten::Layer> = tars
-        .iter()
+    flatten_with(layers, adjust, None, out)
+}
+
+/// The layers as the flatten takes them, `adjust` on the top one.
+fn layers_of(
+    tars: &[Arc<Vec<u8>>],
+    adjust: Option<Arc<builderd_flatten::Adjust>>,
+) -> Vec<builderd_flatten::Layer<'static>> {
+    let top = tars.len() - 1;
+    tars.iter()
         .enumerate()
         .map(|(i, t)| {
             let t = t.clone();
@@ -79,10 +85,21 @@ fn flatten_adjusting(
                 adjust: if i == top { adjust.clone() } else { None },
             }
         })
-        .collect();
+        .collect()
+}
+
+/// `flatten`, with `adjust` on the top layer and `select` deciding.
+fn flatten_with(
+    layers: &[Vec<E>],
+    adjust: Option<Arc<builderd_flatten::Adjust>>,
+    select: Option<&dyn builderd_flatten::Select>,
+    out: &Path,
+) -> builderd_flatten::Stats {
+    let tars: Vec<Arc<Vec<u8>>> = layers.iter().map(|l| Arc::new(tar(l))).collect();
+    let layers = layers_of(&tars, adjust);
     let mut w = builderd_ext4::Writer::new(std::fs::File::create(out).unwrap(), Default::default())
         .unwrap();
-    let stats = builderd_flatten::flatten(&layers, &mut w, &|_| {}).unwrap();
+    let stats = builderd_flatten::flatten(&layers, &mut w, select, &|_| {}).unwrap();
     w.finish().unwrap();
     let fsck = Command::new("e2fsck").arg("-fn").arg(out).output().unwrap();
     assert!(
@@ -272,4 +289,149 @@ fn an_adjusted_layer_drops_what_it_is_told_and_rewrites_the_rest() {
     // Lower layers are not adjusted.
     let stat = debugfs(&img, "stat /etc/hostname").0;
     assert!(stat.contains("User:     0"), "{stat}");
+}
+
+/// Verdicts by path, and what the flatten told back.
+#[derive(Default)]
+struct ByPath {
+    told: std::sync::Mutex<Vec<(builderd_flatten::Verdict, String, u64)>>,
+}
+
+impl builderd_flatten::Select for ByPath {
+    fn select(
+        &self,
+        path: &[u8],
+        _kind: &builderd_import::EntryKind,
+        _size: u64,
+        meta: &mut builderd_ext4::Metadata,
+    ) -> builderd_flatten::Verdict {
+        use builderd_flatten::Verdict;
+        match path {
+            b"drop" | b"dropdir" | b"gone" => Verdict::Drop(3),
+            p if p.starts_with(b"drop/") || p.starts_with(b"gone/") => Verdict::Drop(0),
+            b"empty/f" => Verdict::Empty(1),
+            p if p.starts_with(b"mode/") => {
+                meta.mode = 0o600;
+                Verdict::Change(2)
+            }
+            b"keep/listed" => Verdict::Note(4),
+            _ => Verdict::Keep,
+        }
+    }
+
+    fn applied(
+        &self,
+        verdict: builderd_flatten::Verdict,
+        path: &[u8],
+        size: u64,
+        _meta: &builderd_ext4::Metadata,
+    ) {
+        self.told
+            .lock()
+            .unwrap()
+            .push((verdict, String::from_utf8_lossy(path).into_owned(), size));
+    }
+}
+
+#[test]
+fn verdicts_leave_out_empty_and_change_entries_and_tell_only_the_final_trees() {
+    use builderd_flatten::Verdict;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("i.ext4");
+    let select = ByPath::default();
+    flatten_with(
+        &[
+            vec![
+                E::File("keep/a", "lower"),
+                E::File("keep/listed", "n"),
+                E::File("drop/x", "lower-x"),
+                E::File("drop/y", "hidden by a whiteout"),
+                E::Dir("dropdir"),
+                E::File("dropdir/kept", "k"),
+                E::Dir("gone"),
+                E::File("gone/y", "y"),
+                E::File("empty/f", "data"),
+                E::File("mode/f", "m"),
+                E::File("mode/g", "lower g"),
+            ],
+            vec![E::File("drop/.wh.y", ""), E::File("mode/g", "upper g")],
+        ],
+        None,
+        Some(&select),
+        &img,
+    );
+    assert_eq!(read(&img, "keep/a").as_deref(), Some("lower"));
+    assert_eq!(read(&img, "drop/x"), None);
+    assert_eq!(read(&img, "dropdir/kept").as_deref(), Some("k"));
+    assert!(
+        list(&img, "/").iter().all(|n| n != "gone" && n != "drop"),
+        "{:?}",
+        list(&img, "/")
+    );
+    assert_eq!(read(&img, "empty/f").as_deref(), Some(""));
+    let stat = |path: &str| debugfs(&img, &format!("stat {path}")).0;
+    assert!(stat("empty/f").contains("Size: 0"), "{}", stat("empty/f"));
+    assert!(stat("mode/f").contains("Mode:  0600"), "{}", stat("mode/f"));
+    assert_eq!(read(&img, "mode/g").as_deref(), Some("upper g"));
+    let mut told = select.told.into_inner().unwrap();
+    told.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        told,
+        vec![
+            // drop/ has no entry of its own: nothing made it.
+            (Verdict::Drop(0), "drop/x".into(), 7),
+            (Verdict::Empty(1), "empty/f".into(), 4),
+            (Verdict::Drop(3), "gone".into(), 0),
+            (Verdict::Drop(0), "gone/y".into(), 1),
+            (Verdict::Note(4), "keep/listed".into(), 1),
+            (Verdict::Change(2), "mode/f".into(), 1),
+            // The upper version only; the masked one and the whited-out
+            // drop/y are not the final tree's.
+            (Verdict::Change(2), "mode/g".into(), 7),
+        ]
+    );
+}
+
+#[test]
+fn files_are_read_from_the_final_tree_before_the_flatten() {
+    use builderd_flatten::Found;
+    let tars: Vec<Arc<Vec<u8>>> = [
+        vec![
+            E::File("db/status", "old"),
+            E::File("db/info/a.list", "a"),
+            E::File("db/info/b.list", "b"),
+            E::Dir("db/gone"),
+            E::File("db/gone/c.list", "c"),
+            E::File("db/big", "0123456789"),
+            E::Symlink("lib", "usr/lib"),
+            E::File("other", "not asked for"),
+        ],
+        vec![
+            E::File("db/status", "new"),
+            E::File("db/info/.wh.b.list", ""),
+            E::File("db/gone/.wh..wh..opq", ""),
+        ],
+    ]
+    .iter()
+    .map(|l| Arc::new(tar(l)))
+    .collect();
+    let layers = layers_of(&tars, None);
+    let want = |p: &[u8]| p.starts_with(b"db/") || p == b"lib";
+    let found = builderd_flatten::read_files(&layers, &want, 5, 100).unwrap();
+    let got: Vec<(String, Found)> = found
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8(k).unwrap(), v))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("db/big".into(), Found::LargeFile),
+            ("db/gone".into(), Found::Other),
+            ("db/info/a.list".into(), Found::File(b"a".to_vec())),
+            ("db/status".into(), Found::File(b"new".to_vec())),
+            ("lib".into(), Found::Symlink(b"usr/lib".to_vec())),
+        ]
+    );
+    let err = builderd_flatten::read_files(&layers, &want, 5, 3).unwrap_err();
+    assert!(err.to_string().contains("3 bytes in all"), "{err}");
 }

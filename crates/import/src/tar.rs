@@ -103,6 +103,18 @@ pub struct Entry {
     sparse: Option<Sparse>,
 }
 
+impl Entry {
+    /// A regular file's apparent size (a sparse file's real size); 0 for
+    /// other kinds.
+    pub fn size(&self) -> u64 {
+        match (&self.kind, &self.sparse) {
+            (EntryKind::File, Some(sparse)) => sparse.real_size,
+            (EntryKind::File, None) => self.stored,
+            _ => 0,
+        }
+    }
+}
+
 /// Reads entries from an (uncompressed) tar stream. File data goes from
 /// the stream's own buffers to the writer, without a copy between.
 pub struct TarReader<R: BufRead> {

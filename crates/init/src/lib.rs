@@ -17,6 +17,9 @@ pub const INIT_PATH: &str = "/.builderd/init";
 pub const RUN_CONFIG_PATH: &str = "/.builderd/run.json";
 /// A CUSTOM strategy's script.
 pub const CUSTOM_INIT_PATH: &str = "/.builderd/init-custom";
+/// Present when the build removed the image's SSH host keys: the init
+/// makes the VM's own at first boot.
+pub const SSH_HOST_KEYS_REMOVED: &str = "/.builderd/ssh-host-keys-removed";
 
 /// The console line that reports the app's exit code; `builderd boot` exits
 /// with the code it names.

@@ -11,6 +11,7 @@
 //! app's unit after the app stops, it writes the same exit line to the console.
 
 mod console;
+mod first_boot;
 mod initramfs;
 mod setup;
 mod steps;
@@ -63,5 +64,6 @@ fn run() -> Result<i32, String> {
     if let Some(disk) = steps::requested() {
         return steps::run(&config, &disk);
     }
+    first_boot::run();
     supervise::run_app(&config)
 }

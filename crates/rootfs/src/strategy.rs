@@ -1,7 +1,9 @@
 //! The three init strategies and what each adds to the image.
 
 use builderd_ext4::{Metadata, Writer};
-use builderd_init::{RunConfig, CUSTOM_INIT_PATH, INIT_PATH, RUN_CONFIG_PATH};
+use builderd_init::{
+    RunConfig, CUSTOM_INIT_PATH, INIT_PATH, RUN_CONFIG_PATH, SSH_HOST_KEYS_REMOVED,
+};
 
 use crate::lookup::{self, Kind};
 use crate::{systemd, Error};
@@ -33,6 +35,9 @@ pub struct Plan {
     pub run: RunConfig,
     /// CUSTOM's script.
     pub custom_script: Option<Vec<u8>>,
+    /// The build removed the image's SSH host keys: each VM makes its own
+    /// at first boot (builderd-init, or a unit under systemd).
+    pub regenerate_ssh_host_keys: bool,
 }
 
 /// What was added.
@@ -80,11 +85,17 @@ pub fn install(w: &mut Writer, plan: &Plan) -> Result<Installed, Error> {
                 );
             }
             add_file(w, INIT_PATH, 0o755, crate::INIT, time)?;
+            if plan.regenerate_ssh_host_keys {
+                add_file(w, SSH_HOST_KEYS_REMOVED, 0o644, b"", time)?;
+            }
             INIT_PATH.to_string()
         }
         InitStrategy::Systemd => {
             // The init's report-exit helper tells the host the app's exit code.
             add_file(w, INIT_PATH, 0o755, crate::INIT, time)?;
+            if plan.regenerate_ssh_host_keys {
+                warnings.extend(systemd::install_ssh_keygen(w, time)?);
+            }
             systemd::install(w, &plan.run, time)?
         }
         InitStrategy::Custom => {
@@ -94,6 +105,9 @@ pub fn install(w: &mut Writer, plan: &Plan) -> Result<Installed, Error> {
                 ));
             };
             check_interpreter(w, script)?;
+            if plan.regenerate_ssh_host_keys {
+                warnings.push("the image's SSH host keys were removed (hardening): the custom init must make new ones (ssh-keygen -A) before sshd starts".into());
+            }
             add_file(w, CUSTOM_INIT_PATH, 0o755, script, time)?;
             CUSTOM_INIT_PATH.to_string()
         }

@@ -9,6 +9,7 @@ use crate::lookup::{self, Kind};
 use crate::Error;
 
 const UNIT: &str = "builderd-app.service";
+const SSH_KEYGEN_UNIT: &str = "builderd-ssh-host-keys.service";
 
 /// Where images keep systemd, in the order tried.
 const SYSTEMD_PATHS: &[&str] = &["/lib/systemd/systemd", "/usr/lib/systemd/systemd"];
@@ -60,6 +61,41 @@ pub fn install(w: &mut Writer, run: &RunConfig, time: i64) -> Result<String, Err
         Metadata::root_owned(0o777, time),
     )?;
     Ok(systemd)
+}
+
+/// A unit that makes the VM's SSH host keys at boot, before sshd starts,
+/// when it has none (the build removed the image's). Answers a warning when
+/// the image has no ssh-keygen.
+pub fn install_ssh_keygen(w: &mut Writer, time: i64) -> Result<Option<String>, Error> {
+    let Some(keygen) = lookup::which(w, "ssh-keygen", "/usr/bin:/bin:/usr/sbin:/sbin")? else {
+        return Ok(Some(
+            "the image's SSH host keys were removed (hardening) and it has no ssh-keygen to make new ones at boot".into(),
+        ));
+    };
+    let unit = format!(
+        "[Unit]\n\
+         Description=This VM's own SSH host keys (builderd removed the image's)\n\
+         ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n\
+         Before=ssh.service sshd.service ssh.socket sshd.socket\n\n\
+         [Service]\n\
+         Type=oneshot\n\
+         ExecStart={}\n\n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        quote(&keygen, true)? + " -A"
+    );
+    let dir = lookup::ensure_dir(w, "/etc/systemd/system", time)?;
+    let wants = lookup::ensure_dir(w, &format!("{dir}/multi-user.target.wants"), time)?;
+    let unit_path = format!("{dir}/{SSH_KEYGEN_UNIT}");
+    let mut f = w.file(unit_path.as_bytes(), Metadata::root_owned(0o644, time))?;
+    f.write(unit.as_bytes())?;
+    f.finish()?;
+    w.symlink(
+        format!("{wants}/{SSH_KEYGEN_UNIT}").as_bytes(),
+        unit_path.as_bytes(),
+        Metadata::root_owned(0o777, time),
+    )?;
+    Ok(None)
 }
 
 fn unit_text(run: &RunConfig, argv: &[String], env: &[(String, String)]) -> Result<String, Error> {

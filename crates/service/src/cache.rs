@@ -101,6 +101,16 @@ impl Cache {
             // tenant's own layer cache and cache mounts: the tenant's own.
             "project": job.project.as_ref().map(|_| serde_json::json!({"tenant": tenant})),
         });
+        // What the flatten leaves out or changes makes another artifact
+        // (keys of builds with the defaults stay as they were).
+        let mut inputs = inputs;
+        if job.optimize_for_size || job.remove_dev_packages || job.no_harden {
+            inputs["policy"] = serde_json::json!({
+                "optimize_for_size": job.optimize_for_size,
+                "remove_dev_packages": job.remove_dev_packages,
+                "harden": !job.no_harden,
+            });
+        }
         Digest::of(inputs.to_string().as_bytes()).hex().to_string()
     }
 

@@ -62,6 +62,12 @@ pub struct Job {
     pub source_type: &'static str,
     /// How a Git source is built (None for an image).
     pub project: Option<GitJob>,
+    /// The docker strategy's `optimize_for_size`.
+    pub optimize_for_size: bool,
+    /// The docker strategy's `remove_dev_packages`.
+    pub remove_dev_packages: bool,
+    /// The strategy's `harden` set to false.
+    pub no_harden: bool,
 }
 
 /// A Git source's build: `Job::image` is its address as `builderd build`
@@ -245,18 +251,9 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
         }
         Some(StrategyType::DockerStrategy(d)) => {
             let field = "config.strategy.docker_strategy";
-            if d.optimize_for_size {
-                return Err(unimplemented(
-                    &format!("{field}.optimize_for_size"),
-                    "size optimisation",
-                ));
-            }
-            if d.remove_dev_packages {
-                return Err(unimplemented(
-                    &format!("{field}.remove_dev_packages"),
-                    "removing development packages",
-                ));
-            }
+            job.optimize_for_size = d.optimize_for_size;
+            job.remove_dev_packages = d.remove_dev_packages;
+            job.no_harden = d.harden == Some(false);
             if d.preserve_layers {
                 return Err(unimplemented(
                     &format!("{field}.preserve_layers"),
@@ -372,6 +369,7 @@ fn git_strategy(
         }
     };
     project.cache_dependencies = g.cache_dependencies;
+    job.no_harden = g.harden == Some(false);
     match (&project.dockerfile, g.dockerfile_path.as_str()) {
         (_, "") => {}
         (Some(given), path) if given != path => {
@@ -695,22 +693,31 @@ mod tests {
           "BUILD_VERSION": "{{.GitCommit}}"}, "cache_dependencies": true}}}}"#;
 
     #[test]
-    fn the_three_example_configs_parse_and_name_what_is_missing() {
-        let node = job(&parse(NODE), &default_retry_policy()).unwrap_err();
-        assert_eq!(
-            node,
-            unimplemented(
-                "config.strategy.docker_strategy.optimize_for_size",
-                "size optimisation"
-            )
-        );
+    fn the_three_example_configs_parse_and_are_taken() {
+        // Both docker examples are taken as written, their options honoured.
+        let node = job(&parse(NODE), &default_retry_policy()).unwrap();
+        assert!(node.optimize_for_size && !node.remove_dev_packages && !node.no_harden);
+        assert_eq!(node.commands.len(), 2);
         let webapp = parse(WEBAPP);
         assert_eq!(
             secrets(&webapp).unwrap().registry.as_deref(),
             Some("github_user:ghp_token")
         );
+        let taken = job(&webapp, &default_retry_policy()).unwrap();
+        assert!(taken.optimize_for_size && taken.remove_dev_packages);
+        assert_eq!((taken.init, taken.compression), ("systemd", Some("gzip")));
+        assert_eq!(taken.size_limit, Some(2147483648));
+        // Hardening is on unless a strategy turns it off; keeping the
+        // layers is not built yet.
+        let unhardened = parse(&WEBAPP.replace(
+            r#""preserve_layers": false"#,
+            r#""preserve_layers": false, "harden": false"#,
+        ));
+        assert!(job(&unhardened, &default_retry_policy()).unwrap().no_harden);
+        let layered =
+            parse(&WEBAPP.replace(r#""preserve_layers": false"#, r#""preserve_layers": true"#));
         assert!(
-            matches!(job(&webapp, &default_retry_policy()), Err(Refusal::Unimplemented(m)) if m.contains("optimize_for_size"))
+            matches!(job(&layered, &default_retry_policy()), Err(Refusal::Unimplemented(m)) if m.contains("preserve_layers"))
         );
         // The Git example: its Dockerfile.production is taken, its build
         // args checked, and INIT_STRATEGY_CUSTOM wants its script.

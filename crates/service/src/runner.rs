@@ -25,7 +25,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use builderd_build::{
     BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, CopyFormat, Event, GitOptions, Init,
-    ProjectOptions, RegistryOptions, Resolved, StepLimits, StepNetwork, Steps,
+    PolicyOptions, ProjectOptions, RegistryOptions, Resolved, StepLimits, StepNetwork, Steps,
 };
 use builderd_oci::{RetryCause, RetryPolicy};
 
@@ -51,6 +51,8 @@ pub struct Runner {
     /// The data directory's places, and the artifact cache.
     pub artifacts: Artifacts,
     pub insecure_registries: Vec<String>,
+    /// The operator's hardening policy file, for every build that hardens.
+    pub hardening_policy: Option<PathBuf>,
     /// Builds may reach loopback, private and link-local registries.
     pub allow_private_registries: bool,
     /// The retry policy of builds whose config has none.
@@ -183,6 +185,14 @@ impl Runner {
             // fetched and its FROM images are pinned.
             hold_after_resolve: true,
             steps,
+            policy: PolicyOptions {
+                optimize_for_size: job.optimize_for_size,
+                remove_dev_packages: job.remove_dev_packages,
+                harden: !job.no_harden,
+                hardening_policy: (!job.no_harden)
+                    .then(|| self.hardening_policy.clone())
+                    .flatten(),
+            },
             project: match &job.project {
                 Some(p) => ProjectOptions {
                     dockerfile: p.dockerfile.clone(),
@@ -957,6 +967,7 @@ mod tests {
                 cache: Arc::new(crate::cache::Cache::open(data, None, 0).unwrap()),
             },
             insecure_registries: vec!["reg:5000".into()],
+            hardening_policy: None,
             allow_private_registries: false,
             retry_defaults: crate::job::default_retry_policy(),
             steps_network: None,

@@ -34,6 +34,8 @@ pub struct Options {
     /// How long running builds may go on after SIGTERM before they are requeued.
     pub shutdown_grace: Duration,
     pub insecure_registries: Vec<String>,
+    /// The operator's hardening policy file, checked at start.
+    pub hardening_policy: Option<PathBuf>,
     /// An upper bound on any build's time, below the tier's limit if smaller.
     pub max_build_time: Option<Duration>,
     /// The retry policy of builds whose config has none.
@@ -347,6 +349,7 @@ pub async fn serve(opts: Options) -> Result<()> {
             cache,
         },
         insecure_registries: opts.insecure_registries.clone(),
+        hardening_policy: opts.hardening_policy.clone(),
         allow_private_registries: opts.allow_private_registries,
         retry_defaults: opts.retry_defaults.clone(),
         git: opts.git.clone(),

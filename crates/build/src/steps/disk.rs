@@ -200,7 +200,7 @@ fn write(out: &Path, image: &Image, layers: Vec<BlobAt>, scratch: &Path) -> Resu
             ..Default::default()
         },
     )?;
-    let flattened = builderd_flatten::flatten(&layers, &mut writer, &|_| {});
+    let flattened = builderd_flatten::flatten(&layers, &mut writer, None, &|_| {});
     drop(layers);
     flattened.context("writing the base image's disk for the steps")?;
     let (_, file) = writer.finish()?;

@@ -63,6 +63,8 @@ pub fn run(
         steps: Steps::default(),
         project: Default::default(),
         git: Default::default(),
+        // The steps run in the image as it is.
+        policy: crate::request::PolicyOptions::none(),
         credentials: None,
         git_credentials: None,
     })

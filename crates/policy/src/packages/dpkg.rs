@@ -1,0 +1,340 @@
+//! dpkg's database: `var/lib/dpkg/status` (one stanza per package),
+//! `info/PACKAGE[:ARCH].list` (its paths), `alternatives/NAME`, and the
+//! trigger interest files; read, and rewritten without the packages that go.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::closure::{Installed, Pkg};
+use super::{Found, Removal};
+
+pub const STATUS: &[u8] = b"var/lib/dpkg/status";
+const INFO: &[u8] = b"var/lib/dpkg/info/";
+const ALTERNATIVES: &[u8] = b"var/lib/dpkg/alternatives/";
+const TRIGGERS: &[u8] = b"var/lib/dpkg/triggers/";
+
+/// The files of dpkg's database the plan reads.
+pub fn wanted(path: &[u8]) -> bool {
+    path == STATUS
+        || path
+            .strip_prefix(INFO)
+            .is_some_and(|n| n.ends_with(b".list") && !n.contains(&b'/'))
+        || path
+            .strip_prefix(ALTERNATIVES)
+            .is_some_and(|n| !n.contains(&b'/'))
+        || path
+            .strip_prefix(TRIGGERS)
+            .is_some_and(|n| !n.contains(&b'/') && !n.is_empty() && n != b"Lock")
+}
+
+/// One stanza of the status file.
+pub struct Stanza<'a> {
+    pub text: &'a str,
+    fields: BTreeMap<String, String>,
+}
+
+impl Stanza<'_> {
+    pub fn get(&self, field: &str) -> &str {
+        self.fields
+            .get(&field.to_ascii_lowercase())
+            .map_or("", String::as_str)
+    }
+}
+
+/// The stanzas of a status file, each with its text as written.
+pub fn stanzas(status: &str) -> Vec<Stanza<'_>> {
+    let mut out = Vec::new();
+    for text in status.split("\n\n") {
+        if text.trim().is_empty() {
+            continue;
+        }
+        let mut fields = BTreeMap::new();
+        let mut last: Option<String> = None;
+        for line in text.lines() {
+            if line.starts_with([' ', '\t']) {
+                if let Some(name) = &last {
+                    let value: &mut String = fields.entry(name.clone()).or_default();
+                    value.push('\n');
+                    value.push_str(line.trim());
+                }
+            } else if let Some((name, value)) = line.split_once(':') {
+                let name = name.trim().to_ascii_lowercase();
+                fields.insert(name.clone(), value.trim().to_string());
+                last = Some(name);
+            }
+        }
+        out.push(Stanza {
+            text: text.trim_matches('\n'),
+            fields,
+        });
+    }
+    out
+}
+
+/// A package name in a relation: without its `:arch` qualifier.
+fn bare(name: &str) -> &str {
+    name.split(':').next().unwrap_or(name)
+}
+
+/// Depends / Provides syntax: `a (>= 1) | b:any, c [amd64] <!nocheck>`.
+pub fn relations(field: &str) -> Vec<Vec<String>> {
+    field
+        .split(',')
+        .map(|group| {
+            group
+                .split('|')
+                .filter_map(|alt| {
+                    let name = alt.split(['(', '[', '<']).next()?.trim();
+                    (!name.is_empty()).then(|| bare(name).to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|g| !g.is_empty())
+        .collect()
+}
+
+/// A development package by Debian's conventions.
+pub fn is_dev(name: &str, section: &str) -> bool {
+    let section = section.rsplit('/').next().unwrap_or(section);
+    let compiler = |base: &str| {
+        name == base
+            || name
+                .strip_prefix(base)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+    };
+    matches!(section, "devel" | "libdevel" | "debug")
+        || name.ends_with("-dev")
+        || name.ends_with("-dbg")
+        || name.ends_with("-dbgsym")
+        || ["gcc", "g++", "cpp", "gfortran", "clang", "llvm"]
+            .iter()
+            .any(|c| compiler(c))
+        || matches!(
+            name,
+            "make"
+                | "build-essential"
+                | "pkgconf"
+                | "pkgconf-bin"
+                | "pkg-config"
+                | "autoconf"
+                | "automake"
+                | "autotools-dev"
+                | "libtool"
+                | "bison"
+                | "flex"
+        )
+}
+
+/// Reads the database into packages for the closure: installed packages
+/// (with their stanza index) and each one's paths.
+pub fn packages<'a>(
+    status: &'a str,
+    found: &BTreeMap<Vec<u8>, Found>,
+) -> (Vec<Stanza<'a>>, Vec<(usize, Installed)>) {
+    let all = stanzas(status);
+    let mut pkgs = Vec::new();
+    for (index, s) in all.iter().enumerate() {
+        let name = s.get("Package");
+        let state: Vec<&str> = s.get("Status").split_whitespace().collect();
+        if name.is_empty() || state.last() != Some(&"installed") {
+            continue;
+        }
+        let essential = s.get("Essential") == "yes"
+            || matches!(s.get("Priority"), "required")
+            || state.first() == Some(&"hold");
+        let mut depends = relations(s.get("Depends"));
+        depends.extend(relations(s.get("Pre-Depends")));
+        let provides = relations(s.get("Provides")).into_iter().flatten().collect();
+        let arch = s.get("Architecture");
+        let mut files = Vec::new();
+        for list in [format!("{name}:{arch}.list"), format!("{name}.list")] {
+            let path = [INFO, list.as_bytes()].concat();
+            if let Some(Found::File(text)) = found.get(&path) {
+                files.extend(
+                    text.split(|&b| b == b'\n')
+                        .filter_map(|l| l.strip_prefix(b"/"))
+                        .filter(|l| !l.is_empty() && *l != b".")
+                        .map(<[u8]>::to_vec),
+                );
+                break;
+            }
+        }
+        let size = s.get("Installed-Size").parse::<u64>().unwrap_or(0) * 1024;
+        pkgs.push((
+            index,
+            Installed {
+                pkg: Pkg {
+                    name: name.to_string(),
+                    provides,
+                    depends,
+                    candidate: !essential && is_dev(name, s.get("Section")),
+                },
+                bytes: size,
+                paths: files,
+            },
+        ));
+    }
+    (all, pkgs)
+}
+
+/// Is `path` one of dpkg's own files (`info/NAME[:ARCH].EXT`) for a
+/// package in `removed`?
+pub fn is_info_of(path: &[u8], removed: &BTreeSet<String>) -> bool {
+    let Some(file) = path.strip_prefix(INFO) else {
+        return false;
+    };
+    let Ok(file) = std::str::from_utf8(file) else {
+        return false;
+    };
+    let Some(dot) = file.rfind('.') else {
+        return false;
+    };
+    let stem = &file[..dot];
+    removed.contains(bare(stem))
+}
+
+/// The status file without the stanzas at `gone`.
+pub fn rewrite_status(all: &[Stanza<'_>], gone: &BTreeSet<usize>) -> Vec<u8> {
+    let mut out = String::new();
+    for (i, s) in all.iter().enumerate() {
+        if !gone.contains(&i) {
+            out.push_str(s.text);
+            out.push_str("\n\n");
+        }
+    }
+    out.into_bytes()
+}
+
+/// Alternatives whose every choice is a removed file go whole: their
+/// admin file, their links in /etc/alternatives and the links to those.
+/// Those with some choice left are named (they need `update-alternatives
+/// --config` if they pointed at a removed one).
+pub fn alternatives(found: &BTreeMap<Vec<u8>, Found>, removal: &mut Removal) {
+    for (path, content) in found.range(ALTERNATIVES.to_vec()..) {
+        let Some(name) = path.strip_prefix(ALTERNATIVES) else {
+            break;
+        };
+        let Found::File(text) = content else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(text);
+        let mut lines = text.lines();
+        let (Some(_mode), Some(master)) = (lines.next(), lines.next()) else {
+            continue;
+        };
+        let mut links = vec![(name.to_vec(), master.to_string())];
+        let mut slaves = 0;
+        while let Some(slave) = lines.next().filter(|l| !l.is_empty()) {
+            let Some(link) = lines.next() else { break };
+            links.push((slave.as_bytes().to_vec(), link.to_string()));
+            slaves += 1;
+        }
+        let mut choices = Vec::new();
+        while let Some(choice) = lines.next().filter(|l| !l.is_empty()) {
+            choices.push(choice.trim_start_matches('/').as_bytes().to_vec());
+            for _ in 0..=slaves {
+                lines.next();
+            }
+        }
+        let removed = choices.iter().filter(|c| removal.drops(c)).count();
+        if choices.is_empty() || removed == 0 {
+            continue;
+        }
+        if removed < choices.len() {
+            removal.warnings.push(format!(
+                "the alternative {} keeps {} of its {} choices; if it pointed at a removed one, run update-alternatives --auto {} in the image",
+                String::from_utf8_lossy(name),
+                choices.len() - removed,
+                choices.len(),
+                String::from_utf8_lossy(name)
+            ));
+            continue;
+        }
+        removal.database.insert(path.clone());
+        for (alt, link) in links {
+            removal
+                .database
+                .insert([&b"etc/alternatives/"[..], &alt].concat());
+            removal
+                .database
+                .insert(link.trim_start_matches('/').as_bytes().to_vec());
+        }
+    }
+}
+
+/// Trigger interest files without the removed packages' lines.
+pub fn triggers(
+    found: &BTreeMap<Vec<u8>, Found>,
+    removed: &BTreeSet<String>,
+    removal: &mut Removal,
+) {
+    for (path, content) in found.range(TRIGGERS.to_vec()..) {
+        if !path.starts_with(TRIGGERS) {
+            break;
+        }
+        let Found::File(text) = content else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(text);
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                let who = line.split_whitespace().last().unwrap_or("");
+                let who = who.split('/').next().unwrap_or(who);
+                !removed.contains(bare(who))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept != text {
+            removal.replace.insert(path.clone(), kept.into_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relations_and_dev_names_parse_as_debian_writes_them() {
+        assert_eq!(
+            relations("libc6 (>= 2.34), libgcc-s1 | libgcc1, nodejs:any, foo [amd64] <!nocheck>"),
+            vec![
+                vec!["libc6".to_string()],
+                vec!["libgcc-s1".into(), "libgcc1".into()],
+                vec!["nodejs".into()],
+                vec!["foo".into()]
+            ]
+        );
+        assert!(is_dev("libc6-dev", "libdevel"));
+        assert!(is_dev("gcc-12", "devel"));
+        assert!(is_dev("cpp-12", "interpreters"));
+        assert!(is_dev("cpp", "interpreters"));
+        assert!(is_dev("make", "devel"));
+        assert!(is_dev("libfoo-dbgsym", "debug"));
+        assert!(
+            !is_dev("cpp-httplib-runtime", "libs"),
+            "{}",
+            "not a compiler version"
+        );
+        assert!(!is_dev("python3", "python"));
+        assert!(!is_dev("libgcc-s1", "libs"));
+        assert!(
+            !is_dev("gcc-12-base", "libs"),
+            "the compiler's base files, not the compiler"
+        );
+        let removed: BTreeSet<String> = ["libpython3.11-dev".to_string()].into();
+        assert!(is_info_of(
+            b"var/lib/dpkg/info/libpython3.11-dev:amd64.list",
+            &removed
+        ));
+        assert!(is_info_of(
+            b"var/lib/dpkg/info/libpython3.11-dev.md5sums",
+            &removed
+        ));
+        assert!(!is_info_of(
+            b"var/lib/dpkg/info/libpython3.11.list",
+            &removed
+        ));
+    }
+}
