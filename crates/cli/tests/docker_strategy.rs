@@ -37,7 +37,9 @@ fn stat(image: &Path, path: &str) -> String {
 
 fn mode(image: &Path, path: &str) -> String {
     let s = stat(image, path);
-    let at = s.find("Mode:").unwrap_or_else(|| panic!("{path} is not in the image"));
+    let at = s
+        .find("Mode:")
+        .unwrap_or_else(|| panic!("{path} is not in the image"));
     s[at + 5..].split_whitespace().next().unwrap().to_string()
 }
 
@@ -119,7 +121,10 @@ fn hardening_removes_identities_histories_and_credentials_and_fixes_modes() {
     let r = rules(&meta);
     assert_eq!(
         paths(&r, "ssh-host-keys"),
-        ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ed25519_key.pub"]
+        [
+            "/etc/ssh/ssh_host_ed25519_key",
+            "/etc/ssh/ssh_host_ed25519_key.pub"
+        ]
     );
     assert_eq!(paths(&r, "machine-id"), ["/etc/machine-id"]);
     assert_eq!(paths(&r, "shell-history"), ["/root/.bash_history"]);
@@ -141,9 +146,15 @@ fn hardening_removes_identities_histories_and_credentials_and_fixes_modes() {
         "/root/.docker/config.json",
         "/home/app/.git-credentials",
     ] {
-        assert!(stat(&image, gone).is_empty(), "{gone} is still in the image");
+        assert!(
+            stat(&image, gone).is_empty(),
+            "{gone} is still in the image"
+        );
     }
-    assert_eq!(debugfs_cat(&image, "/etc/ssh/sshd_config"), "PermitRootLogin no\n");
+    assert_eq!(
+        debugfs_cat(&image, "/etc/ssh/sshd_config"),
+        "PermitRootLogin no\n"
+    );
     assert!(stat(&image, "/etc/machine-id").contains("Size: 0"));
     assert!(!stat(&image, "/.builderd/ssh-host-keys-removed").is_empty());
     assert_eq!(mode(&image, "/srv/x"), "01777", "the sticky bit added");
@@ -179,13 +190,19 @@ fn hardening_removes_identities_histories_and_credentials_and_fixes_modes() {
         })
         .collect();
     assert_ne!(ids[0], ids[1], "two VMs of one image share a machine-id");
-    assert!(stat(&image, "/etc/machine-id").contains("Size: 0"), "--snapshot kept the image");
+    assert!(
+        stat(&image, "/etc/machine-id").contains("Size: 0"),
+        "--snapshot kept the image"
+    );
 
     // --no-harden leaves it all as the image has it.
     let plain = dir.path().join("plain.ext4");
     let meta = built(&source, &plain, &["--no-harden"]);
     assert!(meta.get("policy").is_none(), "{meta}");
-    assert_eq!(debugfs_cat(&plain, "/etc/ssh/ssh_host_ed25519_key"), "PRIVATE");
+    assert_eq!(
+        debugfs_cat(&plain, "/etc/ssh/ssh_host_ed25519_key"),
+        "PRIVATE"
+    );
     assert_eq!(mode(&plain, "/srv/x"), "0777");
 
     // An operator's policy strips setuid bits, removes and sets modes.
@@ -197,11 +214,18 @@ fn hardening_removes_identities_histories_and_credentials_and_fixes_modes() {
     )
     .unwrap();
     let strict = dir.path().join("strict.ext4");
-    let meta = built(&source, &strict, &["--hardening-policy", policy.to_str().unwrap()]);
+    let meta = built(
+        &source,
+        &strict,
+        &["--hardening-policy", policy.to_str().unwrap()],
+    );
     let r = rules(&meta);
     assert_eq!(paths(&r, "setuid-setgid"), ["/bin/suid"]);
     assert_eq!(mode(&strict, "/bin/suid"), "0755");
-    assert_eq!(paths(&r, "policy-remove"), ["/srv", "/srv/f", "/srv/g", "/srv/x"]);
+    assert_eq!(
+        paths(&r, "policy-remove"),
+        ["/srv", "/srv/f", "/srv/g", "/srv/x"]
+    );
     assert!(stat(&strict, "/srv").is_empty());
     assert_eq!(mode(&strict, "/etc/ssh/sshd_config"), "0600");
 
@@ -209,7 +233,11 @@ fn hardening_removes_identities_histories_and_credentials_and_fixes_modes() {
     std::fs::write(&policy, r#"{"remove": ["srv"]}"#).unwrap();
     let out = dir.path().join("refused.ext4");
     let err = assert_failed(
-        &build(&source, &out, &["--hardening-policy", policy.to_str().unwrap()]),
+        &build(
+            &source,
+            &out,
+            &["--hardening-policy", policy.to_str().unwrap()],
+        ),
         &out,
     );
     assert!(
@@ -271,7 +299,10 @@ fn optimize_leaves_out_caches_docs_other_languages_tmp_and_logs_but_not_licences
     assert_eq!(counts("tmp"), Some((3, 605)));
     assert_eq!(counts("logs"), Some((1, 90)));
     assert_eq!(counts("pip-cache"), Some((1, 800)));
-    assert_eq!(meta["policy"]["bytes_removed"], 1300 + 2000 + 500 + 40 + 80 + 605 + 90 + 800);
+    assert_eq!(
+        meta["policy"]["bytes_removed"],
+        1300 + 2000 + 500 + 40 + 80 + 605 + 90 + 800
+    );
 
     for kept in [
         "/var/cache/apt/archives/partial",
@@ -296,7 +327,10 @@ fn optimize_leaves_out_caches_docs_other_languages_tmp_and_logs_but_not_licences
         "/var/log/dpkg.log",
         "/root/.cache/pip/http/ab/cd",
     ] {
-        assert!(stat(&image, gone).is_empty(), "{gone} is still in the image");
+        assert!(
+            stat(&image, gone).is_empty(),
+            "{gone} is still in the image"
+        );
     }
     assert_eq!(mode(&image, "/tmp"), "01777", "/tmp itself stays");
 }
@@ -329,18 +363,241 @@ C:Q1ccc=\nP:gcc\nV:12-r0\nA:x86_64\nI:50000\nD:binutils\nF:usr/bin\nR:gcc\nF:usr
     );
     let packages = &meta["policy"]["packages"];
     assert_eq!(packages["managers"], json!(["apk"]));
-    assert_eq!(packages["removed"], json!([{"name": "gcc", "bytes": 50000}]));
+    assert_eq!(
+        packages["removed"],
+        json!([{"name": "gcc", "bytes": 50000}])
+    );
     assert_eq!(
         packages["kept_because_needed"],
         json!([{"name": "libfoo-dev", "bytes": 4096, "needed_by": "app", "dependency": "so:libfoo.so.1"}])
     );
     for gone in ["/usr/bin/gcc", "/usr/libexec/gcc/cc1", "/usr/libexec/gcc"] {
-        assert!(stat(&image, gone).is_empty(), "{gone} is still in the image");
+        assert!(
+            stat(&image, gone).is_empty(),
+            "{gone} is still in the image"
+        );
     }
     assert_eq!(debugfs_cat(&image, "/usr/include/foo.h"), "int foo(void);");
     assert_eq!(debugfs_cat(&image, "/usr/bin/app"), "the app");
     let db = debugfs_cat(&image, "/lib/apk/db/installed");
-    assert!(db.contains("P:libfoo-dev\n") && db.contains("P:app\n"), "{db}");
+    assert!(
+        db.contains("P:libfoo-dev\n") && db.contains("P:app\n"),
+        "{db}"
+    );
     assert!(!db.contains("P:gcc\n"), "{db}");
     assert_eq!(debugfs_cat(&image, "/lib/apk/world"), "app\n");
+}
+
+/// The Debian image's app, run by systemd: once sshd is up, this VM's host
+/// key and machine-id, and hello-app's line.
+const DEBIAN_APP: &str = "for i in $(seq 240); do [ \"$(systemctl is-active ssh)\" = active ] && break; sleep 0.5; done; \
+    echo \"app: ssh=$(systemctl is-active ssh) key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2) id=$(cat /etc/machine-id) $(hello-app)\"";
+
+/// Every regular file under `dir` (recursively), relative to `root`.
+fn files_under(root: &Path, dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.join(dir)];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(
+                    e.path()
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+#[cfg_attr(builderd_not_root, ignore = "needs root: run as root")]
+fn a_debian_build_machine_sheds_its_tools_stays_consistent_and_boots_with_its_own_keys() {
+    if !root_or_skip() {
+        return; // debootstrap, the loop mount and chroot need root
+    }
+    let dir = tmp();
+    let tar = common::debian::build_tools_tar();
+    let layout = dir.path().join("layout");
+    make_image(
+        &layout,
+        json!({"tag": "v1", "layers": [{"compression": "zstd", "tar": tar.to_str().unwrap()}],
+        "config": {
+            "Cmd": ["/bin/sh", "-c", DEBIAN_APP],
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+        }}),
+    );
+    let source = format!("oci:{}:v1", layout.display());
+    let plain = dir.path().join("plain.ext4");
+    let plain_meta = built(&source, &plain, &["--no-harden", "--init", "systemd"]);
+    let small = dir.path().join("small.ext4");
+    let meta = built(
+        &source,
+        &small,
+        &[
+            "--optimize",
+            "--remove-dev-packages",
+            "--init",
+            "systemd",
+            "--free",
+            "64M",
+        ],
+    );
+
+    let packages = &meta["policy"]["packages"];
+    let removed: Vec<&str> = packages["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for tool in [
+        "build-essential",
+        "gcc",
+        "gcc-12",
+        "g++",
+        "g++-12",
+        "cpp-12",
+        "make",
+        "libc6-dev",
+        "dpkg-dev",
+        "binutils",
+        "libstdc++-12-dev",
+        "libgcc-12-dev",
+    ] {
+        assert!(
+            removed.contains(&tool),
+            "{tool} was not removed: {removed:?}"
+        );
+    }
+    for runtime in [
+        "python3",
+        "libc6",
+        "libstdc++6",
+        "systemd",
+        "openssh-server",
+        "hello-app",
+    ] {
+        assert!(!removed.contains(&runtime), "{runtime} was removed");
+    }
+    assert_eq!(
+        packages["kept_because_needed"],
+        json!([{"name": "linux-libc-dev", "bytes": packages["kept_because_needed"][0]["bytes"],
+                "needed_by": "hello-app", "dependency": "linux-libc-dev"}])
+    );
+    let before = plain_meta["image"]["file_data_bytes"].as_u64().unwrap();
+    let after = meta["image"]["file_data_bytes"].as_u64().unwrap();
+    eprintln!(
+        "file data: {before} bytes as built, {after} with --optimize --remove-dev-packages ({:.2}); images {} and {} bytes",
+        after as f64 / before as f64,
+        plain_meta["image"]["size_bytes"],
+        meta["image"]["size_bytes"]
+    );
+    assert!(after * 2 <= before, "{after} is more than half of {before}");
+
+    // The tree, read back from a loop mount and copied where the image's
+    // own dpkg and apt can check it.
+    let copy = dir.path().join("tree");
+    {
+        let m = Mount::new(&small);
+        run(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", m.path().display()))
+            .arg(&copy));
+    }
+    for gone in [
+        "usr/bin/gcc-12",
+        "usr/bin/x86_64-linux-gnu-gcc-12",
+        "usr/bin/cc",
+        "usr/bin/make",
+        "usr/include/stdio.h",
+        "usr/include/c++",
+        "usr/lib/gcc",
+        "var/lib/dpkg/info/gcc-12.list",
+        "etc/ssh/ssh_host_ed25519_key",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(copy.join(gone)).is_err(),
+            "{gone} is still in the image"
+        );
+    }
+    for kept in [
+        "usr/include/linux/types.h",
+        "usr/bin/hello-app",
+        "usr/bin/python3",
+        "usr/sbin/sshd",
+    ] {
+        assert!(copy.join(kept).exists(), "{kept} is gone");
+    }
+    assert_eq!(
+        files_under(&copy, "var/lib/apt/lists"),
+        Vec::<String>::new()
+    );
+    assert_eq!(files_under(&copy, "usr/share/man"), Vec::<String>::new());
+    let docs = files_under(&copy, "usr/share/doc");
+    assert!(!docs.is_empty());
+    assert!(
+        docs.iter().all(|d| d.ends_with("/copyright")),
+        "docs besides copyright files: {:?}",
+        docs.iter()
+            .filter(|d| !d.ends_with("/copyright"))
+            .collect::<Vec<_>>()
+    );
+    let audit = run(std::process::Command::new("chroot")
+        .arg(&copy)
+        .args(["dpkg", "--audit"]));
+    assert!(
+        audit.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
+    run(std::process::Command::new("chroot")
+        .arg(&copy)
+        .args(["apt-get", "check"]));
+
+    // Two VMs of the one artifact: each makes its own host keys and
+    // machine-id, sshd runs, and so does the app.
+    let lines: Vec<String> = (0..2)
+        .map(|_| {
+            let o = builderd()
+                .args(["boot", "--snapshot", "--timeout", "300"])
+                .arg(&small)
+                .output()
+                .unwrap();
+            let console = String::from_utf8_lossy(&o.stdout).into_owned();
+            let line = console
+                .lines()
+                .find_map(|l| l.find("app: ssh=").map(|at| &l[at + 5..]))
+                .unwrap_or_else(|| panic!("no app line:\n{console}"))
+                .trim()
+                .to_string();
+            assert_eq!(o.status.code(), Some(0), "{console}");
+            line
+        })
+        .collect();
+    let field = |line: &str, name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+            .to_string()
+    };
+    for line in &lines {
+        assert_eq!(field(line, "ssh="), "active", "{line}");
+        assert!(field(line, "key=").starts_with("SHA256:"), "{line}");
+        assert_eq!(field(line, "id=").len(), 32, "{line}");
+        assert!(line.ends_with("hello-app: python 3.11.2"), "{line}");
+    }
+    assert_ne!(field(&lines[0], "key="), field(&lines[1], "key="));
+    assert_ne!(field(&lines[0], "id="), field(&lines[1], "id="));
+    e2fsck(&small);
 }

@@ -100,8 +100,11 @@ pub fn install_ssh_keygen(w: &mut Writer, time: i64) -> Result<Option<String>, E
 
 fn unit_text(run: &RunConfig, argv: &[String], env: &[(String, String)]) -> Result<String, Error> {
     let mut s = String::from(
-        "# Written by builderd: the image's app, run as its config says.\n\
-         [Unit]\nDescription=builderd app\nAfter=basic.target\n\n\
+        "# Written by builderd: the image's app, run as its config says; the VM\n\
+         # powers off when it stops (these two are [Unit] settings: systemd\n\
+         # ignores SuccessAction in [Service]).\n\
+         [Unit]\nDescription=builderd app\nAfter=basic.target\n\
+         SuccessAction=poweroff\nFailureAction=poweroff\n\n\
          [Service]\nType=exec\n",
     );
     let args: Vec<String> = argv
@@ -128,8 +131,7 @@ fn unit_text(run: &RunConfig, argv: &[String], env: &[(String, String)]) -> Resu
     }
     s += &format!(
         "StandardOutput=journal+console\nStandardError=journal+console\n\
-         ExecStopPost={INIT_PATH} report-exit\n\
-         SuccessAction=poweroff\nFailureAction=poweroff\n\n\
+         ExecStopPost={INIT_PATH} report-exit\n\n\
          [Install]\nWantedBy=multi-user.target\n"
     );
     Ok(s)
