@@ -7,7 +7,7 @@ on 20 packages of 10 files each (200 dependency files) published to
 verdaccio, which runs in a network namespace of its own at 198.51.100.10
 (TEST-NET-2, routed to it from here) so that builderd's egress network
 reaches it. The base image is the tests' Debian 12 with nodejs and npm
-(crates/cli/tests/common/debian.rs: made by debootstrap once, kept in
+(scripts/debian-tree node-python: made by debootstrap once, kept in
 /var/tmp/builderd-tests), pushed to a docker-registry on loopback.
 
 - builderd: `builderd build git:REPO#main --cache-dependencies --network
@@ -41,8 +41,6 @@ WORK = "/var/tmp/builderd-bench/git-build"
 BUILDERD = os.path.join(ROOT, "target/release/builderd")
 VERDACCIO = os.path.join(ROOT, "crates/cli/tests/clients/node_modules/.bin/verdaccio")
 MKIMAGE = os.path.join(ROOT, "crates/cli/tests/fixtures/mkimage.py")
-KEPT = "/var/tmp/builderd-tests"
-BASE_TAR = os.path.join(KEPT, "bookworm-node-npm-python-venv-1.tar")
 INDEX = "198.51.100.10"
 NS = "bdbench"
 PACKAGES, FILES = 20, 10
@@ -53,23 +51,8 @@ def run(cmd, **kw):
 
 
 def base_tar():
-    """The tests' Debian base (the same recipe as common/debian.rs)."""
-    if os.path.exists(BASE_TAR):
-        return BASE_TAR
-    os.makedirs(KEPT, exist_ok=True)
-    name = os.path.basename(BASE_TAR)
-    script = (
-        f"set -e; cd {KEPT}; [ -s {name} ] && exit 0; rm -rf root; "
-        "debootstrap --variant=minbase --include=nodejs,python3,python3-venv,ca-certificates "
-        "bookworm root http://deb.debian.org/debian >debootstrap.log 2>&1; "
-        "chroot root apt-get install -y -qq --no-install-recommends npm >>debootstrap.log 2>&1; "
-        "chroot root npm --version >/dev/null; "
-        "rm -rf root/var/cache/apt/archives/*.deb root/var/lib/apt/lists/* root/usr/share/doc "
-        "root/usr/share/man root/usr/share/info; "
-        f"tar -C root --numeric-owner -cf {name}.part . && mv {name}.part {name} && rm -rf root"
-    )
-    run(["flock", os.path.join(KEPT, "lock"), "sh", "-c", script])
-    return BASE_TAR
+    """The tests' Debian base (scripts/debian-tree, made here if missing)."""
+    return run([os.path.join(ROOT, "scripts/debian-tree"), "node-python"]).stdout.strip()
 
 
 def free_port():
