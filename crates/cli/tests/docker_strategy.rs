@@ -600,4 +600,34 @@ fn a_debian_build_machine_sheds_its_tools_stays_consistent_and_boots_with_its_ow
     assert_ne!(field(&lines[0], "key="), field(&lines[1], "key="));
     assert_ne!(field(&lines[0], "id="), field(&lines[1], "id="));
     e2fsck(&small);
+
+    // DIRECT_EXEC: builderd-init makes the keys and the machine-id.
+    let direct = dir.path().join("direct.ext4");
+    built(
+        &source,
+        &direct,
+        &[
+            "--optimize",
+            "--remove-dev-packages",
+            "--cmd",
+            r#"["/bin/sh", "-c", "echo \"app: key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2) id=$(cat /etc/machine-id)\""]"#,
+        ],
+    );
+    let o = builderd()
+        .args(["boot", "--snapshot", "--timeout", "120"])
+        .arg(&direct)
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        console.contains("builderd-init: made this VM's SSH host keys"),
+        "{console}"
+    );
+    let line = console
+        .lines()
+        .find_map(|l| l.find("app: key=").map(|at| &l[at + 5..]))
+        .unwrap_or_else(|| panic!("no app line:\n{console}"));
+    assert!(field(line, "key=").starts_with("SHA256:"), "{line}");
+    assert_eq!(field(line, "id=").len(), 32, "{line}");
+    assert_eq!(o.status.code(), Some(0), "{console}");
 }

@@ -60,6 +60,13 @@ impl Cache {
         })
     }
 
+    /// Something besides the binary that decides what builds make (the
+    /// operator's hardening policy): a change of it is another builder.
+    pub fn also_made_by(&mut self, input: &[u8]) {
+        let with = [self.builder_id.as_bytes(), b"\0", input].concat();
+        self.builder_id = Digest::of(&with).hex().to_string();
+    }
+
     /// The key of what a build would make: where the image comes from
     /// (registry and repository: an artifact is served only for the
     /// repository whose blobs made it, to a build whose credentials just
@@ -281,5 +288,35 @@ mod tests {
             ..with(&["npm ci"])
         };
         assert_ne!(key, cache.key(&manifest, &egress, "a"));
+    }
+
+    #[test]
+    fn the_image_options_and_the_operators_hardening_policy_make_other_keys() {
+        let data = tempfile::tempdir().unwrap();
+        let mut cache = Cache::open(data.path(), None, 0).unwrap();
+        let manifest = Digest::of(b"manifest");
+        let plain = Job {
+            image: "reg.example/app:v1".into(),
+            ..Job::default()
+        };
+        let key = cache.key(&manifest, &plain, "a");
+        for other in [
+            Job {
+                optimize_for_size: true,
+                ..plain.clone()
+            },
+            Job {
+                remove_dev_packages: true,
+                ..plain.clone()
+            },
+            Job {
+                no_harden: true,
+                ..plain.clone()
+            },
+        ] {
+            assert_ne!(key, cache.key(&manifest, &other, "a"), "{other:?}");
+        }
+        cache.also_made_by(br#"{"strip_setuid": true}"#);
+        assert_ne!(key, cache.key(&manifest, &plain, "a"));
     }
 }

@@ -323,10 +323,14 @@ pub async fn serve(opts: Options) -> Result<()> {
     crate::paths::DataDir(opts.data_dir.clone())
         .set_modes()
         .with_context(|| format!("{}: setting its modes", opts.data_dir.display()))?;
-    let cache = Arc::new(
-        Cache::open(&opts.data_dir, Some(&opts.exe), opts.cache_max_bytes)
-            .context("opening the cache")?,
-    );
+    let mut cache = Cache::open(&opts.data_dir, Some(&opts.exe), opts.cache_max_bytes)
+        .context("opening the cache")?;
+    if let Some(policy) = &opts.hardening_policy {
+        let text = std::fs::read(policy)
+            .with_context(|| format!("--hardening-policy {}", policy.display()))?;
+        cache.also_made_by(&text);
+    }
+    let cache = Arc::new(cache);
     // No build runs yet: what the steps of builds killed with an earlier
     // server still run goes, and no blob is in use.
     builderd_build::sweep_steps();

@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use builderd_flatten::Found;
+
 use super::closure::{Installed, Pkg};
-use super::{Found, Removal};
 
 pub const STATUS: &[u8] = b"var/lib/dpkg/status";
 const INFO: &[u8] = b"var/lib/dpkg/info/";
@@ -205,11 +206,16 @@ pub fn rewrite_status(all: &[Stanza<'_>], gone: &BTreeSet<usize>) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// Alternatives whose every choice is a removed file go whole: their
-/// admin file, their links in /etc/alternatives and the links to those.
-/// Those with some choice left are named (they need `update-alternatives
-/// --config` if they pointed at a removed one).
-pub fn alternatives(found: &BTreeMap<Vec<u8>, Found>, removal: &mut Removal) {
+/// What goes with the alternatives all of whose choices were removed
+/// (`removed` tells a removed file): their admin file, their links in
+/// /etc/alternatives and the links to those; and a warning for each that
+/// keeps some choice (it needs `update-alternatives --auto` if it pointed
+/// at a removed one).
+pub fn alternatives(
+    found: &BTreeMap<Vec<u8>, Found>,
+    removed: &dyn Fn(&[u8]) -> bool,
+) -> (Vec<Vec<u8>>, Vec<String>) {
+    let (mut gone, mut warnings) = (Vec::new(), Vec::new());
     for (path, content) in found.range(ALTERNATIVES.to_vec()..) {
         let Some(name) = path.strip_prefix(ALTERNATIVES) else {
             break;
@@ -236,12 +242,12 @@ pub fn alternatives(found: &BTreeMap<Vec<u8>, Found>, removal: &mut Removal) {
                 lines.next();
             }
         }
-        let removed = choices.iter().filter(|c| removal.drops(c)).count();
+        let removed = choices.iter().filter(|c| removed(c)).count();
         if choices.is_empty() || removed == 0 {
             continue;
         }
         if removed < choices.len() {
-            removal.warnings.push(format!(
+            warnings.push(format!(
                 "the alternative {} keeps {} of its {} choices; if it pointed at a removed one, run update-alternatives --auto {} in the image",
                 String::from_utf8_lossy(name),
                 choices.len() - removed,
@@ -250,24 +256,22 @@ pub fn alternatives(found: &BTreeMap<Vec<u8>, Found>, removal: &mut Removal) {
             ));
             continue;
         }
-        removal.database.insert(path.clone());
+        gone.push(path.clone());
         for (alt, link) in links {
-            removal
-                .database
-                .insert([&b"etc/alternatives/"[..], &alt].concat());
-            removal
-                .database
-                .insert(link.trim_start_matches('/').as_bytes().to_vec());
+            gone.push([&b"etc/alternatives/"[..], &alt].concat());
+            gone.push(link.trim_start_matches('/').as_bytes().to_vec());
         }
     }
+    (gone, warnings)
 }
 
-/// Trigger interest files without the removed packages' lines.
+/// Trigger interest files without the removed packages' lines: the files
+/// that change, with their new content.
 pub fn triggers(
     found: &BTreeMap<Vec<u8>, Found>,
     removed: &BTreeSet<String>,
-    removal: &mut Removal,
-) {
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut changed = Vec::new();
     for (path, content) in found.range(TRIGGERS.to_vec()..) {
         if !path.starts_with(TRIGGERS) {
             break;
@@ -286,9 +290,10 @@ pub fn triggers(
             .map(|l| format!("{l}\n"))
             .collect();
         if kept != text {
-            removal.replace.insert(path.clone(), kept.into_bytes());
+            changed.push((path.clone(), kept.into_bytes()));
         }
     }
+    changed
 }
 
 #[cfg(test)]

@@ -175,9 +175,11 @@ pub fn plan(found: &BTreeMap<Vec<u8>, Found>) -> Removal {
                 dpkg::STATUS.to_vec(),
                 dpkg::rewrite_status(&all, &gone_stanzas),
             );
-            let removed = removal.removed_dpkg.clone();
-            dpkg::alternatives(found, &mut removal);
-            dpkg::triggers(found, &removed, &mut removal);
+            let (gone, warnings) = dpkg::alternatives(found, &|p| removal.drops(p));
+            removal.database.extend(gone);
+            removal.warnings.extend(warnings);
+            let changed = dpkg::triggers(found, &removal.removed_dpkg);
+            removal.replace.extend(changed);
         }
     }
     if let Some(Found::File(installed)) = found.get(apk::INSTALLED) {
