@@ -55,10 +55,18 @@ pub fn read(
     let found = read_files(
         layers,
         &Policy::wanted,
+        &Policy::within,
         MAX_DATABASE_FILE,
         MAX_DATABASE_BYTES,
     )?;
-    for warning in policy.read(&found) {
+    let warnings = policy
+        .read(&found)
+        .map_err(|reason| builderd_flatten::Error::Invalid {
+            layer: "the image's package database".into(),
+            path: String::new(),
+            reason,
+        })?;
+    for warning in warnings {
         event::warn(reporter, warning);
     }
     Ok(())

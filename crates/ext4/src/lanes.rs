@@ -141,7 +141,8 @@ impl<'a> Lane<'a> {
     /// Moves the lane's position on by `bytes` of input that held no file
     /// content (a header, say); files move it by their size themselves.
     pub fn advance(&mut self, bytes: u64) {
-        self.pos += bytes;
+        // A hostile sparse file's declared size must not wrap it.
+        self.pos = self.pos.saturating_add(bytes);
         self.maybe_publish(self.pos);
     }
 

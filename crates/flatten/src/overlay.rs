@@ -52,6 +52,8 @@ struct PendingLink {
     layer: usize,
     path: Vec<u8>,
     target: Vec<u8>,
+    /// Its own entry's verdict: a link to be emptied is written apart.
+    verdict: Verdict,
 }
 
 struct Flatten<'w, 'l, 'a, 's> {
@@ -276,6 +278,7 @@ impl Flatten<'_, '_, '_, '_> {
                     let target = normalize(target);
                     if here.get(&target) == Some(&State::NonDir)
                         && self.origin.get(&target) == Some(&k)
+                        && !matches!(entry.verdict, Verdict::Empty(_))
                     {
                         self.w.hardlink(&path, &target)?;
                         self.origin.insert(path.clone(), k);
@@ -287,6 +290,7 @@ impl Flatten<'_, '_, '_, '_> {
                             layer: k,
                             path: path.clone(),
                             target,
+                            verdict: entry.verdict,
                         });
                     }
                     State::NonDir
@@ -429,7 +433,7 @@ impl Flatten<'_, '_, '_, '_> {
             let mut rest = Vec::new();
             for link in pending {
                 match self.origin.get(&link.target) {
-                    Some(&j) if j <= link.layer => {
+                    Some(&j) if j <= link.layer && !matches!(link.verdict, Verdict::Empty(_)) => {
                         self.w.hardlink(&link.path, &link.target)?;
                         self.origin.insert(link.path.clone(), j);
                     }
@@ -454,6 +458,35 @@ impl Flatten<'_, '_, '_, '_> {
             fixed.insert((link.layer, link.target.clone()), link.path.clone());
         }
         Ok(())
+    }
+
+    /// The verdict on a link written with its target's content (`entry`):
+    /// content its own name drops goes with every other name (a secret
+    /// hard-linked elsewhere is still a secret), and the link's own name is
+    /// judged as a file, changing `meta`.
+    fn judge_link(
+        &self,
+        link: &PendingLink,
+        entry: &builderd_import::Entry,
+        meta: &mut builderd_ext4::Metadata,
+    ) -> Verdict {
+        let Some(select) = self.select else {
+            return Verdict::Keep;
+        };
+        let mut as_target = meta.clone();
+        let target = select.select(&link.target, &entry.kind, entry.size(), &mut as_target);
+        if let Verdict::Drop(_) = target {
+            return target;
+        }
+        let verdict = select.select(&link.path, &entry.kind, entry.size(), meta);
+        // The link's entry was told its verdict as a link already.
+        if verdict != link.verdict && verdict.rule().is_some() {
+            select.applied(verdict, &link.path, entry.size(), meta);
+        }
+        match link.verdict {
+            Verdict::Empty(_) | Verdict::Drop(_) => link.verdict,
+            _ => verdict,
+        }
     }
 
     /// Writes `link.path` with the content `link.target` had in the tree as
@@ -483,10 +516,17 @@ impl Flatten<'_, '_, '_, '_> {
                 }
                 match &entry.kind {
                     EntryKind::File => {
-                        let mut out = self.w.file(&link.path, entry.meta.clone())?;
-                        reader
-                            .copy_data(&entry, &mut out)
-                            .map_err(layer_err(&self.layers[k]))?;
+                        let mut meta = entry.meta.clone();
+                        let verdict = self.judge_link(link, &entry, &mut meta);
+                        if matches!(verdict, Verdict::Drop(_)) {
+                            return Ok(());
+                        }
+                        let mut out = self.w.file(&link.path, meta)?;
+                        if !matches!(verdict, Verdict::Empty(_)) {
+                            reader
+                                .copy_data(&entry, &mut out)
+                                .map_err(layer_err(&self.layers[k]))?;
+                        }
                         out.finish()?;
                         return Ok(());
                     }

@@ -26,16 +26,21 @@ pub enum Found {
 
 /// The entries of the final tree that `want` asks for, by normalised
 /// path; regular files up to `max_file` bytes are read, at most
-/// `max_total` bytes in all.
+/// `max_total` bytes in all. `within` tells the directories that hold
+/// what `want` asks for (a non-directory or a whiteout there in an upper
+/// layer hides everything below it); only those and wanted paths are
+/// remembered, so memory stays small whatever the image.
 pub fn read_files(
     layers: &[Layer<'_>],
     want: &dyn Fn(&[u8]) -> bool,
+    within: &dyn Fn(&[u8]) -> bool,
     max_file: u64,
     max_total: u64,
 ) -> Result<BTreeMap<Vec<u8>, Found>, Error> {
     let mut found = BTreeMap::new();
-    // Paths decided by an upper layer (a version or a whiteout), and
-    // directories whose lower contents upper layers hid.
+    // Non-directories and whiteouts of upper layers (each hides the path
+    // and everything below it), and directories whose lower contents upper
+    // layers hid. A directory hides nothing: it merges.
     let mut decided: HashSet<Vec<u8>> = HashSet::new();
     let mut opaque: HashSet<Vec<u8>> = HashSet::new();
     let mut total = 0u64;
@@ -49,22 +54,34 @@ pub fn read_files(
                 continue;
             }
             let name = base(&path);
+            let relevant = |p: &[u8]| want(p) || within(p);
             if name == b".wh..wh..opq" {
-                opaque_here.push(parent(&path).to_vec());
+                if relevant(parent(&path)) {
+                    opaque_here.push(parent(&path).to_vec());
+                }
                 continue;
             }
             if let Some(hidden) = name.strip_prefix(b".wh.") {
-                decided_here.push(join(parent(&path), hidden));
+                let hidden = join(parent(&path), hidden);
+                if relevant(&hidden) {
+                    decided_here.push(hidden);
+                }
                 continue;
             }
             let hidden = decided.contains(&path)
+                || found.contains_key(&path)
                 || ancestors(&path)
                     .chain(std::iter::once(parent(&path)))
                     .any(|a| opaque.contains(a) || decided.contains(a));
-            if hidden || !want(&path) {
+            if hidden {
                 continue;
             }
-            decided_here.push(path.clone());
+            if entry.kind != EntryKind::Dir && relevant(&path) {
+                decided_here.push(path.clone());
+            }
+            if !want(&path) {
+                continue;
+            }
             let size = entry.size();
             let content = match &entry.kind {
                 EntryKind::File if size > max_file => Found::LargeFile,

@@ -309,7 +309,7 @@ impl builderd_flatten::Select for ByPath {
         match path {
             b"drop" | b"dropdir" | b"gone" => Verdict::Drop(3),
             p if p.starts_with(b"drop/") || p.starts_with(b"gone/") => Verdict::Drop(0),
-            b"empty/f" => Verdict::Empty(1),
+            b"empty/f" | b"empty/link" => Verdict::Empty(1),
             p if p.starts_with(b"mode/") => {
                 meta.mode = 0o600;
                 Verdict::Change(2)
@@ -353,6 +353,10 @@ fn verdicts_leave_out_empty_and_change_entries_and_tell_only_the_final_trees() {
                 E::File("empty/f", "data"),
                 E::File("mode/f", "m"),
                 E::File("mode/g", "lower g"),
+                // A link emptied by its own name; a link to content its
+                // target's name drops goes with it.
+                E::Hardlink("empty/link", "keep/a"),
+                E::Hardlink("keep/to-dropped", "drop/x"),
             ],
             vec![E::File("drop/.wh.y", ""), E::File("mode/g", "upper g")],
         ],
@@ -373,6 +377,9 @@ fn verdicts_leave_out_empty_and_change_entries_and_tell_only_the_final_trees() {
     assert!(stat("empty/f").contains("Size: 0"), "{}", stat("empty/f"));
     assert!(stat("mode/f").contains("Mode:  0600"), "{}", stat("mode/f"));
     assert_eq!(read(&img, "mode/g").as_deref(), Some("upper g"));
+    assert_eq!(read(&img, "empty/link").as_deref(), Some(""));
+    assert_eq!(read(&img, "keep/a").as_deref(), Some("lower"));
+    assert_eq!(read(&img, "keep/to-dropped"), None);
     let mut told = select.told.into_inner().unwrap();
     told.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(
@@ -381,6 +388,7 @@ fn verdicts_leave_out_empty_and_change_entries_and_tell_only_the_final_trees() {
             // drop/ has no entry of its own: nothing made it.
             (Verdict::Drop(0), "drop/x".into(), 7),
             (Verdict::Empty(1), "empty/f".into(), 4),
+            (Verdict::Empty(1), "empty/link".into(), 0),
             (Verdict::Drop(3), "gone".into(), 0),
             (Verdict::Drop(0), "gone/y".into(), 1),
             (Verdict::Note(4), "keep/listed".into(), 1),
@@ -405,19 +413,44 @@ fn files_are_read_from_the_final_tree_before_the_flatten() {
             E::File("db/big", "0123456789"),
             E::Symlink("lib", "usr/lib"),
             E::File("other", "not asked for"),
+            E::File("var/lib/db/x", "x"),
+            E::File("var/cache/db/z", "hidden by an upper symlink"),
         ],
         vec![
             E::File("db/status", "new"),
             E::File("db/info/.wh.b.list", ""),
             E::File("db/gone/.wh..wh..opq", ""),
+            // A directory merges, even one asked for; a non-directory on
+            // the way hides what is below it.
+            E::Dir("var/lib"),
+            E::Symlink("var/cache", "/elsewhere"),
         ],
     ]
     .iter()
     .map(|l| Arc::new(tar(l)))
     .collect();
     let layers = layers_of(&tars, None);
-    let want = |p: &[u8]| p.starts_with(b"db/") || p == b"lib";
-    let found = builderd_flatten::read_files(&layers, &want, 5, 100).unwrap();
+    let want = |p: &[u8]| {
+        p.starts_with(b"db/")
+            || p == b"lib"
+            || p == b"var/lib"
+            || p.starts_with(b"var/lib/db/")
+            || p.starts_with(b"var/cache/db/")
+    };
+    let within = |p: &[u8]| {
+        [
+            &b"db"[..],
+            b"db/info",
+            b"db/gone",
+            b"var",
+            b"var/lib",
+            b"var/lib/db",
+            b"var/cache",
+            b"var/cache/db",
+        ]
+        .contains(&p)
+    };
+    let found = builderd_flatten::read_files(&layers, &want, &within, 5, 100).unwrap();
     let got: Vec<(String, Found)> = found
         .into_iter()
         .map(|(k, v)| (String::from_utf8(k).unwrap(), v))
@@ -430,8 +463,10 @@ fn files_are_read_from_the_final_tree_before_the_flatten() {
             ("db/info/a.list".into(), Found::File(b"a".to_vec())),
             ("db/status".into(), Found::File(b"new".to_vec())),
             ("lib".into(), Found::Symlink(b"usr/lib".to_vec())),
+            ("var/lib".into(), Found::Other),
+            ("var/lib/db/x".into(), Found::File(b"x".to_vec())),
         ]
     );
-    let err = builderd_flatten::read_files(&layers, &want, 5, 3).unwrap_err();
+    let err = builderd_flatten::read_files(&layers, &want, &within, 5, 3).unwrap_err();
     assert!(err.to_string().contains("3 bytes in all"), "{err}");
 }

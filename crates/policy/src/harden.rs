@@ -188,17 +188,20 @@ impl Compiled {
                 meta.mode |= 0o1000;
                 Verdict::Change(WORLD_WRITABLE)
             }
-            EntryKind::File if meta.mode & 0o002 != 0 => {
-                meta.mode &= !0o002;
-                Verdict::Change(WORLD_WRITABLE)
-            }
             EntryKind::File if meta.mode & 0o6000 != 0 => {
+                // A setuid file others may write is both: its write bit
+                // goes, and it is listed (or stripped) as setuid.
+                meta.mode &= !0o002;
                 if self.strip_setuid && !self.allow_setuid.contains(path) {
                     meta.mode &= !0o6000;
                     Verdict::Change(SETUID)
                 } else {
                     Verdict::Note(SETUID)
                 }
+            }
+            EntryKind::File if meta.mode & 0o002 != 0 => {
+                meta.mode &= !0o002;
+                Verdict::Change(WORLD_WRITABLE)
             }
             _ => Verdict::Keep,
         }
@@ -272,6 +275,12 @@ mod tests {
         let mut m = meta(0o4755);
         assert_eq!(c.modes(b"usr/bin/su", &f(), &mut m), Verdict::Note(SETUID));
         assert_eq!(m.mode, 0o4755, "listed, not changed, without a policy");
+        let mut m = meta(0o4777);
+        assert_eq!(c.modes(b"usr/bin/x", &f(), &mut m), Verdict::Note(SETUID));
+        assert_eq!(
+            m.mode, 0o4775,
+            "listed as setuid, and others' write bit taken"
+        );
     }
 
     #[test]
@@ -289,6 +298,15 @@ mod tests {
             Verdict::Change(SETUID)
         );
         assert_eq!(m.mode, 0o755);
+        let mut m = meta(0o4777);
+        assert_eq!(
+            c.modes(b"usr/bin/x", &EntryKind::File, &mut m),
+            Verdict::Change(SETUID)
+        );
+        assert_eq!(
+            m.mode, 0o775,
+            "a world-writable setuid file is stripped too"
+        );
         let mut m = meta(0o4755);
         assert_eq!(
             c.modes(b"usr/bin/sudo", &EntryKind::File, &mut m),

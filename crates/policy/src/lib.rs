@@ -131,13 +131,18 @@ impl Policy {
         packages::wanted(path)
     }
 
+    /// The directories that hold them (see `builderd_flatten::read_files`).
+    pub fn within(path: &[u8]) -> bool {
+        packages::within(path)
+    }
+
     /// Decides the package removal from what the final tree has; answers
     /// the warnings for the build's log.
-    pub fn read(&mut self, found: &BTreeMap<Vec<u8>, Found>) -> Vec<String> {
-        let removal = packages::plan(found);
+    pub fn read(&mut self, found: &BTreeMap<Vec<u8>, Found>) -> Result<Vec<String>, String> {
+        let removal = packages::plan(found)?;
         let warnings = removal.warnings.clone();
         self.removal = Some(removal);
-        warnings
+        Ok(warnings)
     }
 
     /// Writes the rewritten database files (after the flatten, with the
@@ -208,10 +213,11 @@ impl Select for Policy {
             return;
         };
         let mut tally = self.tally.lock().unwrap();
-        if self
-            .removal
-            .as_ref()
-            .is_some_and(|r| r.replace.contains_key(path))
+        if verdict == Verdict::Drop(rules::DEV_PACKAGE_DATABASE)
+            && self
+                .removal
+                .as_ref()
+                .is_some_and(|r| r.replace.contains_key(path))
         {
             tally.replaced.insert(path.to_vec(), meta.clone());
             return;
@@ -219,7 +225,7 @@ impl Select for Policy {
         let r = &mut tally.rules[rule as usize];
         r.entries += 1;
         if matches!(verdict, Verdict::Drop(_) | Verdict::Empty(_)) {
-            r.bytes += size;
+            r.bytes = r.bytes.saturating_add(size);
         }
         if RULES[rule as usize].listed {
             if r.paths.len() < LISTED_PATHS {

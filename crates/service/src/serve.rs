@@ -325,11 +325,20 @@ pub async fn serve(opts: Options) -> Result<()> {
         .with_context(|| format!("{}: setting its modes", opts.data_dir.display()))?;
     let mut cache = Cache::open(&opts.data_dir, Some(&opts.exe), opts.cache_max_bytes)
         .context("opening the cache")?;
-    if let Some(policy) = &opts.hardening_policy {
-        let text = std::fs::read(policy)
-            .with_context(|| format!("--hardening-policy {}", policy.display()))?;
-        cache.also_made_by(&text);
-    }
+    // Builds read the policy as it was at start (what the cache's keys
+    // name), not the operator's file as it may change.
+    let hardening_policy = match &opts.hardening_policy {
+        Some(policy) => {
+            let text = std::fs::read(policy)
+                .with_context(|| format!("--hardening-policy {}", policy.display()))?;
+            cache.also_made_by(&text);
+            let kept = opts.data_dir.join("hardening-policy.json");
+            std::fs::write(&kept, &text)
+                .with_context(|| format!("{}: cannot write it", kept.display()))?;
+            Some(kept)
+        }
+        None => None,
+    };
     let cache = Arc::new(cache);
     // No build runs yet: what the steps of builds killed with an earlier
     // server still run goes, and no blob is in use.
@@ -353,7 +362,7 @@ pub async fn serve(opts: Options) -> Result<()> {
             cache,
         },
         insecure_registries: opts.insecure_registries.clone(),
-        hardening_policy: opts.hardening_policy.clone(),
+        hardening_policy,
         allow_private_registries: opts.allow_private_registries,
         retry_defaults: opts.retry_defaults.clone(),
         git: opts.git.clone(),

@@ -63,7 +63,12 @@ pub fn packages(installed: &str) -> Vec<(&str, Installed)> {
                     value
                         .split_whitespace()
                         .filter(|w| !w.starts_with('!'))
-                        .map(|w| vec![bare(w).to_string()]),
+                        .map(|w| {
+                            // A versioned dependency on a package's own name
+                            // is met only by that package.
+                            let versioned = w.len() != bare(w).len() && !w.contains(':');
+                            vec![format!("{}{}", if versioned { "=" } else { "" }, bare(w))]
+                        }),
                 ),
                 "p" => pkg
                     .provides
@@ -141,7 +146,10 @@ mod tests {
         );
         assert_eq!(
             pkgs[1].1.pkg.depends,
-            vec![vec!["so:libfoo.so.1".to_string()], vec!["musl".to_string()]]
+            vec![
+                vec!["so:libfoo.so.1".to_string()],
+                vec!["=musl".to_string()]
+            ]
         );
         let removed: BTreeSet<String> = ["gcc".to_string()].into();
         assert_eq!(

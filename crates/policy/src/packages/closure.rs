@@ -41,8 +41,12 @@ pub enum Fate {
 }
 
 pub fn decide(pkgs: &[Pkg]) -> Vec<Fate> {
+    // By own name (a versioned relation, written `=NAME`, takes only
+    // these), and by own or provided name.
+    let mut own: HashMap<&str, Vec<usize>> = HashMap::new();
     let mut providers: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, p) in pkgs.iter().enumerate() {
+        own.entry(p.name.as_str()).or_default().push(i);
         providers.entry(p.name.as_str()).or_default().push(i);
         for v in &p.provides {
             providers.entry(v.as_str()).or_default().push(i);
@@ -61,16 +65,25 @@ pub fn decide(pkgs: &[Pkg]) -> Vec<Fate> {
     let mut queue: Vec<usize> = (0..pkgs.len()).filter(|&i| fate[i] == Fate::Keep).collect();
     while let Some(i) = queue.pop() {
         for group in &pkgs[i].depends {
-            let of = |name: &String| providers.get(name.as_str()).into_iter().flatten().copied();
+            let of = |name: &String| {
+                match name.strip_prefix('=') {
+                    Some(n) => own.get(n),
+                    None => providers.get(name.as_str()),
+                }
+                .into_iter()
+                .flatten()
+                .copied()
+            };
             if group.iter().flat_map(of).any(|j| fate[j] != Fate::Remove) {
                 continue;
             }
             // Unsatisfied as things stand: keep the first candidate that
             // satisfies it (none: it was unsatisfied before, not our doing).
             if let Some(j) = group.iter().flat_map(of).next() {
+                let names: Vec<&str> = group.iter().map(|n| n.trim_start_matches('=')).collect();
                 fate[j] = Fate::Needed {
                     by: i,
-                    dependency: group.join(" | "),
+                    dependency: names.join(" | "),
                 };
                 queue.push(j);
             }
@@ -95,6 +108,13 @@ mod tests {
         }
     }
 
+    fn provider(name: &str, provides: &str) -> Pkg {
+        Pkg {
+            provides: vec![provides.into()],
+            ..pkg(name, &[], true)
+        }
+    }
+
     #[test]
     fn kept_packages_keep_what_they_need_through_chains_virtuals_and_alternatives() {
         let mut virt = pkg("libz-dev", &[], true);
@@ -109,6 +129,10 @@ mod tests {
             pkg("tool", &[&["missing", "make"], &["gone-entirely"]], false),
             pkg("make", &[], true),
             pkg("unrelated", &[&["libc6"]], false),
+            // A versioned relation: a provider of the name does not do.
+            pkg("strict", &[&["=libqux-dev"]], false),
+            provider("qux-compat-dev", "libqux-dev"),
+            pkg("libqux-dev", &[], true),
         ];
         let fate = decide(&pkgs);
         assert_eq!(
@@ -142,5 +166,13 @@ mod tests {
             }
         );
         assert_eq!(fate[8], Fate::Keep);
+        assert_eq!(fate[10], Fate::Remove);
+        assert_eq!(
+            fate[11],
+            Fate::Needed {
+                by: 9,
+                dependency: "libqux-dev".into()
+            }
+        );
     }
 }

@@ -85,7 +85,10 @@ pub fn relations(field: &str) -> Vec<Vec<String>> {
                 .split('|')
                 .filter_map(|alt| {
                     let name = alt.split(['(', '[', '<']).next()?.trim();
-                    (!name.is_empty()).then(|| bare(name).to_string())
+                    // Only the package of that name may satisfy a versioned
+                    // relation (a virtual name has no version to compare).
+                    let versioned = if alt.contains('(') { "=" } else { "" };
+                    (!name.is_empty()).then(|| format!("{versioned}{}", bare(name)))
                 })
                 .collect::<Vec<_>>()
         })
@@ -126,30 +129,51 @@ pub fn is_dev(name: &str, section: &str) -> bool {
         )
 }
 
-/// Reads the database into packages for the closure: installed packages
-/// (with their stanza index) and each one's paths.
+/// One installed package of the status file.
+pub struct Entry {
+    /// Its stanza's index.
+    pub stanza: usize,
+    pub installed: Installed,
+    /// The name its `info/` files have (`NAME:ARCH` or `NAME`); None when
+    /// it has no file list.
+    pub stem: Option<String>,
+}
+
+/// Reads the database into packages for the closure: every package dpkg
+/// counts as present (installed, or half-way: unpacked, half-configured,
+/// awaiting triggers), each with its paths. Only fully installed ones may
+/// go.
 pub fn packages<'a>(
     status: &'a str,
     found: &BTreeMap<Vec<u8>, Found>,
-) -> (Vec<Stanza<'a>>, Vec<(usize, Installed)>) {
+) -> (Vec<Stanza<'a>>, Vec<Entry>) {
     let all = stanzas(status);
     let mut pkgs = Vec::new();
     for (index, s) in all.iter().enumerate() {
         let name = s.get("Package");
         let state: Vec<&str> = s.get("Status").split_whitespace().collect();
-        if name.is_empty() || state.last() != Some(&"installed") {
+        let Some(&current) = state.last() else {
+            continue;
+        };
+        if name.is_empty() || matches!(current, "not-installed" | "config-files") {
             continue;
         }
         let essential = s.get("Essential") == "yes"
             || matches!(s.get("Priority"), "required")
-            || state.first() == Some(&"hold");
+            || state.first() == Some(&"hold")
+            || current != "installed";
         let mut depends = relations(s.get("Depends"));
         depends.extend(relations(s.get("Pre-Depends")));
-        let provides = relations(s.get("Provides")).into_iter().flatten().collect();
+        let provides = relations(s.get("Provides"))
+            .into_iter()
+            .flatten()
+            .map(|p| p.trim_start_matches('=').to_string())
+            .collect();
         let arch = s.get("Architecture");
         let mut files = Vec::new();
-        for list in [format!("{name}:{arch}.list"), format!("{name}.list")] {
-            let path = [INFO, list.as_bytes()].concat();
+        let mut stem = None;
+        for candidate in [format!("{name}:{arch}"), name.to_string()] {
+            let path = [INFO, candidate.as_bytes(), b".list"].concat();
             if let Some(Found::File(text)) = found.get(&path) {
                 files.extend(
                     text.split(|&b| b == b'\n')
@@ -157,13 +181,18 @@ pub fn packages<'a>(
                         .filter(|l| !l.is_empty() && *l != b".")
                         .map(<[u8]>::to_vec),
                 );
+                stem = Some(candidate);
                 break;
             }
         }
-        let size = s.get("Installed-Size").parse::<u64>().unwrap_or(0) * 1024;
-        pkgs.push((
-            index,
-            Installed {
+        let size = s
+            .get("Installed-Size")
+            .parse::<u64>()
+            .unwrap_or(0)
+            .saturating_mul(1024);
+        pkgs.push(Entry {
+            stanza: index,
+            installed: Installed {
                 pkg: Pkg {
                     name: name.to_string(),
                     provides,
@@ -173,13 +202,15 @@ pub fn packages<'a>(
                 bytes: size,
                 paths: files,
             },
-        ));
+            stem,
+        });
     }
     (all, pkgs)
 }
 
-/// Is `path` one of dpkg's own files (`info/NAME[:ARCH].EXT`) for a
-/// package in `removed`?
+/// Is `path` one of dpkg's own files (`info/STEM.EXT`) for a removed
+/// package, `removed` naming their stems exactly (`libfoo-dev:amd64`: the
+/// same package of another architecture keeps its own)?
 pub fn is_info_of(path: &[u8], removed: &BTreeSet<String>) -> bool {
     let Some(file) = path.strip_prefix(INFO) else {
         return false;
@@ -190,8 +221,7 @@ pub fn is_info_of(path: &[u8], removed: &BTreeSet<String>) -> bool {
     let Some(dot) = file.rfind('.') else {
         return false;
     };
-    let stem = &file[..dot];
-    removed.contains(bare(stem))
+    removed.contains(&file[..dot])
 }
 
 /// The status file without the stanzas at `gone`.
@@ -305,7 +335,7 @@ mod tests {
         assert_eq!(
             relations("libc6 (>= 2.34), libgcc-s1 | libgcc1, nodejs:any, foo [amd64] <!nocheck>"),
             vec![
-                vec!["libc6".to_string()],
+                vec!["=libc6".to_string()],
                 vec!["libgcc-s1".into(), "libgcc1".into()],
                 vec!["nodejs".into()],
                 vec!["foo".into()]
@@ -328,13 +358,17 @@ mod tests {
             !is_dev("gcc-12-base", "libs"),
             "the compiler's base files, not the compiler"
         );
-        let removed: BTreeSet<String> = ["libpython3.11-dev".to_string()].into();
+        let removed: BTreeSet<String> = ["libpython3.11-dev:amd64".to_string()].into();
         assert!(is_info_of(
             b"var/lib/dpkg/info/libpython3.11-dev:amd64.list",
             &removed
         ));
         assert!(is_info_of(
-            b"var/lib/dpkg/info/libpython3.11-dev.md5sums",
+            b"var/lib/dpkg/info/libpython3.11-dev:amd64.md5sums",
+            &removed
+        ));
+        assert!(!is_info_of(
+            b"var/lib/dpkg/info/libpython3.11-dev:i386.md5sums",
             &removed
         ));
         assert!(!is_info_of(

@@ -27,6 +27,26 @@ const OTHER_MANAGERS: &[(&[u8], &str)] = &[
     (b"var/lib/pacman/local/ALPM_DB_VERSION", "pacman"),
 ];
 
+/// The directories that hold the databases read.
+const DATABASE_DIRS: &[&[u8]] = &[
+    b"var/lib/dpkg/info",
+    b"var/lib/dpkg/alternatives",
+    b"var/lib/dpkg/triggers",
+    b"lib/apk/db",
+    b"var/lib/rpm",
+    b"usr/lib/sysimage/rpm",
+    b"var/lib/pacman/local",
+];
+
+/// Is `path` a directory that holds (or is on the way to) what the plan
+/// reads? An upper layer's non-directory or whiteout there hides it.
+pub fn within(path: &[u8]) -> bool {
+    DATABASE_DIRS.iter().any(|d| {
+        d.strip_prefix(path)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
+    })
+}
+
 /// The entries of the final tree the plan needs, read before the flatten.
 pub fn wanted(path: &[u8]) -> bool {
     dpkg::wanted(path)
@@ -64,7 +84,7 @@ pub struct PackagesReport {
 }
 
 /// The removal decided from the database.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Removal {
     /// Paths of removed packages that no package that stays lists.
     files: HashSet<Vec<u8>>,
@@ -141,9 +161,18 @@ fn apply(pkgs: &[&Installed], merged: &[&[u8]], removal: &mut Removal) -> Vec<bo
     gone
 }
 
-/// The removal for an image whose final tree has `found` (see [`wanted`]).
-pub fn plan(found: &BTreeMap<Vec<u8>, Found>) -> Removal {
+/// The removal for an image whose final tree has `found` (see [`wanted`]);
+/// an error when a database is too large to read.
+pub fn plan(found: &BTreeMap<Vec<u8>, Found>) -> Result<Removal, String> {
     let mut removal = Removal::default();
+    for db in [dpkg::STATUS, apk::INSTALLED] {
+        if found.get(db) == Some(&Found::LargeFile) {
+            return Err(format!(
+                "/{} is larger than builderd reads; build without --remove-dev-packages",
+                String::from_utf8_lossy(db)
+            ));
+        }
+    }
     let merged: Vec<&[u8]> = MERGED
         .iter()
         .copied()
@@ -156,30 +185,36 @@ pub fn plan(found: &BTreeMap<Vec<u8>, Found>) -> Removal {
         removal.report.managers.push("dpkg");
         let status = String::from_utf8_lossy(status);
         let (all, pkgs) = dpkg::packages(&status, found);
-        let listed: Vec<&Installed> = pkgs.iter().map(|(_, i)| i).collect();
-        let gone = apply(&listed, &merged, &mut removal);
-        let gone_stanzas: BTreeSet<usize> = pkgs
-            .iter()
-            .zip(&gone)
-            .filter(|(_, g)| **g)
-            .map(|((index, _), _)| *index)
-            .collect();
-        removal.removed_dpkg = pkgs
-            .iter()
-            .zip(&gone)
-            .filter(|(_, g)| **g)
-            .map(|((_, i), _)| i.pkg.name.clone())
-            .collect();
-        if !gone_stanzas.is_empty() {
-            removal.replace.insert(
-                dpkg::STATUS.to_vec(),
-                dpkg::rewrite_status(&all, &gone_stanzas),
-            );
-            let (gone, warnings) = dpkg::alternatives(found, &|p| removal.drops(p));
-            removal.database.extend(gone);
-            removal.warnings.extend(warnings);
-            let changed = dpkg::triggers(found, &removal.removed_dpkg);
-            removal.replace.extend(changed);
+        // A package whose files are not known could share any of them.
+        if let Some(unlisted) = pkgs.iter().find(|e| e.stem.is_none()) {
+            removal.warnings.push(format!(
+                "dpkg's package {} has no file list it can be told apart by (/var/lib/dpkg/info/{}.list): no package was removed",
+                unlisted.installed.pkg.name, unlisted.installed.pkg.name
+            ));
+        } else {
+            let listed: Vec<&Installed> = pkgs.iter().map(|e| &e.installed).collect();
+            let gone = apply(&listed, &merged, &mut removal);
+            let removed: Vec<&dpkg::Entry> = pkgs
+                .iter()
+                .zip(&gone)
+                .filter(|(_, g)| **g)
+                .map(|(e, _)| e)
+                .collect();
+            removal.removed_dpkg = removed.iter().filter_map(|e| e.stem.clone()).collect();
+            if !removed.is_empty() {
+                let stanzas: BTreeSet<usize> = removed.iter().map(|e| e.stanza).collect();
+                removal
+                    .replace
+                    .insert(dpkg::STATUS.to_vec(), dpkg::rewrite_status(&all, &stanzas));
+                let (gone, warnings) = dpkg::alternatives(found, &|p| removal.drops(p));
+                removal.database.extend(gone);
+                removal.warnings.extend(warnings);
+                let names: BTreeSet<String> = removed
+                    .iter()
+                    .map(|e| e.installed.pkg.name.clone())
+                    .collect();
+                removal.replace.extend(dpkg::triggers(found, &names));
+            }
         }
     }
     if let Some(Found::File(installed)) = found.get(apk::INSTALLED) {
@@ -225,7 +260,7 @@ pub fn plan(found: &BTreeMap<Vec<u8>, Found>) -> Removal {
         );
     }
     removal.report.warnings = removal.warnings.clone();
-    removal
+    Ok(removal)
 }
 
 #[cfg(test)]
@@ -260,6 +295,10 @@ Package: old-dev\nStatus: deinstall ok config-files\nSection: libdevel\n\n";
             file("/usr/include\n/usr/include/stdio.h\n/lib/x86_64-linux-gnu/libc.so.6\n"),
         );
         found.insert(
+            b"var/lib/dpkg/info/app.list".to_vec(),
+            file("/usr/bin/app\n"),
+        );
+        found.insert(
             b"var/lib/dpkg/info/libfoo-dev:amd64.list".to_vec(),
             file("/usr/include/foo.h\n"),
         );
@@ -268,7 +307,7 @@ Package: old-dev\nStatus: deinstall ok config-files\nSection: libdevel\n\n";
             b"var/lib/dpkg/triggers/File".to_vec(),
             file("/usr/include gcc\n/usr/lib/x86_64-linux-gnu libc-bin\n"),
         );
-        let r = plan(&found);
+        let r = plan(&found).unwrap();
         let names = |v: &[PackageBytes]| v.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&r.report.removed), ["gcc", "libc6-dev"]);
         assert_eq!(r.report.removed[0].bytes, 2048);
@@ -330,7 +369,7 @@ Package: old-dev\nStatus: deinstall ok config-files\nSection: libdevel\n\n";
 P:app\nV:1\nD:so:libfoo.so.1\nF:usr/bin\nR:app\n\n\
 P:gcc\nV:12\nI:5000\nF:usr/bin\nR:gcc\n\n"));
         found.insert(b"lib/apk/world".to_vec(), file("app\ngcc\n"));
-        let r = plan(&found);
+        let r = plan(&found).unwrap();
         assert_eq!(r.report.managers, ["apk"]);
         assert_eq!(
             r.report
@@ -351,17 +390,54 @@ P:gcc\nV:12\nI:5000\nF:usr/bin\nR:gcc\n\n"));
     }
 
     #[test]
+    fn half_installed_packages_keep_what_they_need_and_unknown_files_stop_the_removal() {
+        let status = "Package: tool\nStatus: install ok half-configured\nSection: utils\nArchitecture: all\nDepends: libx-dev\n\n\
+Package: libx-dev\nStatus: install ok installed\nSection: libdevel\nArchitecture: all\n\n\
+Package: make\nStatus: install ok installed\nSection: devel\nArchitecture: amd64\n\n";
+        let mut found = BTreeMap::new();
+        found.insert(b"var/lib/dpkg/status".to_vec(), file(status));
+        for list in ["tool", "libx-dev", "make"] {
+            found.insert(
+                format!("var/lib/dpkg/info/{list}.list").into_bytes(),
+                file("/usr/share/x\n"),
+            );
+        }
+        let r = plan(&found).unwrap();
+        assert_eq!(
+            r.report
+                .removed
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["make"]
+        );
+        assert_eq!(r.report.kept_because_needed[0].needed_by, "tool");
+        found.remove(&b"var/lib/dpkg/info/tool.list"[..]);
+        let r = plan(&found).unwrap();
+        assert!(r.report.removed.is_empty());
+        assert!(
+            r.warnings[0].contains("tool has no file list"),
+            "{:?}",
+            r.warnings
+        );
+        found.insert(b"var/lib/dpkg/status".to_vec(), Found::LargeFile);
+        assert!(plan(&found)
+            .unwrap_err()
+            .contains("larger than builderd reads"));
+    }
+
+    #[test]
     fn other_or_no_package_managers_only_warn() {
         let mut found = BTreeMap::new();
         found.insert(b"var/lib/rpm/rpmdb.sqlite".to_vec(), Found::LargeFile);
-        let r = plan(&found);
+        let r = plan(&found).unwrap();
         assert!(r.report.removed.is_empty());
         assert!(
             r.warnings[0].contains("rpm package database"),
             "{:?}",
             r.warnings
         );
-        let r = plan(&BTreeMap::new());
+        let r = plan(&BTreeMap::new()).unwrap();
         assert!(
             r.warnings[0].contains("no package database"),
             "{:?}",
