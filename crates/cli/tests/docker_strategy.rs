@@ -68,6 +68,26 @@ fn rules(meta: &Value) -> BTreeMap<String, (Vec<String>, u64, u64)> {
         .collect()
 }
 
+/// Boots `image` (a copy-on-write snapshot of it) once; answers the
+/// console and its exit code, with the text after `marker` on the first
+/// console line that has it.
+fn boot_for(image: &Path, timeout: &str, marker: &str) -> (String, Option<i32>, String) {
+    let o = builderd()
+        .args(["boot", "--snapshot", "--timeout", timeout])
+        .arg(image)
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&o.stdout).into_owned();
+    let line = console
+        .lines()
+        .find_map(|l| {
+            l.find(marker)
+                .map(|at| l[at + marker.len()..].trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no {marker:?} line:\n{console}"));
+    (console, o.status.code(), line)
+}
+
 fn paths(rules: &BTreeMap<String, (Vec<String>, u64, u64)>, rule: &str) -> Vec<String> {
     rules.get(rule).map(|r| r.0.clone()).unwrap_or_default()
 }
@@ -166,22 +186,11 @@ fn hardening_removes_identities_histories_and_credentials_and_fixes_modes() {
     // Each VM of the image makes its own machine-id.
     let ids: Vec<String> = (0..2)
         .map(|_| {
-            let o = builderd()
-                .args(["boot", "--snapshot", "--timeout", "120"])
-                .arg(&image)
-                .output()
-                .unwrap();
-            let console = String::from_utf8_lossy(&o.stdout).into_owned();
+            let (console, _, line) = boot_for(&image, "120", "app: id=");
             assert!(
                 console.contains("has no ssh-keygen to make new ones"),
                 "the init says why it made no host keys:\n{console}"
             );
-            let line = console
-                .lines()
-                .find_map(|l| l.split("app: id=").nth(1))
-                .unwrap_or_else(|| panic!("no app line:\n{console}"))
-                .trim()
-                .to_string();
             assert!(
                 line.len() == 32 && line.bytes().all(|b| b.is_ascii_hexdigit()),
                 "{line:?}"
@@ -569,19 +578,8 @@ fn a_debian_build_machine_sheds_its_tools_stays_consistent_and_boots_with_its_ow
     // machine-id, sshd runs, and so does the app.
     let lines: Vec<String> = (0..2)
         .map(|_| {
-            let o = builderd()
-                .args(["boot", "--snapshot", "--timeout", "300"])
-                .arg(&small)
-                .output()
-                .unwrap();
-            let console = String::from_utf8_lossy(&o.stdout).into_owned();
-            let line = console
-                .lines()
-                .find_map(|l| l.find("app: ssh=").map(|at| &l[at + 5..]))
-                .unwrap_or_else(|| panic!("no app line:\n{console}"))
-                .trim()
-                .to_string();
-            assert_eq!(o.status.code(), Some(0), "{console}");
+            let (console, code, line) = boot_for(&small, "300", "app: ");
+            assert_eq!(code, Some(0), "{console}");
             line
         })
         .collect();
@@ -613,21 +611,13 @@ fn a_debian_build_machine_sheds_its_tools_stays_consistent_and_boots_with_its_ow
             r#"["/bin/sh", "-c", "echo \"app: key=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2) id=$(cat /etc/machine-id)\""]"#,
         ],
     );
-    let o = builderd()
-        .args(["boot", "--snapshot", "--timeout", "120"])
-        .arg(&direct)
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (console, code, line) = boot_for(&direct, "120", "app: ");
     assert!(
         console.contains("builderd-init: made this VM's SSH host keys"),
         "{console}"
     );
-    let line = console
-        .lines()
-        .find_map(|l| l.find("app: key=").map(|at| &l[at + 5..]))
-        .unwrap_or_else(|| panic!("no app line:\n{console}"));
+    assert_eq!(code, Some(0), "{console}");
+    let line = line.as_str();
     assert!(field(line, "key=").starts_with("SHA256:"), "{line}");
     assert_eq!(field(line, "id=").len(), 32, "{line}");
-    assert_eq!(o.status.code(), Some(0), "{console}");
 }

@@ -267,6 +267,10 @@ pub fn plan(found: &BTreeMap<Vec<u8>, Found>) -> Result<Removal, String> {
 mod tests {
     use super::*;
 
+    fn removed(r: &Removal) -> Vec<&str> {
+        r.report.removed.iter().map(|p| p.name.as_str()).collect()
+    }
+
     fn file(text: &str) -> Found {
         Found::File(text.as_bytes().to_vec())
     }
@@ -371,14 +375,7 @@ P:gcc\nV:12\nI:5000\nF:usr/bin\nR:gcc\n\n"));
         found.insert(b"lib/apk/world".to_vec(), file("app\ngcc\n"));
         let r = plan(&found).unwrap();
         assert_eq!(r.report.managers, ["apk"]);
-        assert_eq!(
-            r.report
-                .removed
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>(),
-            ["gcc"]
-        );
+        assert_eq!(removed(&r), ["gcc"]);
         assert_eq!(r.report.kept_because_needed[0].needed_by, "app");
         assert_eq!(r.report.kept_because_needed[0].dependency, "so:libfoo.so.1");
         assert!(r.drops(b"usr/bin/gcc"));
@@ -403,14 +400,7 @@ Package: make\nStatus: install ok installed\nSection: devel\nArchitecture: amd64
             );
         }
         let r = plan(&found).unwrap();
-        assert_eq!(
-            r.report
-                .removed
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>(),
-            ["make"]
-        );
+        assert_eq!(removed(&r), ["make"]);
         assert_eq!(r.report.kept_because_needed[0].needed_by, "tool");
         found.remove(&b"var/lib/dpkg/info/tool.list"[..]);
         let r = plan(&found).unwrap();
