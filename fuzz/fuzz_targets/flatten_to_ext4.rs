@@ -1,6 +1,7 @@
 //! Random layers (tar streams of random entries over a small set of names,
 //! whiteouts, opaque directories, links and all) through the flatten into
-//! the ext4 writer: every image the writer accepts must pass `e2fsck -fn`.
+//! the ext4 writer, with random verdicts (entries left out, emptied,
+//! changed): every image the writer accepts must pass `e2fsck -fn`.
 #![no_main]
 
 use std::io::{BufRead, Cursor};
@@ -54,6 +55,46 @@ struct Entry {
 #[derive(Arbitrary, Debug)]
 struct Input {
     layers: Vec<Vec<Entry>>,
+    /// Verdicts, picked by a hash of each path (none: no select).
+    verdicts: Vec<u8>,
+}
+
+/// Verdicts by path from the input, as a size or hardening policy gives
+/// them.
+struct Fuzzed(Vec<u8>);
+
+impl builderd_flatten::Select for Fuzzed {
+    fn select(
+        &self,
+        path: &[u8],
+        _kind: &builderd_import::EntryKind,
+        _size: u64,
+        meta: &mut builderd_ext4::Metadata,
+    ) -> builderd_flatten::Verdict {
+        use builderd_flatten::Verdict;
+        let hash = path
+            .iter()
+            .fold(7usize, |h, &b| h.wrapping_mul(31).wrapping_add(b as usize));
+        match self.0[hash % self.0.len()] % 5 {
+            0 => Verdict::Keep,
+            1 => Verdict::Drop(0),
+            2 => Verdict::Empty(1),
+            3 => {
+                meta.mode ^= 0o022;
+                Verdict::Change(2)
+            }
+            _ => Verdict::Note(3),
+        }
+    }
+
+    fn applied(
+        &self,
+        _verdict: builderd_flatten::Verdict,
+        _path: &[u8],
+        _size: u64,
+        _meta: &builderd_ext4::Metadata,
+    ) {
+    }
 }
 
 fn layer_tar(entries: &[Entry]) -> Vec<u8> {
@@ -146,7 +187,9 @@ fuzz_target!(|input: Input| {
     let path = dir.path().join("out.ext4");
     let file = std::fs::File::create(&path).unwrap();
     let mut writer = builderd_ext4::Writer::new(file, Default::default()).unwrap();
-    if builderd_flatten::flatten(&layers, &mut writer, &|_| {}).is_err() {
+    let fuzzed = Fuzzed(input.verdicts.clone());
+    let select = (!fuzzed.0.is_empty()).then_some(&fuzzed as &dyn builderd_flatten::Select);
+    if builderd_flatten::flatten(&layers, &mut writer, select, &|_| {}).is_err() {
         return;
     }
     let Ok((_, file)) = writer.finish() else {
