@@ -621,3 +621,73 @@ fn a_debian_build_machine_sheds_its_tools_stays_consistent_and_boots_with_its_ow
     assert!(field(line, "key=").starts_with("SHA256:"), "{line}");
     assert_eq!(field(line, "id=").len(), 32, "{line}");
 }
+
+#[test]
+fn the_service_hardens_by_the_operators_policy_unless_a_build_turns_it_off() {
+    use common::registry::TestRegistry;
+    use common::server::{config, download_and_check, Server};
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    let layout = dir.path().join("layout");
+    identities_image(&layout);
+    reg.push(&layout, "v1", "hardening/app:v1", None);
+    let image = format!("{}/hardening/app:v1", reg.addr);
+    let policy = dir.path().join("policy.json");
+
+    // A policy that is not one stops the server from starting, by name.
+    std::fs::write(&policy, r#"{"strip_setuid": "yes"}"#).unwrap();
+    let o = builderd()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("refused"))
+        .arg("--hardening-policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("policy.json"), "{err}");
+
+    std::fs::write(&policy, r#"{"strip_setuid": true}"#).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--hardening-policy", policy.to_str().unwrap()],
+    );
+    // What builds read is the policy as it was at start.
+    std::fs::write(&policy, r#"{"strip_setuid": false}"#).unwrap();
+    let key = server.tenant("acme", "pro");
+    let meta_of = |status: &Value| -> Value {
+        serde_json::from_str(status["artifact"]["metadataJson"].as_str().unwrap()).unwrap()
+    };
+
+    let hardened = server.finished(&key, &config(&image));
+    assert_eq!(hardened["state"], "BUILD_STATE_COMPLETED", "{hardened}");
+    let meta = meta_of(&hardened);
+    let r = rules(&meta);
+    assert_eq!(paths(&r, "setuid-setgid"), ["/bin/suid"]);
+    assert_eq!(
+        paths(&r, "ssh-host-keys"),
+        [
+            "/etc/ssh/ssh_host_ed25519_key",
+            "/etc/ssh/ssh_host_ed25519_key.pub"
+        ]
+    );
+    let id = hardened["buildId"].as_str().unwrap();
+    let file = dir.path().join("hardened.ext4");
+    std::fs::write(&file, download_and_check(&server, &key, id, dir.path())).unwrap();
+    assert_eq!(mode(&file, "/bin/suid"), "0755", "stripped by the policy");
+
+    // harden: false is another artifact, as the image has it.
+    let mut plain = config(&image);
+    plain["config"]["strategy"]["docker_strategy"]["harden"] = json!(false);
+    let unhardened = server.finished(&key, &plain);
+    assert_eq!(unhardened["state"], "BUILD_STATE_COMPLETED", "{unhardened}");
+    assert_ne!(unhardened["cacheHit"], true);
+    assert!(meta_of(&unhardened).get("policy").is_none());
+    let id = unhardened["buildId"].as_str().unwrap();
+    let file = dir.path().join("plain.ext4");
+    std::fs::write(&file, download_and_check(&server, &key, id, dir.path())).unwrap();
+    assert_eq!(
+        debugfs_cat(&file, "/etc/ssh/ssh_host_ed25519_key"),
+        "PRIVATE"
+    );
+    assert_eq!(mode(&file, "/bin/suid"), "04755");
+}
