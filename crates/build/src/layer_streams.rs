@@ -45,6 +45,10 @@ pub struct Streams<'a> {
     /// Blob bytes read so far, over all layers (the build's progress).
     read: Arc<AtomicU64>,
     checks: Mutex<BlobChecks>,
+    /// Layers opened before: a blob is checked once, and counted once in
+    /// the progress, however often its layer is read (a package database
+    /// read before the flatten, a hard link's content read again).
+    opened: Mutex<std::collections::HashSet<usize>>,
 }
 
 impl<'a> Streams<'a> {
@@ -59,6 +63,7 @@ impl<'a> Streams<'a> {
             open_blob,
             read,
             checks: Mutex::default(),
+            opened: Mutex::default(),
         }
     }
 
@@ -84,12 +89,17 @@ impl<'a> Streams<'a> {
     fn open(&self, i: usize) -> io::Result<Box<dyn BufRead + Send>> {
         let info = &self.layers[i];
         let blob = (self.open_blob)(i)?;
+        let again = !self.opened.lock().unwrap().insert(i);
         let counted = Counted {
             inner: blob.reader,
-            read: self.read.clone(),
+            read: (!again).then(|| self.read.clone()),
         };
         let checked: Box<dyn Read + Send> = if blob.verified {
             Box::new(counted)
+        } else if again {
+            // Checked (or being checked) since its first opening; still
+            // never read past the size the manifest gives.
+            Box::new(counted.take(info.size))
         } else {
             let again = (self.open_blob)(i)?;
             self.checks.lock().unwrap().spawn(info, again.reader)?;
@@ -111,16 +121,18 @@ impl<'a> Streams<'a> {
     }
 }
 
-/// Counts layer blob bytes as they are read.
+/// Counts layer blob bytes as they are read (the first reading of each).
 struct Counted<R> {
     inner: R,
-    read: Arc<AtomicU64>,
+    read: Option<Arc<AtomicU64>>,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(read) = &self.read {
+            read.fetch_add(n as u64, Ordering::Relaxed);
+        }
         Ok(n)
     }
 }

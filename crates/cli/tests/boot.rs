@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::images::{assert_failed, build, make_image};
+use common::images::{assert_failed, build, built, make_image};
 use common::projects::metadata;
 use common::registry::TestRegistry;
 use common::*;
@@ -69,16 +69,6 @@ fn local_busybox(dir: &Path) -> String {
     let layout = dir.join("layout");
     busybox_image(&layout);
     format!("oci:{}:v1", layout.display())
-}
-
-fn built(source: &str, out: &Path, extra: &[&str]) {
-    let o = build(source, out, extra);
-    assert!(
-        o.status.success(),
-        "build failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    e2fsck(out);
 }
 
 fn boot(image: &Path, timeout: &str) -> Output {

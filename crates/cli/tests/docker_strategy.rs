@@ -9,21 +9,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::images::{assert_failed, build, make_image};
-use common::projects::{debugfs_cat, metadata};
+use common::images::{assert_failed, build, built, make_image};
+use common::projects::debugfs_cat;
 use common::*;
 use serde_json::{json, Value};
-
-fn built(source: &str, out: &Path, extra: &[&str]) -> Value {
-    let o = build(source, out, extra);
-    assert!(
-        o.status.success(),
-        "build failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    e2fsck(out);
-    metadata(out)
-}
 
 /// `debugfs -R "stat PATH"` of the image ("" when absent).
 fn stat(image: &Path, path: &str) -> String {

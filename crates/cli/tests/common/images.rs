@@ -47,6 +47,19 @@ pub fn build(source: &str, out: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `build`, which must succeed with an image that passes `e2fsck -fn`;
+/// answers its metadata (OUT.json).
+pub fn built(source: &str, out: &Path, extra: &[&str]) -> Value {
+    let o = build(source, out, extra);
+    assert!(
+        o.status.success(),
+        "build failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    super::e2fsck(out);
+    super::projects::metadata(out)
+}
+
 /// Checks a build failed and left neither the image nor its metadata;
 /// returns its stderr.
 pub fn assert_failed(o: &Output, out: &Path) -> String {

@@ -80,7 +80,18 @@ pub struct PackagesReport {
     pub managers: Vec<&'static str>,
     pub removed: Vec<PackageBytes>,
     pub kept_because_needed: Vec<KeptPackage>,
+    /// Packages beyond [`LISTED_PACKAGES`] a list: counted, not named (a
+    /// database is the image's, and the report goes into the metadata).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_listed: u64,
     pub warnings: Vec<String>,
+}
+
+/// Packages listed at most in each of the report's lists.
+pub const LISTED_PACKAGES: usize = 1000;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The removal decided from the database.
@@ -141,19 +152,27 @@ fn apply(pkgs: &[&Installed], merged: &[&[u8]], removal: &mut Removal) -> Vec<bo
                         removal.files.insert(at);
                     }
                 }
-                removal.report.removed.push(PackageBytes {
-                    name: pkg.name.clone(),
-                    bytes: *bytes,
-                });
+                if removal.report.removed.len() < LISTED_PACKAGES {
+                    removal.report.removed.push(PackageBytes {
+                        name: pkg.name.clone(),
+                        bytes: *bytes,
+                    });
+                } else {
+                    removal.report.not_listed += 1;
+                }
                 gone.push(true);
             }
             Fate::Needed { by, dependency } => {
-                removal.report.kept_because_needed.push(KeptPackage {
-                    name: pkg.name.clone(),
-                    bytes: *bytes,
-                    needed_by: pkgs[*by].pkg.name.clone(),
-                    dependency: dependency.clone(),
-                });
+                if removal.report.kept_because_needed.len() < LISTED_PACKAGES {
+                    removal.report.kept_because_needed.push(KeptPackage {
+                        name: pkg.name.clone(),
+                        bytes: *bytes,
+                        needed_by: pkgs[*by].pkg.name.clone(),
+                        dependency: dependency.clone(),
+                    });
+                } else {
+                    removal.report.not_listed += 1;
+                }
                 gone.push(false);
             }
         }
