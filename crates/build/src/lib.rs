@@ -16,7 +16,9 @@ mod checksum;
 mod compress;
 mod error;
 mod event;
+mod layer_store;
 mod layer_streams;
+mod layered;
 mod output;
 mod policy;
 mod project;
@@ -41,8 +43,8 @@ pub use project::{check_build_args, private_file, redact_url, Origin, Project};
 pub use report::Report;
 pub use request::{
     BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, BuildSystem, CopyFormat, Ext4Options,
-    FreeSpace, GitCredentials, GitOptions, Init, PolicyOptions, ProjectOptions, RegistryOptions,
-    Sandbox, StepLimits, StepNetwork, Steps,
+    FreeSpace, GitCredentials, GitOptions, Init, LayerOptions, PolicyOptions, ProjectOptions,
+    RegistryOptions, Sandbox, StepLimits, StepNetwork, Steps,
 };
 pub use run::build;
 pub use steps::sweep as sweep_steps;

@@ -3,8 +3,9 @@
 //! before the flatten, told back what it did after.
 
 use anyhow::{Context, Result};
-use builderd_flatten::{read_files, Layer};
+use builderd_flatten::{read_files, Found, Layer};
 use builderd_policy::{HardeningPolicy, Options, Policy, Report};
+use sha2::{Digest as _, Sha256};
 
 use crate::event::{self, Reporter};
 use crate::request::PolicyOptions;
@@ -42,15 +43,33 @@ pub fn new(opts: &PolicyOptions, env: &[String]) -> Result<Option<Policy>> {
     Ok(options.any().then(|| Policy::new(options, env)))
 }
 
+/// What decides the policy's verdicts besides the files it reads: its
+/// options, the operator's policy file as it is now, and the environment
+/// (languages). A kept layer's disk is stored under it.
+pub fn identity(opts: &PolicyOptions, env: &[String]) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&(
+        opts.optimize_for_size,
+        opts.remove_dev_packages,
+        opts.harden,
+        env,
+    ))?);
+    if let (Some(file), true) = (&opts.hardening_policy, opts.harden) {
+        h.update(std::fs::read(file).with_context(|| format!("{}", file.display()))?);
+    }
+    Ok(crate::layer_store::hex(&h.finalize()))
+}
+
 /// Reads what the policy needs of the final tree (a package database),
-/// before the flatten: the layers are read once more for it.
+/// before the flatten: the layers are read once more for it. Answers a
+/// digest of what it read (empty when it read nothing).
 pub fn read(
     policy: &mut Option<Policy>,
     layers: &[Layer<'_>],
     reporter: &dyn Reporter,
-) -> Result<(), builderd_flatten::Error> {
+) -> Result<String, builderd_flatten::Error> {
     let Some(policy) = policy.as_mut().filter(|p| p.needs_files()) else {
-        return Ok(());
+        return Ok(String::new());
     };
     let found = read_files(
         layers,
@@ -59,6 +78,19 @@ pub fn read(
         MAX_DATABASE_FILE,
         MAX_DATABASE_BYTES,
     )?;
+    let mut h = Sha256::new();
+    for (path, found) in &found {
+        let (tag, bytes): (&[u8], &[u8]) = match found {
+            Found::File(data) => (b"f", data),
+            Found::LargeFile => (b"l", b""),
+            Found::Symlink(target) => (b"s", target),
+            Found::Other => (b"o", b""),
+        };
+        for part in [path.as_slice(), tag, bytes] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    }
     let warnings = policy
         .read(&found)
         .map_err(|reason| builderd_flatten::Error::Invalid {
@@ -69,13 +101,13 @@ pub fn read(
     for warning in warnings {
         event::warn(reporter, warning);
     }
-    Ok(())
+    Ok(crate::layer_store::hex(&h.finalize()))
 }
 
 /// Writes what the policy rewrote and tells what it did.
 pub fn finish(
     policy: Policy,
-    writer: &mut builderd_ext4::Writer,
+    writer: &mut dyn builderd_ext4::Target,
     reporter: &dyn Reporter,
 ) -> Result<Report> {
     let report = policy

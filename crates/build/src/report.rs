@@ -35,7 +35,27 @@ pub struct Report {
     /// packages, hardening).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<builderd_policy::Report>,
+    /// The image's layers kept as disks (`preserve_layers`), the image's
+    /// first layer first: boot the image with them attached read-only in
+    /// this order after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_disks: Option<Vec<LayerDiskInfo>>,
     pub timings_ms: Timings,
+}
+
+/// One kept layer's disk.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerDiskInfo {
+    pub file: String,
+    /// The layer's blob digest.
+    pub digest: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub entries: u64,
+    pub whiteouts: u64,
+    pub opaque_dirs: u64,
+    /// Written by this build; false: taken from the layer store.
+    pub converted: bool,
 }
 
 /// A detected stack and the Containerfile generated for it: what a user

@@ -44,12 +44,26 @@ pub struct BuildRequest {
     /// What the flatten leaves out of the image or changes in it.
     #[serde(default)]
     pub policy: PolicyOptions,
+    /// Keep the image's layers as disks of their own instead of flattening.
+    #[serde(default)]
+    pub layers: LayerOptions,
     /// Registry credentials: never serialised.
     #[serde(skip)]
     pub credentials: Option<Credentials>,
     /// The Git source's credentials: never serialised.
     #[serde(skip)]
     pub git_credentials: Option<GitCredentials>,
+}
+
+/// An image's layers kept as disks (`preserve_layers`): each layer a
+/// read-only ext4 in overlayfs form, shared through a store by every build
+/// that uses it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LayerOptions {
+    pub preserve: bool,
+    /// The layer store; None: `layers/` in the default cache directory.
+    pub store: Option<PathBuf>,
 }
 
 /// How registries are reached.

@@ -17,7 +17,7 @@ use crate::blob_checks::{BlobChecks, Failed};
 use crate::event::{self, Event, Progress, Reporter, Stage};
 use crate::layer_streams::{Blob, Streams};
 use crate::output::Pending;
-use crate::report::{CompressedInfo, FlattenInfo, ImageInfo, Report, Timings};
+use crate::report::{CompressedInfo, FlattenInfo, ImageInfo, LayerDiskInfo, Report, Timings};
 use crate::request::{BootOptions, BuildRequest, CopyFormat};
 use crate::source::{self, Blobs, Opened};
 use crate::steps::{self, BlobAt};
@@ -60,7 +60,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
         );
         // The request is checked before the long part.
         let plan = crate::boot::plan(&req.boot, &image.run)?;
-        let outputs = Outputs::new(&req.output, req.boot.compression)?;
+        let mut outputs = Outputs::new(&req.output, req.boot.compression)?;
         let mut stepped = run_steps(&opened, req, reporter)?;
         let steps_ended = Instant::now();
         let limit = image_limit(&req.boot);
@@ -70,22 +70,85 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
                 .writer_options(limit.as_ref().map(|(bytes, _)| *bytes)),
         )?;
         let mut policy = crate::policy::new(&req.policy, &plan.run.env)?;
-        let (stats, checks) = flatten(
+        let layered = match req.layers.preserve {
+            true => Some(LayerJob {
+                store: crate::layer_store::Store::open(&match &req.layers.store {
+                    Some(dir) => dir.clone(),
+                    None => BlobCache::default_dir().join("layers"),
+                })?,
+                identity: crate::policy::identity(&req.policy, &plan.run.env)?,
+            }),
+            false => None,
+        };
+        let (stats, checks, converted) = flatten(
             opened,
             stepped.as_ref(),
             &mut policy,
             &mut writer,
+            layered.as_ref(),
             reporter,
             &limit,
         )?;
-        let policy_report = policy
-            .map(|p| crate::policy::finish(p, &mut writer, reporter))
-            .transpose()?;
         let mut plan = plan;
-        plan.regenerate_ssh_host_keys = policy_report
-            .as_ref()
-            .is_some_and(|r| r.ssh_host_keys_regenerated_at_boot);
-        let installed = builderd_rootfs::install(&mut writer, &plan)?;
+        let (policy_report, installed, layer_disks) = match &converted {
+            None => {
+                let policy_report = policy
+                    .map(|p| crate::policy::finish(p, &mut writer, reporter))
+                    .transpose()?;
+                plan.regenerate_ssh_host_keys = policy_report
+                    .as_ref()
+                    .is_some_and(|r| r.ssh_host_keys_regenerated_at_boot);
+                let installed = builderd_rootfs::install(&mut writer, &plan)?;
+                (policy_report, installed, None)
+            }
+            Some(c) => {
+                let n = c.disks.len();
+                let time = req.ext4.fs_time.unwrap_or_else(|| c.time());
+                crate::layered::start_top(&mut writer, &c.tree, n, time)?;
+                let mut top = crate::layered::Top {
+                    w: &mut writer,
+                    tree: &c.tree,
+                    time,
+                };
+                let policy_report = policy
+                    .map(|p| crate::policy::finish(p, &mut top, reporter))
+                    .transpose()?;
+                plan.regenerate_ssh_host_keys = policy_report
+                    .as_ref()
+                    .is_some_and(|r| r.ssh_host_keys_regenerated_at_boot);
+                let mut installed = builderd_rootfs::install(&mut top, &plan)?;
+                crate::layered::finish_top(&mut writer, n, &installed.init, time)?;
+                // The kernel starts the top disk's stage, which starts the
+                // image's init in the overlay.
+                installed.kernel_cmdline =
+                    builderd_rootfs::kernel_cmdline(builderd_init::INIT_PATH);
+                outputs.layers = c
+                    .disks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        let store = &layered.as_ref().expect("layers were kept").store;
+                        (layer_path(&req.output, i), store.disk(&d.stored.key))
+                    })
+                    .collect();
+                let infos = c
+                    .disks
+                    .iter()
+                    .zip(&outputs.layers)
+                    .map(|(d, (file, _))| LayerDiskInfo {
+                        file: file.display().to_string(),
+                        digest: d.stored.digest.clone(),
+                        sha256: d.stored.sha256.clone(),
+                        size_bytes: d.stored.size_bytes,
+                        entries: d.stored.entries,
+                        whiteouts: d.stored.whiteouts,
+                        opaque_dirs: d.stored.opaque_dirs,
+                        converted: d.converted,
+                    })
+                    .collect();
+                (policy_report, installed, Some(infos))
+            }
+        };
         for w in &installed.warnings {
             event::warn(reporter, w);
         }
@@ -155,6 +218,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
             },
             steps: stepped.map(|done| done.info(req.steps.network)),
             policy: policy_report,
+            layer_disks,
             timings_ms: times.timings(),
             compressed,
         };
@@ -167,6 +231,12 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
         }));
         Ok(report)
     })
+}
+
+/// Where kept layers go, and the policy's identity (part of their keys).
+struct LayerJob {
+    store: crate::layer_store::Store,
+    identity: String,
 }
 
 /// When each stage ended.
@@ -204,6 +274,8 @@ struct Outputs {
     metadata: Pending,
     /// The compressed copy's final name and its file.
     copy: Option<(PathBuf, Pending)>,
+    /// Kept layers: each disk's name beside the image, and its stored file.
+    layers: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Outputs {
@@ -215,6 +287,7 @@ impl Outputs {
             image: Pending::new(output)?,
             metadata: Pending::new(&metadata_path(output))?,
             copy,
+            layers: Vec::new(),
         })
     }
 
@@ -222,14 +295,17 @@ impl Outputs {
     /// A failure on the way removes what was put in place.
     fn commit(self, report: &Report) -> Result<()> {
         serde_json::to_writer_pretty(self.metadata.file()?, report)?;
+        let mut committed = Vec::new();
         let image = self.image.target().to_path_buf();
-        self.image.commit()?;
-        let mut committed = vec![image];
-        let result = match self.copy {
-            Some((path, p)) => p.commit().map(|_| committed.push(path)),
-            None => Ok(()),
-        }
-        .and_then(|()| self.metadata.commit().map(drop));
+        let result =
+            link_layers(&self.layers, &mut committed).and_then(|()| self.image.commit().map(drop));
+        committed.push(image);
+        let result = result
+            .and_then(|()| match self.copy {
+                Some((path, p)) => p.commit().map(|_| committed.push(path)),
+                None => Ok(()),
+            })
+            .and_then(|()| self.metadata.commit().map(drop));
         if result.is_err() {
             for path in committed {
                 let _ = std::fs::remove_file(path);
@@ -237,6 +313,32 @@ impl Outputs {
         }
         result
     }
+}
+
+/// Puts each kept layer's stored disk beside the image: a hard link (the
+/// store's copy is the only one), or a copy across filesystems.
+fn link_layers(layers: &[(PathBuf, PathBuf)], committed: &mut Vec<PathBuf>) -> Result<()> {
+    for (target, stored) in layers {
+        let tmp = Pending::new(target)?;
+        let at = tmp.path().to_path_buf();
+        std::fs::remove_file(&at)?;
+        if std::fs::hard_link(stored, &at).is_err() {
+            std::fs::copy(stored, &at)
+                .with_context(|| format!("copying {} to {}", stored.display(), at.display()))?;
+        }
+        std::fs::rename(&at, target)
+            .with_context(|| format!("{}: cannot put it in place", target.display()))?;
+        committed.push(target.clone());
+    }
+    Ok(())
+}
+
+/// The name of a kept layer's disk beside the image: `rootfs.ext4` →
+/// `rootfs.layer-0.ext4` (the image's first layer).
+pub fn layer_path(output: &Path, n: usize) -> PathBuf {
+    let name = output.file_name().unwrap_or_default().to_string_lossy();
+    let stem = name.strip_suffix(".ext4").unwrap_or(&name);
+    output.with_file_name(format!("{stem}.layer-{n}.ext4"))
 }
 
 /// `rootfs.ext4` → `rootfs.ext4.json`.
@@ -318,9 +420,10 @@ fn flatten(
     stepped: Option<&steps::Done>,
     policy: &mut Option<builderd_policy::Policy>,
     writer: &mut Writer,
+    layered: Option<&LayerJob>,
     reporter: &dyn Reporter,
     limit: &Option<(u64, Limit)>,
-) -> Result<(Flattened, BlobChecks)> {
+) -> Result<(Flattened, BlobChecks, Option<crate::layered::Converted>)> {
     let built = opened.built_layers();
     let Opened {
         image,
@@ -393,11 +496,18 @@ fn flatten(
                 layer.adjust = Some(done.adjust.clone());
             }
         }
-        let flattened = crate::policy::read(policy, &layers, reporter).and_then(|()| {
+        let flattened = crate::policy::read(policy, &layers, reporter).and_then(|read| {
             let select = policy.as_ref().map(|p| p as &dyn builderd_flatten::Select);
-            builderd_flatten::flatten(&layers, writer, select, &|layer| {
-                event::info(reporter, format!("layer {} written", layer.name))
-            })
+            let Some(job) = layered else {
+                return builderd_flatten::flatten(&layers, writer, select, &|layer| {
+                    event::info(reporter, format!("layer {} written", layer.name))
+                })
+                .map(|stats| (stats, None));
+            };
+            let digests: Vec<String> = all_layers.iter().map(|l| l.digest.to_string()).collect();
+            let identity = format!("{}:{read}", job.identity);
+            crate::layered::convert(&layers, &digests, &job.store, select, &identity, reporter)
+                .map(|c| (c.stats.clone(), Some(c)))
         });
         drop(layers);
         done.store(true, Ordering::Relaxed);
@@ -413,7 +523,7 @@ fn flatten(
         }),
         _ => anyhow::Error::new(e),
     });
-    let counts = match (flattened, blobs) {
+    let (counts, converted) = match (flattened, blobs) {
         (Ok(stats), Blobs::Pull(d)) => d.finish().map(|()| stats)?,
         (Ok(stats), Blobs::Local(_)) => stats,
         // A layer that could not be read because its download failed: the
@@ -443,6 +553,7 @@ fn flatten(
             cache,
         },
         checks,
+        converted,
     ))
 }
 

@@ -137,6 +137,7 @@ impl Args {
             project: self.project.options()?,
             git: self.project.git(self.public_only),
             policy: self.policy.options(),
+            layers: self.policy.layers(self.cache_dir.as_deref()),
             credentials,
             git_credentials: self.project.git_credentials()?,
         })

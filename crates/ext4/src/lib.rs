@@ -36,6 +36,7 @@ mod journal;
 mod lanes;
 mod layout;
 mod superblock;
+mod target;
 mod tree;
 mod writer;
 mod xattr;
@@ -44,6 +45,7 @@ pub use content::{ContentSink, FileData};
 pub use entry::{DeviceKind, Metadata, Timestamp, Xattr};
 pub use lanes::{Lane, LaneFile, Lanes};
 pub use layout::BLOCK_SIZE;
+pub use target::Target;
 pub use writer::{EntryKind, FileWriter, Free, Options, Summary, Writer};
 
 /// What can go wrong while writing an image.

@@ -21,19 +21,27 @@
 //! upper layers put entries under a parent that a lower layer turns out to
 //! have as a symlink, they move to where the link points (resolved in the
 //! image, never above its root), as extracting bottom-up would place them.
+//!
+//! An image whose layers are kept is written a layer at a time instead,
+//! each as a disk in overlayfs's form (`write_layer`) over the [`Skeleton`]
+//! of the layers below it.
 
 mod layer;
+mod layer_disk;
 mod normalize;
 mod overlay;
 mod read_files;
 mod select;
 mod side_by_side;
+mod skeleton;
 
 pub use layer::{Adjust, Layer};
+pub use layer_disk::{write_layer, LayerStats};
 pub use normalize::normalize;
 pub use overlay::{flatten, Stats};
 pub use read_files::{read_files, Found};
 pub use select::{Rule, Select, Verdict};
+pub use skeleton::{Node, Skeleton};
 
 /// What can go wrong flattening; names the layer and path concerned.
 #[derive(Debug, thiserror::Error)]

@@ -13,18 +13,23 @@ use crate::sys::{cstr, mount};
 /// The modules to load, in order, one file name per line.
 const MODULE_LIST: &str = "/modules.order";
 const NEW_ROOT: &str = "/newroot";
-/// How long to wait for the root device to appear.
-const ROOT_WAIT: Duration = Duration::from_secs(10);
+/// How long to wait for a disk to appear.
+const DISK_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the initramfs stage; only returns on failure.
 pub fn run() -> String {
-    match stage() {
+    finish(stage())
+}
+
+/// The error of a stage that only returns on failure.
+pub fn finish(stage: Result<Never, String>) -> String {
+    match stage {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-enum Never {}
+pub enum Never {}
 
 fn stage() -> Result<Never, String> {
     let _ = std::fs::create_dir_all("/proc");
@@ -44,22 +49,37 @@ fn stage() -> Result<Never, String> {
     let fstype = param("rootfstype").unwrap_or_else(|| "ext4".into());
     let read_only = cmdline.split_whitespace().any(|w| w == "ro");
 
-    let started = Instant::now();
-    while !Path::new(&root).exists() {
-        if started.elapsed() > ROOT_WAIT {
-            return Err(format!(
-                "the root device {root} did not appear within {} s",
-                ROOT_WAIT.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(&root)?;
     let _ = std::fs::create_dir_all(NEW_ROOT);
     let flags = if read_only { libc::MS_RDONLY } else { 0 };
     mount(&root, NEW_ROOT, &fstype, flags, "")
         .map_err(|e| format!("cannot mount {root} ({fstype}) on /: {e}"))?;
+    let p = cstr("/proc");
+    // SAFETY: umount with a live string; the new init mounts its own /proc.
+    unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    enter(NEW_ROOT, &init)
+}
+
+/// Waits for the block device `dev` to appear.
+pub fn wait_for(dev: &str) -> Result<(), String> {
+    let started = Instant::now();
+    while !Path::new(dev).exists() {
+        if started.elapsed() > DISK_WAIT {
+            return Err(format!(
+                "the disk {dev} did not appear within {} s",
+                DISK_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Makes the mount points an image may lack in the root mounted at
+/// `new_root`, moves /dev there, makes it `/` and starts `init` in it.
+pub fn enter(new_root: &str, init: &str) -> Result<Never, String> {
     for dir in ["dev", "proc", "sys", "run"] {
-        let p = format!("{NEW_ROOT}/{dir}");
+        let p = format!("{new_root}/{dir}");
         if std::fs::symlink_metadata(&p).is_err() {
             if let Err(e) = std::fs::create_dir(&p) {
                 warn(&format!(
@@ -68,12 +88,9 @@ fn stage() -> Result<Never, String> {
             }
         }
     }
-    mount("/dev", &format!("{NEW_ROOT}/dev"), "", libc::MS_MOVE, "")
+    mount("/dev", &format!("{new_root}/dev"), "", libc::MS_MOVE, "")
         .map_err(|e| format!("cannot move /dev into the root: {e}"))?;
-    let p = cstr("/proc");
-    // SAFETY: umount with a live string; the new init mounts its own /proc.
-    unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
-    switch_root(&init)
+    switch_root(new_root, init)
 }
 
 /// Loads each listed module; a module the kernel already has is fine.
@@ -111,8 +128,8 @@ fn load_modules() -> Result<(), String> {
 
 /// Makes the mounted root `/` and execs its init. The initramfs's few
 /// megabytes of files stay in memory; the new root never sees them.
-fn switch_root(init: &str) -> Result<Never, String> {
-    std::env::set_current_dir(NEW_ROOT).map_err(|e| format!("cannot enter the root: {e}"))?;
+fn switch_root(new_root: &str, init: &str) -> Result<Never, String> {
+    std::env::set_current_dir(new_root).map_err(|e| format!("cannot enter the root: {e}"))?;
     mount(".", "/", "", libc::MS_MOVE, "")
         .map_err(|e| format!("cannot move the root to /: {e}"))?;
     let dot = cstr(".");

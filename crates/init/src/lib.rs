@@ -3,10 +3,12 @@
 //! builderd writes to `/.builderd/run.json`, the exit line the host reads off
 //! the console, and the user lookup (kept pure so it is tested on the host).
 
+pub mod layered;
 pub mod run_config;
 pub mod steps_disk;
 pub mod user;
 
+pub use layered::Layers;
 pub use run_config::RunConfig;
 
 /// Where builderd puts its own files in an image.

@@ -5,7 +5,9 @@
 //! PID 1 exiting is a kernel panic, so every failure ends in a power-off.
 //!
 //! As `/init` of the initramfs `builderd boot` makes, it mounts the root and
-//! hands over to the init the kernel command line names.
+//! hands over to the init the kernel command line names. On the top disk of
+//! an image whose layers are kept, it first mounts the layer disks as an
+//! overlay and starts the image's init in it.
 //!
 //! `builderd-init report-exit` is the SYSTEMD strategy's helper: run by the
 //! app's unit after the app stops, it writes the same exit line to the console.
@@ -13,12 +15,14 @@
 mod console;
 mod first_boot;
 mod initramfs;
+mod overlay_root;
 mod setup;
 mod steps;
 mod supervise;
 mod sys;
 
-use builderd_init::{exit_line, RunConfig, RUN_CONFIG_PATH};
+use builderd_init::layered::LAYERS_PATH;
+use builderd_init::{exit_line, Layers, RunConfig, RUN_CONFIG_PATH};
 use console::say;
 
 fn main() {
@@ -32,6 +36,18 @@ fn main() {
         let e = initramfs::run();
         say(&format!("builderd-init: error: {e}"));
         setup::power_off();
+    }
+    if std::process::id() == 1 {
+        // On the top disk of an image whose layers are kept: the overlay
+        // is the root, and the image's init starts in it.
+        if let Ok(text) = std::fs::read(LAYERS_PATH) {
+            let e = match serde_json::from_slice::<Layers>(&text) {
+                Ok(layers) => initramfs::finish(overlay_root::run(&layers)),
+                Err(e) => format!("{LAYERS_PATH} is not valid: {e}"),
+            };
+            say(&format!("builderd-init: error: {e}"));
+            setup::power_off();
+        }
     }
     if std::process::id() != 1 {
         eprintln!(

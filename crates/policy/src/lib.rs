@@ -16,7 +16,7 @@ mod size;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use builderd_ext4::{Metadata, Writer};
+use builderd_ext4::{Metadata, Target};
 use builderd_flatten::{Select, Verdict};
 use builderd_import::EntryKind;
 use serde::Serialize;
@@ -147,7 +147,7 @@ impl Policy {
 
     /// Writes the rewritten database files (after the flatten, with the
     /// writer's cursor back) and answers the report.
-    pub fn finish(&self, w: &mut Writer) -> Result<Report, builderd_ext4::Error> {
+    pub fn finish(&self, w: &mut dyn Target) -> Result<Report, builderd_ext4::Error> {
         let tally = std::mem::take(&mut *self.tally.lock().unwrap());
         if let Some(removal) = &self.removal {
             for (path, meta) in &tally.replaced {

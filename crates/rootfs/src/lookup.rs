@@ -2,7 +2,7 @@
 //! inside the image (an absolute target starts at the image's root), `..`
 //! never above the root. Nothing on the host is looked at.
 
-use builderd_ext4::{EntryKind, Metadata, Writer};
+use builderd_ext4::{EntryKind, Metadata, Target};
 
 use crate::Error;
 
@@ -11,7 +11,7 @@ const MAX_LINKS: usize = 40;
 
 /// The path `path` leads to, with every symlink resolved, and what is there;
 /// `None` when some component does not exist.
-pub fn resolve(w: &Writer, path: &str) -> Result<Option<(String, Kind)>, Error> {
+pub fn resolve(w: &dyn Target, path: &str) -> Result<Option<(String, Kind)>, Error> {
     let mut todo: Vec<String> = components(path).into_iter().rev().collect();
     let mut done: Vec<String> = Vec::new();
     let mut links = 0;
@@ -69,7 +69,7 @@ fn components(path: &str) -> Vec<String> {
 /// Makes `path` and its missing parents as root-owned 0755 directories,
 /// following symlinks the image has on the way; existing directories keep
 /// their metadata. Answers the real path.
-pub fn ensure_dir(w: &mut Writer, path: &str, time: i64) -> Result<String, Error> {
+pub fn ensure_dir(w: &mut dyn Target, path: &str, time: i64) -> Result<String, Error> {
     let mut real = String::from("/");
     for c in components(path) {
         let next = format!("{}/{c}", real.trim_end_matches('/'));
@@ -90,7 +90,7 @@ pub fn ensure_dir(w: &mut Writer, path: &str, time: i64) -> Result<String, Error
 }
 
 /// The image's own path for a program as the app's PATH would find it.
-pub fn which(w: &Writer, program: &str, path_var: &str) -> Result<Option<String>, Error> {
+pub fn which(w: &dyn Target, program: &str, path_var: &str) -> Result<Option<String>, Error> {
     if program.contains('/') {
         return Ok(Some(program.to_string()));
     }

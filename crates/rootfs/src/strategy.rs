@@ -1,6 +1,6 @@
 //! The three init strategies and what each adds to the image.
 
-use builderd_ext4::{Metadata, Writer};
+use builderd_ext4::{Metadata, Target};
 use builderd_init::{
     RunConfig, CUSTOM_INIT_PATH, INIT_PATH, RUN_CONFIG_PATH, SSH_HOST_KEYS_REMOVED,
 };
@@ -45,6 +45,8 @@ pub struct Plan {
 pub struct Installed {
     /// The command line to boot the image as `/dev/vda`.
     pub kernel_cmdline: String,
+    /// The init the kernel starts (in the image's tree).
+    pub init: String,
     /// What the image will not do as it may be expected to.
     pub warnings: Vec<String>,
 }
@@ -54,7 +56,13 @@ pub fn kernel_cmdline(init: &str) -> String {
     format!("console=ttyS0 reboot=k panic=1 root=/dev/vda rw init={init}")
 }
 
-fn add_file(w: &mut Writer, path: &str, mode: u16, data: &[u8], time: i64) -> Result<(), Error> {
+fn add_file(
+    w: &mut dyn Target,
+    path: &str,
+    mode: u16,
+    data: &[u8],
+    time: i64,
+) -> Result<(), Error> {
     let mut f = w.file(path.as_bytes(), Metadata::root_owned(mode, time))?;
     f.write(data)?;
     f.finish()?;
@@ -64,7 +72,7 @@ fn add_file(w: &mut Writer, path: &str, mode: u16, data: &[u8], time: i64) -> Re
 /// Adds the strategy's files to the image being written. With DIRECT_EXEC
 /// everything added is under `/.builderd/`; the image's own files stay as
 /// they are.
-pub fn install(w: &mut Writer, plan: &Plan) -> Result<Installed, Error> {
+pub fn install(w: &mut dyn Target, plan: &Plan) -> Result<Installed, Error> {
     if w.entry(b".builderd")?.is_some() {
         return Err(Error::Invalid(
             "the image already has /.builderd, where builderd puts its init; rebuild the image without it".into(),
@@ -114,13 +122,14 @@ pub fn install(w: &mut Writer, plan: &Plan) -> Result<Installed, Error> {
     };
     Ok(Installed {
         kernel_cmdline: kernel_cmdline(&init),
+        init,
         warnings,
     })
 }
 
 /// A script's `#!` interpreter must be in the image, or the kernel cannot
 /// start it as PID 1.
-fn check_interpreter(w: &Writer, script: &[u8]) -> Result<(), Error> {
+fn check_interpreter(w: &dyn Target, script: &[u8]) -> Result<(), Error> {
     if script.starts_with(b"\x7fELF") {
         return Ok(());
     }

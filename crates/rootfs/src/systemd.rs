@@ -2,7 +2,7 @@
 //! enabled for the default target, which powers the VM off when the app
 //! stops and reports its exit code on the console.
 
-use builderd_ext4::{Metadata, Writer};
+use builderd_ext4::{Metadata, Target};
 use builderd_init::{RunConfig, INIT_PATH};
 
 use crate::lookup::{self, Kind};
@@ -15,7 +15,7 @@ const SSH_KEYGEN_UNIT: &str = "builderd-ssh-host-keys.service";
 const SYSTEMD_PATHS: &[&str] = &["/lib/systemd/systemd", "/usr/lib/systemd/systemd"];
 
 /// Adds the unit and answers the path of systemd to boot.
-pub fn install(w: &mut Writer, run: &RunConfig, time: i64) -> Result<String, Error> {
+pub fn install(w: &mut dyn Target, run: &RunConfig, time: i64) -> Result<String, Error> {
     let mut systemd = None;
     for p in SYSTEMD_PATHS {
         if let Some((_, Kind::File)) = lookup::resolve(w, p)? {
@@ -66,7 +66,7 @@ pub fn install(w: &mut Writer, run: &RunConfig, time: i64) -> Result<String, Err
 /// A unit that makes the VM's SSH host keys at boot, before sshd starts,
 /// when it has none (the build removed the image's). Answers a warning when
 /// the image has no ssh-keygen.
-pub fn install_ssh_keygen(w: &mut Writer, time: i64) -> Result<Option<String>, Error> {
+pub fn install_ssh_keygen(w: &mut dyn Target, time: i64) -> Result<Option<String>, Error> {
     let Some(keygen) = lookup::which(w, "ssh-keygen", "/usr/bin:/bin:/usr/sbin:/sbin")? else {
         return Ok(Some(
             "the image's SSH host keys were removed (hardening) and it has no ssh-keygen to make new ones at boot".into(),

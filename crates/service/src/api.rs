@@ -16,7 +16,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::auth;
 use crate::job;
-use crate::paths::ARTIFACT;
+use crate::paths::{layer_file, ARTIFACT};
 use crate::proto::builder::v1::*;
 use crate::runner::{Runner, Stop};
 use crate::scheduler::Scheduler;
@@ -192,12 +192,14 @@ impl Api {
         })
     }
 
-    /// The artifact file of a completed build: the image, or its compressed copy.
+    /// The artifact file of a completed build, its size and sha256: the
+    /// image, its compressed copy, or (`layer`) the disk of a kept layer.
     pub fn artifact_file(
         &self,
         b: &BuildRow,
         compressed: bool,
-    ) -> Result<(PathBuf, Artifact), ConnectError> {
+        layer: Option<u32>,
+    ) -> Result<(PathBuf, i64, String), ConnectError> {
         if b.expired_ms.is_some() {
             return Err(ConnectError::not_found(format!(
                 "the artifact of build {} was deleted by the retention policy",
@@ -215,8 +217,24 @@ impl Api {
             }
         };
         let dir = self.runner.artifact_dir(&b.tenant_id, &b.id);
+        if let Some(n) = layer {
+            let meta: Value = serde_json::from_str(&a.metadata_json).unwrap_or_default();
+            let disks = meta["layer_disks"].as_array().map_or(0, Vec::len);
+            let disk = &meta["layer_disks"][n as usize];
+            if disk.is_null() {
+                return Err(ConnectError::invalid_argument(format!(
+                    "layer {n}: build {} has {disks} layer disks (preserve_layers); count from 0",
+                    b.id
+                )));
+            }
+            return Ok((
+                dir.join(layer_file(n as usize)),
+                disk["size_bytes"].as_i64().unwrap_or(0),
+                disk["sha256"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
         let path = match (compressed, a.compression.as_str()) {
-            (false, _) => dir.join(ARTIFACT),
+            (false, _) => return Ok((dir.join(ARTIFACT), a.size_bytes, a.sha256)),
             (true, "gzip") => dir.join(format!("{ARTIFACT}.gz")),
             (true, "zstd") => dir.join(format!("{ARTIFACT}.zst")),
             (true, _) => {
@@ -225,7 +243,7 @@ impl Api {
                 ))
             }
         };
-        Ok((path, a))
+        Ok((path, a.compressed_size_bytes, a.compressed_sha256))
     }
 
     /// Refuses at once an image whose registry the outbound policy does not
@@ -465,12 +483,7 @@ impl BuilderService for Api {
     ) -> ServiceResult<ServiceStream<GetBuildArtifactResponse>> {
         let tenant = self.caller(ctx.headers())?;
         let b = self.owned(&tenant, request.build_id)?;
-        let (path, a) = self.artifact_file(&b, request.compressed)?;
-        let (total, sha256) = if request.compressed {
-            (a.compressed_size_bytes, a.compressed_sha256)
-        } else {
-            (a.size_bytes, a.sha256)
-        };
+        let (path, total, sha256) = self.artifact_file(&b, request.compressed, request.layer)?;
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| ConnectError::internal(format!("the artifact: {e}")))?;

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::cache::Cache;
 use crate::job::Job;
-use crate::paths::{DataDir, ARTIFACT};
+use crate::paths::{layer_file, layer_files, DataDir, ARTIFACT};
 use crate::state::State;
 use crate::store::{BuildRow, CacheKind, Store};
 
@@ -29,8 +29,14 @@ type Refused = (&'static str, String);
 
 /// The bytes an artifact takes: the image and its compressed copy.
 fn artifact_bytes(meta: &Value) -> i64 {
+    let layers: i64 = meta["layer_disks"].as_array().map_or(0, |d| {
+        d.iter()
+            .map(|d| d["size_bytes"].as_i64().unwrap_or(0))
+            .sum()
+    });
     meta["image"]["size_bytes"].as_i64().unwrap_or(0)
         + meta["compressed"]["size_bytes"].as_i64().unwrap_or(0)
+        + layers
 }
 
 /// Does `size` more fit in the tenant's storage quota?
@@ -170,13 +176,21 @@ impl Artifacts {
                 meta[key]["file"] = Value::String(name);
             }
         }
+        if let Some(disks) = meta["layer_disks"].as_array_mut() {
+            for (n, disk) in disks.iter_mut().enumerate() {
+                disk["file"] = Value::String(layer_file(n));
+            }
+        }
         let size = artifact_bytes(&meta);
         check_storage(store, &build.tenant_id, size)?;
         for name in [
             ARTIFACT.to_string(),
             format!("{ARTIFACT}.gz"),
             format!("{ARTIFACT}.zst"),
-        ] {
+        ]
+        .into_iter()
+        .chain(layer_files(&work))
+        {
             let from = work.join(&name);
             if from.exists() {
                 std::fs::rename(&from, dest.join(&name)).map_err(io)?;

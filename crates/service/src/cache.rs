@@ -23,7 +23,7 @@ use builderd_oci::{BlobCache, Digest};
 use serde_json::Value;
 
 use crate::job::Job;
-use crate::paths::{artifact_files, ARTIFACT};
+use crate::paths::{artifact_files, layer_files, ARTIFACT};
 use crate::store::{CacheEntry, CacheKind, Store};
 
 pub struct Cache {
@@ -111,6 +111,9 @@ impl Cache {
         // What the flatten leaves out or changes makes another artifact
         // (keys of builds with the defaults stay as they were).
         let mut inputs = inputs;
+        if job.preserve_layers {
+            inputs["preserve_layers"] = serde_json::Value::Bool(true);
+        }
         if job.optimize_for_size || job.remove_dev_packages || job.no_harden {
             inputs["policy"] = serde_json::json!({
                 "optimize_for_size": job.optimize_for_size,
@@ -137,8 +140,9 @@ impl Cache {
         let meta: Value = serde_json::from_slice(&meta).map_err(io::Error::other)?;
         fs::create_dir_all(dest)?;
         // The image and its compressed copy; the metadata is the build's own.
-        for name in artifact_files().iter().filter(|n| !n.ends_with(".json")) {
-            match link_or_copy(&entry.join(name), &dest.join(name)) {
+        let names = artifact_files().into_iter().chain(layer_files(&entry));
+        for name in names.filter(|n| !n.ends_with(".json")) {
+            match link_or_copy(&entry.join(&name), &dest.join(&name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound && name != ARTIFACT => {}
                 // Evicted just now: as if it had not been there.
@@ -159,7 +163,7 @@ impl Cache {
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{key}."))
             .tempdir_in(&self.artifacts)?;
-        for name in artifact_files() {
+        for name in artifact_files().into_iter().chain(layer_files(from)) {
             match link_or_copy(&from.join(&name), &tmp.path().join(&name)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -160,6 +160,8 @@ async fn status(State(api): State<Arc<Api>>, Path(id): Path<String>, req: Reques
 struct ArtifactQuery {
     #[serde(default)]
     compressed: bool,
+    /// A kept layer's disk (preserve_layers), from 0.
+    layer: Option<u32>,
 }
 
 async fn artifact(
@@ -171,15 +173,10 @@ async fn artifact(
     let found = api
         .caller(req.headers())
         .and_then(|tenant| api.owned(&tenant, &id))
-        .and_then(|b| api.artifact_file(&b, q.compressed));
-    let (path, a) = match found {
+        .and_then(|b| api.artifact_file(&b, q.compressed, q.layer));
+    let (path, _, sha256) = match found {
         Ok(f) => f,
         Err(e) => return error(e),
-    };
-    let sha256 = if q.compressed {
-        a.compressed_sha256
-    } else {
-        a.sha256
     };
     let etag = format!("\"sha256:{sha256}\"");
     let not_modified = req

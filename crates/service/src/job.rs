@@ -68,6 +68,8 @@ pub struct Job {
     pub remove_dev_packages: bool,
     /// The strategy's `harden` set to false.
     pub no_harden: bool,
+    /// Keep the image's layers as disks of their own (preserve_layers).
+    pub preserve_layers: bool,
 }
 
 /// A Git source's build: `Job::image` is its address as `builderd build`
@@ -254,12 +256,7 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
             job.optimize_for_size = d.optimize_for_size;
             job.remove_dev_packages = d.remove_dev_packages;
             job.no_harden = d.harden == Some(false);
-            if d.preserve_layers {
-                return Err(unimplemented(
-                    &format!("{field}.preserve_layers"),
-                    "keeping the image's layers (the rootfs is always flattened)",
-                ));
-            }
+            job.preserve_layers = d.preserve_layers;
             job.commands = commands(&format!("{field}.custom_commands"), &d.custom_commands)?;
         }
         Some(StrategyType::GitStrategy(g)) => git_strategy(g, &mut job)?,
@@ -707,8 +704,8 @@ mod tests {
         assert!(taken.optimize_for_size && taken.remove_dev_packages);
         assert_eq!((taken.init, taken.compression), ("systemd", Some("gzip")));
         assert_eq!(taken.size_limit, Some(2147483648));
-        // Hardening is on unless a strategy turns it off; keeping the
-        // layers is not built yet.
+        // Hardening is on unless a strategy turns it off; the layers are
+        // kept when asked.
         let unhardened = parse(&WEBAPP.replace(
             r#""preserve_layers": false"#,
             r#""preserve_layers": false, "harden": false"#,
@@ -717,7 +714,9 @@ mod tests {
         let layered =
             parse(&WEBAPP.replace(r#""preserve_layers": false"#, r#""preserve_layers": true"#));
         assert!(
-            matches!(job(&layered, &default_retry_policy()), Err(Refusal::Unimplemented(m)) if m.contains("preserve_layers"))
+            job(&layered, &default_retry_policy())
+                .unwrap()
+                .preserve_layers
         );
         // The Git example: its Dockerfile.production is taken, its build
         // args checked, and INIT_STRATEGY_CUSTOM wants its script.

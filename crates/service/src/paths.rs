@@ -16,6 +16,21 @@ pub fn artifact_files() -> [String; 4] {
     ]
 }
 
+/// The disk of a kept layer (preserve_layers), the image's first layer 0.
+pub fn layer_file(n: usize) -> String {
+    let stem = ARTIFACT.strip_suffix(".ext4").unwrap_or(ARTIFACT);
+    format!("{stem}.layer-{n}.ext4")
+}
+
+/// The kept layers' disks in `dir`, by name.
+pub fn layer_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names = Vec::new();
+    while dir.join(layer_file(names.len())).exists() {
+        names.push(layer_file(names.len()));
+    }
+    names
+}
+
 /// The data directory.
 #[derive(Clone, Debug)]
 pub struct DataDir(pub PathBuf);
@@ -60,5 +75,10 @@ impl DataDir {
     /// The layer blob cache the builds share.
     pub fn blobs(&self) -> PathBuf {
         self.0.join("blobs")
+    }
+
+    /// The store of kept layers' disks (preserve_layers).
+    pub fn layers(&self) -> PathBuf {
+        self.0.join("layers")
     }
 }

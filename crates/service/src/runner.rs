@@ -25,7 +25,8 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use builderd_build::{
     BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, CopyFormat, Event, GitOptions, Init,
-    PolicyOptions, ProjectOptions, RegistryOptions, Resolved, StepLimits, StepNetwork, Steps,
+    LayerOptions, PolicyOptions, ProjectOptions, RegistryOptions, Resolved, StepLimits,
+    StepNetwork, Steps,
 };
 use builderd_oci::{RetryCause, RetryPolicy};
 
@@ -192,6 +193,10 @@ impl Runner {
                 hardening_policy: (!job.no_harden)
                     .then(|| self.hardening_policy.clone())
                     .flatten(),
+            },
+            layers: LayerOptions {
+                preserve: job.preserve_layers,
+                store: Some(self.artifacts.dirs.layers()),
             },
             project: match &job.project {
                 Some(p) => ProjectOptions {

@@ -65,6 +65,7 @@ pub fn run(
         git: Default::default(),
         // The steps run in the image as it is.
         policy: crate::request::PolicyOptions::none(),
+        layers: Default::default(),
         credentials: None,
         git_credentials: None,
     })
@@ -98,6 +99,7 @@ pub fn run(
     );
     let disks = [disk.clone()];
     let machine = Machine {
+        layers: &[],
         kernel: &boot.kernel,
         initrd: &boot.initrd,
         image: &rootfs,

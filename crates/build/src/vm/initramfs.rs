@@ -1,7 +1,7 @@
 //! The initramfs `builderd boot` gives the kernel: builderd-init as `/init`
-//! and the kernel modules the root disk needs (virtio, virtio_blk, ext4 and
-//! what they depend on, from `/lib/modules/VERSION`), in the newc cpio format
-//! the kernel unpacks.
+//! and the kernel modules the root disk needs (virtio, virtio_blk, ext4,
+//! overlay and what they depend on, from `/lib/modules/VERSION`), in the
+//! newc cpio format the kernel unpacks.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -12,8 +12,9 @@ use anyhow::{bail, Context, Result};
 /// What the root disk needs, by module name; the kernel may have them built in.
 const NEEDED: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];
 /// Needed at run time but not a symbol dependency (ext4's checksums use the
-/// crypto API's crc32c); either implementation will do.
-const WANTED: &[&str] = &["crc32c_intel", "crc32c_generic"];
+/// crypto API's crc32c; either implementation will do), and overlayfs for an
+/// image whose layers are kept (its top disk mounts them as one).
+const WANTED: &[&str] = &["crc32c_intel", "crc32c_generic", "overlay"];
 
 /// The module files to load, dependencies first, under `modules_dir`.
 fn module_files(modules_dir: &Path) -> Result<Vec<PathBuf>> {

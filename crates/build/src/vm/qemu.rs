@@ -28,7 +28,10 @@ pub struct Machine<'a> {
     pub cpus: u32,
     /// Writes go to a throwaway overlay; the image stays as it was.
     pub snapshot: bool,
-    /// More raw disks, after the image (the first is /dev/vdb).
+    /// Disks attached read-only after the image (the first is /dev/vdb):
+    /// an image's kept layers.
+    pub layers: &'a [PathBuf],
+    /// More raw disks, after those.
     pub disks: &'a [PathBuf],
     pub qmp: PathBuf,
 }
@@ -102,6 +105,12 @@ impl Machine<'_> {
         .arg(self.initrd)
         .args(["-append", self.cmdline])
         .args(["-drive", &drive]);
+        for layer in self.layers {
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                layer.display()
+            ));
+        }
         for disk in self.disks {
             cmd.arg("-drive").arg(format!(
                 "file={},format=raw,if=virtio,cache=unsafe",

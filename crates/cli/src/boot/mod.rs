@@ -103,7 +103,7 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
         &builderd_oci::BlobCache::default_dir().join("kernels"),
         scratch.path(),
     )?;
-    let mut cmdline = kernel_cmdline(&args.image)?;
+    let (mut cmdline, layers) = from_metadata(&args.image)?;
     cmdline += " quiet";
     if let Some(extra) = &args.append {
         cmdline += " ";
@@ -117,6 +117,7 @@ pub fn run(args: Args) -> Result<std::process::ExitCode> {
         memory_mib: args.memory,
         cpus: args.cpus,
         snapshot: args.snapshot,
+        layers: &layers,
         disks: &[],
         qmp: scratch.path().join("qmp.sock"),
     };
@@ -225,22 +226,44 @@ fn supervise(
     })
 }
 
-/// The command line from the image's metadata file, else DIRECT_EXEC's.
-fn kernel_cmdline(image: &Path) -> Result<String> {
+/// The command line from the image's metadata file, else DIRECT_EXEC's,
+/// and the disks of its kept layers (beside the image), in order.
+fn from_metadata(image: &Path) -> Result<(String, Vec<PathBuf>)> {
     let mut meta = image.as_os_str().to_os_string();
     meta.push(".json");
-    match std::fs::read(&meta) {
-        Ok(bytes) => {
-            let v: serde_json::Value = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{}: not valid JSON", Path::new(&meta).display()))?;
-            v.get("kernel_cmdline")
-                .and_then(|c| c.as_str())
-                .map(str::to_string)
-                .with_context(|| format!("{}: has no kernel_cmdline", Path::new(&meta).display()))
-        }
+    let meta = PathBuf::from(meta);
+    let bytes = match std::fs::read(&meta) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(builderd_rootfs::kernel_cmdline(builderd_init::INIT_PATH))
+            return Ok((
+                builderd_rootfs::kernel_cmdline(builderd_init::INIT_PATH),
+                Vec::new(),
+            ))
         }
-        Err(e) => Err(e).with_context(|| format!("{}", Path::new(&meta).display())),
+        Err(e) => return Err(e).with_context(|| format!("{}", meta.display())),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not valid JSON", meta.display()))?;
+    let cmdline = v
+        .get("kernel_cmdline")
+        .and_then(|c| c.as_str())
+        .map(str::to_string)
+        .with_context(|| format!("{}: has no kernel_cmdline", meta.display()))?;
+    let mut layers = Vec::new();
+    for disk in v["layer_disks"].as_array().into_iter().flatten() {
+        let name = disk["file"]
+            .as_str()
+            .and_then(|f| Path::new(f).file_name())
+            .with_context(|| format!("{}: a layer disk without a file", meta.display()))?;
+        let path = image.with_file_name(name);
+        if !path.is_file() {
+            bail!(
+                "{}: the image's layer disk {} is missing (it is kept beside the image)",
+                image.display(),
+                path.display()
+            );
+        }
+        layers.push(path);
     }
+    Ok((cmdline, layers))
 }

@@ -1,0 +1,330 @@
+//! A build whose image layers are kept (`preserve_layers`): each layer
+//! becomes a read-only disk in overlayfs form, taken from the layer store
+//! when a build made it before (only the layers above the first one the
+//! store lacks are read), and the image file is a small top disk: the
+//! overlay's upper directory, with what the build adds (the init, its run
+//! config, a rewritten package database), and the stage of builderd-init
+//! that mounts the layers (`builderd_init::layered`).
+
+use builderd_ext4::{EntryKind, FileWriter, Metadata, Target, Writer};
+use builderd_flatten::{normalize, write_layer, Layer, Node, Select, Skeleton, Stats, Verdict};
+use builderd_init::layered::{LAYERS_PATH, LOWER_DIR, MERGED_DIR, UPPER_DIR, WORK_DIR};
+use builderd_init::{Layers, INIT_PATH};
+
+use crate::event::{self, Reporter};
+use crate::layer_store::{self, Applied, Store, Stored};
+
+/// One layer's disk in the build.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    pub stored: Stored,
+    /// Written by this build (else taken from the store).
+    pub converted: bool,
+}
+
+/// The layers of a build, as disks.
+pub struct Converted {
+    pub disks: Vec<Disk>,
+    /// The merged tree of all of them.
+    pub tree: Skeleton,
+    pub stats: Stats,
+}
+
+impl Converted {
+    /// The content's time: the newest mtime of all layers.
+    pub fn time(&self) -> i64 {
+        self.disks
+            .iter()
+            .map(|d| d.stored.newest_mtime)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Records the verdicts told of a layer, for its stored state.
+struct Recording<'a> {
+    inner: &'a dyn Select,
+    applied: std::sync::Mutex<Vec<Applied>>,
+}
+
+impl Select for Recording<'_> {
+    fn select(
+        &self,
+        path: &[u8],
+        kind: &builderd_import::EntryKind,
+        size: u64,
+        meta: &mut Metadata,
+    ) -> Verdict {
+        self.inner.select(path, kind, size, meta)
+    }
+
+    fn applied(&self, verdict: Verdict, path: &[u8], size: u64, meta: &Metadata) {
+        self.inner.applied(verdict, path, size, meta);
+        self.applied
+            .lock()
+            .unwrap()
+            .push(Applied::new(verdict, path, size, meta));
+    }
+}
+
+fn store_err(layer: &Layer<'_>, e: anyhow::Error) -> builderd_flatten::Error {
+    builderd_flatten::Error::Open {
+        layer: layer.name.clone(),
+        source: std::io::Error::other(format!("the layer store: {e:#}")),
+    }
+}
+
+/// The layers as disks: `digests` name them, `policy` decides their
+/// entries and `identity` says what it is (part of each disk's key).
+pub fn convert(
+    layers: &[Layer<'_>],
+    digests: &[String],
+    store: &Store,
+    policy: Option<&dyn Select>,
+    identity: &str,
+    reporter: &dyn Reporter,
+) -> Result<Converted, builderd_flatten::Error> {
+    let mut keys: Vec<String> = Vec::new();
+    for (layer, digest) in layers.iter().zip(digests) {
+        let adjust = if layer.adjust.is_some() {
+            "adjusted"
+        } else {
+            ""
+        };
+        keys.push(layer_store::key(
+            keys.last().map(String::as_str),
+            digest,
+            adjust,
+            identity,
+        ));
+    }
+    // The layers up to the first one the store lacks are taken as stored.
+    let mut disks: Vec<Disk> = Vec::new();
+    for key in &keys {
+        match store.find(key) {
+            Some(stored) => disks.push(Disk {
+                stored,
+                converted: false,
+            }),
+            None => break,
+        }
+    }
+    let mut tree = Skeleton::default();
+    for (i, disk) in disks.iter().enumerate() {
+        let layer = &layers[i];
+        let key = &disk.stored.key;
+        if let Some(select) = policy.filter(|_| disk.stored.applied > 0) {
+            for a in store.applied(key).map_err(|e| store_err(layer, e))? {
+                select.applied(a.verdict(), &a.path, a.size, &a.meta());
+            }
+        }
+        if i + 1 == disks.len() {
+            tree = store.tree(key).map_err(|e| store_err(layer, e))?;
+        }
+        event::info(
+            reporter,
+            format!("layer {}: its stored disk is used", layer.name),
+        );
+    }
+    let mut stats = Stats::default();
+    for (i, layer) in layers.iter().enumerate().skip(disks.len()) {
+        let tmp = store.temp().map_err(|e| store_err(layer, e))?;
+        let file = tmp
+            .as_file()
+            .try_clone()
+            .map_err(|e| store_err(layer, e.into()))?;
+        let mut w = Writer::new(
+            file,
+            builderd_ext4::Options {
+                size: None,
+                free: builderd_ext4::Free::Bytes(0),
+                label: String::new(),
+                uuid: None,
+                // Read-only for ever: nothing to replay.
+                journal: false,
+                fs_time: None,
+                max_bytes: None,
+                implicit_owner: 0,
+            },
+        )?;
+        let recording = policy.map(|inner| Recording {
+            inner,
+            applied: Default::default(),
+        });
+        let layer_stats = write_layer(
+            layer,
+            &mut w,
+            recording.as_ref().map(|r| r as &dyn Select),
+            &mut tree,
+            0,
+        )?;
+        let (summary, file) = w.finish()?;
+        drop(file);
+        let sha256 = crate::checksum::sha256(tmp.path()).map_err(|e| store_err(layer, e))?;
+        let mut stored = Stored::from_stats(
+            keys[i].clone(),
+            digests[i].clone(),
+            sha256,
+            summary.image_bytes(),
+            &layer_stats,
+        );
+        let applied = recording
+            .map(|r| r.applied.into_inner().unwrap())
+            .unwrap_or_default();
+        stored.applied = applied.len() as u64;
+        store
+            .put(&stored, tmp, &tree, applied)
+            .map_err(|e| store_err(layer, e))?;
+        stats.written += layer_stats.entries;
+        stats.whiteouts += layer_stats.whiteouts;
+        event::info(
+            reporter,
+            format!(
+                "layer {} written as a disk of its own ({} entries, {} whiteouts, {} opaque directories)",
+                layer.name, layer_stats.entries, layer_stats.whiteouts, layer_stats.opaque_dirs
+            ),
+        );
+        disks.push(Disk {
+            stored,
+            converted: true,
+        });
+    }
+    Ok(Converted { disks, tree, stats })
+}
+
+/// The top disk as the build's additions see it: the merged tree of the
+/// layers, with what is added written into the upper directory (and its
+/// parents given the metadata the layers give them, which wins in an
+/// overlay).
+pub struct Top<'a> {
+    pub w: &'a mut Writer,
+    pub tree: &'a Skeleton,
+    /// The content's time, as the flatten's writer would take it.
+    pub time: i64,
+}
+
+fn upper(path: &[u8]) -> Vec<u8> {
+    let path = normalize(path);
+    let upper = UPPER_DIR.trim_start_matches('/').as_bytes();
+    if path.is_empty() {
+        upper.to_vec()
+    } else {
+        [upper, b"/", &path].concat()
+    }
+}
+
+impl Top<'_> {
+    fn parents(&mut self, path: &[u8]) -> Result<(), builderd_ext4::Error> {
+        let path = normalize(path);
+        let time = self.time;
+        for (i, _) in path.iter().enumerate().filter(|(_, &b)| b == b'/') {
+            let a = &path[..i];
+            if self.w.entry(&upper(a))?.is_none() {
+                let meta = self
+                    .tree
+                    .dir_meta(a)
+                    .cloned()
+                    .unwrap_or_else(|| Metadata::root_owned(0o755, time));
+                self.w.mkdir(&upper(a), meta)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Target for Top<'_> {
+    fn entry(&self, path: &[u8]) -> Result<Option<EntryKind<'_>>, builderd_ext4::Error> {
+        if let Some(kind) = self.w.entry(&upper(path))? {
+            return Ok(Some(kind));
+        }
+        Ok(self.tree.get(&normalize(path)).map(|node| match node {
+            Node::Dir(_) => EntryKind::Dir,
+            Node::File => EntryKind::File,
+            Node::Symlink(target) => EntryKind::Symlink(target),
+            Node::Other => EntryKind::Other,
+        }))
+    }
+
+    fn content_time(&self) -> i64 {
+        self.time
+    }
+
+    fn mkdir(&mut self, path: &[u8], meta: Metadata) -> Result<(), builderd_ext4::Error> {
+        self.parents(path)?;
+        self.w.mkdir(&upper(path), meta)
+    }
+
+    fn file(
+        &mut self,
+        path: &[u8],
+        meta: Metadata,
+    ) -> Result<FileWriter<'_>, builderd_ext4::Error> {
+        self.parents(path)?;
+        self.w.file(&upper(path), meta)
+    }
+
+    fn symlink(
+        &mut self,
+        path: &[u8],
+        target: &[u8],
+        meta: Metadata,
+    ) -> Result<(), builderd_ext4::Error> {
+        self.parents(path)?;
+        self.w.symlink(&upper(path), target, meta)
+    }
+}
+
+/// Starts the top disk: the overlay's directories, the upper one with the
+/// image's root metadata.
+pub fn start_top(
+    w: &mut Writer,
+    tree: &Skeleton,
+    layers: usize,
+    time: i64,
+) -> Result<(), builderd_ext4::Error> {
+    let dir = |mode| Metadata::root_owned(mode, time);
+    w.mkdir(b".builderd", dir(0o755))?;
+    let root = tree.dir_meta(b"").cloned().unwrap_or_else(|| dir(0o755));
+    w.mkdir(&upper(b""), root)?;
+    for d in [WORK_DIR, LOWER_DIR, MERGED_DIR] {
+        w.mkdir(d.trim_start_matches('/').as_bytes(), dir(0o755))?;
+    }
+    for i in 0..layers {
+        w.mkdir(
+            format!("{}/{i}", LOWER_DIR.trim_start_matches('/')).as_bytes(),
+            dir(0o755),
+        )?;
+    }
+    // Where the kernel mounts /dev when it boots the top disk itself.
+    w.mkdir(b"dev", dir(0o755))
+}
+
+/// Ends the top disk: builderd-init's stage, which mounts the layers and
+/// starts `init` (the image's, as the build installed it) in the overlay.
+pub fn finish_top(
+    w: &mut Writer,
+    layers: usize,
+    init: &str,
+    time: i64,
+) -> Result<(), builderd_ext4::Error> {
+    let config = Layers {
+        devices: (0..layers).map(builderd_init::layered::device).collect(),
+        init: init.to_string(),
+    };
+    for (path, mode, data) in [
+        (INIT_PATH, 0o755, builderd_rootfs::INIT.to_vec()),
+        (
+            LAYERS_PATH,
+            0o644,
+            serde_json::to_vec_pretty(&config).expect("a layers config always serialises"),
+        ),
+    ] {
+        let mut f = w.file(
+            path.trim_start_matches('/').as_bytes(),
+            Metadata::root_owned(mode, time),
+        )?;
+        f.write(&data)?;
+        f.finish()?;
+    }
+    Ok(())
+}
