@@ -144,8 +144,8 @@ def main():
         print(f"changed top layer: {top['entries']} entries, {top['whiteouts']} whiteouts, "
               f"{top['opaque_dirs']} opaque directories")
         r, a = min(rebuild), min(single)
-        print(f"rebuild, 3 of 4 layers from the store (best of {RUNS}): {r:.2f} s")
-        print(f"converting the changed layer alone (best of {RUNS}):   {a:.2f} s")
+        print(f"rebuild, 3 of 4 layers from the store (best of {RUNS}): {r * 1000:.0f} ms")
+        print(f"converting the changed layer alone (best of {RUNS}):   {a * 1000:.0f} ms")
         print(f"rebuild / layer alone: {r / a:.2f}x (goal: at most 1.5x)")
     finally:
         registry.terminate()

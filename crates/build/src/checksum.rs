@@ -43,12 +43,18 @@ pub fn read_back(path: &Path) -> io::Result<ReadBack> {
             .spawn(move || {
                 let mut at = (t * CHUNK) as u64;
                 loop {
-                    let mut buf = recycled.try_recv().unwrap_or_else(|_| {
-                        let mut b = aligned_buf(CHUNK);
-                        b.resize(CHUNK, 0);
-                        b
-                    });
                     let want = len.saturating_sub(at).min(CHUNK as u64) as usize;
+                    // A small image (a layer's disk) gets buffers of its
+                    // size, not of a chunk's: zeroing 8 MiB a thread costs
+                    // more than reading it.
+                    let mut buf = match recycled.try_recv() {
+                        Ok(b) if b.len() >= want => b,
+                        _ => {
+                            let mut b = aligned_buf(want.max(1));
+                            b.resize(want.max(1), 0);
+                            b
+                        }
+                    };
                     let read = read_chunk(&file, at, &mut buf[..want]);
                     let last = want == 0 || read.is_err();
                     if tx.send(read.map(|()| (buf, want))).is_err() || last {

@@ -6,7 +6,9 @@
 //! the policy's identity. Beside each disk, its state: the merged tree up
 //! to it (the next layer's disk needs it), the policy's verdicts on it (a
 //! reused disk still counts in the build's report), and its checksum.
-//! The state is the verdicts then the tree, in postcard, compressed.
+//! The tree is a table searched where it lies (`builderd_flatten::Skeleton`),
+//! or, for a layer that changes little of a large one, only its changes over
+//! it (`KEY.changes`, naming that tree's key); the verdicts are postcard.
 //!
 //! A disk is written under a temporary name and renamed into place, its
 //! metadata last: what the store lists is whole. Two builds that write the
@@ -18,28 +20,31 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use builderd_ext4::{Metadata, Timestamp, Xattr};
-use builderd_flatten::{LayerStats, Node, Skeleton, Verdict};
+use builderd_flatten::{LayerStats, Skeleton, Verdict};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::report::LayerDisk;
+
 /// Bumped when a stored disk's form changes.
-const FORM: &str = "builderd-layer-disk 1";
+const FORM: &str = "builderd-layer-disk 2";
 
 /// One stored disk, as its metadata file says.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Stored {
     pub key: String,
-    /// The layer's blob digest.
-    pub digest: String,
-    pub sha256: String,
-    pub size_bytes: u64,
-    pub entries: u64,
-    pub whiteouts: u64,
-    pub opaque_dirs: u64,
+    /// What the build's report says of it too.
+    #[serde(flatten)]
+    pub disk: LayerDisk,
     pub dropped: u64,
     pub newest_mtime: i64,
-    /// The policy's verdicts kept in its state.
+    /// The policy's verdicts kept beside it.
     pub applied: u64,
+    /// The sizes of the files of its tree and verdicts.
+    pub tree_bytes: u64,
+    /// Its tree is stored as the changes over this key's (whole) tree.
+    pub tree_base: Option<String>,
+    pub applied_bytes: u64,
 }
 
 /// A policy verdict told of one entry of the layer.
@@ -129,14 +134,7 @@ impl Meta {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-enum StoredNode {
-    Dir(Meta),
-    File,
-    Symlink(Vec<u8>),
-    Other,
-}
-
+#[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
 }
@@ -180,85 +178,106 @@ impl Store {
     }
 
     fn state(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.state"))
+        self.dir.join(format!("{key}.tree"))
+    }
+
+    fn changes_file(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.changes"))
+    }
+
+    fn applied_file(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.applied"))
     }
 
     /// The stored disk of `key`, if the store has it whole.
     pub fn find(&self, key: &str) -> Option<Stored> {
         let text = std::fs::read(self.metadata(key)).ok()?;
         let stored: Stored = serde_json::from_slice(&text).ok()?;
-        let size = std::fs::metadata(self.disk(key)).ok()?.len();
-        (stored.key == key && size == stored.size_bytes && self.state(key).is_file())
+        let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+        let tree = match &stored.tree_base {
+            None => size(self.state(key)),
+            // The tree it changes must be there whole too.
+            Some(base) => match self.find(base) {
+                Some(b) if b.tree_base.is_none() => size(self.changes_file(key)),
+                _ => return None,
+            },
+        };
+        (stored.key == key
+            && size(self.disk(key)) == stored.disk.size_bytes
+            && tree == stored.tree_bytes
+            && size(self.applied_file(key)) == stored.applied_bytes)
             .then_some(stored)
-    }
-
-    fn state_bytes(&self, key: &str) -> Result<Vec<u8>> {
-        let path = self.state(key);
-        let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
-        zstd::decode_all(bytes.as_slice()).with_context(|| format!("{}: not zstd", path.display()))
     }
 
     /// The policy's verdicts on `key`'s layer.
     pub fn applied(&self, key: &str) -> Result<Vec<Applied>> {
-        let raw = self.state_bytes(key)?;
-        let (applied, _) = postcard::take_from_bytes(&raw)
-            .with_context(|| format!("{}: not a layer's state", self.state(key).display()))?;
-        Ok(applied)
+        let path = self.applied_file(key);
+        let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+        postcard::from_bytes(&bytes)
+            .with_context(|| format!("{}: not a layer's verdicts", path.display()))
     }
 
-    /// The merged tree up to `key`'s layer.
-    pub fn tree(&self, key: &str) -> Result<Skeleton> {
-        let raw = self.state_bytes(key)?;
-        let bad = || format!("{}: not a layer's state", self.state(key).display());
-        let (_, rest): (Vec<Applied>, _) = postcard::take_from_bytes(&raw).with_context(bad)?;
-        let tree: Vec<(Vec<u8>, StoredNode)> = postcard::from_bytes(rest).with_context(bad)?;
-        Ok(tree
-            .into_iter()
-            .map(|(path, node)| {
-                let node = match node {
-                    StoredNode::Dir(m) => Node::Dir(m.to_metadata()),
-                    StoredNode::File => Node::File,
-                    StoredNode::Symlink(t) => Node::Symlink(t),
-                    StoredNode::Other => Node::Other,
-                };
-                (path, node)
-            })
-            .collect())
+    /// The merged tree up to `stored`'s layer, and the key of the whole
+    /// tree it is kept over (its own, or its `tree_base`).
+    pub fn tree(&self, stored: &Stored) -> Result<(Skeleton, String)> {
+        let read =
+            |path: PathBuf| std::fs::read(&path).with_context(|| format!("{}", path.display()));
+        let base = stored.tree_base.as_deref().unwrap_or(&stored.key);
+        let path = self.state(base);
+        let whole = Skeleton::from_bytes(read(path.clone())?)
+            .with_context(|| format!("{}", path.display()))?;
+        if stored.tree_base.is_none() {
+            return Ok((whole, stored.key.clone()));
+        }
+        let path = self.changes_file(&stored.key);
+        let tree = Skeleton::with_changes(whole, &read(path.clone())?)
+            .with_context(|| format!("{}", path.display()))?;
+        Ok((tree, base.to_string()))
     }
 
     /// Puts a written disk (`disk`, a temporary file in the store) in
     /// place with its state and metadata.
     pub fn put(
         &self,
-        stored: &Stored,
+        stored: &mut Stored,
         disk: tempfile::NamedTempFile,
         tree: &Skeleton,
+        tree_base: Option<&str>,
         applied: Vec<Applied>,
     ) -> Result<()> {
-        // The verdicts first: a build that takes the disk reads only them
-        // unless the layer is the last one it takes.
-        let tree: Vec<(&Vec<u8>, StoredNode)> = tree
-            .iter()
-            .map(|(p, n)| {
-                let node = match n {
-                    Node::Dir(m) => StoredNode::Dir(Meta::from(m)),
-                    Node::File => StoredNode::File,
-                    Node::Symlink(t) => StoredNode::Symlink(t.clone()),
-                    Node::Other => StoredNode::Other,
-                };
-                (p, node)
-            })
-            .collect();
-        let mut raw = postcard::to_allocvec(&applied).context("encoding a layer's state")?;
-        raw.extend(postcard::to_allocvec(&tree).context("encoding a layer's state")?);
-        let packed = zstd::encode_all(raw.as_slice(), 1)?;
-        self.write(&self.state(&stored.key), &packed)?;
+        // The disk is flushed (artifacts link it); the tree, the verdicts
+        // and the metadata are not: the metadata, written last, gives the
+        // sizes of all, and an entry whose files differ is not taken.
+        // A layer that changes little of a large tree keeps only its
+        // changes (over the whole tree the build read), not the tree again.
+        let (changed, of) = tree.changed();
+        match tree_base.filter(|_| changed.saturating_mul(4) < of) {
+            Some(base) => {
+                let bytes = tree.changes_to_bytes();
+                stored.tree_bytes = bytes.len() as u64;
+                stored.tree_base = Some(base.to_string());
+                self.write(&self.changes_file(&stored.key), &bytes)?;
+            }
+            None => {
+                let bytes = tree.to_bytes();
+                stored.tree_bytes = bytes.len() as u64;
+                stored.tree_base = None;
+                self.write(&self.state(&stored.key), &bytes)?;
+            }
+        }
+        stored.applied = applied.len() as u64;
+        if !applied.is_empty() {
+            let bytes = postcard::to_allocvec(&applied).context("encoding a layer's verdicts")?;
+            stored.applied_bytes = bytes.len() as u64;
+            self.write(&self.applied_file(&stored.key), &bytes)?;
+        }
         disk.as_file().sync_all()?;
         use std::os::unix::fs::PermissionsExt;
         disk.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o444))?;
         disk.persist(self.disk(&stored.key))
             .context("putting a layer disk in the store")?;
+        // Not flushed either: lost in a crash, the entry is made again.
         self.write(
             &self.metadata(&stored.key),
             &serde_json::to_vec_pretty(stored)?,
@@ -274,10 +293,11 @@ impl Store {
             .with_context(|| format!("{}: cannot write in the layer store", self.dir.display()))
     }
 
+    /// Writes `bytes` to `path` by a rename, so that a reader never sees
+    /// a part of them.
     fn write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let mut tmp = self.temp()?;
         tmp.write_all(bytes)?;
-        tmp.as_file().sync_all()?;
         tmp.persist(path)
             .with_context(|| format!("{}: cannot put it in place", path.display()))?;
         Ok(())
@@ -294,15 +314,20 @@ impl Stored {
     ) -> Stored {
         Stored {
             key,
-            digest,
-            sha256,
-            size_bytes: size,
-            entries: s.entries,
-            whiteouts: s.whiteouts,
-            opaque_dirs: s.opaque_dirs,
+            disk: LayerDisk {
+                digest,
+                sha256,
+                size_bytes: size,
+                entries: s.entries,
+                whiteouts: s.whiteouts,
+                opaque_dirs: s.opaque_dirs,
+            },
             dropped: s.dropped,
             newest_mtime: s.newest_mtime,
             applied: 0,
+            tree_bytes: 0,
+            tree_base: None,
+            applied_bytes: 0,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! that mounts the layers (`builderd_init::layered`).
 
 use builderd_ext4::{EntryKind, FileWriter, Metadata, Target, Writer};
-use builderd_flatten::{normalize, write_layer, Layer, Node, Select, Skeleton, Stats, Verdict};
+use builderd_flatten::{normalize, write_layer, Layer, PathKind, Select, Skeleton, Stats, Verdict};
 use builderd_init::layered::{LAYERS_PATH, LOWER_DIR, MERGED_DIR, UPPER_DIR, WORK_DIR};
 use builderd_init::{Layers, INIT_PATH};
 
@@ -28,6 +28,40 @@ pub struct Converted {
     /// The merged tree of all of them.
     pub tree: Skeleton,
     pub stats: Stats,
+    /// The last layer's disk when this build converted it, still to store.
+    pub unstored: Option<Unstored>,
+}
+
+/// A layer's disk written but not yet in the store.
+pub struct Unstored {
+    stored: Stored,
+    disk: tempfile::NamedTempFile,
+    tree_base: Option<String>,
+    applied: Vec<Applied>,
+}
+
+impl Unstored {
+    /// Stores the disk with `tree` on a thread of its own: the top disk is
+    /// written and checksummed meanwhile. Join it before the artifact links
+    /// the disk.
+    pub fn store(
+        self,
+        store: Store,
+        tree: Skeleton,
+    ) -> std::thread::JoinHandle<anyhow::Result<()>> {
+        std::thread::Builder::new()
+            .name("layer-store".into())
+            .spawn(move || {
+                let Unstored {
+                    mut stored,
+                    disk,
+                    tree_base,
+                    applied,
+                } = self;
+                store.put(&mut stored, disk, &tree, tree_base.as_deref(), applied)
+            })
+            .expect("spawning the layer store's thread")
+    }
 }
 
 impl Converted {
@@ -110,6 +144,8 @@ pub fn convert(
         }
     }
     let mut tree = Skeleton::default();
+    // The key of the whole tree `tree` is read over (None: made here).
+    let mut tree_base: Option<String> = None;
     for (i, disk) in disks.iter().enumerate() {
         let layer = &layers[i];
         let key = &disk.stored.key;
@@ -119,7 +155,9 @@ pub fn convert(
             }
         }
         if i + 1 == disks.len() {
-            tree = store.tree(key).map_err(|e| store_err(layer, e))?;
+            let (t, base) = store.tree(&disk.stored).map_err(|e| store_err(layer, e))?;
+            tree = t;
+            tree_base = Some(base);
         }
         event::info(
             reporter,
@@ -127,6 +165,7 @@ pub fn convert(
         );
     }
     let mut stats = Stats::default();
+    let mut unstored = None;
     for (i, layer) in layers.iter().enumerate().skip(disks.len()) {
         let tmp = store.temp().map_err(|e| store_err(layer, e))?;
         let file = tmp
@@ -171,10 +210,20 @@ pub fn convert(
         let applied = recording
             .map(|r| r.applied.into_inner().unwrap())
             .unwrap_or_default();
-        stored.applied = applied.len() as u64;
-        store
-            .put(&stored, tmp, &tree, applied)
-            .map_err(|e| store_err(layer, e))?;
+        if i + 1 == layers.len() {
+            // The last layer's tree is the image's: it is stored while the
+            // build goes on (`Unstored::store`).
+            unstored = Some(Unstored {
+                stored: stored.clone(),
+                disk: tmp,
+                tree_base: tree_base.clone(),
+                applied,
+            });
+        } else {
+            store
+                .put(&mut stored, tmp, &tree, tree_base.as_deref(), applied)
+                .map_err(|e| store_err(layer, e))?;
+        }
         stats.written += layer_stats.entries;
         stats.whiteouts += layer_stats.whiteouts;
         event::info(
@@ -189,7 +238,12 @@ pub fn convert(
             converted: true,
         });
     }
-    Ok(Converted { disks, tree, stats })
+    Ok(Converted {
+        disks,
+        tree,
+        stats,
+        unstored,
+    })
 }
 
 /// The top disk as the build's additions see it: the merged tree of the
@@ -223,7 +277,6 @@ impl Top<'_> {
                 let meta = self
                     .tree
                     .dir_meta(a)
-                    .cloned()
                     .unwrap_or_else(|| Metadata::root_owned(0o755, time));
                 self.w.mkdir(&upper(a), meta)?;
             }
@@ -237,11 +290,11 @@ impl Target for Top<'_> {
         if let Some(kind) = self.w.entry(&upper(path))? {
             return Ok(Some(kind));
         }
-        Ok(self.tree.get(&normalize(path)).map(|node| match node {
-            Node::Dir(_) => EntryKind::Dir,
-            Node::File => EntryKind::File,
-            Node::Symlink(target) => EntryKind::Symlink(target),
-            Node::Other => EntryKind::Other,
+        Ok(self.tree.get(&normalize(path)).map(|kind| match kind {
+            PathKind::Dir => EntryKind::Dir,
+            PathKind::File => EntryKind::File,
+            PathKind::Symlink(target) => EntryKind::Symlink(target),
+            PathKind::Other => EntryKind::Other,
         }))
     }
 
@@ -284,7 +337,7 @@ pub fn start_top(
 ) -> Result<(), builderd_ext4::Error> {
     let dir = |mode| Metadata::root_owned(mode, time);
     w.mkdir(b".builderd", dir(0o755))?;
-    let root = tree.dir_meta(b"").cloned().unwrap_or_else(|| dir(0o755));
+    let root = tree.dir_meta(b"").unwrap_or_else(|| dir(0o755));
     w.mkdir(&upper(b""), root)?;
     for d in [WORK_DIR, LOWER_DIR, MERGED_DIR] {
         w.mkdir(d.trim_start_matches('/').as_bytes(), dir(0o755))?;
@@ -297,6 +350,19 @@ pub fn start_top(
     }
     // Where the kernel mounts /dev when it boots the top disk itself.
     w.mkdir(b"dev", dir(0o755))
+}
+
+/// Gives the directories no layer describes the metadata the flatten gives
+/// them (root's, 0755, the content's time): each layer's disk has them with
+/// its own content's time, and the upper directory's wins.
+pub fn imply_dirs(top: &mut Top<'_>) -> Result<(), builderd_ext4::Error> {
+    let meta = Metadata::root_owned(0o755, top.time);
+    for dir in top.tree.implied_dirs() {
+        if !dir.is_empty() {
+            top.mkdir(&dir, meta.clone())?;
+        }
+    }
+    Ok(())
 }
 
 /// Ends the top disk: builderd-init's stage, which mounts the layers and

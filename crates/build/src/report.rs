@@ -3,7 +3,7 @@
 //! the image's and the boot's config, the image's sha256 and sizes, the
 //! flatten's counts and each stage's time.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -47,6 +47,15 @@ pub struct Report {
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerDiskInfo {
     pub file: String,
+    #[serde(flatten)]
+    pub disk: LayerDisk,
+    /// Written by this build; false: taken from the layer store.
+    pub converted: bool,
+}
+
+/// What a layer's disk is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerDisk {
     /// The layer's blob digest.
     pub digest: String,
     pub sha256: String,
@@ -54,8 +63,6 @@ pub struct LayerDiskInfo {
     pub entries: u64,
     pub whiteouts: u64,
     pub opaque_dirs: u64,
-    /// Written by this build; false: taken from the layer store.
-    pub converted: bool,
 }
 
 /// A detected stack and the Containerfile generated for it: what a user

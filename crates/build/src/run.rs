@@ -80,7 +80,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
             }),
             false => None,
         };
-        let (stats, checks, converted) = flatten(
+        let (stats, checks, mut converted) = flatten(
             opened,
             stepped.as_ref(),
             &mut policy,
@@ -90,14 +90,16 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
             &limit,
         )?;
         let mut plan = plan;
+        let storing = match (&mut converted, &layered) {
+            (Some(c), Some(job)) => c
+                .unstored
+                .take()
+                .map(|u| u.store(job.store.clone(), c.tree.clone())),
+            _ => None,
+        };
         let (policy_report, installed, layer_disks) = match &converted {
             None => {
-                let policy_report = policy
-                    .map(|p| crate::policy::finish(p, &mut writer, reporter))
-                    .transpose()?;
-                plan.regenerate_ssh_host_keys = policy_report
-                    .as_ref()
-                    .is_some_and(|r| r.ssh_host_keys_regenerated_at_boot);
+                let policy_report = finish_policy(policy, &mut writer, &mut plan, reporter)?;
                 let installed = builderd_rootfs::install(&mut writer, &plan)?;
                 (policy_report, installed, None)
             }
@@ -110,12 +112,8 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
                     tree: &c.tree,
                     time,
                 };
-                let policy_report = policy
-                    .map(|p| crate::policy::finish(p, &mut top, reporter))
-                    .transpose()?;
-                plan.regenerate_ssh_host_keys = policy_report
-                    .as_ref()
-                    .is_some_and(|r| r.ssh_host_keys_regenerated_at_boot);
+                crate::layered::imply_dirs(&mut top)?;
+                let policy_report = finish_policy(policy, &mut top, &mut plan, reporter)?;
                 let mut installed = builderd_rootfs::install(&mut top, &plan)?;
                 crate::layered::finish_top(&mut writer, n, &installed.init, time)?;
                 // The kernel starts the top disk's stage, which starts the
@@ -137,12 +135,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
                     .zip(&outputs.layers)
                     .map(|(d, (file, _))| LayerDiskInfo {
                         file: file.display().to_string(),
-                        digest: d.stored.digest.clone(),
-                        sha256: d.stored.sha256.clone(),
-                        size_bytes: d.stored.size_bytes,
-                        entries: d.stored.entries,
-                        whiteouts: d.stored.whiteouts,
-                        opaque_dirs: d.stored.opaque_dirs,
+                        disk: d.stored.disk.clone(),
                         converted: d.converted,
                     })
                     .collect();
@@ -222,6 +215,12 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
             timings_ms: times.timings(),
             compressed,
         };
+        if let Some(storing) = storing {
+            storing
+                .join()
+                .expect("the layer store's thread does not panic")
+                .context("storing the last layer's disk")?;
+        }
         outputs.commit(&report)?;
         reporter.report(Event::Progress(Progress {
             step: "written".into(),
@@ -237,6 +236,23 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
 struct LayerJob {
     store: crate::layer_store::Store,
     identity: String,
+}
+
+/// Writes what the policy rewrote into `target` and tells the boot plan
+/// whether the VM makes its own SSH host keys.
+fn finish_policy(
+    policy: Option<builderd_policy::Policy>,
+    target: &mut dyn builderd_ext4::Target,
+    plan: &mut builderd_rootfs::Plan,
+    reporter: &dyn Reporter,
+) -> Result<Option<builderd_policy::Report>> {
+    let report = policy
+        .map(|p| crate::policy::finish(p, target, reporter))
+        .transpose()?;
+    plan.regenerate_ssh_host_keys = report
+        .as_ref()
+        .is_some_and(|r| r.ssh_host_keys_regenerated_at_boot);
+    Ok(report)
 }
 
 /// When each stage ended.

@@ -30,9 +30,12 @@ echo written > /written && echo "app: wrote $($b cat /written)"
 /// directory's new metadata and a path whose parents only a lower layer
 /// describes. `top` varies the last layer.
 fn three_layers(layout: &Path, top: &str) {
-    make_image(
-        layout,
-        json!({"tag": "v1", "layers": [{"entries": [
+    layers_and(layout, top, &[]);
+}
+
+/// The three layers and, over them, one with `more` entries.
+fn layers_and(layout: &Path, top: &str, more: &[Value]) {
+    let mut spec = json!({"tag": "v1", "layers": [{"entries": [
             {"name": "bin", "type": "dir"},
             {"name": "bin/busybox", "src": "/bin/busybox", "mode": 0o755},
             {"name": "bin/sh", "type": "symlink", "link": "busybox"},
@@ -68,8 +71,47 @@ fn three_layers(layout: &Path, top: &str) {
             {"name": "data/new", "data": top},
             {"name": "etc", "type": "dir", "mode": 0o750},
             {"name": "srv/deep/f", "data": "deep"},
-        ]}], "config": {"Entrypoint": ["/app.sh"], "Env": ["PATH=/bin"]}}),
-    );
+        ]}], "config": {"Entrypoint": ["/app.sh"], "Env": ["PATH=/bin"]}});
+    if !more.is_empty() {
+        spec["layers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"entries": more}));
+    }
+    make_image(layout, spec);
+}
+
+/// Mounts the top disk's upper directory over the layer disks (read-only,
+/// on the host) and compares the overlay with the flattened image `flat`,
+/// entry by entry.
+fn assert_overlay_is_flat(out: &Path, disks: &[PathBuf], flat: &Path) {
+    let top = Mount::new(out);
+    let lowers: Vec<Mount> = disks.iter().map(|d| Mount::new(d)).collect();
+    let merged = tempfile::tempdir().unwrap();
+    let mut dirs = vec![top.path().join(".builderd/upper").display().to_string()];
+    dirs.extend(lowers.iter().rev().map(|m| m.path().display().to_string()));
+    run(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!("ro,lowerdir={}", dirs.join(":")))
+        .arg(merged.path()));
+    let mut got = snapshot(merged.path());
+    let _ = Command::new("umount").arg(merged.path()).status();
+    let expected = snapshot(Mount::new(flat).path());
+    // The one difference an overlay cannot help: a file whose other name
+    // an upper layer removed still counts that name (st_nlink comes from
+    // the lower disk's inode).
+    for (path, e) in got.iter_mut() {
+        if expected
+            .get(path)
+            .is_some_and(|x| x.hardlink_group.is_none())
+        {
+            e.hardlink_group = None;
+        }
+    }
+    // builderd's own files are there and the same (the init, its run
+    // config, their times).
+    without_builderd(got.clone());
+    assert_same(&expected, &got);
 }
 
 fn sha256(path: &Path) -> String {
@@ -94,6 +136,17 @@ fn layer_disks(out: &Path, meta: &Value) -> Vec<PathBuf> {
             assert_eq!(sha256(&path), d["sha256"].as_str().unwrap());
             path
         })
+        .collect()
+}
+
+/// Which of the layer disks the build converted (the others it took from
+/// the store).
+fn converted(meta: &Value) -> Vec<bool> {
+    meta["layer_disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["converted"].as_bool().unwrap())
         .collect()
 }
 
@@ -129,36 +182,13 @@ fn kept_layers_overlay_to_the_flattened_tree_and_boot() {
     );
     let disks = layer_disks(&out, &meta);
     assert_eq!(disks.len(), 3);
-    let converted: Vec<bool> = meta["layer_disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["converted"].as_bool().unwrap())
-        .collect();
-    assert_eq!(converted, [true, true, true]);
+    assert_eq!(converted(&meta), [true, true, true]);
     assert_eq!(meta["layer_disks"][1]["whiteouts"], 3, "{meta}");
     assert_eq!(meta["layer_disks"][1]["opaque_dirs"], 1, "{meta}");
 
     if root_or_skip() {
-        // The overlay on the host: the top disk's upper directory over the
-        // layers, read-only, against the flattened image.
-        let top = Mount::new(&out);
-        let lowers: Vec<Mount> = disks.iter().map(|d| Mount::new(d)).collect();
-        let merged = tempfile::tempdir().unwrap();
-        let mut dirs = vec![top.path().join(".builderd/upper").display().to_string()];
-        dirs.extend(lowers.iter().rev().map(|m| m.path().display().to_string()));
-        run(Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!("ro,lowerdir={}", dirs.join(":")))
-            .arg(merged.path()));
-        let got = snapshot(merged.path());
-        let _ = Command::new("umount").arg(merged.path()).status();
-        let expected = snapshot(Mount::new(&flat).path());
-        // builderd's own files are there and the same (the init, its run
-        // config, their times).
-        without_builderd(got.clone());
-        assert!(expected.contains_key(&b"usr/lib/libfoo.so"[..]));
-        assert_same(&expected, &got);
+        assert_overlay_is_flat(&out, &disks, &flat);
+        assert!(Mount::new(&flat).path().join("usr/lib/libfoo.so").is_file());
     }
 
     let (console, code) = boot(&out);
@@ -208,13 +238,7 @@ fn an_image_sharing_the_lower_layers_stores_only_its_new_layer() {
     );
     layer_disks(&out_b, &meta_b);
     let after = store_files(&store);
-    let converted: Vec<bool> = meta_b["layer_disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["converted"].as_bool().unwrap())
-        .collect();
-    assert_eq!(converted, [false, false, true]);
+    assert_eq!(converted(&meta_b), [false, false, true]);
     for i in 0..2 {
         assert_eq!(
             meta_a["layer_disks"][i]["sha256"],
@@ -241,11 +265,36 @@ fn an_image_sharing_the_lower_layers_stores_only_its_new_layer() {
         "the store grew by {grown} bytes: the new layer's disk is {} bytes",
         disk.1
     );
+    // An image over all of b's layers reads b's top layer's tree from the
+    // store (kept as its changes over the tree below) and adds its own.
+    let c = dir.path().join("c");
+    layers_and(
+        &c,
+        "top two",
+        &[
+            json!({"name": "srv/deep/g", "data": "g"}),
+            json!({"name": ".wh.hl2"}),
+        ],
+    );
+    let source_c = format!("oci:{}:v1", c.display());
+    let out_c = dir.path().join("c.ext4");
+    let meta_c = built(
+        &source_c,
+        &out_c,
+        &["--preserve-layers", "--layer-store", store_arg],
+    );
+    let disks_c = layer_disks(&out_c, &meta_c);
+    assert_eq!(converted(&meta_c), [false, false, false, true]);
+    if root_or_skip() {
+        let flat = dir.path().join("c-flat.ext4");
+        built(&source_c, &flat, &[]);
+        assert_overlay_is_flat(&out_c, &disks_c, &flat);
+    }
     // Both artifacts share the stored disks: hard links, not copies.
     use std::os::unix::fs::MetadataExt;
     let shared = std::fs::metadata(meta_b["layer_disks"][0]["file"].as_str().unwrap()).unwrap();
     assert!(
-        shared.nlink() >= 3,
+        shared.nlink() >= 4,
         "the lowest layer's disk has {} links",
         shared.nlink()
     );

@@ -75,7 +75,7 @@ impl Here<'_> {
                 // A directory no layer describes is the writer's to imply,
                 // as in the flatten.
                 if let Some(meta) = self.below.dir_meta(a) {
-                    w.mkdir(a, meta.clone())?;
+                    w.mkdir(a, meta)?;
                 }
                 self.dirs.insert(a.to_vec(), self.inherited(a));
             }
@@ -86,7 +86,6 @@ impl Here<'_> {
     fn inherited(&self, dir: &[u8]) -> Metadata {
         self.below
             .dir_meta(dir)
-            .cloned()
             .unwrap_or_else(|| Metadata::root_owned(0o755, self.time))
     }
 
@@ -280,7 +279,7 @@ pub fn write_layer(
         here.dirs.contains_key(b"".as_slice()),
         here.below.dir_meta(b""),
     ) {
-        w.mkdir(b"", meta.clone())?;
+        w.mkdir(b"", meta)?;
     }
     let Here { dirs, nodes, .. } = here;
     for path in &hide {
@@ -293,9 +292,9 @@ pub fn write_layer(
         // Implied directories join with what they have below.
         below.insert(path, node);
     }
-    for (path, meta) in dirs {
+    for path in dirs.into_keys() {
         if below.dir_meta(&path).is_none() {
-            below.insert(path, Node::Dir(meta));
+            below.insert(path, Node::ImpliedDir);
         }
     }
     Ok(stats)

@@ -34,6 +34,7 @@ mod read_files;
 mod select;
 mod side_by_side;
 mod skeleton;
+mod tree_table;
 
 pub use layer::{Adjust, Layer};
 pub use layer_disk::{write_layer, LayerStats};
@@ -42,6 +43,7 @@ pub use overlay::{flatten, Stats};
 pub use read_files::{read_files, Found};
 pub use select::{Rule, Select, Verdict};
 pub use skeleton::{Node, Skeleton};
+pub use tree_table::{BadTable, PathKind};
 
 /// What can go wrong flattening; names the layer and path concerned.
 #[derive(Debug, thiserror::Error)]
