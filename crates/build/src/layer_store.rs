@@ -164,6 +164,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot make the layer store", dir.display()))?;
+        sweep(dir);
         Ok(Store {
             dir: dir.to_path_buf(),
         })
@@ -181,8 +182,10 @@ impl Store {
         self.dir.join(format!("{key}.tree"))
     }
 
-    fn changes_file(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.changes"))
+    /// Named by the tree it changes too: builds that store one key over
+    /// different trees never pair one's metadata with another's changes.
+    fn changes_file(&self, key: &str, base: &str) -> PathBuf {
+        self.dir.join(format!("{key}.over.{base}.changes"))
     }
 
     fn applied_file(&self, key: &str) -> PathBuf {
@@ -198,7 +201,7 @@ impl Store {
             None => size(self.state(key)),
             // The tree it changes must be there whole too.
             Some(base) => match self.find(base) {
-                Some(b) if b.tree_base.is_none() => size(self.changes_file(key)),
+                Some(b) if b.tree_base.is_none() => size(self.changes_file(key, base)),
                 _ => return None,
             },
         };
@@ -229,7 +232,7 @@ impl Store {
         if stored.tree_base.is_none() {
             return Ok((whole, stored.key.clone()));
         }
-        let path = self.changes_file(&stored.key);
+        let path = self.changes_file(&stored.key, base);
         let tree = Skeleton::with_changes(whole, &read(path.clone())?)
             .with_context(|| format!("{}", path.display()))?;
         Ok((tree, base.to_string()))
@@ -256,7 +259,7 @@ impl Store {
                 let bytes = tree.changes_to_bytes();
                 stored.tree_bytes = bytes.len() as u64;
                 stored.tree_base = Some(base.to_string());
-                self.write(&self.changes_file(&stored.key), &bytes)?;
+                self.write(&self.changes_file(&stored.key, base), &bytes)?;
             }
             None => {
                 let bytes = tree.to_bytes();
@@ -301,6 +304,25 @@ impl Store {
         tmp.persist(path)
             .with_context(|| format!("{}: cannot put it in place", path.display()))?;
         Ok(())
+    }
+}
+
+/// A build killed while it wrote leaves its temporary files: those older
+/// than a day go (no build writes one that long).
+fn sweep(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > day));
+        if name.to_string_lossy().starts_with(".layer.") && old {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

@@ -101,6 +101,42 @@ impl Select for Recording<'_> {
     }
 }
 
+/// What the layers taken from the store give: their verdicts (told to
+/// `policy`), the merged tree up to the last of them and the key of the
+/// whole tree it is kept over.
+fn taken(
+    disks: &[Disk],
+    layers: &[Layer<'_>],
+    store: &Store,
+    policy: Option<&dyn Select>,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<(Skeleton, Option<String>)> {
+    let mut verdicts = Vec::new();
+    for disk in disks.iter().filter(|d| d.stored.applied > 0) {
+        verdicts.extend(store.applied(&disk.stored.key)?);
+    }
+    let (tree, base) = match disks.last() {
+        Some(last) => {
+            let (tree, base) = store.tree(&last.stored)?;
+            (tree, Some(base))
+        }
+        None => (Skeleton::default(), None),
+    };
+    // Told only once all of it was read: a damaged entry tells nothing.
+    if let Some(select) = policy {
+        for a in &verdicts {
+            select.applied(a.verdict(), &a.path, a.size, &a.meta());
+        }
+    }
+    for (layer, _) in layers.iter().zip(disks) {
+        event::info(
+            reporter,
+            format!("layer {}: its stored disk is used", layer.name),
+        );
+    }
+    Ok((tree, base))
+}
+
 fn store_err(layer: &Layer<'_>, e: anyhow::Error) -> builderd_flatten::Error {
     builderd_flatten::Error::Open {
         layer: layer.name.clone(),
@@ -108,20 +144,34 @@ fn store_err(layer: &Layer<'_>, e: anyhow::Error) -> builderd_flatten::Error {
     }
 }
 
+/// What a layer's key has besides the chain: the policy's identity, and
+/// for a layer whose entries are adjusted, what they are adjusted by.
+pub struct Keyed<'a> {
+    pub policy: &'a str,
+    pub adjusted: &'a str,
+}
+
 /// The layers as disks: `digests` name them, `policy` decides their
-/// entries and `identity` says what it is (part of each disk's key).
+/// entries and `keyed` says what else makes each disk what it is.
 pub fn convert(
     layers: &[Layer<'_>],
     digests: &[String],
     store: &Store,
     policy: Option<&dyn Select>,
-    identity: &str,
+    keyed: &Keyed<'_>,
     reporter: &dyn Reporter,
 ) -> Result<Converted, builderd_flatten::Error> {
+    let Some(first) = layers.first() else {
+        return Err(builderd_flatten::Error::Invalid {
+            layer: String::new(),
+            path: String::new(),
+            reason: "the image has no layers to keep; build it without --preserve-layers".into(),
+        });
+    };
     let mut keys: Vec<String> = Vec::new();
     for (layer, digest) in layers.iter().zip(digests) {
         let adjust = if layer.adjust.is_some() {
-            "adjusted"
+            keyed.adjusted
         } else {
             ""
         };
@@ -129,7 +179,7 @@ pub fn convert(
             keys.last().map(String::as_str),
             digest,
             adjust,
-            identity,
+            keyed.policy,
         ));
     }
     // The layers up to the first one the store lacks are taken as stored.
@@ -143,27 +193,18 @@ pub fn convert(
             None => break,
         }
     }
-    let mut tree = Skeleton::default();
-    // The key of the whole tree `tree` is read over (None: made here).
-    let mut tree_base: Option<String> = None;
-    for (i, disk) in disks.iter().enumerate() {
-        let layer = &layers[i];
-        let key = &disk.stored.key;
-        if let Some(select) = policy.filter(|_| disk.stored.applied > 0) {
-            for a in store.applied(key).map_err(|e| store_err(layer, e))? {
-                select.applied(a.verdict(), &a.path, a.size, &a.meta());
-            }
+    let (mut tree, tree_base) = match taken(&disks, layers, store, policy, reporter) {
+        Ok(t) => t,
+        Err(e) => {
+            // A damaged entry is made again, with every layer above it.
+            event::warn(
+                reporter,
+                format!("the layer store's entry for {} is damaged ({e:#}); its layers are converted again", first.name),
+            );
+            disks.clear();
+            (Skeleton::default(), None)
         }
-        if i + 1 == disks.len() {
-            let (t, base) = store.tree(&disk.stored).map_err(|e| store_err(layer, e))?;
-            tree = t;
-            tree_base = Some(base);
-        }
-        event::info(
-            reporter,
-            format!("layer {}: its stored disk is used", layer.name),
-        );
-    }
+    };
     let mut stats = Stats::default();
     let mut unstored = None;
     for (i, layer) in layers.iter().enumerate().skip(disks.len()) {

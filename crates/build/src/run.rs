@@ -77,6 +77,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
                     None => BlobCache::default_dir().join("layers"),
                 })?,
                 identity: crate::policy::identity(&req.policy, &plan.run.env)?,
+                epoch: req.ext4.fs_time,
             }),
             false => None,
         };
@@ -236,6 +237,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
 struct LayerJob {
     store: crate::layer_store::Store,
     identity: String,
+    epoch: Option<i64>,
 }
 
 /// Writes what the policy rewrote into `target` and tells the boot plan
@@ -522,7 +524,17 @@ fn flatten(
             };
             let digests: Vec<String> = all_layers.iter().map(|l| l.digest.to_string()).collect();
             let identity = format!("{}:{read}", job.identity);
-            crate::layered::convert(&layers, &digests, &job.store, select, &identity, reporter)
+            // A layer made under a user namespace is adjusted by the
+            // image's creation time or the build's epoch.
+            let adjusted_as = format!(
+                "adjusted: config {}, epoch {:?}",
+                image.config_digest, job.epoch
+            );
+            let keyed = crate::layered::Keyed {
+                policy: &identity,
+                adjusted: &adjusted_as,
+            };
+            crate::layered::convert(&layers, &digests, &job.store, select, &keyed, reporter)
                 .map(|c| (c.stats.clone(), Some(c)))
         });
         drop(layers);

@@ -298,6 +298,30 @@ fn an_image_sharing_the_lower_layers_stores_only_its_new_layer() {
         "the lowest layer's disk has {} links",
         shared.nlink()
     );
+    // A damaged tree in the store (same size, other bytes): the build
+    // says so and converts the layers again.
+    for (name, size) in store_files(&store) {
+        if name.ends_with(".tree") {
+            std::fs::write(store.join(&name), vec![0xff; size as usize]).unwrap();
+        }
+    }
+    let again = dir.path().join("c-again.ext4");
+    let o = common::images::build(
+        &source_c,
+        &again,
+        &["--preserve-layers", "--layer-store", store_arg],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("is damaged"), "{err}");
+    let meta_again = common::projects::metadata(&again);
+    assert_eq!(converted(&meta_again), [true, true, true, true]);
+    for i in 0..4 {
+        assert_eq!(
+            meta_again["layer_disks"][i]["sha256"],
+            meta_c["layer_disks"][i]["sha256"]
+        );
+    }
 }
 
 #[test]
@@ -342,4 +366,43 @@ fn the_service_keeps_layers_and_serves_each_disk() {
     // the artifact links them.
     let stored = store_files(&dir.path().join("data/layers"));
     assert_eq!(stored.keys().filter(|n| n.ends_with(".ext4")).count(), 3);
+}
+
+#[test]
+fn what_an_overlay_cannot_hold_is_refused_by_name() {
+    let dir = tmp();
+    let store = dir.path().join("store");
+    for (name, entry, says) in [
+        (
+            "root-opaque",
+            json!({"name": ".wh..wh..opq"}),
+            "marks the root opaque",
+        ),
+        (
+            "own-whiteout",
+            json!({"name": "dev-null", "type": "char", "major": 0, "minor": 0}),
+            "character device 0:0",
+        ),
+        (
+            "lower-link",
+            json!({"name": "hl3", "type": "hardlink", "link": "hl1"}),
+            "hard link to a file of a lower layer",
+        ),
+    ] {
+        let layout = dir.path().join(name);
+        layers_and(&layout, "x", &[entry]);
+        let out = dir.path().join(format!("{name}.ext4"));
+        let o = common::images::build(
+            &format!("oci:{}:v1", layout.display()),
+            &out,
+            &[
+                "--preserve-layers",
+                "--layer-store",
+                store.to_str().unwrap(),
+            ],
+        );
+        let err = common::images::assert_failed(&o, &out);
+        assert!(err.contains(says), "{name}: {err}");
+        assert!(!dir.path().join(format!("{name}.layer-0.ext4")).exists());
+    }
 }

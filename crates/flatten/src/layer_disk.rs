@@ -27,6 +27,7 @@ use crate::layer::{adjusted, layer_err, open, Layer};
 use crate::normalize::{ancestors, base, join, normalize, parent};
 use crate::select::{Select, Verdict};
 use crate::skeleton::{Node, Skeleton};
+use crate::tree_table::PathKind;
 use crate::Error;
 
 const OPAQUE: &[u8] = b"trusted.overlay.opaque";
@@ -57,8 +58,8 @@ struct Here<'s> {
     below: &'s Skeleton,
     /// Directories, explicit or implied, with their metadata.
     dirs: HashMap<Vec<u8>, Metadata>,
-    /// Non-directories written.
-    others: HashSet<Vec<u8>>,
+    /// Non-directories written, and what each is (for its hard links).
+    others: HashMap<Vec<u8>, Node>,
     /// Non-directories left out.
     dropped: HashSet<Vec<u8>>,
     /// Each path's node, for the skeleton, in the order written.
@@ -119,7 +120,7 @@ pub fn write_layer(
     let mut here = Here {
         below,
         dirs: HashMap::new(),
-        others: HashSet::new(),
+        others: HashMap::new(),
         dropped: HashSet::new(),
         nodes: Vec::new(),
         time,
@@ -135,6 +136,14 @@ pub fn write_layer(
             .retain(|x| !x.name.starts_with(b"trusted.overlay."));
         let name = base(&path);
         if name == b".wh..wh..opq" {
+            if parent(&path).is_empty() {
+                // overlayfs merges every layer's root whatever its xattrs.
+                return Err(invalid(
+                    layer,
+                    &path,
+                    "marks the root opaque (it hides every lower layer), which an overlay cannot do; build without --preserve-layers",
+                ));
+            }
             opaque.insert(here.placed(parent(&path).to_vec()));
             stats.whiteouts += 1;
             continue;
@@ -199,18 +208,20 @@ pub fn write_layer(
                     stats.dropped += 1;
                     continue;
                 }
-                if !here.others.contains(&target) {
+                let Some(node) = here.others.get(&target).cloned() else {
                     return Err(invalid(
                         layer,
                         &path,
                         "is a hard link to a file of a lower layer, which a layer's own disk cannot hold; build without --preserve-layers",
                     ));
+                };
+                if matches!(verdict, Verdict::Empty(_)) {
+                    // This name's content is left out: a file of its own.
+                    w.file(&path, meta)?.finish()?;
+                } else {
+                    w.hardlink(&path, &target)?;
                 }
-                w.hardlink(&path, &target)?;
-                match here.nodes.iter().rev().find(|(p, _)| *p == target) {
-                    Some((_, node)) => node.clone(),
-                    None => Node::File,
-                }
+                node
             }
             EntryKind::Device(DeviceKind::Char, 0, 0) => {
                 return Err(invalid(
@@ -228,9 +239,13 @@ pub fn write_layer(
                 Node::Other
             }
         };
-        if !is_dir {
+        // Within a layer the last entry for a path wins.
+        if is_dir {
+            here.others.remove(&path);
+        } else {
+            here.dirs.remove(&path);
             here.dropped.remove(&path);
-            here.others.insert(path.clone());
+            here.others.insert(path.clone(), node.clone());
         }
         here.nodes.push((path, node));
         stats.entries += 1;
@@ -242,7 +257,7 @@ pub fn write_layer(
     for path in whiteouts.into_iter().chain(here.dropped.iter().cloned()) {
         if here.dirs.contains_key(&path) {
             opaque.insert(path);
-        } else if !here.others.contains(&path) && here.below.get(&path).is_some() {
+        } else if !here.others.contains_key(&path) && here.below.get(&path).is_some() {
             hide.push(path);
         }
     }
@@ -260,8 +275,12 @@ pub fn write_layer(
     opaque.sort();
     for dir in &opaque {
         if !here.dirs.contains_key(dir) {
-            // A marker in a directory the layer does not make hides what
-            // is below all the same: the directory is made for it.
+            // A marker in a directory the layer does not make hides what a
+            // lower layer's directory holds: the directory is made for it.
+            // Over anything else it hides nothing.
+            if here.below.get(dir) != Some(PathKind::Dir) {
+                continue;
+            }
             here.parents(w, &join(dir, b"x"))?;
             let meta = here.dirs[dir].clone();
             here.nodes.push((dir.clone(), Node::Dir(meta)));

@@ -40,11 +40,15 @@ fn main() {
     if std::process::id() == 1 {
         // On the top disk of an image whose layers are kept: the overlay
         // is the root, and the image's init starts in it.
-        if let Ok(text) = std::fs::read(LAYERS_PATH) {
-            let e = match serde_json::from_slice::<Layers>(&text) {
+        let e = match std::fs::read(LAYERS_PATH) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(format!("cannot read {LAYERS_PATH}: {e}")),
+            Ok(text) => Some(match serde_json::from_slice::<Layers>(&text) {
                 Ok(layers) => initramfs::finish(overlay_root::run(&layers)),
                 Err(e) => format!("{LAYERS_PATH} is not valid: {e}"),
-            };
+            }),
+        };
+        if let Some(e) = e {
             say(&format!("builderd-init: error: {e}"));
             setup::power_off();
         }

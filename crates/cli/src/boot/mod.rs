@@ -265,5 +265,16 @@ fn from_metadata(image: &Path) -> Result<(String, Vec<PathBuf>)> {
         }
         layers.push(path);
     }
+    // Each disk takes a slot of the q35 machine's PCIe root bus.
+    if layers.len() > MAX_LAYER_DISKS {
+        bail!(
+            "{}: the image has {} layer disks; `builderd boot` attaches at most {MAX_LAYER_DISKS} (a slot each on QEMU's PCIe root bus): build it without --preserve-layers",
+            image.display(),
+            layers.len()
+        );
+    }
     Ok((cmdline, layers))
 }
+
+/// Layer disks `boot` attaches at most.
+const MAX_LAYER_DISKS: usize = 24;
