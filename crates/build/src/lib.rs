@@ -28,6 +28,7 @@ mod request;
 mod run;
 mod source;
 mod steps;
+mod tree_layer;
 pub mod units;
 pub mod vm;
 
@@ -42,9 +43,10 @@ pub use policy::check_hardening_policy;
 pub use project::{check_build_args, private_file, redact_url, Origin, Project};
 pub use report::Report;
 pub use request::{
-    BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, BuildSystem, CopyFormat, Ext4Options,
-    FreeSpace, GitCredentials, GitOptions, Init, LayerOptions, PolicyOptions, ProjectOptions,
-    RegistryOptions, Sandbox, StepLimits, StepNetwork, Steps,
+    ArchiveLimits, ArchiveOptions, BlobCacheChoice, BootOptions, BuildRequest, BuildSecret,
+    BuildSystem, CopyFormat, Ext4Options, FreeSpace, GitCredentials, GitOptions, Init,
+    LayerOptions, PolicyOptions, ProjectOptions, RegistryOptions, Sandbox, StepLimits, StepNetwork,
+    Steps,
 };
 pub use run::build;
 pub use steps::sweep as sweep_steps;

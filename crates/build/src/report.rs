@@ -15,6 +15,9 @@ pub struct Report {
     /// The Containerfile builderd wrote for a project without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generated: Option<Generated>,
+    /// An archive source: what it held and what it was built on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveInfo>,
     pub manifest_digest: String,
     pub manifest_media_type: String,
     pub config_digest: String,
@@ -65,11 +68,37 @@ pub struct LayerDisk {
     pub opaque_dirs: u64,
 }
 
+/// An archive source, as extracted.
+#[derive(Clone, Debug, Serialize)]
+pub struct ArchiveInfo {
+    /// zip, tar, tar.gz, tar.xz or tar.zst, by its first bytes.
+    pub format: String,
+    pub sha256: String,
+    pub archive_bytes: u64,
+    pub entries: u64,
+    pub files: u64,
+    /// Bytes of file data.
+    pub bytes: u64,
+    /// Devices, fifos and sockets left out.
+    pub left_out: u64,
+    /// Entries whose setuid, setgid or sticky bit was cleared.
+    pub bits_cleared: u64,
+    /// The base-image table's stack, and its image.
+    pub runtime: String,
+    pub runtime_image: String,
+    pub output_path: String,
+    /// Whether anything ran (else the files went over the runtime's
+    /// image as one more layer).
+    pub built: bool,
+    #[serde(skip)]
+    pub newest_mtime: i64,
+}
+
 /// A detected stack and the Containerfile generated for it: what a user
 /// can read, and take over as their own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Generated {
-    pub stack: &'static str,
+    pub stack: String,
     /// The runtime version the project's files ask for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,

@@ -47,12 +47,79 @@ pub struct BuildRequest {
     /// Keep the image's layers as disks of their own instead of flattening.
     #[serde(default)]
     pub layers: LayerOptions,
+    /// How an archive source (`archive:FILE`) is read and built.
+    #[serde(default)]
+    pub archive: ArchiveOptions,
     /// Registry credentials: never serialised.
     #[serde(skip)]
     pub credentials: Option<Credentials>,
     /// The Git source's credentials: never serialised.
     #[serde(skip)]
     pub git_credentials: Option<GitCredentials>,
+}
+
+/// An archive source: what it is said to be, its limits, and what builds
+/// it (the seed's `archive_strategy`). `project.context` is its
+/// `build_context`; `project.base_images` and `project.base_image` name the
+/// runtime's image; `project.build_args` reach the build.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveOptions {
+    /// `archive_type`: zip, tar, tar.gz, tar.xz or tar.zst; it must agree
+    /// with the archive's first bytes.
+    pub format: Option<String>,
+    pub limits: ArchiveLimits,
+    /// The base-image table's stack the build runs on (`node`, `python`…);
+    /// None: found from the archive's files.
+    pub runtime: Option<String>,
+    /// The runtime's version; None: the archive's files say, else the
+    /// table's default.
+    pub version: Option<String>,
+    /// A file of the archive run with `sh`, or a shell command; None: a
+    /// `build.sh`, `package.json`'s build script or a Makefile, if any.
+    pub build_script: Option<String>,
+    /// Dependency files installed before the sources are copied
+    /// (`package.json`, `requirements.txt`, `go.mod`); empty: those found.
+    pub dependencies: Vec<String>,
+    /// Where the archive's files go in the image, its working directory;
+    /// None: `/app`.
+    pub output_path: Option<String>,
+}
+
+/// What an archive may hold (docs/archives.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveLimits {
+    pub max_bytes: u64,
+    pub max_entries: u64,
+    pub max_entry_bytes: u64,
+    pub max_depth: usize,
+    pub max_ratio: u64,
+}
+
+impl Default for ArchiveLimits {
+    fn default() -> ArchiveLimits {
+        let l = builderd_archive::Limits::default();
+        ArchiveLimits {
+            max_bytes: l.max_bytes,
+            max_entries: l.max_entries,
+            max_entry_bytes: l.max_entry_bytes,
+            max_depth: l.max_depth,
+            max_ratio: l.max_ratio,
+        }
+    }
+}
+
+impl From<ArchiveLimits> for builderd_archive::Limits {
+    fn from(l: ArchiveLimits) -> builderd_archive::Limits {
+        builderd_archive::Limits {
+            max_bytes: l.max_bytes,
+            max_entries: l.max_entries,
+            max_entry_bytes: l.max_entry_bytes,
+            max_depth: l.max_depth,
+            max_ratio: l.max_ratio,
+        }
+    }
 }
 
 /// An image's layers kept as disks (`preserve_layers`): each layer a

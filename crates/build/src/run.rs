@@ -45,6 +45,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
     std::thread::scope(|scope| {
         let opened = source::open(scope, req, &platform, reporter)?;
         let source_commit = opened.commit();
+        let archive = opened.archive.clone();
         let generated = opened.generated();
         let resolved = Instant::now();
         let image = &opened.image;
@@ -187,6 +188,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
             source: req.source.clone(),
             source_commit,
             generated,
+            archive,
             manifest_digest: stats.image.manifest_digest.to_string(),
             manifest_media_type: stats.image.manifest_media_type.clone(),
             config_digest: stats.image.config_digest.to_string(),
@@ -447,6 +449,7 @@ fn flatten(
         image,
         blobs,
         cache,
+        tree,
         ..
     } = opened;
     // The steps' layers go over the image's own, or are the image.
@@ -455,11 +458,14 @@ fn flatten(
         Some(done) if done.replaces_base() => 0,
         _ => image.layers.len(),
     };
+    // An archive's files with nothing to build go over all of it.
     let all_layers: Vec<LayerInfo> = image.layers[..base_layers]
         .iter()
         .chain(&step_layers)
+        .chain(tree.as_ref().map(|t| &t.info))
         .cloned()
         .collect();
+    let tree_index = base_layers + step_layers.len();
     let total: u64 = all_layers.iter().map(|l| l.size).sum();
     // A local source has nothing to download: it is building from the start.
     if matches!(blobs, Blobs::Local(_)) {
@@ -484,7 +490,12 @@ fn flatten(
             }
             tell();
         });
-        let open_blob = |i: usize| match &blobs {
+        let open_blob = |i: usize| match (&blobs, &tree) {
+            (_, Some(tree)) if i == tree_index => Ok(Blob {
+                reader: tree.open()?,
+                // Made here, from the extracted files.
+                verified: true,
+            }),
             _ if i >= base_layers => Ok(Blob {
                 reader: Box::new(std::fs::File::open(
                     &stepped.expect("step layers come from steps").layers[i - base_layers],
@@ -492,13 +503,13 @@ fn flatten(
                 // The step engine's own output, named by its digest.
                 verified: true,
             }),
-            Blobs::Local(store) => Ok(Blob {
+            (Blobs::Local(store), _) => Ok(Blob {
                 reader: store
                     .open_blob(&image.layers[i].digest)
                     .map_err(std::io::Error::other)?,
                 verified: false,
             }),
-            Blobs::Pull(downloads) => Ok(downloads.open(i)),
+            (Blobs::Pull(downloads), _) => Ok(downloads.open(i)),
         };
         let streams = Streams::new(&all_layers, &open_blob, read.clone());
         let mut layers = streams.layers();

@@ -15,9 +15,10 @@ use builderd_oci::{
 };
 
 use crate::event::{Event, Reporter, Resolved, ResolvedLayer, Stage};
-use crate::project::Project;
+use crate::project::{archive, Project};
 use crate::pull::Downloads;
 use crate::request::{BlobCacheChoice, BuildRequest};
+use crate::tree_layer::TreeLayer;
 use crate::SourceError;
 
 /// Where the layer blobs come from.
@@ -39,6 +40,11 @@ pub struct Opened<'scope> {
     _scratch: Option<tempfile::TempDir>,
     /// A project's image, built for this build, kept to the end.
     _project: Option<crate::project::Built>,
+    /// An archive's files with nothing to build: one more layer over the
+    /// image.
+    pub tree: Option<TreeLayer>,
+    /// An archive source, as extracted.
+    pub archive: Option<crate::report::ArchiveInfo>,
 }
 
 impl Opened<'_> {
@@ -83,23 +89,67 @@ pub fn open<'scope, 'env>(
     platform: &Platform,
     reporter: &'env dyn Reporter,
 ) -> Result<Opened<'scope>> {
-    let local = |store: Box<dyn BlobStore>, image| Opened {
+    if let Some(file) = archive::source_file(&req.source) {
+        let unpacked = archive::unpack(file, req, reporter)?;
+        let mut info = unpacked.info.clone();
+        if !unpacked.runs(req) {
+            crate::event::info(
+                reporter,
+                format!(
+                    "nothing to build: no dependencies to install and no build script; the \
+                     files go over {} at {} as one more layer",
+                    unpacked.image, unpacked.plan.output_path
+                ),
+            );
+            let mut opened = open_image(scope, req, &unpacked.image, platform, reporter)?;
+            unpacked.configure(&mut opened.image.run);
+            opened.tree = Some(TreeLayer::new(unpacked));
+            opened.archive = Some(info);
+            return Ok(opened);
+        }
+        let built = crate::project::build_archive(&unpacked, req, reporter)?;
+        info.built = true;
+        let mut opened = open_built(built, platform)?;
+        opened.archive = Some(info);
+        return Ok(opened);
+    }
+    if let Some(project) = Project::parse(&req.source) {
+        return open_built(crate::project::build(&project?, req, reporter)?, platform);
+    }
+    open_image(scope, req, &req.source, platform, reporter)
+}
+
+/// A project's image, built into a layout.
+fn open_built<'scope>(built: crate::project::Built, platform: &Platform) -> Result<Opened<'scope>> {
+    let layout = OciLayout::open(&built.layout)?;
+    let image = layout.resolve(Some(&built.tag), platform)?;
+    Ok(Opened {
+        _project: Some(built),
+        ..local(Box::new(layout), image)
+    })
+}
+
+fn local<'scope>(store: Box<dyn BlobStore>, image: Image) -> Opened<'scope> {
+    Opened {
         image,
         blobs: Blobs::Local(store),
         cache: None,
         _scratch: None,
         _project: None,
-    };
-    if let Some(project) = Project::parse(&req.source) {
-        let built = crate::project::build(&project?, req, reporter)?;
-        let layout = OciLayout::open(&built.layout)?;
-        let image = layout.resolve(Some(&built.tag), platform)?;
-        return Ok(Opened {
-            _project: Some(built),
-            ..local(Box::new(layout), image)
-        });
+        tree: None,
+        archive: None,
     }
-    Ok(match parse(&req.source)? {
+}
+
+/// Resolves the image `source` names.
+fn open_image<'scope, 'env>(
+    scope: &'scope Scope<'scope, 'env>,
+    req: &'env BuildRequest,
+    source: &str,
+    platform: &Platform,
+    reporter: &'env dyn Reporter,
+) -> Result<Opened<'scope>> {
+    Ok(match parse(source)? {
         Source::OciLayout { dir, tag } => {
             let layout = OciLayout::open(&dir)?;
             let image = layout.resolve(tag.as_deref(), platform)?;
@@ -140,7 +190,9 @@ pub fn open<'scope, 'env>(
                 Box::new(move |n| reporter.report(Event::Retry(crate::event::Retry::of(n)))),
             )?;
             let image = builderd_oci::resolve_remote(&registry, &cache, &r, platform)?;
-            if req.hold_after_resolve {
+            // Only the request's own image: an archive's runtime is not
+            // what the service's artifact cache knows the build by.
+            if req.hold_after_resolve && source == req.source {
                 reporter.report(Event::Resolved(resolved(&image)));
                 if !reporter.go_on() {
                     return Err(crate::error::Stopped.into());
@@ -164,6 +216,8 @@ pub fn open<'scope, 'env>(
                 cache: Some(cache),
                 _scratch: scratch,
                 _project: None,
+                tree: None,
+                archive: None,
             }
         }
     })

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use builderd_build::{BlobCacheChoice, BuildRequest, Event, RegistryOptions};
 use builderd_oci::Credentials;
 
+use crate::archive_args::ArchiveArgs;
 use crate::boot_args::BootArgs;
 use crate::ext4_args::Ext4Args;
 use crate::policy_args::PolicyArgs;
@@ -28,7 +29,8 @@ pub struct Args {
     /// repository at #REF (a branch, tag, commit or full ref; default its
     /// HEAD): git+https://HOST/PATH, git+ssh://[USER@]HOST/PATH,
     /// git+http:// and git:// (loopback or --insecure-git-host), git:PATH
-    /// (on this machine).
+    /// (on this machine); or an archive built on a runtime's image:
+    /// archive:FILE (zip, tar, tar.gz, tar.xz, tar.zst).
     #[arg(required_unless_present = "request")]
     source: Option<String>,
     /// The image file to write; its metadata goes to OUT.json.
@@ -83,6 +85,8 @@ pub struct Args {
     project: ProjectArgs,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    archive: ArchiveArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -138,6 +142,7 @@ impl Args {
             git: self.project.git(self.public_only),
             policy: self.policy.options(),
             layers: self.policy.layers(self.cache_dir.as_deref()),
+            archive: self.archive.options(),
             credentials,
             git_credentials: self.project.git_credentials()?,
         })

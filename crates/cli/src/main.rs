@@ -1,5 +1,6 @@
 //! The `builderd` command: turns software into microVM root filesystems.
 
+mod archive_args;
 mod boot;
 mod boot_args;
 mod build;

@@ -1,7 +1,7 @@
 //! The one place a stream's decompressor is chosen: from what its first
 //! bytes say (an archive a person hands over) or from what a manifest says
 //! of it (an image layer). gzip (all members, as `gzip -d` reads them), zstd,
-//! or none.
+//! xz (all streams, as `xz -d` reads them), or none.
 
 use std::io::{self, BufRead, Read};
 
@@ -10,6 +10,7 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+    Xz,
 }
 
 impl Compression {
@@ -20,6 +21,8 @@ impl Compression {
             Compression::Gzip
         } else if first.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             Compression::Zstd
+        } else if first.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            Compression::Xz
         } else {
             Compression::None
         })
@@ -35,6 +38,7 @@ pub fn decoder<'a>(
         Compression::None => Box::new(input),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
     })
 }
 
@@ -50,9 +54,13 @@ mod tests {
         gz.write_all(&data).unwrap();
         let gz = gz.finish().unwrap();
         let zst = zstd::encode_all(&data[..], 1).unwrap();
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(&data).unwrap();
+        let xz = xz.finish().unwrap();
         for (bytes, kind) in [
             (gz, Compression::Gzip),
             (zst, Compression::Zstd),
+            (xz, Compression::Xz),
             (data.clone(), Compression::None),
         ] {
             let mut input = &bytes[..];

@@ -198,6 +198,7 @@ impl Runner {
                 preserve: job.preserve_layers,
                 store: Some(self.artifacts.dirs.layers()),
             },
+            archive: Default::default(),
             project: match &job.project {
                 Some(p) => ProjectOptions {
                     dockerfile: p.dockerfile.clone(),

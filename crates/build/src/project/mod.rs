@@ -7,6 +7,8 @@
 //! says what is detected and what is not done yet.
 
 mod access;
+pub mod archive;
+mod archive_plan;
 mod base_images;
 mod detect;
 mod fetch;
@@ -84,17 +86,7 @@ pub struct Built {
 
 /// Builds `project` as `req` says into an OCI layout.
 pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> Result<Built> {
-    let storage = req
-        .steps
-        .storage
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STEPS_DIR));
-    templates::check(&req.project.build_args)?;
-    std::fs::create_dir_all(&storage).with_context(|| format!("creating {}", storage.display()))?;
-    let dir = tempfile::Builder::new()
-        .prefix("project-")
-        .tempdir_in(&storage)
-        .context("a directory for the project's build")?;
+    let (storage, dir) = build_dir(req)?;
     let (context, fetched) = match project {
         Project::Dir(path) => (absolute(path)?, None),
         Project::Git { origin, reference } => {
@@ -125,21 +117,118 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
         None => context,
     };
     let (containerfile, generated) = what_builds(&context, &req.project, dir.path(), reporter)?;
+    let layer_cache = cache_key(&project_name(project), &req.project);
+    let building = Building {
+        context: &context,
+        containerfile: &containerfile,
+        fetched: fetched.as_ref(),
+        layer_cache: &layer_cache,
+    };
+    let built_layers = build_in(&building, &storage, dir.path(), req, reporter)?;
+    Ok(Built {
+        layout: dir.path().join("layout"),
+        tag: BUILT_TAG.to_string(),
+        built_layers,
+        fetched,
+        generated,
+        _dir: dir,
+    })
+}
+
+/// Builds an extracted archive that has something to run, by the
+/// Containerfile its plan makes, on its runtime's image.
+pub fn build_archive(
+    unpacked: &archive::Unpacked,
+    req: &BuildRequest,
+    reporter: &dyn Reporter,
+) -> Result<Built> {
+    let (storage, dir) = build_dir(req)?;
+    reporter.report(Event::Stage(Stage::Building));
+    let generated = unpacked.generated();
+    crate::event::info(
+        reporter,
+        format!(
+            "building on {} ({}): builderd generated this Containerfile:",
+            unpacked.image, unpacked.plan.runtime
+        ),
+    );
+    for line in generated.containerfile.lines() {
+        crate::event::info(reporter, format!("  {line}"));
+    }
+    let containerfile = dir.path().join("Containerfile.generated");
+    std::fs::write(&containerfile, &generated.containerfile)
+        .with_context(|| format!("writing {}", containerfile.display()))?;
+    // One layer cache for the archives of a namespace built the same way.
+    let name = format!(
+        "archive:{}:{}",
+        unpacked.plan.runtime, unpacked.plan.output_path
+    );
+    let building = Building {
+        context: &unpacked.context,
+        containerfile: &containerfile,
+        fetched: None,
+        layer_cache: &cache_key(&name, &req.project),
+    };
+    let built_layers = build_in(&building, &storage, dir.path(), req, reporter)?;
+    Ok(Built {
+        layout: dir.path().join("layout"),
+        tag: BUILT_TAG.to_string(),
+        built_layers,
+        fetched: None,
+        generated: Some(generated),
+        _dir: dir,
+    })
+}
+
+/// The tag a project's image is built under in its layout.
+const BUILT_TAG: &str = "built";
+
+/// The step engine's storage, and a directory of this build's own in it.
+fn build_dir(req: &BuildRequest) -> Result<(PathBuf, tempfile::TempDir)> {
+    let storage = req
+        .steps
+        .storage
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STEPS_DIR));
+    templates::check(&req.project.build_args)?;
+    std::fs::create_dir_all(&storage).with_context(|| format!("creating {}", storage.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("project-")
+        .tempdir_in(&storage)
+        .context("a directory for the project's build")?;
+    Ok((storage, dir))
+}
+
+/// What a project build needs besides the request.
+struct Building<'a> {
+    context: &'a Path,
+    containerfile: &'a Path,
+    fetched: Option<&'a Fetched>,
+    /// The project's name in its namespace's layer cache.
+    layer_cache: &'a str,
+}
+
+/// Runs the step engine's build of `b` into `private/layout`; answers how
+/// many of the image's top layers it made.
+fn build_in(
+    b: &Building<'_>,
+    storage: &Path,
+    private: &Path,
+    req: &BuildRequest,
+    reporter: &dyn Reporter,
+) -> Result<usize> {
     let build_args = templates::expand(
         &req.project.build_args,
-        fetched.as_ref(),
+        b.fetched,
         req.project.build_id.as_deref().unwrap_or("local"),
     )?;
-    let layer_cache = req
-        .project
-        .cache_dependencies
-        .then(|| cache_key(project, &req.project));
+    let layer_cache = req.project.cache_dependencies.then_some(b.layer_cache);
     // A Git build the service may answer from its cache: of this commit,
     // with these expanded args, this much of the request.
-    let identity = match (&fetched, req.hold_after_resolve) {
+    let identity = match (b.fetched, req.hold_after_resolve) {
         (Some(fetched), true) => Some(
             serde_json::json!({
-                "source": cache_key(project, &req.project),
+                "source": b.layer_cache,
                 "commit": fetched.commit,
                 "build_args": build_args,
                 "build_system": format!("{:?}", req.project.build_system),
@@ -149,43 +238,30 @@ pub fn build(project: &Project, req: &BuildRequest, reporter: &dyn Reporter) -> 
         ),
         _ => None,
     };
-    let layout = dir.path().join("layout");
-    let tag = "built".to_string();
-    let built_layers = crate::steps::build_containerfile(
+    crate::steps::build_containerfile(
         &crate::steps::ContainerfileBuild {
-            context: &context,
-            containerfile: &containerfile,
+            context: b.context,
+            containerfile: b.containerfile,
             build_args: &build_args,
-            layout: &layout,
-            tag: &tag,
+            layout: &private.join("layout"),
+            tag: BUILT_TAG,
             insecure: &req.registry.insecure,
             secrets: &req.project.secrets,
-            layer_cache: layer_cache.as_deref(),
+            layer_cache,
             namespace: &req.git.cache_namespace,
             host_sources: req.project.host_sources,
             hold: identity.as_deref(),
             public_only: req.registry.public_only,
         },
         &req.steps,
-        &storage,
+        storage,
         reporter,
-    )?;
-    Ok(Built {
-        layout,
-        tag,
-        built_layers,
-        fetched,
-        generated,
-        _dir: dir,
-    })
+    )
 }
 
-/// The name a project's layer cache is kept under in its namespace: its
-/// repository (or directory), subdirectory and Containerfile, whatever
-/// the ref.
-fn cache_key(project: &Project, opts: &crate::request::ProjectOptions) -> String {
-    use sha2::{Digest, Sha256};
-    let origin = match project {
+/// A project's name for its layer cache: its repository or directory.
+fn project_name(project: &Project) -> String {
+    match project {
         Project::Dir(path) => format!("dir:{}", path.display()),
         Project::Git {
             origin: Origin::Local(path),
@@ -195,10 +271,17 @@ fn cache_key(project: &Project, opts: &crate::request::ProjectOptions) -> String
             origin: Origin::Remote(remote),
             ..
         } => remote.cache_name(),
-    };
+    }
+}
+
+/// The name a project's layer cache is kept under in its namespace: its
+/// name (repository, directory or archive kind), subdirectory and
+/// Containerfile, whatever the ref.
+fn cache_key(name: &str, opts: &crate::request::ProjectOptions) -> String {
+    use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for part in [
-        origin.as_str(),
+        name,
         opts.context.as_deref().unwrap_or(""),
         opts.dockerfile.as_deref().unwrap_or(""),
     ] {
@@ -257,7 +340,7 @@ fn what_builds(
     Ok((
         path,
         Some(crate::report::Generated {
-            stack: found.name(),
+            stack: found.name().to_string(),
             version: found.version().map(str::to_string),
             containerfile: text,
         }),

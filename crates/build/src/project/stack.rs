@@ -387,7 +387,7 @@ pub fn containerfile(stack: &Stack, bases: &BaseImages, cache: bool) -> Result<S
 }
 
 /// A Procfile's `web:` line (else its first), as a shell command.
-fn procfile_start(dir: &Path) -> Result<Option<Vec<String>>> {
+pub(super) fn procfile_start(dir: &Path) -> Result<Option<Vec<String>>> {
     if !dir.join("Procfile").is_file() {
         return Ok(None);
     }
@@ -405,7 +405,7 @@ fn procfile_start(dir: &Path) -> Result<Option<Vec<String>>> {
     Ok(web.map(|(_, command)| vec!["/bin/sh".into(), "-c".into(), command.to_string()]))
 }
 
-fn read(dir: &Path, name: &str) -> Result<String> {
+pub(super) fn read(dir: &Path, name: &str) -> Result<String> {
     use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(dir.join(name))
@@ -417,14 +417,14 @@ fn read(dir: &Path, name: &str) -> Result<String> {
 }
 
 /// `1.22.3` → `1.22`; `3.11` stays.
-fn version_of(v: &str) -> String {
+pub(super) fn version_of(v: &str) -> String {
     let parts: Vec<&str> = v.split('.').take(2).collect();
     parts.join(".")
 }
 
 /// What `.nvmrc` or `engines.node` name, as a major version: `v18.17.0`,
 /// `>=18`, `^20.1`, `lts/hydrogen` (left as written: the table may name it).
-fn node_version(v: &str) -> String {
+pub(super) fn node_version(v: &str) -> String {
     let v = v.trim().trim_start_matches(['v', '>', '=', '^', '~', ' ']);
     match v.split(['.', ' ', '<', '|']).next() {
         Some(major) if major.bytes().all(|b| b.is_ascii_digit()) => major.to_string(),

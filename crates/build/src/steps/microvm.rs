@@ -66,6 +66,7 @@ pub fn run(
         // The steps run in the image as it is.
         policy: crate::request::PolicyOptions::none(),
         layers: Default::default(),
+        archive: Default::default(),
         credentials: None,
         git_credentials: None,
     })
