@@ -40,6 +40,7 @@ pub use event::{
 };
 pub use output::Pending;
 pub use policy::check_hardening_policy;
+pub use project::archive::source_file as archive_source_file;
 pub use project::{check_build_args, private_file, redact_url, Origin, Project};
 pub use report::Report;
 pub use request::{

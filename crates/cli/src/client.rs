@@ -68,17 +68,27 @@ fn server_uri(server: &str) -> Result<http::Uri> {
 
 #[derive(clap::Subcommand)]
 enum ClientCommand {
-    /// Create a build of IMAGE, or from a CreateBuild JSON file (--config).
+    /// Create a build of IMAGE, of an archive (--archive), or from a
+    /// CreateBuild JSON file (--config).
     Create {
-        #[arg(required_unless_present = "config")]
+        #[arg(required_unless_present_any = ["config", "archive"])]
         image: Option<String>,
         /// A CreateBuildRequest as JSON ({"config": {...}}).
-        #[arg(long, conflicts_with = "image")]
+        #[arg(long, conflicts_with_all = ["image", "archive"])]
         config: Option<PathBuf>,
+        /// An archive (zip, tar, tar.gz, tar.xz, tar.zst) to upload and
+        /// build on a runtime's image.
+        #[arg(long, value_name = "FILE", conflicts_with = "image")]
+        archive: Option<PathBuf>,
+        #[command(flatten)]
+        strategy: ArchiveStrategyArgs,
         /// Wait for the build to end, with a progress bar.
         #[arg(long)]
         wait: bool,
     },
+    /// Upload an archive for builds to name as upload://ID; prints the
+    /// answer, then the id alone on the last line.
+    Upload { file: PathBuf },
     /// A build's state and progress.
     Status { build_id: String },
     /// Wait for a build to end (exit 1 unless it completes).
@@ -110,7 +120,69 @@ enum ClientCommand {
     },
 }
 
+/// An archive build's strategy (`archive_strategy`).
+#[derive(clap::Args)]
+struct ArchiveStrategyArgs {
+    /// The runtime the archive's files run on (node, python, static…).
+    #[arg(long, requires = "archive")]
+    runtime: Option<String>,
+    /// The runtime's version.
+    #[arg(long = "version", value_name = "VERSION", requires = "archive")]
+    version: Option<String>,
+    /// A file of the archive run with sh, or a shell command.
+    #[arg(long, value_name = "SCRIPT", requires = "archive")]
+    build_script: Option<String>,
+    /// Where the files go in the image (default /app).
+    #[arg(long, value_name = "DIR", requires = "archive")]
+    output_path: Option<String>,
+}
+
 type Client = BuilderServiceClient<HttpClient>;
+
+/// The server, the key and the tenant, for what goes around the generated
+/// client (the upload's plain PUT).
+struct Plain {
+    uri: http::Uri,
+    key: String,
+    tenant: Option<String>,
+}
+
+impl Plain {
+    /// Streams `file` to UploadArchive; answers the server's JSON answer.
+    async fn upload(&self, file: &std::path::Path) -> Result<serde_json::Value> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| file.display().to_string())?;
+        let size = f.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+        let url = format!(
+            "{}/builder.v1.BuilderService/UploadArchive",
+            self.uri.to_string().trim_end_matches('/')
+        );
+        let mut req = reqwest::Client::new()
+            .put(url)
+            .bearer_auth(&self.key)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .header(http::header::CONTENT_LENGTH, size)
+            .body(body);
+        if let Some(t) = &self.tenant {
+            req = req.header("x-tenant-id", t);
+        }
+        let answer = req.send().await.context("uploading the archive")?;
+        let status = answer.status();
+        let text = answer.text().await?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("the server answered {status}: {text}"))?;
+        if !status.is_success() {
+            bail!(
+                "the upload was refused ({}): {}",
+                json["code"].as_str().unwrap_or("?"),
+                json["message"].as_str().unwrap_or(&text)
+            );
+        }
+        Ok(json)
+    }
+}
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     // An error, not a panic, when stdout is a closed pipe.
@@ -127,14 +199,19 @@ pub fn run(args: ClientArgs) -> Result<std::process::ExitCode> {
     let key = args.key.context(
         "no API key: give --key KEY or set BUILDERD_KEY (builderd tenant create prints one)",
     )?;
-    let mut config =
-        ClientConfig::new(uri).with_default_header("authorization", format!("Bearer {key}"));
+    let mut config = ClientConfig::new(uri.clone())
+        .with_default_header("authorization", format!("Bearer {key}"));
     if let Some(t) = &args.tenant {
         config = config.with_default_header("x-tenant-id", t.as_str());
     }
     let client = BuilderServiceClient::new(HttpClient::plaintext(), config);
     let out = Output { json: args.json };
-    tokio::runtime::Runtime::new()?.block_on(command(&client, args.command, out))
+    let plain = Plain {
+        uri,
+        key,
+        tenant: args.tenant,
+    };
+    tokio::runtime::Runtime::new()?.block_on(command(&client, &plain, args.command, out))
 }
 
 /// How results are printed.
@@ -146,25 +223,53 @@ struct Output {
 
 async fn command(
     client: &Client,
+    plain: &Plain,
     command: ClientCommand,
     out: Output,
 ) -> Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     match command {
+        ClientCommand::Upload { file } => {
+            let answer = plain.upload(&file).await?;
+            print_json(&answer)?;
+            println!("{}", answer["uploadId"].as_str().unwrap_or_default());
+            Ok(ok)
+        }
         ClientCommand::Create {
             image,
             config,
+            archive,
+            strategy,
             wait: then_wait,
         } => {
-            let request: CreateBuildRequest = match (image, config) {
-                (_, Some(path)) => serde_json::from_slice(
+            let request: CreateBuildRequest = match (image, config, archive) {
+                (_, _, Some(file)) => {
+                    let answer = plain.upload(&file).await?;
+                    let id = answer["uploadId"].as_str().unwrap_or_default();
+                    eprintln!(
+                        "builderd: uploaded {} as {id} (sha256 {})",
+                        file.display(),
+                        answer["sha256"].as_str().unwrap_or_default()
+                    );
+                    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+                    serde_json::from_value(serde_json::json!({"config": {
+                        "source": {"archive": {"archive_url": format!("upload://{id}")}},
+                        "strategy": {"archive_strategy": {
+                            "runtime": s(&strategy.runtime),
+                            "version": s(&strategy.version),
+                            "build_script": s(&strategy.build_script),
+                            "output_path": s(&strategy.output_path),
+                        }},
+                    }}))?
+                }
+                (_, Some(path), None) => serde_json::from_slice(
                     &std::fs::read(&path).with_context(|| path.display().to_string())?,
                 )
                 .with_context(|| format!("{}: not a CreateBuild request", path.display()))?,
-                (Some(image), None) => serde_json::from_value(serde_json::json!({
+                (Some(image), None, None) => serde_json::from_value(serde_json::json!({
                     "config": {"source": {"docker_image": {"image_uri": image}}}
                 }))?,
-                (None, None) => unreachable!("clap requires one"),
+                (None, None, None) => unreachable!("clap requires one"),
             };
             let created = client.create_build(request).await?.into_owned();
             eprintln!("builderd: created {}", created.build_id);

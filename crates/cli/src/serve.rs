@@ -106,6 +106,13 @@ pub struct ServeArgs {
     /// this (e.g. 30d, 12h); their records stay. Default: keep them.
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
     retention: Option<Duration>,
+    /// How long an uploaded archive no build names is kept (each build that
+    /// names it starts this again).
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, default_value = "24h")]
+    upload_lifetime: Duration,
+    /// The largest archive upload, whatever the tier's storage room.
+    #[arg(long, value_name = "BYTES", value_parser = crate::units::parse_bytes, default_value = "4G")]
+    max_upload_bytes: u64,
     /// The server's own log on stderr: lines for a person, or one JSON
     /// object a line (timestamp, level, message and fields) for a collector.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -192,6 +199,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         },
         metrics_listen: args.metrics_listen,
         retention: args.retention,
+        upload_lifetime: args.upload_lifetime,
+        max_upload_bytes: args.max_upload_bytes,
         otlp_endpoint: args.otlp_endpoint,
         max_build_memory: args.max_build_memory,
         steps_network: match args.steps_network {

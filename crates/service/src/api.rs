@@ -33,6 +33,7 @@ pub struct Api {
     pub trust_tenant_header: bool,
     /// Webhooks may go to loopback and private addresses.
     pub allow_private_webhooks: bool,
+    pub uploads: crate::upload_rules::Uploads,
 }
 
 const DEFAULT_PAGE: usize = 50;
@@ -407,6 +408,21 @@ impl BuilderService for Api {
         }
         let job = job::job(&config, &self.runner.retry_defaults)?;
         self.check_source_host(&job).await?;
+        if let Some(archive) = &job.archive {
+            // The upload is the caller's, and kept while the build waits.
+            let expires = crate::store::now_ms() + self.uploads.lifetime.as_millis() as i64;
+            self.store
+                .use_upload(&tenant.id, &archive.upload, expires)
+                .map_err(internal)?
+                .ok_or_else(|| {
+                    ConnectError::not_found(format!(
+                        "config.source.archive.archive_url: no upload {} (an upload is its \
+                         tenant's alone, and goes once unused for {})",
+                        archive.upload,
+                        humantime::format_duration(self.uploads.lifetime)
+                    ))
+                })?;
+        }
         let secrets = job::secrets(&config)?;
         if let Some(w) = config.webhook.as_option().filter(|w| !w.url.is_empty()) {
             crate::webhook::check_url(&w.url, self.allow_private_webhooks)

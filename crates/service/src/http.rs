@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use connectrpc::ConnectError;
 use connectrpc_health::StaticChecker;
 use tower::ServiceExt;
@@ -34,6 +34,7 @@ pub fn router(api: Arc<Api>, with_metrics: bool) -> (axum::Router, Arc<StaticChe
             "/builder.v1.BuilderService/GetBuildArtifact/{id}",
             get(artifact),
         )
+        .route("/builder.v1.BuilderService/UploadArchive", put(upload))
         .with_state(api.clone());
     if with_metrics {
         routes = routes.merge(metrics_router(api));
@@ -140,6 +141,28 @@ fn error(e: ConnectError) -> Response {
         e.to_json(),
     )
         .into_response()
+}
+
+/// `PUT UploadArchive` (crate::upload): the upload's id and sha256 as JSON.
+async fn upload(State(api): State<Arc<Api>>, req: Request) -> Response {
+    match crate::upload::receive(&api, req).await {
+        Ok(u) => {
+            let expires =
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(u.expires_ms as u64);
+            let body = serde_json::json!({
+                "uploadId": u.id,
+                "sha256": u.sha256,
+                "sizeBytes": u.size_bytes.to_string(),
+                "expiresAt": humantime::format_rfc3339_millis(expires).to_string(),
+            });
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Err(e) => error(e),
+    }
 }
 
 async fn status(State(api): State<Arc<Api>>, Path(id): Path<String>, req: Request) -> Response {

@@ -57,11 +57,13 @@ pub struct Job {
     /// a TEMPORARY_RESOURCE_ERROR, and `max_retries` also bounds how many
     /// server restarts may interrupt it.
     pub retry: RetryPolicy,
-    /// What it is built from: "docker_image" or "git_repository" (archive
-    /// sources are refused at CreateBuild).
+    /// What it is built from: "docker_image", "git_repository" or
+    /// "archive".
     pub source_type: &'static str,
     /// How a Git source is built (None for an image).
     pub project: Option<GitJob>,
+    /// An archive source: `image` is `upload://ID`.
+    pub archive: Option<ArchiveJob>,
     /// The docker strategy's `optimize_for_size`.
     pub optimize_for_size: bool,
     /// The docker strategy's `remove_dev_packages`.
@@ -85,6 +87,20 @@ pub struct GitJob {
     pub build_system: builderd_build::BuildSystem,
     /// The tenant's layer cache and package caches are used.
     pub cache_dependencies: bool,
+}
+
+/// An archive source and its strategy (`archive_strategy`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ArchiveJob {
+    /// The upload's id.
+    pub upload: String,
+    pub archive_type: Option<String>,
+    pub build_context: Option<String>,
+    pub build_script: Option<String>,
+    pub runtime: Option<String>,
+    pub version: Option<String>,
+    pub dependencies: Vec<String>,
+    pub output_path: Option<String>,
 }
 
 /// The server's retry policy for builds whose config has none (or leaves
@@ -123,12 +139,7 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
             ))
         }
         Some(SourceType::GitRepository(g)) => git_source(g, &mut job)?,
-        Some(SourceType::Archive(_)) => {
-            return Err(unimplemented(
-                "config.source.archive",
-                "building from an archive",
-            ))
-        }
+        Some(SourceType::Archive(a)) => archive_source(a, &mut job)?,
         Some(SourceType::DockerImage(d)) => {
             if d.image_uri.trim().is_empty() {
                 return Err(Refusal::Invalid(
@@ -138,7 +149,8 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
             // Only registries: the other transports (oci:, docker-archive:)
             // and project sources (dir:, git:) would read the server's own
             // files.
-            let project = builderd_build::Project::parse(&d.image_uri).is_some();
+            let project = builderd_build::Project::parse(&d.image_uri).is_some()
+                || builderd_build::archive_source_file(&d.image_uri).is_some();
             match builderd_oci::Source::parse(&d.image_uri) {
                 Ok(builderd_oci::Source::Registry(_)) if !project => {}
                 Ok(_) => {
@@ -251,6 +263,12 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
                 "the docker strategy for a git_repository source",
             ))
         }
+        Some(StrategyType::DockerStrategy(_)) if job.archive.is_some() => {
+            return Err(unimplemented(
+                "config.strategy.docker_strategy",
+                "the docker strategy for an archive source",
+            ))
+        }
         Some(StrategyType::DockerStrategy(d)) => {
             let field = "config.strategy.docker_strategy";
             job.optimize_for_size = d.optimize_for_size;
@@ -260,12 +278,7 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
             job.commands = commands(&format!("{field}.custom_commands"), &d.custom_commands)?;
         }
         Some(StrategyType::GitStrategy(g)) => git_strategy(g, &mut job)?,
-        Some(StrategyType::ArchiveStrategy(_)) => {
-            return Err(unimplemented(
-                "config.strategy.archive_strategy",
-                "building from an archive",
-            ))
-        }
+        Some(StrategyType::ArchiveStrategy(a)) => archive_strategy(a, &mut job)?,
     }
 
     if let Some(r) = config.retry_policy.as_option() {
@@ -276,6 +289,102 @@ pub fn job(config: &BuildConfig, retry_defaults: &RetryPolicy) -> Result<Job, Re
             .map_err(Refusal::Invalid)?;
     }
     Ok(job)
+}
+
+/// An `archive` source: an upload of the tenant's (`upload://ID`; whether
+/// it is the caller's is checked at CreateBuild), what it is said to be,
+/// the directory of it to build.
+fn archive_source(
+    a: &crate::proto::builder::v1::ArchiveSource,
+    job: &mut Job,
+) -> Result<(), Refusal> {
+    let field = "config.source.archive";
+    let url = a.archive_url.trim();
+    let upload = match url.strip_prefix("upload://") {
+        Some(id) if crate::upload_rules::is_id(id) => id.to_string(),
+        Some(_) => {
+            return Err(Refusal::Invalid(format!(
+                "{field}.archive_url: {url:?} is not an upload's id (UploadArchive answers one)"
+            )))
+        }
+        None if url.starts_with("https://") || url.starts_with("http://") => {
+            return Err(unimplemented(
+                &format!("{field}.archive_url"),
+                "fetching an archive from a URL (upload it with UploadArchive and give \
+                 upload://ID)",
+            ))
+        }
+        None => {
+            return Err(Refusal::Invalid(format!(
+                "{field}.archive_url: give upload://ID (UploadArchive answers the id)"
+            )))
+        }
+    };
+    let archive_type = match a.archive_type.trim() {
+        "" => None,
+        t => {
+            builderd_archive::Format::parse(t)
+                .map_err(|e| Refusal::Invalid(format!("{field}.archive_type: {e}")))?;
+            Some(t.to_string())
+        }
+    };
+    let build_context = match a.build_context.trim() {
+        "" | "." => None,
+        c if relative_path(c) => Some(c.to_string()),
+        c => {
+            return Err(Refusal::Invalid(format!(
+                "{field}.build_context: {c:?}: give a directory of the archive, relative to its top"
+            )))
+        }
+    };
+    job.image = format!("upload://{upload}");
+    job.source_type = "archive";
+    job.archive = Some(ArchiveJob {
+        upload,
+        archive_type,
+        build_context,
+        ..ArchiveJob::default()
+    });
+    Ok(())
+}
+
+/// The archive strategy's fields (checked again, against the archive's
+/// files, when the build runs).
+fn archive_strategy(
+    a: &crate::proto::builder::v1::ArchiveBuildStrategy,
+    job: &mut Job,
+) -> Result<(), Refusal> {
+    let field = "config.strategy.archive_strategy";
+    let Some(archive) = job.archive.as_mut() else {
+        return Err(Refusal::Invalid(format!(
+            "{field}: only for an archive source"
+        )));
+    };
+    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+    archive.build_script = some(&a.build_script);
+    archive.runtime = some(&a.runtime);
+    archive.version = some(&a.version);
+    archive.output_path = some(&a.output_path);
+    archive.dependencies = a
+        .dependencies
+        .iter()
+        .map(|d| d.trim().to_string())
+        .collect();
+    if archive.dependencies.iter().any(|d| !relative_path(d)) {
+        return Err(Refusal::Invalid(format!(
+            "{field}.dependencies: give files of the archive, relative to its top"
+        )));
+    }
+    Ok(())
+}
+
+/// A plain relative path: no `..`, no leading `/`, printable.
+fn relative_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 1024
+        && !p.starts_with('/')
+        && !p.chars().any(char::is_control)
+        && p.split('/').all(|part| part != "..")
 }
 
 /// A `git_repository` source: its address as `builderd build` takes it
@@ -688,6 +797,100 @@ mod tests {
         "target": {"microvm_rootfs": {"format": "ext4", "init_strategy": "INIT_STRATEGY_CUSTOM"}},
         "strategy": {"git_strategy": {"build_system": "docker", "build_args": {"ENV": "production",
           "BUILD_VERSION": "{{.GitCommit}}"}, "cache_dependencies": true}}}}"#;
+
+    #[test]
+    fn archive_sources_take_an_upload_and_their_strategy() {
+        let id = format!("upload_{}", "ab".repeat(16));
+        let config = |source: Value, strategy: Value| {
+            parse(
+                &json!({"config": {"source": {"archive": source}, "strategy": strategy}})
+                    .to_string(),
+            )
+        };
+        let taken = job(
+            &config(
+                json!({"archive_url": format!("upload://{id}"), "archive_type": "tar.xz",
+                       "build_context": "apps/web"}),
+                json!({"archive_strategy": {"runtime": "node", "version": "18",
+                       "build_script": "build.sh", "dependencies": ["package.json"],
+                       "output_path": "/srv/app"}}),
+            ),
+            &default_retry_policy(),
+        )
+        .unwrap();
+        assert_eq!(taken.source_type, "archive");
+        assert_eq!(taken.image, format!("upload://{id}"));
+        let a = taken.archive.unwrap();
+        assert_eq!(
+            (
+                a.upload.as_str(),
+                a.archive_type.as_deref(),
+                a.build_context.as_deref()
+            ),
+            (id.as_str(), Some("tar.xz"), Some("apps/web"))
+        );
+        assert_eq!(a.runtime.as_deref(), Some("node"));
+        assert_eq!(a.dependencies, ["package.json"]);
+        let refused = |source: Value, strategy: Value| {
+            job(&config(source, strategy), &default_retry_policy()).unwrap_err()
+        };
+        let upload = json!({"archive_url": format!("upload://{id}")});
+        for (source, strategy, what) in [
+            (
+                json!({"archive_url": "upload://../../x"}),
+                json!({}),
+                "not an upload's id",
+            ),
+            (
+                json!({"archive_url": "/etc/passwd"}),
+                json!({}),
+                "give upload://ID",
+            ),
+            (
+                json!({"archive_url": format!("upload://{id}"), "archive_type": "rar"}),
+                json!({}),
+                "archive_type",
+            ),
+            (
+                json!({"archive_url": format!("upload://{id}"), "build_context": "../x"}),
+                json!({}),
+                "build_context",
+            ),
+            (
+                upload.clone(),
+                json!({"archive_strategy": {"dependencies": ["/etc/passwd"]}}),
+                "dependencies",
+            ),
+        ] {
+            match refused(source, strategy) {
+                Refusal::Invalid(m) => assert!(m.contains(what), "{what}: {m}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            refused(json!({"archive_url": "https://example.com/a.zip"}), json!({})),
+            Refusal::Unimplemented(m) if m.contains("URL")
+        ));
+        assert!(matches!(
+            refused(
+                upload,
+                json!({"docker_strategy": {"optimize_for_size": true}})
+            ),
+            Refusal::Unimplemented(_)
+        ));
+        let git_with_archive_strategy = parse(
+            r#"{"config": {"source": {"docker_image": {"image_uri": "alpine"}},
+                "strategy": {"archive_strategy": {"runtime": "node"}}}}"#,
+        );
+        assert!(matches!(
+            job(&git_with_archive_strategy, &default_retry_policy()),
+            Err(Refusal::Invalid(m)) if m.contains("only for an archive source")
+        ));
+        let archive_as_image = parse(
+            r#"{"config": {"source": {"docker_image": {"image_uri": "archive:/etc/passwd"}}}}"#,
+        );
+        assert!(job(&archive_as_image, &default_retry_policy()).is_err());
+    }
 
     #[test]
     fn the_three_example_configs_parse_and_are_taken() {

@@ -28,6 +28,8 @@ mod store;
 mod strict_json;
 mod tier;
 mod traces;
+mod upload;
+mod upload_rules;
 mod webhook;
 
 pub use front::Limits;

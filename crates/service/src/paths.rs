@@ -46,6 +46,11 @@ impl DataDir {
         self.0.join("artifacts").join(tenant).join(id)
     }
 
+    /// Uploaded archives: `uploads/TENANT/ID`.
+    pub fn uploads(&self) -> PathBuf {
+        self.0.join("uploads")
+    }
+
     /// A tenant's step engine storage (its builds' steps only).
     pub fn steps(&self, tenant: &str) -> PathBuf {
         self.0.join("steps").join(tenant)

@@ -24,9 +24,9 @@ use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use builderd_build::{
-    BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, CopyFormat, Event, GitOptions, Init,
-    LayerOptions, PolicyOptions, ProjectOptions, RegistryOptions, Resolved, StepLimits,
-    StepNetwork, Steps,
+    ArchiveOptions, BlobCacheChoice, BootOptions, BuildRequest, BuildSecret, CopyFormat, Event,
+    GitOptions, Init, LayerOptions, PolicyOptions, ProjectOptions, RegistryOptions, Resolved,
+    StepLimits, StepNetwork, Steps,
 };
 use builderd_oci::{RetryCause, RetryPolicy};
 
@@ -90,6 +90,17 @@ pub struct GitPolicy {
 /// hold an unbounded line.
 const MAX_LINE: usize = 64 << 10;
 
+/// What a build may use: its tier's limits, and the room its tenant's
+/// storage quota has left (the image may not grow past it).
+struct Room<'a> {
+    storage_left: Option<u64>,
+    limits: &'a Limits,
+}
+
+/// An archive build's upload, linked into its work directory (so that it
+/// stays whole while the build reads it, whatever the upload's expiry).
+const ARCHIVE: &str = "source.archive";
+
 /// What a run made, when it made something.
 pub enum Outcome {
     /// The build process wrote the artifact into the work directory; the
@@ -112,21 +123,38 @@ pub enum Ended {
 }
 
 impl Runner {
+    /// Links the tenant's upload `id` into `work` as the build's archive.
+    fn link_upload(&self, tenant: &str, id: &str, work: &Path) -> Result<(), RunError> {
+        let upload = self.artifacts.dirs.uploads().join(tenant).join(id);
+        let to = work.join(ARCHIVE);
+        match std::fs::hard_link(&upload, &to) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RunError::Failed {
+                category: "source",
+                message: format!(
+                    "the upload {id} is gone: it expired or was deleted before the build ran"
+                ),
+                retry: None,
+            }),
+            Err(e) => Err(RunError::resource(format!("linking the upload {id}: {e}"))),
+        }
+    }
+
     pub fn artifact_dir(&self, tenant: &str, id: &str) -> PathBuf {
         self.artifacts.dirs.artifacts(tenant, id)
     }
 
-    /// The build process's request; `storage_left` is what the tenant's
-    /// storage quota has room for (the image may not grow past it).
+    /// The build process's request, within what `room` allows.
     fn request(
         &self,
         job: &Job,
         work: &Path,
-        storage_left: Option<u64>,
+        room: &Room<'_>,
         steps: Steps,
         build_id: &str,
         tenant: &str,
     ) -> BuildRequest {
+        let (storage_left, limits) = (room.storage_left, room.limits);
         // The registry requests' share of the policy; a temporary resource
         // shortage is retried here, by running the build again.
         let request_causes: Vec<RetryCause> = job
@@ -146,7 +174,10 @@ impl Runner {
             ..job.retry.clone()
         };
         BuildRequest {
-            source: job.image.clone(),
+            source: match &job.archive {
+                Some(_) => format!("archive:{}", work.join(ARCHIVE).display()),
+                None => job.image.clone(),
+            },
             output: work.join(ARTIFACT),
             platform: job.platform.clone(),
             registry: RegistryOptions {
@@ -198,9 +229,27 @@ impl Runner {
                 preserve: job.preserve_layers,
                 store: Some(self.artifacts.dirs.layers()),
             },
-            archive: Default::default(),
-            project: match &job.project {
-                Some(p) => ProjectOptions {
+            archive: match &job.archive {
+                Some(a) => ArchiveOptions {
+                    format: a.archive_type.clone(),
+                    limits: limits.archive,
+                    runtime: a.runtime.clone(),
+                    version: a.version.clone(),
+                    build_script: a.build_script.clone(),
+                    dependencies: a.dependencies.clone(),
+                    output_path: a.output_path.clone(),
+                },
+                None => ArchiveOptions::default(),
+            },
+            project: match (&job.project, &job.archive) {
+                (None, Some(a)) => ProjectOptions {
+                    context: a.build_context.clone(),
+                    build_id: Some(build_id.to_string()),
+                    base_images: self.git.base_images.clone(),
+                    host_sources: false,
+                    ..ProjectOptions::default()
+                },
+                (Some(p), _) => ProjectOptions {
                     dockerfile: p.dockerfile.clone(),
                     context: p.context.clone(),
                     build_args: p.build_args.clone(),
@@ -219,7 +268,7 @@ impl Runner {
                     cache_dependencies: p.cache_dependencies,
                     host_sources: false,
                 },
-                None => ProjectOptions::default(),
+                (None, None) => ProjectOptions::default(),
             },
             git: GitOptions {
                 insecure_hosts: self.git.insecure_hosts.clone(),
@@ -451,11 +500,18 @@ impl Runner {
                 .map_err(|e| RunError::resource(format!("the build's cgroup: {e}")))?,
         );
         let steps = self.steps(job, &build.tenant_id, &limits, bounds.memory_bytes);
+        if let Some(archive) = &job.archive {
+            self.link_upload(&build.tenant_id, &archive.upload, work)?;
+        }
         let request = work.join(REQUEST);
+        let room = Room {
+            storage_left,
+            limits: &limits,
+        };
         let text = serde_json::to_vec_pretty(&self.request(
             job,
             work,
-            storage_left,
+            &room,
             steps,
             &build.id,
             &build.tenant_id,
@@ -1004,7 +1060,10 @@ mod tests {
         let r = runner(data.path(), "builderd".into()).request(
             &job(),
             Path::new("/w"),
-            Some(1000),
+            &Room {
+                storage_left: Some(1000),
+                limits: &crate::tier::Tier::Pro.limits(),
+            },
             Steps::default(),
             "b-1",
             "acme",
@@ -1058,7 +1117,10 @@ mod tests {
         let r = runner(data.path(), "builderd".into()).request(
             &job,
             Path::new("/w"),
-            None,
+            &Room {
+                storage_left: None,
+                limits: &crate::tier::Tier::Pro.limits(),
+            },
             Steps::default(),
             "b-7",
             "acme",

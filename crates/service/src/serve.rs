@@ -52,6 +52,10 @@ pub struct Options {
     pub metrics_listen: Option<SocketAddr>,
     /// Delete the artifacts and logs of builds finished longer ago.
     pub retention: Option<Duration>,
+    /// How long an upload no build names is kept.
+    pub upload_lifetime: Duration,
+    /// The largest upload, whatever the tier's room.
+    pub max_upload_bytes: u64,
     /// Export traces to this OTLP/HTTP collector.
     pub otlp_endpoint: Option<String>,
     /// Connections and request heads: what a client may hold.
@@ -400,7 +404,13 @@ pub async fn serve(opts: Options) -> Result<()> {
         runner,
         trust_tenant_header: opts.trust_tenant_header,
         allow_private_webhooks: opts.allow_private_webhooks,
+        uploads: crate::upload_rules::Uploads {
+            dir: crate::paths::DataDir(opts.data_dir.clone()).uploads(),
+            lifetime: opts.upload_lifetime,
+            max_bytes: opts.max_upload_bytes,
+        },
     });
+    tokio::spawn(crate::upload::sweep(api.clone()));
     let listener =
         listen(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
     tracing::info!(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use builderd_build::StepNetwork;
+use builderd_build::{ArchiveLimits, StepNetwork};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -29,6 +29,8 @@ pub struct Limits {
     pub step_cpus: u32,
     pub step_processes: u64,
     pub step_network: StepNetwork,
+    /// What an archive source may hold (docs/archives.md).
+    pub archive: ArchiveLimits,
 }
 
 const GIB: u64 = 1 << 30;
@@ -62,7 +64,21 @@ impl Tier {
             Tier::Enterprise => (2, 1024, StepNetwork::Egress),
             Tier::Dedicated => (4, 2048, StepNetwork::Egress),
         };
+        // Uncompressed bytes, entries, one file's bytes; depth and ratio
+        // as builderd's defaults.
+        let (archive_bytes, archive_entries, archive_entry) = match self {
+            Tier::Free => (GIB, 100_000, GIB / 2),
+            Tier::Pro => (4 * GIB, 500_000, 2 * GIB),
+            Tier::Enterprise => (16 * GIB, 1_000_000, 8 * GIB),
+            Tier::Dedicated => (64 * GIB, 2_000_000, 16 * GIB),
+        };
         Limits {
+            archive: ArchiveLimits {
+                max_bytes: archive_bytes,
+                max_entries: archive_entries,
+                max_entry_bytes: archive_entry,
+                ..ArchiveLimits::default()
+            },
             concurrent_builds,
             daily_builds,
             build_timeout: Duration::from_secs(minutes * 60),

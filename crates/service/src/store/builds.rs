@@ -43,12 +43,7 @@ impl Store {
                 b.daily_limit
             )));
         }
-        let used: i64 = row(
-            &tx,
-            "SELECT COALESCE(SUM(artifact_bytes), 0) FROM builds WHERE tenant_id = ?1",
-            [b.tenant_id],
-            |r| r.get(0),
-        )?;
+        let used = super::uploads::storage_used(&tx, b.tenant_id)?;
         if used as u64 >= b.storage_limit {
             return Err(StoreError::Conflict(format!(
                 "storage quota used up: {used} of {} bytes; delete builds to free space",
@@ -383,19 +378,19 @@ impl Store {
             .map(|s| format!("'{}'", s.name()))
             .collect();
         self.read(|c| {
-            let (running, queued, storage_bytes) = row(
+            let (running, queued) = row(
                 c,
                 &format!(
                     "SELECT
                    COALESCE(SUM(state IN ({})), 0),
-                   COALESCE(SUM(state = 'QUEUED'), 0),
-                   COALESCE(SUM(artifact_bytes), 0)
+                   COALESCE(SUM(state = 'QUEUED'), 0)
                  FROM builds WHERE tenant_id = ?1",
                     active.join(",")
                 ),
                 params![tenant_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
+            let storage_bytes = super::uploads::storage_used(c, tenant_id)?;
             Ok(TenantUsage {
                 running,
                 queued,

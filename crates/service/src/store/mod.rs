@@ -27,6 +27,7 @@ mod retention;
 mod rows;
 mod sql;
 mod tenants;
+mod uploads;
 
 pub use keys::KeyInfo;
 pub use observe::Transition;
@@ -38,6 +39,7 @@ pub use rows::{
 };
 pub use sql::now_ms;
 pub(crate) use sql::{day_start_ms, exec, row};
+pub use uploads::Upload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -180,6 +182,15 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(next_ms)
     WHERE delivered_ms IS NULL AND failed_ms IS NULL;
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    size_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads(expires_ms);
 CREATE TABLE IF NOT EXISTS daily_creations (
     tenant_id TEXT NOT NULL,
     day_ms INTEGER NOT NULL,

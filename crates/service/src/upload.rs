@@ -1,0 +1,176 @@
+//! `PUT /builder.v1.BuilderService/UploadArchive`: a tenant's archive as a
+//! streamed body, written to `uploads/TENANT/ID` as it arrives (never held
+//! in memory), hashed, bounded by the room left in the tenant's storage
+//! quota and the operator's upload limit, and abandoned when the client
+//! stalls. It answers the upload's id (for `upload://ID` in CreateBuild)
+//! and the body's sha256. An upload is its tenant's alone (another tenant's
+//! id is `not_found`), counts in its storage, and goes once unused for the
+//! server's upload lifetime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::header;
+use connectrpc::ConnectError;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::api::Api;
+use crate::store::{now_ms, StoreError, Upload};
+use crate::upload_rules::new_id;
+
+/// A client that sends nothing for this long loses its upload.
+const STALL: Duration = Duration::from_secs(60);
+/// Uploads expired in one sweep.
+const BATCH: i64 = 100;
+
+/// Receives the upload `req` carries, for its tenant.
+pub async fn receive(api: &Api, req: Request) -> Result<Upload, ConnectError> {
+    let tenant = api.caller(req.headers())?;
+    let uploads = &api.uploads;
+    let limit = tenant.tier.limits().storage_bytes;
+    let used = api
+        .store
+        .usage(&tenant.id)
+        .map_err(|e| ConnectError::internal(e.to_string()))?
+        .storage_bytes
+        .max(0) as u64;
+    let room = limit.saturating_sub(used).min(uploads.max_bytes);
+    let too_big = |size: u64| {
+        ConnectError::resource_exhausted(format!(
+            "the upload ({size} bytes or more) does not fit: the tier {} has {room} bytes of its \
+             storage quota left ({used} of {limit} used), and uploads are at most {} bytes",
+            tenant.tier.name(),
+            uploads.max_bytes
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|&s| s > room) {
+        return Err(too_big(size));
+    }
+    let id = new_id();
+    let dir = uploads.dir.join(&tenant.id);
+    std::fs::create_dir_all(&dir).map_err(|e| ConnectError::internal(format!("uploads: {e}")))?;
+    let part = dir.join(format!(".{id}.part"));
+    let written = write_body(req, &part, room).await;
+    let (size, sha256) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(match e {
+                BodyError::TooBig(n) => too_big(n),
+                BodyError::Stalled => ConnectError::deadline_exceeded(format!(
+                    "the upload sent nothing for {}s: abandoned",
+                    STALL.as_secs()
+                )),
+                BodyError::Client(m) => ConnectError::invalid_argument(format!("the upload: {m}")),
+                BodyError::Disk(e) => ConnectError::unavailable(format!("writing the upload: {e}")),
+            });
+        }
+    };
+    let upload = Upload {
+        id: id.clone(),
+        tenant_id: tenant.id.clone(),
+        size_bytes: size as i64,
+        sha256,
+        created_ms: now_ms(),
+        expires_ms: uploads.expiry(),
+    };
+    let file = uploads.file(&tenant.id, &id);
+    let recorded = std::fs::rename(&part, &file)
+        .map_err(|e| ConnectError::internal(format!("uploads: {e}")))
+        .and_then(|()| {
+            api.store
+                .insert_upload(&upload, limit)
+                .map_err(|e| match e {
+                    StoreError::Conflict(m) => ConnectError::resource_exhausted(m),
+                    e => ConnectError::internal(e.to_string()),
+                })
+        });
+    if let Err(e) = recorded {
+        let _ = std::fs::remove_file(&part);
+        let _ = std::fs::remove_file(&file);
+        return Err(e);
+    }
+    Ok(upload)
+}
+
+enum BodyError {
+    TooBig(u64),
+    Stalled,
+    Client(String),
+    Disk(std::io::Error),
+}
+
+/// Streams the body into `path` (0600, synced); answers its size and sha256.
+async fn write_body(
+    req: Request,
+    path: &std::path::Path,
+    room: u64,
+) -> Result<(u64, String), BodyError> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(BodyError::Disk)?;
+    let mut body = req.into_body().into_data_stream();
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        let chunk = match tokio::time::timeout(STALL, body.next()).await {
+            Err(_) => return Err(BodyError::Stalled),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Client(e.to_string())),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        size += chunk.len() as u64;
+        if size > room {
+            return Err(BodyError::TooBig(size));
+        }
+        hash.update(&chunk);
+        file.write_all(&chunk).await.map_err(BodyError::Disk)?;
+    }
+    file.sync_all().await.map_err(BodyError::Disk)?;
+    Ok((size, format!("{:x}", hash.finalize())))
+}
+
+/// Deletes expired uploads for ever, every minute.
+pub async fn sweep(api: Arc<Api>) {
+    loop {
+        let this = api.clone();
+        let swept = tokio::task::spawn_blocking(move || sweep_once(&this)).await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(uploads = n, "expired uploads deleted"),
+            Ok(Err(e)) => tracing::error!(error = %e, "deleting expired uploads"),
+            Err(e) => tracing::error!(error = %e, "deleting expired uploads"),
+        }
+        tokio::time::sleep(Duration::from_secs(60).min(api.uploads.lifetime)).await;
+    }
+}
+
+fn sweep_once(api: &Api) -> anyhow::Result<usize> {
+    let mut n = 0;
+    loop {
+        let expired = api.store.expired_uploads(BATCH)?;
+        for (tenant, id) in &expired {
+            match std::fs::remove_file(api.uploads.file(tenant, id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    anyhow::bail!("upload {id}: {e}")
+                }
+                _ => api.store.delete_upload(id)?,
+            }
+        }
+        n += expired.len();
+        if (expired.len() as i64) < BATCH {
+            return Ok(n);
+        }
+    }
+}
