@@ -84,6 +84,8 @@ pub struct ArchiveOptions {
     /// Where the archive's files go in the image, its working directory;
     /// None: `/app`.
     pub output_path: Option<String>,
+    /// An archive named by URL is fetched from public addresses only.
+    pub public_only: bool,
 }
 
 /// What an archive may hold (docs/archives.md).

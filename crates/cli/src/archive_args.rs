@@ -50,7 +50,8 @@ pub struct ArchiveArgs {
 }
 
 impl ArchiveArgs {
-    pub fn options(&self) -> ArchiveOptions {
+    /// `public_only`: an archive named by URL comes from public addresses.
+    pub fn options(&self, public_only: bool) -> ArchiveOptions {
         ArchiveOptions {
             format: self.archive_type.clone(),
             limits: ArchiveLimits {
@@ -65,6 +66,7 @@ impl ArchiveArgs {
             build_script: self.build_script.clone(),
             dependencies: self.dependencies.clone(),
             output_path: self.output_path.clone(),
+            public_only,
         }
     }
 }

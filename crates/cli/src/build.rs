@@ -30,7 +30,8 @@ pub struct Args {
     /// HEAD): git+https://HOST/PATH, git+ssh://[USER@]HOST/PATH,
     /// git+http:// and git:// (loopback or --insecure-git-host), git:PATH
     /// (on this machine); or an archive built on a runtime's image:
-    /// archive:FILE (zip, tar, tar.gz, tar.xz, tar.zst).
+    /// archive:FILE (zip, tar, tar.gz, tar.xz, tar.zst) or
+    /// archive:https://HOST/PATH[#sha256=HEX].
     #[arg(required_unless_present = "request")]
     source: Option<String>,
     /// The image file to write; its metadata goes to OUT.json.
@@ -142,7 +143,7 @@ impl Args {
             git: self.project.git(self.public_only),
             policy: self.policy.options(),
             layers: self.policy.layers(self.cache_dir.as_deref()),
-            archive: self.archive.options(),
+            archive: self.archive.options(self.public_only),
             credentials,
             git_credentials: self.project.git_credentials()?,
         })

@@ -110,6 +110,11 @@ pub struct ServeArgs {
     /// names it starts this again).
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, default_value = "24h")]
     upload_lifetime: Duration,
+    /// Let archive URLs name loopback, private and link-local addresses
+    /// (and plain http on loopback); by default only public ones, over
+    /// https.
+    #[arg(long)]
+    allow_private_archive_urls: bool,
     /// The largest archive upload, whatever the tier's storage room.
     #[arg(long, value_name = "BYTES", value_parser = crate::units::parse_bytes, default_value = "4G")]
     max_upload_bytes: u64,
@@ -200,6 +205,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         metrics_listen: args.metrics_listen,
         retention: args.retention,
         upload_lifetime: args.upload_lifetime,
+        allow_private_archive_urls: args.allow_private_archive_urls,
         max_upload_bytes: args.max_upload_bytes,
         otlp_endpoint: args.otlp_endpoint,
         max_build_memory: args.max_build_memory,

@@ -246,3 +246,82 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn archive_urls_on_loopback_need_the_operator_and_their_pin_must_match() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    let base = busybox_image(&reg, dir.path(), "web", json!({"Env": ["PATH=/bin"]}), true);
+    let table = dir.path().join("base-images.json");
+    std::fs::write(&table, json!({"static": {"default": base}}).to_string()).unwrap();
+    let files = dir.path().join("served");
+    std::fs::create_dir_all(files.join("site")).unwrap();
+    std::fs::write(files.join("site/index.html"), "<h1>fetched</h1>\n").unwrap();
+    run(Command::new("tar")
+        .args(["-czf", "site.tar.gz", "-C", "site", "."])
+        .current_dir(&files));
+    let sha = common::server::sha256_hex(&std::fs::read(files.join("site.tar.gz")).unwrap());
+    let port = common::server::free_port();
+    let mut http = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(&files)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/site.tar.gz");
+    let config = |url: &str| {
+        json!({"config": {
+            "source": {"archive": {"archive_url": url}},
+            "strategy": {"archive_strategy": {"runtime": "static"}},
+        }})
+    };
+    // By default: refused at CreateBuild, naming the operator's switch.
+    let strict = Server::start(
+        &dir.path().join("strict"),
+        &["--base-images", table.to_str().unwrap()],
+    );
+    let key = strict.tenant("acme", "pro");
+    let a = strict.call("CreateBuild", Some(&key), &[], &config(&url).to_string());
+    let said = String::from_utf8_lossy(&a.body).to_string();
+    assert_eq!(a.status, 400, "{said}");
+    assert!(said.contains("--allow-private-archive-urls"), "{said}");
+    drop(strict);
+    // Allowed: fetched, its pin checked.
+    let open = Server::start(
+        &dir.path().join("open"),
+        &[
+            "--base-images",
+            table.to_str().unwrap(),
+            "--allow-private-archive-urls",
+        ],
+    );
+    let key = open.tenant("acme", "pro");
+    let done = open.finished(&key, &config(&format!("{url}#sha256={sha}")));
+    assert_eq!(done["state"], "BUILD_STATE_COMPLETED", "{done}");
+    let image = download_and_check(&open, &key, done["buildId"].as_str().unwrap(), dir.path());
+    let out = dir.path().join("fetched.ext4");
+    std::fs::write(&out, image).unwrap();
+    e2fsck(&out);
+    assert_eq!(
+        common::projects::debugfs_cat(&out, "/app/index.html"),
+        "<h1>fetched</h1>\n"
+    );
+    let wrong = "0".repeat(64);
+    let failed = open.finished(&key, &config(&format!("{url}#sha256={wrong}")));
+    assert_eq!(failed["state"], "BUILD_STATE_FAILED", "{failed}");
+    assert!(
+        failed
+            .to_string()
+            .contains(&format!("not the {wrong} its URL pins")),
+        "{failed}"
+    );
+    let _ = http.kill();
+    let _ = http.wait();
+}

@@ -408,20 +408,30 @@ impl BuilderService for Api {
         }
         let job = job::job(&config, &self.runner.retry_defaults)?;
         self.check_source_host(&job).await?;
-        if let Some(archive) = &job.archive {
+        if let Some(upload) = job.archive.as_ref().and_then(|a| a.upload.as_ref()) {
             // The upload is the caller's, and kept while the build waits.
             let expires = crate::store::now_ms() + self.uploads.lifetime.as_millis() as i64;
             self.store
-                .use_upload(&tenant.id, &archive.upload, expires)
+                .use_upload(&tenant.id, upload, expires)
                 .map_err(internal)?
                 .ok_or_else(|| {
                     ConnectError::not_found(format!(
-                        "config.source.archive.archive_url: no upload {} (an upload is its \
+                        "config.source.archive.archive_url: no upload {upload} (an upload is its \
                          tenant's alone, and goes once unused for {})",
-                        archive.upload,
                         humantime::format_duration(self.uploads.lifetime)
                     ))
                 })?;
+        }
+        if let Some(url) = job.archive.as_ref().and_then(|a| a.url.as_ref()) {
+            crate::webhook::check_address(
+                url.split('#').next().unwrap_or(url),
+                self.runner.allow_private_archive_urls,
+                "--allow-private-archive-urls",
+            )
+            .await
+            .map_err(|e| {
+                ConnectError::invalid_argument(format!("config.source.archive.archive_url: {e}"))
+            })?;
         }
         let secrets = job::secrets(&config)?;
         if let Some(w) = config.webhook.as_option().filter(|w| !w.url.is_empty()) {

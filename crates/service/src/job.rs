@@ -92,8 +92,10 @@ pub struct GitJob {
 /// An archive source and its strategy (`archive_strategy`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ArchiveJob {
-    /// The upload's id.
-    pub upload: String,
+    /// The upload's id, or else
+    pub upload: Option<String>,
+    /// the URL it is fetched from (with its `#sha256=` pin, if any).
+    pub url: Option<String>,
     pub archive_type: Option<String>,
     pub build_context: Option<String>,
     pub build_script: Option<String>,
@@ -300,23 +302,23 @@ fn archive_source(
 ) -> Result<(), Refusal> {
     let field = "config.source.archive";
     let url = a.archive_url.trim();
-    let upload = match url.strip_prefix("upload://") {
-        Some(id) if crate::upload_rules::is_id(id) => id.to_string(),
+    let (upload, fetched) = match url.strip_prefix("upload://") {
+        Some(id) if crate::upload_rules::is_id(id) => (Some(id.to_string()), None),
         Some(_) => {
             return Err(Refusal::Invalid(format!(
                 "{field}.archive_url: {url:?} is not an upload's id (UploadArchive answers one)"
             )))
         }
-        None if url.starts_with("https://") || url.starts_with("http://") => {
-            return Err(unimplemented(
-                &format!("{field}.archive_url"),
-                "fetching an archive from a URL (upload it with UploadArchive and give \
-                 upload://ID)",
-            ))
+        None if (url.starts_with("https://") || url.starts_with("http://"))
+            && url.len() <= 4096
+            && !url.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
+            (None, Some(url.to_string()))
         }
         None => {
             return Err(Refusal::Invalid(format!(
-                "{field}.archive_url: give upload://ID (UploadArchive answers the id)"
+                "{field}.archive_url: give upload://ID (UploadArchive answers the id) or an \
+                 https:// URL (#sha256=HEX pins its content)"
             )))
         }
     };
@@ -337,10 +339,11 @@ fn archive_source(
             )))
         }
     };
-    job.image = format!("upload://{upload}");
+    job.image = url.to_string();
     job.source_type = "archive";
     job.archive = Some(ArchiveJob {
         upload,
+        url: fetched,
         archive_type,
         build_context,
         ..ArchiveJob::default()
@@ -823,11 +826,11 @@ mod tests {
         let a = taken.archive.unwrap();
         assert_eq!(
             (
-                a.upload.as_str(),
+                a.upload.as_deref(),
                 a.archive_type.as_deref(),
                 a.build_context.as_deref()
             ),
-            (id.as_str(), Some("tar.xz"), Some("apps/web"))
+            (Some(id.as_str()), Some("tar.xz"), Some("apps/web"))
         );
         assert_eq!(a.runtime.as_deref(), Some("node"));
         assert_eq!(a.dependencies, ["package.json"]);
@@ -867,10 +870,18 @@ mod tests {
                 other => panic!("{what}: {other:?}"),
             }
         }
-        assert!(matches!(
-            refused(json!({"archive_url": "https://example.com/a.zip"}), json!({})),
-            Refusal::Unimplemented(m) if m.contains("URL")
-        ));
+        let fetched = job(
+            &config(
+                json!({"archive_url": "https://example.com/a.zip#sha256=00"}),
+                json!({}),
+            ),
+            &default_retry_policy(),
+        )
+        .unwrap();
+        assert_eq!(
+            fetched.archive.unwrap().url.as_deref(),
+            Some("https://example.com/a.zip#sha256=00")
+        );
         assert!(matches!(
             refused(
                 upload,

@@ -68,6 +68,9 @@ pub struct Runner {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What Git sources may reach.
     pub git: GitPolicy,
+    /// Archive URLs may name loopback and private addresses (and plain
+    /// http on loopback).
+    pub allow_private_archive_urls: bool,
     /// Opens the builds' sealed secrets.
     pub sealer: Arc<crate::sealed::Sealer>,
 }
@@ -175,7 +178,10 @@ impl Runner {
         };
         BuildRequest {
             source: match &job.archive {
-                Some(_) => format!("archive:{}", work.join(ARCHIVE).display()),
+                Some(a) => match &a.url {
+                    Some(url) => format!("archive:{url}"),
+                    None => format!("archive:{}", work.join(ARCHIVE).display()),
+                },
                 None => job.image.clone(),
             },
             output: work.join(ARTIFACT),
@@ -238,6 +244,7 @@ impl Runner {
                     build_script: a.build_script.clone(),
                     dependencies: a.dependencies.clone(),
                     output_path: a.output_path.clone(),
+                    public_only: !self.allow_private_archive_urls,
                 },
                 None => ArchiveOptions::default(),
             },
@@ -500,8 +507,8 @@ impl Runner {
                 .map_err(|e| RunError::resource(format!("the build's cgroup: {e}")))?,
         );
         let steps = self.steps(job, &build.tenant_id, &limits, bounds.memory_bytes);
-        if let Some(archive) = &job.archive {
-            self.link_upload(&build.tenant_id, &archive.upload, work)?;
+        if let Some(upload) = job.archive.as_ref().and_then(|a| a.upload.as_ref()) {
+            self.link_upload(&build.tenant_id, upload, work)?;
         }
         let request = work.join(REQUEST);
         let room = Room {
@@ -1034,6 +1041,7 @@ mod tests {
             retry_defaults: crate::job::default_retry_policy(),
             steps_network: None,
             git: GitPolicy::default(),
+            allow_private_archive_urls: false,
             sealer: Arc::new(
                 crate::sealed::Sealer::open_or_create(&data.join("secrets.key")).unwrap(),
             ),

@@ -54,6 +54,8 @@ pub struct Options {
     pub retention: Option<Duration>,
     /// How long an upload no build names is kept.
     pub upload_lifetime: Duration,
+    /// Archive URLs may name loopback and private addresses.
+    pub allow_private_archive_urls: bool,
     /// The largest upload, whatever the tier's room.
     pub max_upload_bytes: u64,
     /// Export traces to this OTLP/HTTP collector.
@@ -370,6 +372,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         allow_private_registries: opts.allow_private_registries,
         retry_defaults: opts.retry_defaults.clone(),
         git: opts.git.clone(),
+        allow_private_archive_urls: opts.allow_private_archive_urls,
         sealer: Arc::new(
             crate::sealed::Sealer::open_or_create(&opts.data_dir.join("secrets.key"))
                 .context("the data directory's secrets.key")?,

@@ -66,8 +66,19 @@ fn policy(allow_private: bool) -> builderd_net::Outbound {
 /// Checks a webhook URL: http or https, a host, and unless `allow_private`,
 /// only public addresses for it.
 pub async fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
+    check_address(url, allow_private, "--allow-private-webhooks").await
+}
+
+/// Checks a URL the server will fetch for a tenant (a webhook, an
+/// archive): http or https, a host, and unless `allow_private` (the
+/// operator's `opt_in`), only public addresses for it.
+pub async fn check_address(
+    url: &str,
+    allow_private: bool,
+    opt_in: &'static str,
+) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    let policy = policy(allow_private);
+    let policy = builderd_net::Outbound::new(allow_private, opt_in);
     policy.check_url(&parsed).map_err(|e| e.to_string())?;
     let host = parsed.host_str().unwrap_or_default();
     let port = parsed.port_or_known_default().unwrap_or(80);

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use super::archive_fetch;
 use super::archive_plan::{self, Plan};
 use super::base_images::BaseImages;
 use crate::error::SourceError;
@@ -66,7 +67,6 @@ impl Unpacked {
 pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result<Unpacked> {
     let started = Instant::now();
     reporter.report(Event::Stage(Stage::Downloading));
-    let path = Path::new(file);
     if file.is_empty() {
         return Err(SourceError("archive: names no file".into()).into());
     }
@@ -84,6 +84,27 @@ pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result
                 req.output.display()
             )
         })?;
+    let downloaded = dir.path().join("download");
+    let path = match archive_fetch::is_url(file) {
+        true => {
+            let bytes = archive_fetch::fetch(
+                file,
+                &downloaded,
+                req.archive.limits.max_bytes,
+                req.archive.public_only,
+            )?;
+            event::info(
+                reporter,
+                format!(
+                    "{}: fetched {bytes} bytes in {:.1}s",
+                    file.split('#').next().unwrap_or(file),
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+            downloaded.as_path()
+        }
+        false => Path::new(file),
+    };
     let root = dir.path().join("files");
     std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
     let declared = req

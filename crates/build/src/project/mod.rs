@@ -8,6 +8,7 @@
 
 mod access;
 pub mod archive;
+mod archive_fetch;
 mod archive_plan;
 mod base_images;
 mod detect;
