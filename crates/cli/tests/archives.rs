@@ -241,28 +241,8 @@ fn node_and_python_apps_from_archives_install_build_and_boot() {
     let reg = TestRegistry::start(None);
     let base = node_python_base(&reg, dir.path());
     let index = PackageIndex::start(dir.path());
-    index.publish_npm(
-        "builderd-greeting",
-        "1.0.0",
-        &[(
-            "index.js",
-            "module.exports = (who) => `hello ${who} from builderd-greeting`;\n",
-        )],
-    );
-    index.add_wheel(
-        "builderd-greeting",
-        "1.0.0",
-        "builderd_greeting",
-        "def hello(who):\n    return f'hello {who} from builderd_greeting'\n",
-    );
-    let table = dir.path().join("base-images.json");
-    std::fs::write(
-        &table,
-        json!({"node": {"18": base, "default": base},
-               "python": {"3.11": base, "default": base}})
-        .to_string(),
-    )
-    .unwrap();
+    index.publish_greetings();
+    let table = index.base_images(&base);
     let node = dir.path().join("node-app");
     tree(
         &node,
@@ -306,21 +286,8 @@ fn node_and_python_apps_from_archives_install_build_and_boot() {
     run(Command::new("tar")
         .args(["-cJf", "../python-app.tar.xz", "."])
         .current_dir(&python));
-    let mut args: Vec<String> = [
-        "--steps-dir",
-        &dir.path().join("steps").display().to_string(),
-        "--base-images",
-        &table.display().to_string(),
-        "--network",
-        "egress",
-        "--cache-dependencies",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for arg in index.build_args() {
-        args.extend(["--build-arg".to_string(), arg]);
-    }
+    let mut args = index.build_options(&dir.path().join("steps"), &table);
+    args.push("--cache-dependencies".into());
     for (archive, runtime, version, expected, code) in [
         (
             "node-app.zip",

@@ -15,7 +15,6 @@ use common::package_index::PackageIndex;
 use common::projects::{boot, debugfs_cat, metadata};
 use common::registry::TestRegistry;
 use common::*;
-use serde_json::json;
 
 /// Writes `files` into `dir`; answers the project's source.
 fn project(dir: &Path, files: &[(&str, &str)]) -> String {
@@ -37,42 +36,9 @@ fn node_and_python_apps_install_from_a_package_index_and_boot() {
     let reg = TestRegistry::start(None);
     let base = node_python_base(&reg, dir.path());
     let index = PackageIndex::start(dir.path());
-    index.publish_npm(
-        "builderd-greeting",
-        "1.0.0",
-        &[(
-            "index.js",
-            "module.exports = (who) => `hello ${who} from builderd-greeting`;\n",
-        )],
-    );
-    index.add_wheel(
-        "builderd-greeting",
-        "1.0.0",
-        "builderd_greeting",
-        "def hello(who):\n    return f'hello {who} from builderd_greeting'\n",
-    );
-    let table = dir.path().join("base-images.json");
-    std::fs::write(
-        &table,
-        json!({"node": {"18": base, "default": base},
-               "python": {"3.11": base, "default": base}})
-        .to_string(),
-    )
-    .unwrap();
-    let mut args: Vec<String> = [
-        "--steps-dir",
-        &dir.path().join("steps").display().to_string(),
-        "--base-images",
-        &table.display().to_string(),
-        "--network",
-        "egress",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for arg in index.build_args() {
-        args.extend(["--build-arg".to_string(), arg]);
-    }
+    index.publish_greetings();
+    let table = index.base_images(&base);
+    let args = index.build_options(&dir.path().join("steps"), &table);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     let node = project(

@@ -156,6 +156,57 @@ impl PackageIndex {
         );
     }
 
+    /// builderd-greeting 1.0.0 for npm and PyPI: `hello WHO from
+    /// builderd-greeting` (Node) and `hello WHO from builderd_greeting`.
+    pub fn publish_greetings(&self) {
+        self.publish_npm(
+            "builderd-greeting",
+            "1.0.0",
+            &[(
+                "index.js",
+                "module.exports = (who) => `hello ${who} from builderd-greeting`;\n",
+            )],
+        );
+        self.add_wheel(
+            "builderd-greeting",
+            "1.0.0",
+            "builderd_greeting",
+            "def hello(who):\n    return f'hello {who} from builderd_greeting'\n",
+        );
+    }
+
+    /// A base-image table beside the index's files giving `base` for Node
+    /// 18 and Python 3.11 (and as their default); answers its path.
+    pub fn base_images(&self, base: &str) -> std::path::PathBuf {
+        let table = self.dir.join("base-images.json");
+        std::fs::write(
+            &table,
+            serde_json::json!({"node": {"18": base, "default": base},
+                   "python": {"3.11": base, "default": base}})
+            .to_string(),
+        )
+        .unwrap();
+        table
+    }
+
+    /// `builderd build` options for a project installing from this index:
+    /// the step engine's storage `steps`, the base-image table `table`,
+    /// egress, and the index's build args.
+    pub fn build_options(&self, steps: &Path, table: &Path) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--steps-dir".into(),
+            steps.display().to_string(),
+            "--base-images".into(),
+            table.display().to_string(),
+            "--network".into(),
+            "egress".into(),
+        ];
+        for arg in self.build_args() {
+            args.extend(["--build-arg".to_string(), arg]);
+        }
+        args
+    }
+
     /// Adds the wheel of the Python module `module` (`name` `version`).
     pub fn add_wheel(&self, name: &str, version: &str, module: &str, text: &str) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mkwheel.py");
