@@ -22,9 +22,9 @@ const CHUNK: usize = 256 << 10;
 const MAX_NOTICES: u64 = 20;
 
 /// What an extraction wrote.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Extracted {
-    pub format: Option<Format>,
+    pub format: Format,
     /// sha256 of the archive's bytes.
     pub sha256: String,
     pub archive_bytes: u64,
@@ -91,10 +91,18 @@ impl<'a> Extraction<'a> {
             notice,
             notices: 0,
             done: Extracted {
-                format: Some(format),
+                format,
                 sha256,
                 archive_bytes,
-                ..Extracted::default()
+                entries: 0,
+                files: 0,
+                dirs: 0,
+                symlinks: 0,
+                hard_links: 0,
+                bytes: 0,
+                dropped: 0,
+                bits_cleared: 0,
+                newest_mtime: 0,
             },
         })
     }
@@ -108,6 +116,7 @@ impl<'a> Extraction<'a> {
 
     pub fn dir(&mut self, path: Vec<u8>, stamp: Stamp) -> Result<(), Error> {
         self.seen.check(&path, Kind::Dir)?;
+        self.count_parents(&path)?;
         self.to.parents(&path).map_err(|e| write_err(&path, e))?;
         self.to.mkdir(&path).map_err(|e| write_err(&path, e))?;
         let implied = self.seen.add(&path, Kind::Dir);
@@ -132,6 +141,7 @@ impl<'a> Extraction<'a> {
         fill: impl FnOnce(&mut FileSink<'_>) -> Result<(), Error>,
     ) -> Result<(), Error> {
         self.seen.check(&path, Kind::File)?;
+        self.count_parents(&path)?;
         self.budget.declared(&path, declared)?;
         self.to.parents(&path).map_err(|e| write_err(&path, e))?;
         let file = self.to.create(&path).map_err(|e| write_err(&path, e))?;
@@ -180,6 +190,7 @@ impl<'a> Extraction<'a> {
     }
 
     pub fn symlink(&mut self, path: Vec<u8>, target: &[u8], stamp: Stamp) -> Result<(), Error> {
+        self.count_parents(&path)?;
         let implied = self.seen.symlink(&path, target)?;
         self.implied.extend(implied);
         self.to.parents(&path).map_err(|e| write_err(&path, e))?;
@@ -207,6 +218,7 @@ impl<'a> Extraction<'a> {
             .flatten()
             .ok_or_else(outside)?;
         self.seen.hard_link(&path, &target)?;
+        self.count_parents(&path)?;
         self.to.parents(&path).map_err(|e| write_err(&path, e))?;
         self.to
             .hard_link(&target, &path)
@@ -217,13 +229,23 @@ impl<'a> Extraction<'a> {
         Ok(())
     }
 
-    /// A zip inside the archive: never unpacked here, but one that would
-    /// unpack past the limits (a nested bomb) is refused, so that nothing
-    /// after (a build script's `unzip`) unpacks it either.
+    /// A zip inside the archive: never unpacked here, but one whose own
+    /// headers say it unpacks past the limits (a nested bomb, one level
+    /// down) is refused, so that a build script's `unzip` does not meet it.
     fn nested(&self, path: &[u8], file: &File, held: u64) -> Result<(), Error> {
         let limits = &self.budget.limits;
-        let Some(total) = crate::zip_end::nested_size(file, limits.max_entries) else {
-            return Ok(());
+        let total = match crate::zip_end::nested_size(file, limits.max_entries) {
+            crate::zip_end::Nested::Unreadable => return Ok(()),
+            crate::zip_end::Nested::TooMany(n) => {
+                return Err(Error::entry(
+                    path,
+                    format!(
+                        "is a zip of {n} entries (its own headers say): an archive inside the \
+                         archive past the max_entries limit is refused"
+                    ),
+                ))
+            }
+            crate::zip_end::Nested::Unpacks(total) => total,
         };
         let ratio = total / held.max(1);
         if total > limits.max_bytes || (total > crate::RATIO_FLOOR && ratio >= limits.max_ratio) {
@@ -235,6 +257,15 @@ impl<'a> Extraction<'a> {
                      max_bytes limit is refused"
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Counts the directories `path` implies, which no entry made yet,
+    /// as entries: a deep name is not a way around `max_entries`.
+    fn count_parents(&mut self, path: &[u8]) -> Result<(), Error> {
+        for _ in 0..self.seen.missing_parents(path) {
+            self.budget.entry(path)?;
         }
         Ok(())
     }
@@ -334,8 +365,11 @@ pub(crate) struct FileSink<'a> {
 
 impl FileSink<'_> {
     pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        if self.held == 0 && self.first.is_empty() {
-            self.first = data[..data.len().min(4)].to_vec();
+        // Its first four bytes, however the reader splits its writes (a
+        // hole first leaves them zeros: not a zip).
+        if self.first.len() < 4 && self.held == self.first.len() as u64 {
+            let want = (4 - self.first.len()).min(data.len());
+            self.first.extend_from_slice(&data[..want]);
         }
         self.count(data.len() as u64)?;
         self.file

@@ -44,11 +44,6 @@ impl Error {
                 .unwrap_or_default(),
         }
     }
-
-    /// Whether the archive is at fault (a refusal), not the machine.
-    pub fn is_refusal(&self) -> bool {
-        !matches!(self, Error::Write(_))
-    }
 }
 
 /// An entry's name as an error shows it: quoted, with anything unprintable

@@ -26,4 +26,4 @@ pub use entries::Extracted;
 pub use error::Error;
 pub use extract::{extract, Options};
 pub use format::Format;
-pub use limits::{Limits, RATIO_FLOOR};
+pub use limits::{Limits, MAX_NAME_BYTES, RATIO_FLOOR};

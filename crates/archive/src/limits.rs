@@ -5,6 +5,10 @@
 
 use crate::Error;
 
+/// The bytes of all names kept while extracting (to hold links inside the
+/// tree): memory, whatever the names' lengths.
+pub const MAX_NAME_BYTES: u64 = 256 << 20;
+
 /// Output below this is never refused for its ratio: a small file of zeros
 /// compresses a thousandfold and is no bomb.
 pub const RATIO_FLOOR: u64 = 16 << 20;
@@ -40,6 +44,8 @@ pub(crate) struct Budget {
     pub limits: Limits,
     pub entries: u64,
     pub bytes: u64,
+    /// Bytes of the names kept.
+    names: u64,
 }
 
 impl Budget {
@@ -48,12 +54,21 @@ impl Budget {
             limits,
             entries: 0,
             bytes: 0,
+            names: 0,
         }
     }
 
-    /// One more entry, named `name`.
+    /// One more entry, named `name` (a directory it implies is one too).
     pub fn entry(&mut self, name: &[u8]) -> Result<(), Error> {
         self.entries += 1;
+        self.names += name.len() as u64;
+        if self.names > MAX_NAME_BYTES {
+            return Err(Error::limit(
+                "name bytes",
+                format!("{MAX_NAME_BYTES} bytes of names"),
+                Some(name),
+            ));
+        }
         if self.entries > self.limits.max_entries {
             return Err(Error::limit(
                 "max_entries",

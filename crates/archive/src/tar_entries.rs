@@ -86,7 +86,7 @@ fn from_reader(e: builderd_import::Error) -> Error {
             None => Error::Archive(format!("{path}: cannot be read")),
         },
         builderd_import::Error::Invalid { path, reason } => Error::Entry {
-            entry: format!("{path:?}"),
+            entry: crate::error::shown(path.as_bytes()),
             rule: reason,
         },
         builderd_import::Error::Ext4(e) => Error::Archive(e.to_string()),

@@ -11,20 +11,39 @@ use zip::ZipArchive;
 
 use crate::Error;
 
-/// What a zip written out as a file of the archive declares it unpacks to
-/// (its central directory's sizes, read without unpacking anything); None
-/// if it is not a zip that reads, or holds more entries than `max_entries`.
-pub(crate) fn nested_size(file: &File, max_entries: u64) -> Option<u64> {
-    let size = file.metadata().ok()?.len();
-    if declared_entries(file, size).ok()? > max_entries {
-        return None;
+/// What a zip inside the archive declares.
+pub(crate) enum Nested {
+    /// Not a zip that reads: an ordinary file that starts as one.
+    Unreadable,
+    /// More entries than the limit.
+    TooMany(u64),
+    /// Its entries' sizes, added up.
+    Unpacks(u64),
+}
+
+/// What a zip written out as a file of the archive declares (its end
+/// record's count, then its central directory's sizes, read without
+/// unpacking anything).
+pub(crate) fn nested_size(file: &File, max_entries: u64) -> Nested {
+    let Ok(size) = file.metadata().map(|m| m.len()) else {
+        return Nested::Unreadable;
+    };
+    match declared_entries(file, size) {
+        Ok(n) if n > max_entries => return Nested::TooMany(n),
+        Ok(_) => {}
+        Err(_) => return Nested::Unreadable,
     }
-    let mut zip = ZipArchive::new(BufReader::new(file)).ok()?;
+    let Ok(mut zip) = ZipArchive::new(BufReader::new(file)) else {
+        return Nested::Unreadable;
+    };
     let mut total = 0u64;
     for i in 0..zip.len() {
-        total = total.saturating_add(zip.by_index_raw(i).ok()?.size());
+        match zip.by_index_raw(i) {
+            Ok(entry) => total = total.saturating_add(entry.size()),
+            Err(_) => return Nested::Unreadable,
+        }
     }
-    Some(total)
+    Nested::Unpacks(total)
 }
 
 /// The entry count the end of central directory record declares (zip64's

@@ -38,6 +38,15 @@ pub(crate) fn read(file: File, size: u64, x: &mut Extraction<'_>) -> Result<(), 
         .map_err(|e| Error::Archive(format!("not a zip builderd can read: {e}")))?;
     zip.validate_header_consistency()
         .map_err(|e| Error::Archive(format!("the zip's headers do not agree: {e}")))?;
+    // The crate may have read another end record than the last (when the
+    // last does not parse): the count checked must be the one it reads.
+    if zip.len() as u64 != declared {
+        return Err(Error::Archive(format!(
+            "the zip's end records disagree: the last declares {declared} entries, its central \
+             directory holds {}",
+            zip.len()
+        )));
+    }
     for i in 0..zip.len() {
         let (raw, info) = {
             let entry = zip

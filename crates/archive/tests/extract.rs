@@ -11,7 +11,8 @@ use builderd_archive::{extract, Format, Limits, Options};
 
 fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
-    h.set_path(path).unwrap();
+    // Written as given: the tar crate would refuse the hostile ones.
+    h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
     h.set_entry_type(kind);
     h.set_mode(mode);
     h.set_size(size);
@@ -85,7 +86,7 @@ fn modes_times_links_and_what_is_dropped() {
     });
     let (r, told, dest) = run(&archive, Limits::default());
     let done = r.unwrap();
-    assert_eq!(done.format, Some(Format::Tar));
+    assert_eq!(done.format, Format::Tar);
     assert_eq!(
         (done.files, done.hard_links, done.dropped, done.bits_cleared),
         (1, 1, 2, 1)
@@ -159,4 +160,87 @@ fn limits_count_what_is_read_and_name_themselves() {
         },
     );
     assert_eq!(r.unwrap().bytes, 64 << 20);
+}
+
+/// A tar's members: headers and data.
+type Members = Vec<(tar::Header, &'static [u8])>;
+
+#[test]
+fn names_that_aim_at_a_canary_beside_the_root_write_nothing_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let canary = dir.path().join("canary");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&canary).unwrap();
+    let link = |path: &str, kind: tar::EntryType, target: &str| {
+        let mut h = header(path, kind, 0o777, 0);
+        h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        h
+    };
+    let cases: Vec<(&str, Members)> = vec![
+        (
+            "dotdot",
+            vec![(
+                header("../canary/x", tar::EntryType::Regular, 0o644, 1),
+                b"x",
+            )],
+        ),
+        (
+            "inner dotdot",
+            vec![(
+                header("a/../../canary/x", tar::EntryType::Regular, 0o644, 1),
+                b"x",
+            )],
+        ),
+        (
+            "through a link",
+            vec![
+                (link("c", tar::EntryType::Symlink, "../canary"), b""),
+                (header("c/x", tar::EntryType::Regular, 0o644, 1), b"x"),
+            ],
+        ),
+        (
+            "a relative link out, then written through",
+            vec![
+                (header("sub/", tar::EntryType::Directory, 0o755, 0), b""),
+                (link("sub/up", tar::EntryType::Symlink, ".."), b""),
+                (
+                    link("out", tar::EntryType::Symlink, "sub/up/../canary"),
+                    b"",
+                ),
+            ],
+        ),
+        (
+            "a hard link out",
+            vec![(link("h", tar::EntryType::Link, "../canary/y"), b"")],
+        ),
+    ];
+    for (what, members) in cases {
+        let archive = dir.path().join("case.tar");
+        tar_of(&archive, |b| {
+            for (h, data) in members {
+                b.append(&h, data).unwrap();
+            }
+        });
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&root).unwrap();
+        let told = Mutex::new(Vec::new());
+        let notice = |line: String| told.lock().unwrap().push(line);
+        let r = extract(
+            &archive,
+            &root,
+            &Options {
+                declared: None,
+                limits: Limits::default(),
+                notice: &notice,
+            },
+        );
+        assert!(r.is_err(), "{what}: taken");
+        assert_eq!(
+            std::fs::read_dir(&canary).unwrap().count(),
+            0,
+            "{what}: wrote into the canary"
+        );
+    }
 }

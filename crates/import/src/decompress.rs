@@ -5,6 +5,10 @@
 
 use std::io::{self, BufRead, Read};
 
+/// The most memory an xz stream's decoder may take: its dictionary is the
+/// stream's to choose (up to 4 GiB); `xz -9` needs 65 MiB.
+const XZ_MEMORY: u64 = 256 << 20;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
     None,
@@ -38,7 +42,11 @@ pub fn decoder<'a>(
         Compression::None => Box::new(input),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
-        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
+        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_stream(
+            input,
+            liblzma::stream::Stream::new_stream_decoder(XZ_MEMORY, liblzma::stream::CONCATENATED)
+                .map_err(io::Error::other)?,
+        )),
     })
 }
 

@@ -409,7 +409,7 @@ impl BuilderService for Api {
         let job = job::job(&config, &self.runner.retry_defaults)?;
         self.check_source_host(&job).await?;
         if let Some(upload) = job.archive.as_ref().and_then(|a| a.upload.as_ref()) {
-            // The upload is the caller's, and kept while the build waits.
+            // The upload is the caller's; its lifetime starts again.
             let expires = crate::store::now_ms() + self.uploads.lifetime.as_millis() as i64;
             self.store
                 .use_upload(&tenant.id, upload, expires)

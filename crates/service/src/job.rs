@@ -309,7 +309,7 @@ fn archive_source(
                 "{field}.archive_url: {url:?} is not an upload's id (UploadArchive answers one)"
             )))
         }
-        None if (url.starts_with("https://") || url.starts_with("http://"))
+        None if (url.starts_with("https://") || plain_http_to_loopback(url))
             && url.len() <= 4096
             && !url.chars().any(|c| c.is_control() || c.is_whitespace()) =>
         {
@@ -379,6 +379,24 @@ fn archive_strategy(
         )));
     }
     Ok(())
+}
+
+/// `http://` to a loopback address: the only plain http an archive URL may
+/// use (and only where the operator allows private addresses).
+fn plain_http_to_loopback(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '#', '?']).next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A plain relative path: no `..`, no leading `/`, printable.
@@ -869,6 +887,13 @@ mod tests {
                 Refusal::Invalid(m) => assert!(m.contains(what), "{what}: {m}"),
                 other => panic!("{what}: {other:?}"),
             }
+        }
+        match refused(
+            json!({"archive_url": "http://example.com/a.zip"}),
+            json!({}),
+        ) {
+            Refusal::Invalid(m) => assert!(m.contains("https://"), "{m}"),
+            other => panic!("{other:?}"),
         }
         let fetched = job(
             &config(

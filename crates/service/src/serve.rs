@@ -411,8 +411,13 @@ pub async fn serve(opts: Options) -> Result<()> {
             dir: crate::paths::DataDir(opts.data_dir.clone()).uploads(),
             lifetime: opts.upload_lifetime,
             max_bytes: opts.max_upload_bytes,
+            in_flight: Default::default(),
         },
     });
+    match crate::upload::sweep_leftovers(&api).context("deleting unfinished uploads")? {
+        0 => {}
+        n => tracing::info!(files = n, "unfinished uploads deleted"),
+    }
     tokio::spawn(crate::upload::sweep(api.clone()));
     let listener =
         listen(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;

@@ -30,6 +30,12 @@ const BATCH: i64 = 100;
 pub async fn receive(api: &Api, req: Request) -> Result<Upload, ConnectError> {
     let tenant = api.caller(req.headers())?;
     let uploads = &api.uploads;
+    let _under_way = uploads.start(&tenant.id).ok_or_else(|| {
+        ConnectError::resource_exhausted(
+            "an upload of this tenant's is under way: one at a time (each is measured against \
+             the storage quota's room)",
+        )
+    })?;
     let limit = tenant.tier.limits().storage_bytes;
     let used = api
         .store
@@ -160,17 +166,47 @@ fn sweep_once(api: &Api) -> anyhow::Result<usize> {
     let mut n = 0;
     loop {
         let expired = api.store.expired_uploads(BATCH)?;
+        let mut deleted = 0;
         for (tenant, id) in &expired {
             match std::fs::remove_file(api.uploads.file(tenant, id)) {
+                // Kept for the next sweep; the others go on.
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    anyhow::bail!("upload {id}: {e}")
+                    tracing::warn!(upload = %id, error = %e, "deleting an expired upload")
                 }
-                _ => api.store.delete_upload(id)?,
+                _ => {
+                    api.store.delete_upload(id)?;
+                    deleted += 1;
+                }
             }
         }
-        n += expired.len();
-        if (expired.len() as i64) < BATCH {
+        n += deleted;
+        if (expired.len() as i64) < BATCH || deleted == 0 {
             return Ok(n);
         }
     }
+}
+
+/// What a server stopped mid-upload left: partial files, and files whose
+/// record was never written. Run before any upload is taken.
+pub fn sweep_leftovers(api: &Api) -> anyhow::Result<usize> {
+    let mut n = 0;
+    let Ok(tenants) = std::fs::read_dir(&api.uploads.dir) else {
+        return Ok(0);
+    };
+    for tenant in tenants {
+        for file in std::fs::read_dir(tenant?.path())? {
+            let path = file?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let left = name.ends_with(".part")
+                || !crate::upload_rules::is_id(name)
+                || !api.store.has_upload(name)?;
+            if left && std::fs::remove_file(&path).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }

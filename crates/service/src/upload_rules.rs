@@ -1,7 +1,9 @@
 //! Where uploads go, how long they are kept, how large they may be, and
 //! what their ids look like.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::store::now_ms;
@@ -15,12 +17,39 @@ pub struct Uploads {
     pub lifetime: Duration,
     /// The largest upload, whatever the tier's room.
     pub max_bytes: u64,
+    /// Tenants with an upload under way: one each at a time, so that the
+    /// room an upload is measured against is not spent twice.
+    pub in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A tenant's upload under way; the tenant may upload again once it drops.
+pub struct Uploading<'a> {
+    of: &'a Mutex<HashSet<String>>,
+    tenant: String,
+}
+
+impl Drop for Uploading<'_> {
+    fn drop(&mut self) {
+        self.of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.tenant);
+    }
 }
 
 impl Uploads {
     /// The upload's file: `uploads/TENANT/ID`.
     pub fn file(&self, tenant: &str, id: &str) -> PathBuf {
         self.dir.join(tenant).join(id)
+    }
+
+    /// Marks `tenant`'s upload under way; None if one already is.
+    pub fn start(&self, tenant: &str) -> Option<Uploading<'_>> {
+        let mut under_way = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        under_way.insert(tenant.to_string()).then(|| Uploading {
+            of: &self.in_flight,
+            tenant: tenant.to_string(),
+        })
     }
 
     /// When an upload made or used now expires.

@@ -136,7 +136,7 @@ pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result
             "{}: a {} archive, sha256 {}: {} entries ({} files, {} directories, {} links), {} \
              bytes, extracted in {:.1}s",
             path.display(),
-            extracted.format.map_or("?", |f| f.name()),
+            extracted.format.name(),
             extracted.sha256,
             extracted.entries,
             extracted.files,
@@ -158,7 +158,7 @@ pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result
     )?;
     let image = plan.image(&bases)?;
     let info = ArchiveInfo {
-        format: extracted.format.map_or("?", |f| f.name()).to_string(),
+        format: extracted.format.name().to_string(),
         sha256: extracted.sha256.clone(),
         archive_bytes: extracted.archive_bytes,
         entries: extracted.entries,

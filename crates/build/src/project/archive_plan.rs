@@ -270,9 +270,11 @@ fn node_install(dir: &Path) -> Install {
 }
 
 fn python_install(file: &str) -> Install {
+    // COPY puts it in the working directory under its own name.
+    let name = file.rsplit('/').next().unwrap_or(file);
     Install {
         files: vec![file.to_string()],
-        command: format!("python3 -m venv /opt/venv && /opt/venv/bin/pip install -r {file}"),
+        command: format!("python3 -m venv /opt/venv && /opt/venv/bin/pip install -r {name}"),
         kind: Kind::Python,
     }
 }

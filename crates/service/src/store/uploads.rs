@@ -95,6 +95,16 @@ impl Store {
         })
     }
 
+    /// Whether the upload `id` is recorded (expired or not).
+    pub fn has_upload(&self, id: &str) -> Result<bool> {
+        self.read(|c| {
+            row(c, "SELECT COUNT(*) FROM uploads WHERE id = ?1", [id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n > 0)
+        })
+    }
+
     /// Forgets an upload (its file already removed).
     pub fn delete_upload(&self, id: &str) -> Result<()> {
         exec(&self.conn(), "DELETE FROM uploads WHERE id = ?1", [id])?;
