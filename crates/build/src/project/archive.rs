@@ -34,7 +34,7 @@ pub struct Unpacked {
     pub image: String,
     pub info: ArchiveInfo,
     /// Removed with this.
-    _dir: tempfile::TempDir,
+    _dir: Removable,
 }
 
 impl Unpacked {
@@ -63,6 +63,32 @@ impl Unpacked {
     }
 }
 
+/// The extraction's directory, removed when dropped: an archive's
+/// read-only directories made writable first, so that a user other than
+/// root can remove what is in them.
+struct Removable(tempfile::TempDir);
+
+impl Removable {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Removable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let mut pending = vec![self.0.path().to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    pending.push(entry.path());
+                }
+            }
+        }
+    }
+}
+
 /// Extracts the archive at `file` and plans its build.
 pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result<Unpacked> {
     let started = Instant::now();
@@ -84,6 +110,7 @@ pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result
                 req.output.display()
             )
         })?;
+    let dir = Removable(dir);
     let downloaded = dir.path().join("download");
     let path = match archive_fetch::is_url(file) {
         true => {
