@@ -180,13 +180,22 @@ fn uploads_build_stay_with_their_tenant_count_in_its_quota_and_expire() {
         ))
         .output()
         .unwrap();
+    // The server answers as soon as the body passes the room, while curl
+    // is still sending: curl may see the 429, or only the connection
+    // closing under it. Either way nothing may be kept.
     let code = String::from_utf8_lossy(&streamed.stdout).to_string();
     let said = String::from_utf8_lossy(&streamed.stderr).to_string();
-    assert_eq!(code, "429", "{said}");
-    assert!(
-        said.contains("resource_exhausted") && said.contains("storage quota"),
-        "{said}"
-    );
+    if code == "429" {
+        assert!(
+            said.contains("resource_exhausted") && said.contains("storage quota"),
+            "{said}"
+        );
+    } else {
+        assert!(["100", "000"].contains(&code.as_str()), "{code}: {said}");
+    }
+    let quotas = server.ok("GetTenantQuotas", &free, "{}");
+    let used = &quotas["usage"]["storageBytes"];
+    assert!(used.is_null() || used == "0", "{quotas}");
     let uploads = server.data.join("uploads");
     let left = walk(&uploads.join("other"));
     assert!(left.is_empty(), "left behind: {left:?}");
