@@ -73,17 +73,8 @@ pub fn fetch(url: &str, dest: &Path, max_bytes: u64, public_only: bool) -> Resul
     outbound
         .check_url(&parsed)
         .map_err(|e| refuse(e.to_string()))?;
-    let client = reqwest::blocking::Client::builder()
-        .connect_timeout(Duration::from_secs(15))
-        // The blocking client's timeout bounds each wait (the answer's head,
-        // then each read of its body), not the whole download: a stall.
-        .timeout(STALL)
-        .no_proxy()
-        .dns_resolver(outbound.resolver())
-        .redirect(outbound.redirects())
-        .user_agent(concat!("builderd/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("an HTTP client for the archive")?;
+    // Its timeout bounds each wait (the head, each read of the body): a stall.
+    let client = builderd_oci::http_client(Some(STALL), &outbound)?;
     let mut answer =
         client
             .get(parsed.clone())
