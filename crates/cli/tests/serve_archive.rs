@@ -1,9 +1,11 @@
 //! Archive builds through the service: an archive uploaded with
-//! `PUT UploadArchive` (streamed, hashed) and built from `upload://ID`;
+//! `PUT UploadArchive` or gRPC client streaming (streamed, hashed) and built
+//! from `upload://ID`;
 //! uploads are their tenant's alone, count in its storage quota, and go
 //! once unused for the server's upload lifetime; a hostile archive fails
 //! its build with the entry and the rule. Real parts: `builderd serve`,
-//! curl, Debian's docker-registry with a busybox runtime image.
+//! curl, Python's grpcio, Debian's docker-registry with a busybox runtime
+//! image.
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use common::projects::busybox_image;
 use common::registry::TestRegistry;
-use common::server::{download_and_check, Server};
+use common::server::{download_and_check, python_client, python_stubs, Server};
 use common::*;
 use serde_json::{json, Value};
 
@@ -234,6 +236,70 @@ fn uploads_build_stay_with_their_tenant_count_in_its_quota_and_expire() {
         String::from_utf8_lossy(&expired.body)
     );
     assert!(walk(&uploads).is_empty(), "{:?}", walk(&uploads));
+}
+
+#[test]
+fn grpc_clients_upload_by_client_streaming() {
+    let dir = tmp();
+    let reg = TestRegistry::start(None);
+    let base = busybox_image(&reg, dir.path(), "web", json!({"Env": ["PATH=/bin"]}), true);
+    let table = dir.path().join("base-images.json");
+    std::fs::write(&table, json!({"static": {"default": base}}).to_string()).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--base-images", table.to_str().unwrap()],
+    );
+    let key = server.tenant("acme", "pro");
+    let other = server.tenant("other", "pro");
+    // Some 600 KiB that do not compress: ten messages of 64 KiB.
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>streamed</h1>\n").unwrap();
+    let mut noise = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 600 << 10),
+        &mut noise,
+    )
+    .unwrap();
+    std::fs::write(site.join("noise.bin"), &noise).unwrap();
+    let archive = dir.path().join("site.tar.gz");
+    run(Command::new("tar")
+        .args(["-czf"])
+        .arg(&archive)
+        .args(["-C", site.to_str().unwrap(), "."]));
+    let bytes = std::fs::read(&archive).unwrap();
+
+    let pygen = python_stubs(dir.path());
+    let out = run(python_client("grpc_upload.py")
+        .arg(&pygen)
+        .arg(server.url.trim_start_matches("http://"))
+        .arg(&key)
+        .arg(&other)
+        .arg(&archive));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["sha256"],
+        common::server::sha256_hex(&bytes),
+        "{report}"
+    );
+    assert_eq!(report["size_bytes"], bytes.len(), "{report}");
+    assert!(report["messages_sent"].as_u64().unwrap() > 1, "{report}");
+    assert!(report["expires_at"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["other_tenant"], "NOT_FOUND", "{report}");
+    assert_eq!(report["state"], "BUILD_STATE_COMPLETED", "{report}");
+    let image = download_and_check(
+        &server,
+        &key,
+        report["build_id"].as_str().unwrap(),
+        dir.path(),
+    );
+    let out = dir.path().join("streamed.ext4");
+    std::fs::write(&out, image).unwrap();
+    e2fsck(&out);
+    assert_eq!(
+        common::projects::debugfs_cat(&out, "/app/index.html"),
+        "<h1>streamed</h1>\n"
+    );
 }
 
 /// Every file under `dir`.

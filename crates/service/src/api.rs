@@ -8,7 +8,8 @@ use std::time::Duration;
 use buffa::{EnumValue, MessageField};
 use buffa_types::google::protobuf::Timestamp;
 use connectrpc::{
-    ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream,
+    ConnectError, InboundStream, RequestContext, Response, ServiceRequest, ServiceResult,
+    ServiceStream,
 };
 use futures::StreamExt;
 use serde_json::Value;
@@ -777,5 +778,20 @@ impl BuilderService for Api {
             artifact_bytes: s.artifact_bytes,
             ..Default::default()
         })
+    }
+
+    async fn upload_archive(
+        &self,
+        ctx: RequestContext,
+        requests: InboundStream<UploadArchiveRequest>,
+    ) -> ServiceResult<UploadArchiveResponse> {
+        let tenant = self.caller(ctx.headers())?;
+        let chunks = requests.map(|message| {
+            message
+                .map(|m| bytes::Bytes::copy_from_slice(m.view().data))
+                .map_err(|e| e.to_string())
+        });
+        let upload = crate::upload::receive(self, &tenant, None, Box::pin(chunks)).await?;
+        Response::ok(crate::upload::answer(&upload))
     }
 }

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use connectrpc::ConnectError;
 use connectrpc_health::StaticChecker;
+use futures::StreamExt;
 use tower::ServiceExt;
 
 use crate::api::Api;
@@ -24,6 +25,7 @@ pub fn router(api: Arc<Api>, with_metrics: bool) -> (axum::Router, Arc<StaticChe
         connect,
         ["", crate::proto::builder::v1::BUILDER_SERVICE_SERVICE_NAME],
     );
+    let connect = connect.into_axum_service();
     let mut routes = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -34,13 +36,17 @@ pub fn router(api: Arc<Api>, with_metrics: bool) -> (axum::Router, Arc<StaticChe
             "/builder.v1.BuilderService/GetBuildArtifact/{id}",
             get(artifact),
         )
-        .route("/builder.v1.BuilderService/UploadArchive", put(upload))
+        // A PUT is the plain upload; the gRPC and Connect calls POST.
+        .route(
+            "/builder.v1.BuilderService/UploadArchive",
+            put(upload).fallback_service(connect.clone()),
+        )
         .with_state(api.clone());
     if with_metrics {
         routes = routes.merge(metrics_router(api));
     }
     let routes = routes
-        .fallback_service(connect.into_axum_service())
+        .fallback_service(connect)
         .layer(axum::middleware::from_fn(strict_requests));
     (routes, health)
 }
@@ -143,24 +149,26 @@ fn error(e: ConnectError) -> Response {
         .into_response()
 }
 
-/// `PUT UploadArchive` (crate::upload): the upload's id and sha256 as JSON.
+/// `PUT UploadArchive` (crate::upload): the body is the archive; the answer
+/// is UploadArchiveResponse as JSON.
 async fn upload(State(api): State<Arc<Api>>, req: Request) -> Response {
-    match crate::upload::receive(&api, req).await {
-        Ok(u) => {
-            let expires =
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(u.expires_ms as u64);
-            let body = serde_json::json!({
-                "uploadId": u.id,
-                "sha256": u.sha256,
-                "sizeBytes": u.size_bytes.to_string(),
-                "expiresAt": humantime::format_rfc3339_millis(expires).to_string(),
-            });
-            (
-                [(header::CONTENT_TYPE, "application/json")],
-                body.to_string(),
-            )
-                .into_response()
-        }
+    let received = async {
+        let tenant = api.caller(req.headers())?;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let chunks = req
+            .into_body()
+            .into_data_stream()
+            .map(|chunk| chunk.map_err(|e| e.to_string()));
+        crate::upload::receive(&api, &tenant, declared, Box::pin(chunks)).await
+    };
+    match received.await {
+        Ok(u) => match serde_json::to_vec(&crate::upload::answer(&u)) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => error(ConnectError::internal(e.to_string())),
+        },
         Err(e) => error(e),
     }
 }

@@ -1,5 +1,5 @@
-//! `PUT /builder.v1.BuilderService/UploadArchive`: a tenant's archive as a
-//! streamed body, written to `uploads/TENANT/ID` as it arrives (never held
+//! `UploadArchive`, as a plain `PUT` of the body to the method's path or as
+//! gRPC / Connect client streaming: a tenant's archive, written to `uploads/TENANT/ID` as it arrives (never held
 //! in memory), hashed, bounded by the room left in the tenant's storage
 //! quota and the operator's upload limit, and abandoned when the client
 //! stalls. It answers the upload's id (for `upload://ID` in CreateBuild)
@@ -7,18 +7,19 @@
 //! id is `not_found`), counts in its storage, and goes once unused for the
 //! server's upload lifetime.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::http::header;
+use bytes::Bytes;
 use connectrpc::ConnectError;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::api::Api;
-use crate::store::{now_ms, StoreError, Upload};
+use crate::api::{timestamp, Api};
+use crate::proto::builder::v1::UploadArchiveResponse;
+use crate::store::{now_ms, StoreError, Tenant, Upload};
 use crate::upload_rules::new_id;
 
 /// A client that sends nothing for this long loses its upload.
@@ -26,9 +27,19 @@ const STALL: Duration = Duration::from_secs(60);
 /// Uploads expired in one sweep.
 const BATCH: i64 = 100;
 
-/// Receives the upload `req` carries, for its tenant.
-pub async fn receive(api: &Api, req: Request) -> Result<Upload, ConnectError> {
-    let tenant = api.caller(req.headers())?;
+/// An upload's bytes as they arrive; an error is the client's (a broken
+/// connection, a malformed message).
+pub type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+/// Receives `chunks` as an upload of `tenant`'s. `declared` is the size the
+/// client announced, if it did: one that cannot fit is refused before a byte
+/// is written.
+pub async fn receive(
+    api: &Api,
+    tenant: &Tenant,
+    declared: Option<u64>,
+    chunks: Chunks,
+) -> Result<Upload, ConnectError> {
     let uploads = &api.uploads;
     let _under_way = uploads.start(&tenant.id).ok_or_else(|| {
         ConnectError::resource_exhausted(
@@ -52,10 +63,6 @@ pub async fn receive(api: &Api, req: Request) -> Result<Upload, ConnectError> {
             uploads.max_bytes
         ))
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(size) = declared.filter(|&s| s > room) {
         return Err(too_big(size));
     }
@@ -63,7 +70,7 @@ pub async fn receive(api: &Api, req: Request) -> Result<Upload, ConnectError> {
     let dir = uploads.dir.join(&tenant.id);
     std::fs::create_dir_all(&dir).map_err(|e| ConnectError::internal(format!("uploads: {e}")))?;
     let part = dir.join(format!(".{id}.part"));
-    let written = write_body(req, &part, room).await;
+    let written = write_body(chunks, &part, room).await;
     let (size, sha256) = match written {
         Ok(done) => done,
         Err(e) => {
@@ -115,7 +122,7 @@ enum BodyError {
 
 /// Streams the body into `path` (0600, synced); answers its size and sha256.
 async fn write_body(
-    req: Request,
+    mut body: Chunks,
     path: &std::path::Path,
     room: u64,
 ) -> Result<(u64, String), BodyError> {
@@ -126,14 +133,13 @@ async fn write_body(
         .open(path)
         .await
         .map_err(BodyError::Disk)?;
-    let mut body = req.into_body().into_data_stream();
     let mut hash = Sha256::new();
     let mut size = 0u64;
     loop {
         let chunk = match tokio::time::timeout(STALL, body.next()).await {
             Err(_) => return Err(BodyError::Stalled),
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(BodyError::Client(e.to_string())),
+            Ok(Some(Err(e))) => return Err(BodyError::Client(e)),
             Ok(Some(Ok(chunk))) => chunk,
         };
         size += chunk.len() as u64;
@@ -145,6 +151,17 @@ async fn write_body(
     }
     file.sync_all().await.map_err(BodyError::Disk)?;
     Ok((size, format!("{:x}", hash.finalize())))
+}
+
+/// What an upload's caller is told, in either form.
+pub fn answer(upload: &Upload) -> UploadArchiveResponse {
+    UploadArchiveResponse {
+        upload_id: upload.id.clone(),
+        sha256: upload.sha256.clone(),
+        size_bytes: upload.size_bytes,
+        expires_at: timestamp(upload.expires_ms),
+        ..Default::default()
+    }
 }
 
 /// Deletes expired uploads for ever, every minute.
