@@ -37,6 +37,17 @@ pub struct Api {
     pub uploads: crate::upload_rules::Uploads,
 }
 
+/// What UploadArchive answers, in either form (crate::upload).
+pub fn upload_answer(upload: &crate::store::Upload) -> UploadArchiveResponse {
+    UploadArchiveResponse {
+        upload_id: upload.id.clone(),
+        sha256: upload.sha256.clone(),
+        size_bytes: upload.size_bytes,
+        expires_at: timestamp(upload.expires_ms),
+        ..Default::default()
+    }
+}
+
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 /// Artifact chunks: well under gRPC's default 4 MiB message limit.
@@ -791,7 +802,9 @@ impl BuilderService for Api {
                 .map(|m| bytes::Bytes::copy_from_slice(m.view().data))
                 .map_err(|e| e.to_string())
         });
-        let upload = crate::upload::receive(self, &tenant, None, Box::pin(chunks)).await?;
-        Response::ok(crate::upload::answer(&upload))
+        let upload =
+            crate::upload::receive(&self.store, &self.uploads, &tenant, None, Box::pin(chunks))
+                .await?;
+        Response::ok(upload_answer(&upload))
     }
 }

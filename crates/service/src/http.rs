@@ -162,10 +162,17 @@ async fn upload(State(api): State<Arc<Api>>, req: Request) -> Response {
             .into_body()
             .into_data_stream()
             .map(|chunk| chunk.map_err(|e| e.to_string()));
-        crate::upload::receive(&api, &tenant, declared, Box::pin(chunks)).await
+        crate::upload::receive(
+            &api.store,
+            &api.uploads,
+            &tenant,
+            declared,
+            Box::pin(chunks),
+        )
+        .await
     };
     match received.await {
-        Ok(u) => match serde_json::to_vec(&crate::upload::answer(&u)) {
+        Ok(u) => match serde_json::to_vec(&crate::api::upload_answer(&u)) {
             Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
             Err(e) => error(ConnectError::internal(e.to_string())),
         },

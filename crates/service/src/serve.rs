@@ -414,11 +414,13 @@ pub async fn serve(opts: Options) -> Result<()> {
             in_flight: Default::default(),
         },
     });
-    match crate::upload::sweep_leftovers(&api).context("deleting unfinished uploads")? {
+    match crate::upload::sweep_leftovers(&api.store, &api.uploads)
+        .context("deleting unfinished uploads")?
+    {
         0 => {}
         n => tracing::info!(files = n, "unfinished uploads deleted"),
     }
-    tokio::spawn(crate::upload::sweep(api.clone()));
+    tokio::spawn(crate::upload::sweep(api.store.clone(), api.uploads.clone()));
     let listener =
         listen(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
     tracing::info!(

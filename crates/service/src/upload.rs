@@ -17,10 +17,8 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::api::{timestamp, Api};
-use crate::proto::builder::v1::UploadArchiveResponse;
-use crate::store::{now_ms, StoreError, Tenant, Upload};
-use crate::upload_rules::new_id;
+use crate::store::{now_ms, Store, StoreError, Tenant, Upload};
+use crate::upload_rules::{new_id, Uploads};
 
 /// A client that sends nothing for this long loses its upload.
 const STALL: Duration = Duration::from_secs(60);
@@ -35,12 +33,12 @@ pub type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 /// client announced, if it did: one that cannot fit is refused before a byte
 /// is written.
 pub async fn receive(
-    api: &Api,
+    store: &Store,
+    uploads: &Uploads,
     tenant: &Tenant,
     declared: Option<u64>,
     chunks: Chunks,
 ) -> Result<Upload, ConnectError> {
-    let uploads = &api.uploads;
     let _under_way = uploads.start(&tenant.id).ok_or_else(|| {
         ConnectError::resource_exhausted(
             "an upload of this tenant's is under way: one at a time (each is measured against \
@@ -48,8 +46,7 @@ pub async fn receive(
         )
     })?;
     let limit = tenant.tier.limits().storage_bytes;
-    let used = api
-        .store
+    let used = store
         .usage(&tenant.id)
         .map_err(|e| ConnectError::internal(e.to_string()))?
         .storage_bytes
@@ -98,12 +95,10 @@ pub async fn receive(
     let recorded = std::fs::rename(&part, &file)
         .map_err(|e| ConnectError::internal(format!("uploads: {e}")))
         .and_then(|()| {
-            api.store
-                .insert_upload(&upload, limit)
-                .map_err(|e| match e {
-                    StoreError::Conflict(m) => ConnectError::resource_exhausted(m),
-                    e => ConnectError::internal(e.to_string()),
-                })
+            store.insert_upload(&upload, limit).map_err(|e| match e {
+                StoreError::Conflict(m) => ConnectError::resource_exhausted(m),
+                e => ConnectError::internal(e.to_string()),
+            })
         });
     if let Err(e) = recorded {
         let _ = std::fs::remove_file(&part);
@@ -153,45 +148,34 @@ async fn write_body(
     Ok((size, format!("{:x}", hash.finalize())))
 }
 
-/// What an upload's caller is told, in either form.
-pub fn answer(upload: &Upload) -> UploadArchiveResponse {
-    UploadArchiveResponse {
-        upload_id: upload.id.clone(),
-        sha256: upload.sha256.clone(),
-        size_bytes: upload.size_bytes,
-        expires_at: timestamp(upload.expires_ms),
-        ..Default::default()
-    }
-}
-
 /// Deletes expired uploads for ever, every minute.
-pub async fn sweep(api: Arc<Api>) {
+pub async fn sweep(store: Arc<Store>, uploads: Uploads) {
     loop {
-        let this = api.clone();
-        let swept = tokio::task::spawn_blocking(move || sweep_once(&this)).await;
+        let (store, rules) = (store.clone(), uploads.clone());
+        let swept = tokio::task::spawn_blocking(move || sweep_once(&store, &rules)).await;
         match swept {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(uploads = n, "expired uploads deleted"),
             Ok(Err(e)) => tracing::error!(error = %e, "deleting expired uploads"),
             Err(e) => tracing::error!(error = %e, "deleting expired uploads"),
         }
-        tokio::time::sleep(Duration::from_secs(60).min(api.uploads.lifetime)).await;
+        tokio::time::sleep(Duration::from_secs(60).min(uploads.lifetime)).await;
     }
 }
 
-fn sweep_once(api: &Api) -> anyhow::Result<usize> {
+fn sweep_once(store: &Store, uploads: &Uploads) -> anyhow::Result<usize> {
     let mut n = 0;
     loop {
-        let expired = api.store.expired_uploads(BATCH)?;
+        let expired = store.expired_uploads(BATCH)?;
         let mut deleted = 0;
         for (tenant, id) in &expired {
-            match std::fs::remove_file(api.uploads.file(tenant, id)) {
+            match std::fs::remove_file(uploads.file(tenant, id)) {
                 // Kept for the next sweep; the others go on.
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     tracing::warn!(upload = %id, error = %e, "deleting an expired upload")
                 }
                 _ => {
-                    api.store.delete_upload(id)?;
+                    store.delete_upload(id)?;
                     deleted += 1;
                 }
             }
@@ -205,9 +189,9 @@ fn sweep_once(api: &Api) -> anyhow::Result<usize> {
 
 /// What a server stopped mid-upload left: partial files, and files whose
 /// record was never written. Run before any upload is taken.
-pub fn sweep_leftovers(api: &Api) -> anyhow::Result<usize> {
+pub fn sweep_leftovers(store: &Store, uploads: &Uploads) -> anyhow::Result<usize> {
     let mut n = 0;
-    let Ok(tenants) = std::fs::read_dir(&api.uploads.dir) else {
+    let Ok(tenants) = std::fs::read_dir(&uploads.dir) else {
         return Ok(0);
     };
     for tenant in tenants {
@@ -219,7 +203,7 @@ pub fn sweep_leftovers(api: &Api) -> anyhow::Result<usize> {
                 .unwrap_or_default();
             let left = name.ends_with(".part")
                 || !crate::upload_rules::is_id(name)
-                || !api.store.has_upload(name)?;
+                || !store.has_upload(name)?;
             if left && std::fs::remove_file(&path).is_ok() {
                 n += 1;
             }
