@@ -135,6 +135,17 @@ struct ArchiveStrategyArgs {
     /// Where the files go in the image (default /app).
     #[arg(long, value_name = "DIR", requires = "archive")]
     output_path: Option<String>,
+    /// A dependency file installed before the sources are copied (repeat
+    /// for more; default: the ones found).
+    #[arg(long = "dependency", value_name = "FILE", requires = "archive")]
+    dependencies: Vec<String>,
+    /// What the archive is (zip, tar, tar.gz, tar.xz, tar.zst); it must
+    /// agree with its first bytes (default: told by them).
+    #[arg(long, value_name = "TYPE", requires = "archive")]
+    archive_type: Option<String>,
+    /// The directory in the archive to build from (default: its top).
+    #[arg(long, value_name = "DIR", requires = "archive")]
+    build_context: Option<String>,
 }
 
 type Client = BuilderServiceClient<HttpClient>;
@@ -253,11 +264,16 @@ async fn command(
                     );
                     let s = |v: &Option<String>| v.clone().unwrap_or_default();
                     serde_json::from_value(serde_json::json!({"config": {
-                        "source": {"archive": {"archive_url": format!("upload://{id}")}},
+                        "source": {"archive": {
+                            "archive_url": format!("upload://{id}"),
+                            "archive_type": s(&strategy.archive_type),
+                            "build_context": s(&strategy.build_context),
+                        }},
                         "strategy": {"archive_strategy": {
                             "runtime": s(&strategy.runtime),
                             "version": s(&strategy.version),
                             "build_script": s(&strategy.build_script),
+                            "dependencies": strategy.dependencies,
                             "output_path": s(&strategy.output_path),
                         }},
                     }}))?

@@ -133,6 +133,10 @@ fn uploads_build_stay_with_their_tenant_count_in_its_quota_and_expire() {
         zip.to_str().unwrap(),
         "--runtime",
         "static",
+        "--archive-type",
+        "zip",
+        "--output-path",
+        "/srv/site",
         "--wait",
     ]);
     let said = String::from_utf8_lossy(&o.stderr);
@@ -141,6 +145,33 @@ fn uploads_build_stay_with_their_tenant_count_in_its_quota_and_expire() {
         said.contains("uploaded") && said.contains(&common::server::sha256_hex(&bytes)),
         "{said}"
     );
+    let built = said
+        .lines()
+        .find_map(|l| l.strip_prefix("builderd: created "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let image = download_and_check(&server, &pro, &built, dir.path());
+    std::fs::write(&out, image).unwrap();
+    e2fsck(&out);
+    assert_eq!(
+        common::projects::debugfs_cat(&out, "/srv/site/css/a.css"),
+        "h1 {}\n"
+    );
+    // The type must agree with the bytes.
+    let o = client(&[
+        "create",
+        "--archive",
+        zip.to_str().unwrap(),
+        "--runtime",
+        "static",
+        "--archive-type",
+        "tar.gz",
+        "--wait",
+    ]);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{said}");
+    assert!(said.contains("tar.gz"), "{said}");
     let o = client(&["upload", zip.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let last = String::from_utf8_lossy(&o.stdout)
