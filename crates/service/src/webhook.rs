@@ -100,14 +100,23 @@ pub struct Deliverer {
 struct InFlight {
     ids: std::collections::HashSet<String>,
     per_tenant: std::collections::HashMap<String, usize>,
+    /// Sent since the due list was last read: that list may still show
+    /// them due, as it was read before their outcome was recorded.
+    finished: std::collections::HashSet<String>,
 }
 
 impl InFlight {
-    /// Takes `d` to send unless it is being sent, or its tenant has
-    /// `PER_TENANT` under way.
+    /// Called just before the due list is read: what finished before is in
+    /// the store by then.
+    fn reading_due(&mut self) {
+        self.finished.clear();
+    }
+
+    /// Takes `d` to send unless it is being sent or was just sent, or its
+    /// tenant has `PER_TENANT` under way.
     fn take(&mut self, d: &Delivery) -> bool {
         let n = self.per_tenant.get(&d.tenant_id).copied().unwrap_or(0);
-        if n >= PER_TENANT || self.ids.contains(&d.id) {
+        if n >= PER_TENANT || self.ids.contains(&d.id) || self.finished.contains(&d.id) {
             return false;
         }
         self.ids.insert(d.id.clone());
@@ -115,7 +124,9 @@ impl InFlight {
         true
     }
 
+    /// `d`'s try is over and its outcome recorded.
     fn done(&mut self, d: &Delivery) {
+        self.finished.insert(d.id.clone());
         if self.ids.remove(&d.id) {
             if let Some(n) = self.per_tenant.get_mut(&d.tenant_id) {
                 *n -= 1;
@@ -165,6 +176,7 @@ impl Deliverer {
         let sending: Arc<Mutex<InFlight>> = Arc::default();
         let freed = Arc::new(tokio::sync::Notify::new());
         loop {
+            sending.lock().unwrap().reading_due();
             let due = self
                 .store
                 .due_deliveries(crate::store::now_ms(), PER_TENANT, IN_FLIGHT * 2)
@@ -292,6 +304,34 @@ mod tests {
             "v1=a9049465ce89cfb8e9aac62333abda66f80e3403f51f57f6bae3c3a4485eca38"
         );
         assert_ne!(sig, sign("Jefe", 2, "what do ya want for nothing?"));
+    }
+
+    #[test]
+    fn a_delivery_sent_after_the_due_list_was_read_is_not_sent_again() {
+        let d = Delivery {
+            id: "whd_1".into(),
+            tenant_id: "acme".into(),
+            event: "build.completed".into(),
+            url: "https://example.com/hook".into(),
+            headers: Vec::new(),
+            body: "{}".into(),
+            secret: "s".into(),
+            attempts: 0,
+        };
+        let mut sending = InFlight::default();
+        sending.reading_due();
+        assert!(sending.take(&d));
+        // Being sent: a list read meanwhile still shows it due.
+        sending.reading_due();
+        assert!(!sending.take(&d));
+        // Its outcome recorded and its try over before that list is
+        // walked: still not taken.
+        sending.done(&d);
+        assert!(!sending.take(&d));
+        // A list read after that knows its outcome: due again only if the
+        // store says so (a failed try, once its wait is over).
+        sending.reading_due();
+        assert!(sending.take(&d));
     }
 
     #[tokio::test]
