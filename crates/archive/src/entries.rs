@@ -5,12 +5,12 @@
 //! Directory modes and times are set last, once their contents are in.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::path::Path;
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::beneath::Beneath;
+pub(crate) use crate::dest::Stamp;
+use crate::dest::{Dest, DestFile};
 use crate::limits::{Budget, Limits};
 use crate::names::{normalize, Origin};
 use crate::seen::{Kind, Seen};
@@ -43,16 +43,8 @@ pub struct Extracted {
     pub newest_mtime: i64,
 }
 
-/// An entry's mode and time, as the archive gives them.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Stamp {
-    pub mode: u32,
-    pub secs: i64,
-    pub nanos: u32,
-}
-
 pub(crate) struct Extraction<'a> {
-    to: Beneath,
+    to: Box<dyn Dest + 'a>,
     seen: Seen,
     pub budget: Budget,
     origin: Origin,
@@ -65,11 +57,14 @@ pub(crate) struct Extraction<'a> {
     notice: &'a (dyn Fn(String) + Sync),
     notices: u64,
     done: Extracted,
+    /// The buffer file data is copied through, made once (zeroing one
+    /// per file cost more than the copying, over many small files).
+    buf: Vec<u8>,
 }
 
 impl<'a> Extraction<'a> {
     pub fn new(
-        dest: &Path,
+        to: Box<dyn Dest + 'a>,
         limits: Limits,
         notice: &'a (dyn Fn(String) + Sync),
         format: Format,
@@ -77,7 +72,7 @@ impl<'a> Extraction<'a> {
         archive_bytes: u64,
     ) -> Result<Extraction<'a>, Error> {
         Ok(Extraction {
-            to: Beneath::open(dest).map_err(Error::Write)?,
+            to,
             seen: Seen::default(),
             budget: Budget::new(limits),
             origin: if format == Format::Zip {
@@ -90,6 +85,7 @@ impl<'a> Extraction<'a> {
             implied: Vec::new(),
             notice,
             notices: 0,
+            buf: Vec::new(),
             done: Extracted {
                 format,
                 sha256,
@@ -117,8 +113,7 @@ impl<'a> Extraction<'a> {
     pub fn dir(&mut self, path: Vec<u8>, stamp: Stamp) -> Result<(), Error> {
         self.seen.check(&path, Kind::Dir)?;
         self.count_parents(&path)?;
-        self.to.parents(&path).map_err(|e| write_err(&path, e))?;
-        self.to.mkdir(&path).map_err(|e| write_err(&path, e))?;
+        self.to.dir(&path).map_err(|e| write_err(&path, e))?;
         let implied = self.seen.add(&path, Kind::Dir);
         self.implied.extend(implied);
         self.dated(stamp.secs);
@@ -144,34 +139,29 @@ impl<'a> Extraction<'a> {
         self.count_parents(&path)?;
         self.budget.declared(&path, declared)?;
         self.to.parents(&path).map_err(|e| write_err(&path, e))?;
-        let file = self.to.create(&path).map_err(|e| write_err(&path, e))?;
-        let implied = self.seen.add(&path, Kind::File);
-        self.implied.extend(implied);
         let mode = self.kept_bits(&path, stamp.mode, 0o777);
-        let mut sink = FileSink {
-            file,
-            path: &path,
-            budget: &mut self.budget,
-            read: &self.read,
-            declared,
-            first: Vec::new(),
-            written: 0,
-            held: 0,
-            refused: None,
+        let file = self
+            .to
+            .file(&path, declared, mode, stamp)
+            .map_err(|e| write_err(&path, e))?;
+        let (filled, file, held, refused, first) = {
+            let mut sink = FileSink {
+                file,
+                path: &path,
+                budget: &mut self.budget,
+                read: &self.read,
+                declared,
+                first: Vec::new(),
+                held: 0,
+                refused: None,
+                buf: &mut self.buf,
+            };
+            let filled = fill(&mut sink);
+            (filled, sink.file, sink.held, sink.refused, sink.first)
         };
-        let filled = fill(&mut sink);
-        let (file, written, held, refused) = (sink.file, sink.written, sink.held, sink.refused);
-        let first = sink.first;
         match (filled, refused) {
             (_, Some(e)) | (Err(e), None) => return Err(e),
             (Ok(()), None) => {}
-        }
-        if first.starts_with(b"PK\x03\x04") {
-            self.nested(&path, &file, held)?;
-        }
-        if held > written {
-            // A sparse file's hole at its end.
-            file.set_len(held).map_err(|e| write_err(&path, e))?;
         }
         if held != declared {
             return Err(Error::entry(
@@ -179,11 +169,14 @@ impl<'a> Extraction<'a> {
                 format!("holds {held} bytes, not the {declared} its header declares"),
             ));
         }
-        rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(mode))
-            .and_then(|()| {
-                rustix::fs::futimens(&file, &crate::beneath::times(stamp.secs, stamp.nanos))
-            })
-            .map_err(|e| write_err(&path, e.into()))?;
+        let kept = file
+            .close(held, first.starts_with(b"PK\x03\x04"))
+            .map_err(|e| write_err(&path, e))?;
+        if let Some(copy) = kept {
+            self.nested(&path, &copy, held)?;
+        }
+        let implied = self.seen.add(&path, Kind::File);
+        self.implied.extend(implied);
         self.dated(stamp.secs);
         self.done.files += 1;
         Ok(())
@@ -195,8 +188,7 @@ impl<'a> Extraction<'a> {
         self.implied.extend(implied);
         self.to.parents(&path).map_err(|e| write_err(&path, e))?;
         self.to
-            .symlink(target, &path)
-            .and_then(|()| self.to.set_time(&path, stamp.secs, stamp.nanos))
+            .symlink(&path, target, stamp)
             .map_err(|e| write_err(&path, e))?;
         self.dated(stamp.secs);
         self.done.symlinks += 1;
@@ -221,7 +213,7 @@ impl<'a> Extraction<'a> {
         self.count_parents(&path)?;
         self.to.parents(&path).map_err(|e| write_err(&path, e))?;
         self.to
-            .hard_link(&target, &path)
+            .hard_link(&path, &target)
             .map_err(|e| write_err(&path, e))?;
         let implied = self.seen.add(&path, Kind::File);
         self.implied.extend(implied);
@@ -334,10 +326,10 @@ impl<'a> Extraction<'a> {
             .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         for (path, stamp) in &self.dirs {
             self.to
-                .set_mode(path, stamp.mode)
-                .and_then(|()| self.to.set_time(path, stamp.secs, stamp.nanos))
+                .dir_stamp(path, *stamp)
                 .map_err(|e| write_err(path, e))?;
         }
+        self.to.finish(newest).map_err(Error::Write)?;
         self.done.entries = self.budget.entries;
         self.done.bytes = self.budget.bytes;
         Ok(self.done)
@@ -346,7 +338,7 @@ impl<'a> Extraction<'a> {
 
 /// Where a file's data goes: counted against the limits as it is written.
 pub(crate) struct FileSink<'a> {
-    file: File,
+    file: Box<dyn DestFile + 'a>,
     path: &'a [u8],
     budget: &'a mut Budget,
     read: &'a AtomicU64,
@@ -354,13 +346,13 @@ pub(crate) struct FileSink<'a> {
     declared: u64,
     /// The file's first bytes (what it is).
     first: Vec<u8>,
-    /// Bytes written.
-    written: u64,
     /// Bytes the file holds, holes included.
     held: u64,
     /// What stopped it, kept across a reader that passes only its own
     /// error type.
     refused: Option<Error>,
+    /// For `copy_from`.
+    buf: &'a mut Vec<u8>,
 }
 
 impl FileSink<'_> {
@@ -372,20 +364,12 @@ impl FileSink<'_> {
             self.first.extend_from_slice(&data[..want]);
         }
         self.count(data.len() as u64)?;
-        self.file
-            .write_all(data)
-            .map_err(|e| write_err(self.path, e))?;
-        self.written = self.held;
-        Ok(())
+        self.file.write(data).map_err(|e| write_err(self.path, e))
     }
 
     pub fn hole(&mut self, len: u64) -> Result<(), Error> {
         self.count(len)?;
-        use std::io::Seek;
-        self.file
-            .seek(io::SeekFrom::Start(self.held))
-            .map_err(|e| write_err(self.path, e))?;
-        Ok(())
+        self.file.hole(len).map_err(|e| write_err(self.path, e))
     }
 
     fn count(&mut self, n: u64) -> Result<(), Error> {
@@ -410,9 +394,21 @@ impl FileSink<'_> {
         r: &mut dyn Read,
         what_failed: &dyn Fn(io::Error) -> Error,
     ) -> Result<(), Error> {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = std::mem::take(self.buf);
+        buf.resize(CHUNK, 0);
+        let copied = self.copy_with(r, &mut buf, what_failed);
+        *self.buf = buf;
+        copied
+    }
+
+    fn copy_with(
+        &mut self,
+        r: &mut dyn Read,
+        buf: &mut [u8],
+        what_failed: &dyn Fn(io::Error) -> Error,
+    ) -> Result<(), Error> {
         loop {
-            let n = match r.read(&mut buf) {
+            let n = match r.read(buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -34,7 +34,10 @@ pub(crate) fn read(file: File, size: u64, x: &mut Extraction<'_>) -> Result<(), 
         inner: file,
         read: x.read.clone(),
     };
-    let mut zip = ZipArchive::new(BufReader::with_capacity(64 << 10, counted))
+    // Small: each entry is read after a seek, which empties the buffer, and
+    // most entries are small (1 MiB here read a 200 MB site's 20,000
+    // entries 2.8 times slower than 16 KiB; larger reads bypass it).
+    let mut zip = ZipArchive::new(BufReader::with_capacity(16 << 10, counted))
         .map_err(|e| Error::Archive(format!("not a zip builderd can read: {e}")))?;
     zip.validate_header_consistency()
         .map_err(|e| Error::Archive(format!("the zip's headers do not agree: {e}")))?;

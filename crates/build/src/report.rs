@@ -68,8 +68,8 @@ pub struct LayerDisk {
     pub opaque_dirs: u64,
 }
 
-/// An archive source, as extracted.
-#[derive(Clone, Debug, Serialize)]
+/// An archive source, as extracted (or read into the image).
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct ArchiveInfo {
     /// zip, tar, tar.gz, tar.xz or tar.zst, by its first bytes.
     pub format: String,
@@ -92,6 +92,19 @@ pub struct ArchiveInfo {
     pub built: bool,
     #[serde(skip)]
     pub newest_mtime: i64,
+}
+
+impl ArchiveInfo {
+    /// The counts of what was read.
+    pub fn counted(&mut self, x: &builderd_archive::Extracted) {
+        self.archive_bytes = x.archive_bytes;
+        self.entries = x.entries;
+        self.files = x.files;
+        self.bytes = x.bytes;
+        self.left_out = x.dropped;
+        self.bits_cleared = x.bits_cleared;
+        self.newest_mtime = x.newest_mtime;
+    }
 }
 
 /// A detected stack and the Containerfile generated for it: what a user

@@ -21,8 +21,10 @@ use crate::report::{CompressedInfo, FlattenInfo, ImageInfo, LayerDiskInfo, Repor
 use crate::request::{BootOptions, BuildRequest, CopyFormat};
 use crate::source::{self, Blobs, Opened};
 use crate::steps::{self, BlobAt};
+use crate::tree_layer::TreeLayer;
 use crate::units::{count, human};
 use crate::{Error, Limit, SizeLimitExceeded, SourceError};
+use builderd_archive::Extracted;
 
 /// How often the writing's progress is told.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -45,7 +47,7 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
     std::thread::scope(|scope| {
         let opened = source::open(scope, req, &platform, reporter)?;
         let source_commit = opened.commit();
-        let archive = opened.archive.clone();
+        let mut archive = opened.archive.clone();
         let generated = opened.generated();
         let resolved = Instant::now();
         let image = &opened.image;
@@ -91,6 +93,9 @@ fn run(req: &BuildRequest, reporter: &dyn Reporter) -> Result<Report> {
             reporter,
             &limit,
         )?;
+        if let (Some(info), Some(read)) = (&mut archive, &stats.archive_read) {
+            info.counted(read);
+        }
         let mut plan = plan;
         let storing = match (&mut converted, &layered) {
             (Some(c), Some(job)) => c
@@ -430,6 +435,8 @@ struct Flattened {
     image: Image,
     counts: builderd_flatten::Stats,
     cache: Option<Arc<BlobCache>>,
+    /// An archive read straight into the image, as it was read.
+    archive_read: Option<Extracted>,
 }
 
 /// Flattens the opened source's layers into `writer` as they arrive;
@@ -553,6 +560,32 @@ fn flatten(
         ticker.thread().unpark();
         (flattened, streams.take_checks())
     });
+    // A streamed archive's refusal cut its layer short: the refusal is the
+    // error.
+    let archive_read = match tree.as_ref().and_then(TreeLayer::reading) {
+        Some(r) => {
+            for line in &r.told {
+                event::warn(reporter, line);
+            }
+            match r.result {
+                Ok(x) => {
+                    event::info(
+                        reporter,
+                        format!(
+                            "{}, read into the image",
+                            crate::project::archive::described(&r.archive, &x)
+                        ),
+                    );
+                    Some(x)
+                }
+                // The pipe broke: the flatten stopped first, and its own
+                // error says why.
+                Err(builderd_archive::Error::Write(_)) => None,
+                Err(e) => return Err(crate::project::archive::refused(&r.archive, e)),
+            }
+        }
+        None => None,
+    };
     // Content past the limit stopped the writing: say which limit.
     let flattened = flattened.map_err(|e| match limit {
         Some((bytes, which)) if ran_out_of_room(&e) => anyhow::Error::new(SizeLimitExceeded {
@@ -590,6 +623,7 @@ fn flatten(
             image,
             counts,
             cache,
+            archive_read,
         },
         checks,
         converted,

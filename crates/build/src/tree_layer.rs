@@ -1,38 +1,58 @@
-//! An extracted archive with nothing to build, as one more layer over its
-//! runtime's image: a tar stream of its tree under the output path, written
-//! on a thread as the flatten reads it (nothing is copied to disk again).
-//! Entries go in name order, owned by root, with the modes and times the
-//! extraction gave them; files linked to each other stay linked. The same
-//! tree gives the same stream, so its name (the "digest" the flatten and
-//! the layer store know it by) is made from the archive's sha256 and where
-//! it goes.
+//! An archive with nothing to build, as one more layer over its runtime's
+//! image: a tar stream under the output path, written on a thread as the
+//! flatten reads it. Extracted, its tree is walked in name order, owned by
+//! root, with the modes and times the extraction gave them, files linked
+//! to each other still linked; not extracted (a zip planned from its top),
+//! the archive itself is read into the stream, checked as the extraction
+//! checks it (`builderd_archive::stream`), and nothing of it touches the
+//! disk. The same archive gives the same stream, so its name (the "digest"
+//! the flatten and the layer store know it by) is made from the archive's
+//! sha256, the way it is read, and where it goes.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, PipeReader, Read, Write};
+use std::io::{self, PipeReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
+use builderd_archive::Extracted;
 use builderd_oci::{Compression, Digest, LayerInfo};
 
-use crate::project::archive::Unpacked;
+use crate::project::archive::{Files, Streamed, Unpacked};
 
 /// What the layer's name is made from besides its content's: bump when
 /// the stream's form changes.
 const FORM: &str = "builderd-archive-layer 1";
+const STREAMED_FORM: &str = "builderd-archive-stream 1";
 
-/// The tree as a layer; keeps the extraction until it is dropped.
+/// The files as a layer; keeps the extraction (or a fetched archive) until
+/// it is dropped.
 pub struct TreeLayer {
     pub info: LayerInfo,
     unpacked: Arc<Unpacked>,
+    /// Where the last stream opened sends a streamed archive's reading
+    /// (what it held, what it told) when it is over.
+    read: Mutex<Option<mpsc::Receiver<Reading>>>,
+}
+
+/// An archive read into the stream.
+pub struct Reading {
+    pub archive: PathBuf,
+    pub result: Result<Extracted, builderd_archive::Error>,
+    /// Entries left out or changed, one line each.
+    pub told: Vec<String>,
 }
 
 impl TreeLayer {
     pub fn new(unpacked: Unpacked) -> TreeLayer {
+        let form = match unpacked.files {
+            Files::Extracted(_) => FORM,
+            Files::Streamed(_) => STREAMED_FORM,
+        };
         let id = format!(
-            "{FORM}\0{}\0{}\0{}",
+            "{form}\0{}\0{}\0{}",
             unpacked.info.sha256, unpacked.within, unpacked.plan.output_path
         );
         TreeLayer {
@@ -43,22 +63,49 @@ impl TreeLayer {
                 compression: Compression::None,
             },
             unpacked: Arc::new(unpacked),
+            read: Mutex::default(),
         }
     }
 
+    /// A streamed archive's reading, once its stream has ended (or been
+    /// cut short by a refusal).
+    /// Waits for the writing to end: the flatten may stop reading at the
+    /// tar's end marker, before the thread has said how it went.
+    pub fn reading(&self) -> Option<Reading> {
+        self.read.lock().unwrap().take()?.recv().ok()
+    }
+
     /// The layer's tar stream, from its start.
-    pub fn open(&self) -> io::Result<Box<dyn Read + Send>> {
+    pub fn open(&self) -> io::Result<Box<dyn io::Read + Send>> {
         let (reader, mut writer) = io::pipe()?;
+        widen(&writer);
         let unpacked = self.unpacked.clone();
+        let (read, reading) = mpsc::sync_channel(1);
+        *self.read.lock().unwrap() = Some(reading);
         let writing = std::thread::Builder::new()
             .name("archive-layer".into())
             .spawn(move || {
                 let at = unpacked.plan.output_path.trim_start_matches('/');
-                let mut tar = tar::Builder::new(&mut writer);
-                write_tree(&mut tar, &unpacked.context, at, unpacked.info.newest_mtime)?;
-                tar.finish()?;
-                drop(tar);
-                writer.flush()
+                match &unpacked.files {
+                    Files::Extracted(context) => {
+                        let mut tar = tar::Builder::new(&mut writer);
+                        write_tree(&mut tar, context, at, unpacked.info.newest_mtime)?;
+                        tar.finish()?;
+                        drop(tar);
+                        writer.flush()
+                    }
+                    Files::Streamed(archive) => {
+                        let r = stream(archive, &unpacked.info.sha256, &mut writer, at);
+                        let failed = r
+                            .result
+                            .as_ref()
+                            .err()
+                            .map(|e| io::Error::other(e.to_string()));
+                        // Nobody waits for it when the flatten failed first.
+                        let _ = read.send(r);
+                        failed.map_or(Ok(()), Err)
+                    }
+                }
             })?;
         Ok(Box::new(Stream {
             reader,
@@ -67,6 +114,42 @@ impl TreeLayer {
     }
 }
 
+/// Reads `archive` into `out` as a tar stream under `at`.
+fn stream(archive: &Streamed, sha256: &str, out: &mut impl Write, at: &str) -> Reading {
+    let told = Mutex::new(Vec::new());
+    let notice = |line: String| told.lock().unwrap().push(line);
+    let result = builderd_archive::stream(
+        &archive.archive,
+        sha256.to_string(),
+        io::BufWriter::with_capacity(STREAM_BUFFER, out),
+        at,
+        &builderd_archive::Options {
+            declared: archive.declared,
+            limits: archive.limits,
+            notice: &notice,
+        },
+    );
+    Reading {
+        archive: archive.archive.clone(),
+        result,
+        told: told.into_inner().unwrap(),
+    }
+}
+
+/// A pipe of `PIPE_BYTES` where the kernel allows it (64 KiB otherwise):
+/// fewer switches between the writer and the flatten's reader.
+fn widen(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor this thread holds open; it
+    // touches no memory. Refused (EPERM past an unprivileged user's
+    // limit), the pipe keeps its size: only slower.
+    unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+}
+
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Bytes gathered before they go into the pipe: tar headers are 512 bytes.
+const STREAM_BUFFER: usize = 256 << 10;
+
 /// The stream's reader; at its end, the writer's own error if it failed
 /// (a stream cut short would otherwise read as a truncated tar).
 struct Stream {
@@ -74,7 +157,7 @@ struct Stream {
     writing: Option<JoinHandle<io::Result<()>>>,
 }
 
-impl Read for Stream {
+impl io::Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.reader.read(buf)?;
         if n == 0 {

@@ -2,7 +2,9 @@
 //! (builderd-archive), into a directory of the build's own beside its
 //! output; its plan made from its files and the request; then built on its
 //! runtime's image by the step engine, or, with nothing to run, handed back
-//! for its files to go over that image as one more layer.
+//! for its files to go over that image as one more layer. A zip whose top
+//! already shows nothing will run (read by its central directory) is not
+//! extracted at all: it becomes that layer as it is read.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,11 +24,9 @@ pub fn source_file(source: &str) -> Option<&str> {
     source.strip_prefix("archive:")
 }
 
-/// An archive extracted, and what it needs.
+/// An archive ready to build, and what it needs.
 pub struct Unpacked {
-    /// The directory its files are built from (the extraction, or the
-    /// `build_context` in it).
-    pub context: PathBuf,
+    pub files: Files,
     /// The `build_context` within the archive ("" for its root).
     pub within: String,
     pub plan: Plan,
@@ -62,6 +62,27 @@ impl Unpacked {
         }
     }
 }
+
+/// Where an archive's files are.
+pub enum Files {
+    /// Extracted: the directory they are built from (the extraction, or
+    /// the `build_context` in it).
+    Extracted(PathBuf),
+    /// Not extracted (nothing runs): the archive, read into the image.
+    Streamed(Streamed),
+}
+
+/// An archive to read straight into the image, as `builderd_archive::stream`
+/// checks it.
+pub struct Streamed {
+    pub archive: PathBuf,
+    pub declared: Option<builderd_archive::Format>,
+    pub limits: builderd_archive::Limits,
+}
+
+/// The largest file of a zip's top read to plan its build without
+/// extracting it.
+const MAX_PLANNED_FILE: u64 = 1 << 20;
 
 /// The extraction's directory, removed when dropped: an archive's
 /// read-only directories made writable first, so that a user other than
@@ -132,8 +153,6 @@ pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result
         }
         false => Path::new(file),
     };
-    let root = dir.path().join("files");
-    std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
     let declared = req
         .archive
         .format
@@ -141,6 +160,21 @@ pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result
         .map(builderd_archive::Format::parse)
         .transpose()
         .map_err(|e| SourceError(e.to_string()))?;
+    let within = req.project.context.clone().unwrap_or_default();
+    if req.steps.commands.is_empty() && within.is_empty() {
+        if let Some((streamed, plan, image, info)) = unextracted(path, declared, req, dir.path())? {
+            return Ok(Unpacked {
+                files: Files::Streamed(streamed),
+                within,
+                plan,
+                image,
+                info,
+                _dir: dir,
+            });
+        }
+    }
+    let root = dir.path().join("files");
+    std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
     let notice = |line: String| event::warn(reporter, line);
     let extracted = builderd_archive::extract(
         path,
@@ -151,25 +185,12 @@ pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result
             notice: &notice,
         },
     )
-    .map_err(|e| match e {
-        builderd_archive::Error::Write(io) => {
-            anyhow::Error::new(io).context("extracting the archive")
-        }
-        refused => SourceError(format!("{}: {refused}", path.display())).into(),
-    })?;
+    .map_err(|e| refused(path, e))?;
     event::info(
         reporter,
         format!(
-            "{}: a {} archive, sha256 {}: {} entries ({} files, {} directories, {} links), {} \
-             bytes, extracted in {:.1}s",
-            path.display(),
-            extracted.format.name(),
-            extracted.sha256,
-            extracted.entries,
-            extracted.files,
-            extracted.dirs,
-            extracted.symlinks + extracted.hard_links,
-            extracted.bytes,
+            "{}, extracted in {:.1}s",
+            described(path, &extracted),
             started.elapsed().as_secs_f64()
         ),
     );
@@ -179,32 +200,102 @@ pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result
         None => root,
     };
     let plan = archive_plan::plan(&context, &req.archive)?;
-    let bases = BaseImages::load(
-        req.project.base_images.as_deref(),
-        req.project.base_image.as_deref(),
-    )?;
-    let image = plan.image(&bases)?;
-    let info = ArchiveInfo {
-        format: extracted.format.name().to_string(),
-        sha256: extracted.sha256.clone(),
-        archive_bytes: extracted.archive_bytes,
-        entries: extracted.entries,
-        files: extracted.files,
-        bytes: extracted.bytes,
-        left_out: extracted.dropped,
-        bits_cleared: extracted.bits_cleared,
-        runtime: plan.runtime.clone(),
-        runtime_image: image.clone(),
-        output_path: plan.output_path.clone(),
-        built: false,
-        newest_mtime: extracted.newest_mtime,
-    };
+    let image = runtime_image(&plan, req)?;
+    let mut info = info(&extracted.format, &extracted.sha256, &plan, &image);
+    info.counted(&extracted);
     Ok(Unpacked {
-        context,
-        within: req.project.context.clone().unwrap_or_default(),
+        files: Files::Extracted(context),
+        within,
         plan,
         image,
         info,
         _dir: dir,
     })
+}
+
+/// The archive at `path` planned from its top alone, when that is a zip's
+/// and nothing will run: it need not be extracted. `None` otherwise (a
+/// tar, whose top is known only once it is all read; an archive whose
+/// build runs something; anything the extraction should look at itself).
+fn unextracted(
+    path: &Path,
+    declared: Option<builderd_archive::Format>,
+    req: &BuildRequest,
+    scratch: &Path,
+) -> Result<Option<(Streamed, Plan, String, ArchiveInfo)>> {
+    let limits: builderd_archive::Limits = req.archive.limits.into();
+    let Some(top) =
+        builderd_archive::zip_top(path, &limits, archive_plan::LOOKS_AT, MAX_PLANNED_FILE)
+    else {
+        return Ok(None);
+    };
+    let planned = scratch.join("top");
+    std::fs::create_dir(&planned).with_context(|| format!("creating {}", planned.display()))?;
+    for d in &top.dirs {
+        std::fs::create_dir(planned.join(d)).with_context(|| format!("creating {d}"))?;
+    }
+    for (name, data) in &top.files {
+        std::fs::write(planned.join(name), data).with_context(|| format!("writing {name}"))?;
+    }
+    let plan = match archive_plan::plan(&planned.canonicalize()?, &req.archive) {
+        Ok(plan) if !plan.runs() => plan,
+        // Planned again from the extraction, which says it again if so.
+        _ => return Ok(None),
+    };
+    let sha256 =
+        builderd_archive::sha256(path).with_context(|| format!("reading {}", path.display()))?;
+    let image = runtime_image(&plan, req)?;
+    let info = info(&builderd_archive::Format::Zip, &sha256, &plan, &image);
+    let streamed = Streamed {
+        archive: path.to_path_buf(),
+        declared,
+        limits,
+    };
+    Ok(Some((streamed, plan, image, info)))
+}
+
+/// An archive's refusal as the build's error: the archive's fault (SOURCE)
+/// unless the disk failed.
+pub fn refused(path: &Path, e: builderd_archive::Error) -> anyhow::Error {
+    match e {
+        builderd_archive::Error::Write(io) => {
+            anyhow::Error::new(io).context("extracting the archive")
+        }
+        refused => SourceError(format!("{}: {refused}", path.display())).into(),
+    }
+}
+
+/// What a log says of an archive read.
+pub fn described(path: &Path, x: &builderd_archive::Extracted) -> String {
+    format!(
+        "{}: a {} archive, sha256 {}: {} entries ({} files, {} directories, {} links), {} bytes",
+        path.display(),
+        x.format.name(),
+        x.sha256,
+        x.entries,
+        x.files,
+        x.dirs,
+        x.symlinks + x.hard_links,
+        x.bytes,
+    )
+}
+
+fn runtime_image(plan: &Plan, req: &BuildRequest) -> Result<String> {
+    let bases = BaseImages::load(
+        req.project.base_images.as_deref(),
+        req.project.base_image.as_deref(),
+    )?;
+    plan.image(&bases)
+}
+
+/// The report's part, counts still to come.
+fn info(format: &builderd_archive::Format, sha256: &str, plan: &Plan, image: &str) -> ArchiveInfo {
+    ArchiveInfo {
+        format: format.name().to_string(),
+        sha256: sha256.to_string(),
+        runtime: plan.runtime.clone(),
+        runtime_image: image.to_string(),
+        output_path: plan.output_path.clone(),
+        ..ArchiveInfo::default()
+    }
 }

@@ -19,6 +19,35 @@ use crate::request::ArchiveOptions;
 
 /// Where the files go when the request does not say.
 pub const DEFAULT_OUTPUT: &str = "/app";
+/// Every file at the top of the files that `plan` reads or looks for
+/// (besides a named build script or dependency file, which make the
+/// build run anyway); of directories, it looks at `node_modules`. A plan
+/// made from these alone is the plan of the whole tree.
+pub const LOOKS_AT: &[&str] = &[
+    ".nvmrc",
+    ".python-version",
+    "GNUmakefile",
+    "Makefile",
+    "Pipfile",
+    "Procfile",
+    "app.py",
+    "build.sh",
+    "go.mod",
+    "go.sum",
+    "index.html",
+    "index.js",
+    "main.py",
+    "makefile",
+    "npm-shrinkwrap.json",
+    "package-lock.json",
+    "package.json",
+    "pnpm-lock.yaml",
+    "pyproject.toml",
+    "requirements.txt",
+    "server.js",
+    "uv.lock",
+    "yarn.lock",
+];
 /// The longest build script given as a command.
 const MAX_SCRIPT: usize = 4096;
 
@@ -428,6 +457,81 @@ mod tests {
     fn plan_of(list: &[(&str, &str)], opts: ArchiveOptions) -> Result<Plan> {
         let dir = files(list);
         plan(&dir.path().canonicalize().unwrap(), &opts)
+    }
+
+    /// The tree at `dir` cut to what `LOOKS_AT` names at its top, and the
+    /// directories there (what `zip_top` gives), in a new directory.
+    fn cut(dir: &Path) -> tempfile::TempDir {
+        let out = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if e.file_type().unwrap().is_dir() {
+                std::fs::create_dir(out.path().join(&name)).unwrap();
+            } else if LOOKS_AT.contains(&name.as_str()) {
+                std::fs::copy(e.path(), out.path().join(&name)).unwrap();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_plan_from_what_looks_at_names_is_the_whole_trees_plan() {
+        let trees: &[&[(&str, &str)]] = &[
+            &[("index.html", "<p>hi</p>"), ("css/a.css", "p {}")],
+            &[
+                (
+                    "package.json",
+                    r#"{"main": "a.js", "engines": {"node": "20"}}"#,
+                ),
+                ("node_modules/x/index.js", ""),
+                ("a.js", ""),
+            ],
+            &[
+                (
+                    "package.json",
+                    r#"{"dependencies": {"x": "1"}, "scripts": {"build": "b"}}"#,
+                ),
+                ("yarn.lock", ""),
+            ],
+            &[
+                ("server.js", ""),
+                ("package.json", "{}"),
+                (".nvmrc", "v18.2\n"),
+            ],
+            &[
+                ("requirements.txt", "flask\n"),
+                (".python-version", "3.11\n"),
+                ("app.py", ""),
+            ],
+            &[
+                ("pyproject.toml", ""),
+                ("main.py", ""),
+                ("Procfile", "web: python3 main.py\n"),
+            ],
+            &[
+                ("go.mod", "module x\n\ngo 1.22\n"),
+                ("go.sum", ""),
+                ("main.go", ""),
+            ],
+            &[("index.html", ""), ("build.sh", "echo\n")],
+            &[("index.html", ""), ("GNUmakefile", "all:\n")],
+            &[("Pipfile", ""), ("uv.lock", ""), ("src/app.py", "")],
+        ];
+        for list in trees {
+            let whole = files(list);
+            let part = cut(whole.path());
+            let opts = ArchiveOptions::default();
+            let (a, b) = (
+                plan(&whole.path().canonicalize().unwrap(), &opts),
+                plan(&part.path().canonicalize().unwrap(), &opts),
+            );
+            assert_eq!(
+                a.as_ref().map_err(|e| e.to_string()),
+                b.as_ref().map_err(|e| e.to_string()),
+                "{list:?}"
+            );
+        }
     }
 
     #[test]

@@ -143,6 +143,10 @@ pub fn build_archive(
     req: &BuildRequest,
     reporter: &dyn Reporter,
 ) -> Result<Built> {
+    // Only an archive with nothing to run is left unextracted.
+    let archive::Files::Extracted(context) = &unpacked.files else {
+        anyhow::bail!("an archive that was not extracted has nothing to build");
+    };
     let (storage, dir) = build_dir(req)?;
     reporter.report(Event::Stage(Stage::Building));
     let generated = unpacked.generated();
@@ -165,7 +169,7 @@ pub fn build_archive(
         unpacked.plan.runtime, unpacked.plan.output_path
     );
     let building = Building {
-        context: &unpacked.context,
+        context,
         containerfile: &containerfile,
         fetched: None,
         layer_cache: &cache_key(&name, &req.project),
