@@ -30,4 +30,4 @@ pub use error::Error;
 pub use extract::{extract, sha256, stream, Options};
 pub use format::Format;
 pub use limits::{Limits, MAX_NAME_BYTES, RATIO_FLOOR};
-pub use peek::{zip_top, Top};
+pub use peek::{top, Top};

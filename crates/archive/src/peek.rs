@@ -1,42 +1,67 @@
-//! A zip's top, read without extracting it: the few files there that
-//! decide how it is built (read by the central directory, each at most a
-//! small size) and the directories there. A build with nothing to run can
-//! then take the whole archive as a stream. Anything unusual (a name the
-//! extraction would refuse, a wanted file that is a link or too large, an
-//! unreadable entry) gives no answer: the caller extracts the archive,
-//! which says why it is refused, if it is.
+//! An archive's top, read without extracting it: the few files there that
+//! decide how it is built (each at most a small size) and the directories
+//! there. A zip's come from its central directory and those entries alone;
+//! a tar is read through once, decompressed, nothing written. A build with
+//! nothing to run can then take the whole archive as a stream. Anything
+//! unusual (a name the extraction would refuse, a wanted file that is a
+//! link or too large, an unreadable entry) gives no answer: the caller
+//! extracts the archive, which says why it is refused, if it is.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use builderd_import::EntryKind;
 use zip::ZipArchive;
 
 use crate::limits::Limits;
 use crate::names::{normalize, Origin};
 use crate::zip_end::declared_entries;
+use crate::Format;
 
-/// What a zip holds at its top.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What an archive holds at its top.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Top {
+    /// Told by its first bytes.
+    pub format: Format,
     /// The wanted files found there, with their contents.
     pub files: Vec<(String, Vec<u8>)>,
     /// Its directories, described or implied by a name below.
     pub dirs: Vec<String>,
 }
 
-/// The files named in `wanted` at the top of the zip at `archive`, each at
-/// most `max_file` bytes, and the directories there; `None` when the
-/// archive is no zip or the answer needs more than that (see above).
-pub fn zip_top(archive: &Path, limits: &Limits, wanted: &[&str], max_file: u64) -> Option<Top> {
+impl Top {
+    pub(crate) fn new(format: Format) -> Top {
+        Top {
+            format,
+            files: Vec::new(),
+            dirs: Vec::new(),
+        }
+    }
+}
+
+/// The files named in `wanted` at the top of the archive at `archive`,
+/// each at most `max_file` bytes, and the directories there; `None` when
+/// the answer needs more than that (see above).
+pub fn top(archive: &Path, limits: &Limits, wanted: &[&str], max_file: u64) -> Option<Top> {
     let file = File::open(archive).ok()?;
+    let mut first = [0u8; 512];
+    let n = file.read_at(&mut first, 0).ok()?;
+    match Format::of(&first[..n], None).ok()? {
+        Format::Zip => zip_top(file, limits, wanted, max_file),
+        tar => tar_top(file, tar, limits, wanted, max_file),
+    }
+}
+
+fn zip_top(file: File, limits: &Limits, wanted: &[&str], max_file: u64) -> Option<Top> {
     let size = file.metadata().ok()?.len();
     // Past the limit, the central directory is not read at all.
     if declared_entries(&file, size).ok()? > limits.max_entries {
         return None;
     }
     let mut zip = ZipArchive::new(BufReader::new(file)).ok()?;
-    let mut top = Top::default();
+    let mut top = Top::new(Format::Zip);
     for i in 0..zip.len() {
         let (name, is_dir, is_link, len) = {
             let entry = zip.by_index_raw(i).ok()?;
@@ -73,6 +98,67 @@ pub fn zip_top(archive: &Path, limits: &Limits, wanted: &[&str], max_file: u64) 
     Some(top)
 }
 
+/// A tar's top, read once through (see `peek`): `None` for anything
+/// unusual.
+fn tar_top(
+    file: File,
+    format: Format,
+    limits: &Limits,
+    wanted: &[&str],
+    max_file: u64,
+) -> Option<Top> {
+    let mut reader = crate::tar_entries::open(file, format, limits, Default::default()).ok()?;
+    let mut top = Top::new(format);
+    let mut entries = 0u64;
+    while let Some(entry) = reader.next_entry().ok()? {
+        entries += 1;
+        if entries > limits.max_entries {
+            return None;
+        }
+        let Some(name) = normalize(&entry.path, Origin::Tar, limits.max_depth).ok()? else {
+            continue;
+        };
+        let name = String::from_utf8(name).ok()?;
+        match (name.split_once('/'), &entry.kind) {
+            (Some((dir, _)), _) => top.dirs.push(dir.to_string()),
+            (None, EntryKind::Dir) => top.dirs.push(name),
+            (None, _) if !wanted.contains(&name.as_str()) => {}
+            (None, EntryKind::File) if entry.size() <= max_file => {
+                let mut data = Collected(Vec::new());
+                reader.copy_data(&entry, &mut data).ok()?;
+                top.files.push((name, data.0));
+            }
+            // A link, a device, a large file: the extraction decides.
+            (None, _) => return None,
+        }
+    }
+    // Read to its end, so that its compressor's checks run.
+    reader.drain().ok()?;
+    top.dirs.sort();
+    top.dirs.dedup();
+    // A name twice: the extraction refuses it.
+    let mut names: Vec<_> = top.files.iter().map(|(n, _)| n).collect();
+    names.sort();
+    names.dedup();
+    (names.len() == top.files.len()).then_some(top)
+}
+
+/// A small file's data, in memory.
+struct Collected(Vec<u8>);
+
+impl builderd_ext4::ContentSink for Collected {
+    fn write(&mut self, data: &[u8]) -> Result<(), builderd_ext4::Error> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn skip(&mut self, len: u64) -> Result<(), builderd_ext4::Error> {
+        // Bounded by the entry's size, itself at most the caller's maximum.
+        self.0.resize(self.0.len() + len as usize, 0);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,27 +193,58 @@ mod tests {
                 ("other.txt", b"not wanted", false),
             ],
         );
-        let top = zip_top(&fine, &Limits::default(), &wanted, 1024).unwrap();
+        let found = top(&fine, &Limits::default(), &wanted, 1024).unwrap();
         assert_eq!(
-            top,
+            found,
             Top {
+                format: Format::Zip,
                 files: vec![("index.html".into(), b"<p>hi</p>".to_vec())],
                 dirs: vec!["assets".into(), "node_modules".into()],
             }
         );
         let linked = make("linked.zip", &[("package.json", b"sub/package.json", true)]);
-        assert_eq!(zip_top(&linked, &Limits::default(), &wanted, 1024), None);
+        assert_eq!(top(&linked, &Limits::default(), &wanted, 1024), None);
         let large = make("large.zip", &[("package.json", &[b' '; 2048], false)]);
-        assert_eq!(zip_top(&large, &Limits::default(), &wanted, 1024), None);
+        assert_eq!(top(&large, &Limits::default(), &wanted, 1024), None);
         let hostile = make("hostile.zip", &[("../x", b"x", false)]);
-        assert_eq!(zip_top(&hostile, &Limits::default(), &wanted, 1024), None);
+        assert_eq!(top(&hostile, &Limits::default(), &wanted, 1024), None);
         let many = Limits {
             max_entries: 3,
             ..Limits::default()
         };
-        assert_eq!(zip_top(&fine, &many, &wanted, 1024), None);
-        let tar = dir.path().join("not.zip");
-        std::fs::write(&tar, [0u8; 1024]).unwrap();
-        assert_eq!(zip_top(&tar, &Limits::default(), &wanted, 1024), None);
+        assert_eq!(top(&fine, &many, &wanted, 1024), None);
+        let zeros = dir.path().join("zeros");
+        std::fs::write(&zeros, [0u8; 1024]).unwrap();
+        assert_eq!(top(&zeros, &Limits::default(), &wanted, 1024), None);
+        // A tar.gz says the same of the same files.
+        let tgz = dir.path().join("fine.tar.gz");
+        {
+            let gz = flate2::write::GzEncoder::new(
+                File::create(&tgz).unwrap(),
+                flate2::Compression::fast(),
+            );
+            let mut b = tar::Builder::new(gz);
+            for (name, data) in [
+                ("index.html", &b"<p>hi</p>"[..]),
+                ("assets/a.css", b"p {}"),
+                ("node_modules/x/index.js", b"1"),
+                ("other.txt", b"not wanted"),
+            ] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_mtime(0);
+                h.set_uid(0);
+                h.set_gid(0);
+                b.append_data(&mut h, name, data).unwrap();
+            }
+            b.into_inner().unwrap().finish().unwrap();
+        }
+        let (a, b) = (
+            top(&fine, &Limits::default(), &wanted, 1024).unwrap(),
+            top(&tgz, &Limits::default(), &wanted, 1024).unwrap(),
+        );
+        assert_eq!(b.format, Format::TarGz);
+        assert_eq!((a.files, a.dirs), (b.files, b.dirs));
     }
 }

@@ -21,27 +21,7 @@ use crate::{Error, Format};
 const BUFFER: usize = 1 << 20;
 
 pub(crate) fn read(file: File, format: Format, x: &mut Extraction<'_>) -> Result<(), Error> {
-    let counted = Counted {
-        inner: file,
-        read: x.read.clone(),
-    };
-    let input = BufReader::with_capacity(BUFFER, counted);
-    let kind = match format {
-        Format::TarGz => Compression::Gzip,
-        Format::TarXz => Compression::Xz,
-        Format::TarZst => Compression::Zstd,
-        _ => Compression::None,
-    };
-    let stream = decoder(input, kind)
-        .map_err(|e| Error::Archive(format!("the archive's {} stream: {e}", format.name())))?;
-    let guarded = Guard {
-        inner: stream,
-        out: 0,
-        cap: cap(&x.budget.limits),
-        read: x.read.clone(),
-        budget: Budget::new(x.budget.limits),
-    };
-    let mut reader = TarReader::new(BufReader::with_capacity(BUFFER, guarded), "the archive");
+    let mut reader = open(file, format, &x.budget.limits, x.read.clone())?;
     while let Some(entry) = reader.next_entry().map_err(from_reader)? {
         let Some(path) = x.name(&entry.path)? else {
             continue;
@@ -63,6 +43,43 @@ pub(crate) fn read(file: File, format: Format, x: &mut Extraction<'_>) -> Result
         }
     }
     reader.drain().map_err(from_reader)
+}
+
+/// An archive's tar reader.
+pub(crate) type ArchiveTar = TarReader<BufReader<Guard<Box<dyn Read + Send>>>>;
+
+/// The tar reader over the archive's decompressed stream, counted against
+/// `limits` (`read`: the archive's bytes read so far).
+pub(crate) fn open(
+    file: File,
+    format: Format,
+    limits: &Limits,
+    read: Arc<AtomicU64>,
+) -> Result<ArchiveTar, Error> {
+    let counted = Counted {
+        inner: file,
+        read: read.clone(),
+    };
+    let input = BufReader::with_capacity(BUFFER, counted);
+    let kind = match format {
+        Format::TarGz => Compression::Gzip,
+        Format::TarXz => Compression::Xz,
+        Format::TarZst => Compression::Zstd,
+        _ => Compression::None,
+    };
+    let stream = decoder(input, kind)
+        .map_err(|e| Error::Archive(format!("the archive's {} stream: {e}", format.name())))?;
+    let guarded = Guard {
+        inner: stream,
+        out: 0,
+        cap: cap(limits),
+        read,
+        budget: Budget::new(*limits),
+    };
+    Ok(TarReader::new(
+        BufReader::with_capacity(BUFFER, guarded),
+        "the archive",
+    ))
 }
 
 /// The most decompressed bytes a stream within the limits can need: its
@@ -94,7 +111,7 @@ fn from_reader(e: builderd_import::Error) -> Error {
 }
 
 /// The decompressed stream, counted against the limits as it is read.
-struct Guard<R> {
+pub(crate) struct Guard<R> {
     inner: R,
     out: u64,
     cap: u64,

@@ -118,6 +118,18 @@ fn from_stream(bytes: &[u8], at: &str) -> BTreeMap<String, Node> {
     out
 }
 
+/// A header of `kind`, owned by root, dated 0.
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
 fn both(archive: &Path, at: &str) -> (BTreeMap<String, Node>, BTreeMap<String, Node>) {
     let quiet = |_: String| {};
     let dest = tempfile::tempdir().unwrap();
@@ -142,10 +154,7 @@ fn a_tar_streamed_holds_what_its_extraction_holds() {
     let long = format!("deep/{}/file.txt", "d".repeat(120));
     let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
     let mut add = |name: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: &str| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
+        let mut h = header(kind, mode, data.len() as u64);
         h.set_mtime(1_650_000_000);
         h.set_uid(1000);
         h.set_gid(1000);
@@ -248,22 +257,14 @@ fn a_hostile_archive_is_refused_when_streamed_too() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("through.tar");
     let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_size(0);
-    h.set_mode(0o777);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    b.append_link(&mut h, "l", "sub").unwrap();
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_size(1);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    b.append_data(&mut h, "l/x", &b"x"[..]).unwrap();
+    b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), "l", "sub")
+        .unwrap();
+    b.append_data(
+        &mut header(tar::EntryType::Regular, 0o644, 1),
+        "l/x",
+        &b"x"[..],
+    )
+    .unwrap();
     b.finish().unwrap();
     drop(b);
     let quiet = |_: String| {};

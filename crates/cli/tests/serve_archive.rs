@@ -34,6 +34,16 @@ fn upload(server: &Server, key: &str, file: &std::path::Path) -> common::server:
     )
 }
 
+/// A registry holding a busybox image, and a base-image table whose
+/// `static` stack is that image.
+fn static_runtime(dir: &std::path::Path) -> (TestRegistry, std::path::PathBuf) {
+    let reg = TestRegistry::start(None);
+    let base = busybox_image(&reg, dir, "web", json!({"Env": ["PATH=/bin"]}), true);
+    let table = dir.join("base-images.json");
+    std::fs::write(&table, json!({"static": {"default": base}}).to_string()).unwrap();
+    (reg, table)
+}
+
 fn archive_config(id: &str, strategy: Value) -> Value {
     json!({"config": {
         "source": {"archive": {"archive_url": format!("upload://{id}"), "archive_type": "zip"}},
@@ -44,10 +54,7 @@ fn archive_config(id: &str, strategy: Value) -> Value {
 #[test]
 fn uploads_build_stay_with_their_tenant_count_in_its_quota_and_expire() {
     let dir = tmp();
-    let reg = TestRegistry::start(None);
-    let base = busybox_image(&reg, dir.path(), "web", json!({"Env": ["PATH=/bin"]}), true);
-    let table = dir.path().join("base-images.json");
-    std::fs::write(&table, json!({"static": {"default": base}}).to_string()).unwrap();
+    let (_reg, table) = static_runtime(dir.path());
     let server = Server::start(
         &dir.path().join("data"),
         &[
@@ -272,10 +279,7 @@ fn uploads_build_stay_with_their_tenant_count_in_its_quota_and_expire() {
 #[test]
 fn grpc_clients_upload_by_client_streaming() {
     let dir = tmp();
-    let reg = TestRegistry::start(None);
-    let base = busybox_image(&reg, dir.path(), "web", json!({"Env": ["PATH=/bin"]}), true);
-    let table = dir.path().join("base-images.json");
-    std::fs::write(&table, json!({"static": {"default": base}}).to_string()).unwrap();
+    let (_reg, table) = static_runtime(dir.path());
     let server = Server::start(
         &dir.path().join("data"),
         &["--base-images", table.to_str().unwrap()],
@@ -356,10 +360,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn archive_urls_on_loopback_need_the_operator_and_their_pin_must_match() {
     let dir = tmp();
-    let reg = TestRegistry::start(None);
-    let base = busybox_image(&reg, dir.path(), "web", json!({"Env": ["PATH=/bin"]}), true);
-    let table = dir.path().join("base-images.json");
-    std::fs::write(&table, json!({"static": {"default": base}}).to_string()).unwrap();
+    let (_reg, table) = static_runtime(dir.path());
     let files = dir.path().join("served");
     std::fs::create_dir_all(files.join("site")).unwrap();
     std::fs::write(files.join("site/index.html"), "<h1>fetched</h1>\n").unwrap();

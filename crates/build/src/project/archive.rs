@@ -2,9 +2,10 @@
 //! (builderd-archive), into a directory of the build's own beside its
 //! output; its plan made from its files and the request; then built on its
 //! runtime's image by the step engine, or, with nothing to run, handed back
-//! for its files to go over that image as one more layer. A zip whose top
-//! already shows nothing will run (read by its central directory) is not
-//! extracted at all: it becomes that layer as it is read.
+//! for its files to go over that image as one more layer. An archive whose
+//! top already shows nothing will run (a zip's by its central directory, a
+//! tar's by reading it through once) is not extracted at all: it becomes
+//! that layer as it is read.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -213,10 +214,9 @@ pub fn unpack(file: &str, req: &BuildRequest, reporter: &dyn Reporter) -> Result
     })
 }
 
-/// The archive at `path` planned from its top alone, when that is a zip's
-/// and nothing will run: it need not be extracted. `None` otherwise (a
-/// tar, whose top is known only once it is all read; an archive whose
-/// build runs something; anything the extraction should look at itself).
+/// The archive at `path` planned from its top alone, when nothing will
+/// run: it need not be extracted. `None` otherwise (an archive whose build
+/// runs something; anything the extraction should look at itself).
 fn unextracted(
     path: &Path,
     declared: Option<builderd_archive::Format>,
@@ -224,8 +224,7 @@ fn unextracted(
     scratch: &Path,
 ) -> Result<Option<(Streamed, Plan, String, ArchiveInfo)>> {
     let limits: builderd_archive::Limits = req.archive.limits.into();
-    let Some(top) =
-        builderd_archive::zip_top(path, &limits, archive_plan::LOOKS_AT, MAX_PLANNED_FILE)
+    let Some(top) = builderd_archive::top(path, &limits, archive_plan::LOOKS_AT, MAX_PLANNED_FILE)
     else {
         return Ok(None);
     };
@@ -245,7 +244,7 @@ fn unextracted(
     let sha256 =
         builderd_archive::sha256(path).with_context(|| format!("reading {}", path.display()))?;
     let image = runtime_image(&plan, req)?;
-    let info = info(&builderd_archive::Format::Zip, &sha256, &plan, &image);
+    let info = info(&top.format, &sha256, &plan, &image);
     let streamed = Streamed {
         archive: path.to_path_buf(),
         declared,
