@@ -98,7 +98,7 @@ fn zip_top(file: File, limits: &Limits, wanted: &[&str], max_file: u64) -> Optio
     Some(top)
 }
 
-/// A tar's top, read once through (see `peek`): `None` for anything
+/// A tar's top, read once through: `None` for anything
 /// unusual.
 fn tar_top(
     file: File,
