@@ -1,10 +1,12 @@
 //! Where an extraction's checked entries go: beneath a directory on disk,
 //! or, as a tar stream under one path, straight into whatever reads it (a
-//! flatten taking the archive as an image layer, with nothing written to
-//! disk first). The checks come before either sees an entry.
+//! flatten taking the archive as an image layer, nothing extracted first;
+//! only a file that may be a zip is copied aside, for the nested-zip
+//! check). The checks come before either sees an entry.
 
 use std::fs::File;
 use std::io::{self, Seek, Write};
+use std::path::Path;
 
 use crate::beneath::{times, Beneath};
 
@@ -117,8 +119,10 @@ impl DestFile for DiskFile {
     }
 
     fn close(self: Box<Self>, held: u64, read_back: bool) -> io::Result<Option<File>> {
-        // A hole at its end has no data to make the file that long.
-        self.file.set_len(held)?;
+        if held > self.at {
+            // A hole at its end: no data made the file that long.
+            self.file.set_len(held)?;
+        }
         rustix::fs::fchmod(&self.file, rustix::fs::Mode::from_raw_mode(self.mode))?;
         rustix::fs::futimens(&self.file, &times(self.stamp.secs, self.stamp.nanos))?;
         Ok(read_back.then_some(self.file))
@@ -128,17 +132,20 @@ impl DestFile for DiskFile {
 /// Entries as a tar stream (GNU headers, long names as GNU long-name
 /// entries) under `at`, owned by root. Directories come at the end with
 /// their final modes and times, the top one (`at` itself) last.
-pub(crate) struct TarOut<W: Write> {
+pub(crate) struct TarOut<'s, W: Write> {
     out: W,
     at: Vec<u8>,
+    /// Where copies of files that may be zips go, for the nested-zip check.
+    scratch: &'s Path,
 }
 
-impl<W: Write> TarOut<W> {
+impl<'s, W: Write> TarOut<'s, W> {
     /// `at`: a relative path without a trailing slash ("app", "srv/www").
-    pub fn new(out: W, at: &str) -> TarOut<W> {
+    pub fn new(out: W, at: &str, scratch: &'s Path) -> TarOut<'s, W> {
         TarOut {
             out,
             at: at.trim_matches('/').as_bytes().to_vec(),
+            scratch,
         }
     }
 
@@ -210,7 +217,7 @@ fn pad(out: &mut impl Write, len: u64) -> io::Result<()> {
     out.write_all(&[0u8; 512][..rest as usize])
 }
 
-impl<W: Write> Dest for TarOut<W> {
+impl<W: Write> Dest for TarOut<'_, W> {
     fn dir(&mut self, _path: &[u8]) -> io::Result<()> {
         // Written at the end by `dir_stamp`; until then the reader implies it.
         Ok(())
@@ -240,6 +247,7 @@ impl<W: Write> Dest for TarOut<W> {
             written: 0,
             head: Vec::new(),
             copy: None,
+            scratch: self.scratch,
         }))
     }
 
@@ -281,6 +289,7 @@ struct TarFile<'a, W: Write> {
     written: u64,
     head: Vec<u8>,
     copy: Option<File>,
+    scratch: &'a Path,
 }
 
 /// How a zip's local header starts.
@@ -296,7 +305,7 @@ impl<W: Write> TarFile<'_, W> {
             } else if self.copy.is_none() {
                 // Unnamed where it can be (O_TMPFILE): gone with its
                 // descriptor.
-                self.copy = Some(tempfile::tempfile()?);
+                self.copy = Some(tempfile::tempfile_in(self.scratch)?);
             }
         }
         match &mut self.copy {

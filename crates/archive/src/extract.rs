@@ -36,17 +36,24 @@ pub fn extract(archive: &Path, dest: &Path, opts: &Options<'_>) -> Result<Extrac
 /// writes its entries as a tar stream into `out`, under `at` (a relative
 /// path: "app"), instead of to disk: owned by root, directories at the end
 /// with their final modes and times. `sha256` is the archive's, taken
-/// before ([`sha256`]). On an error the stream stops short: whoever reads
-/// it must take this function's answer, not the stream's end, as the
-/// verdict.
+/// before ([`sha256`]). Files that may be zips are copied into `scratch`
+/// (unnamed, gone when checked) for the nested-zip check. On an error the
+/// stream stops short: whoever reads it must take this function's answer,
+/// not the stream's end, as the verdict.
 pub fn stream(
     archive: &Path,
     sha256: String,
     out: impl Write,
     at: &str,
+    scratch: &Path,
     opts: &Options<'_>,
 ) -> Result<Extracted, Error> {
-    read(archive, Some(sha256), Box::new(TarOut::new(out, at)), opts)
+    read(
+        archive,
+        Some(sha256),
+        Box::new(TarOut::new(out, at, scratch)),
+        opts,
+    )
 }
 
 /// The sha256 of the file at `path`, as hex.

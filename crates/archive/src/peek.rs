@@ -7,6 +7,7 @@
 //! link or too large, an unreadable entry) gives no answer: the caller
 //! extracts the archive, which says why it is refused, if it is.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
@@ -18,6 +19,7 @@ use zip::ZipArchive;
 use crate::limits::Limits;
 use crate::names::{normalize, Origin};
 use crate::zip_end::declared_entries;
+use crate::zip_entries::{Info, ZipKind};
 use crate::Format;
 
 /// What an archive holds at its top.
@@ -28,7 +30,9 @@ pub struct Top {
     /// The wanted files found there, with their contents.
     pub files: Vec<(String, Vec<u8>)>,
     /// Its directories, described or implied by a name below.
-    pub dirs: Vec<String>,
+    pub dirs: BTreeSet<String>,
+    /// The file data its headers declare, in all.
+    pub bytes: u64,
 }
 
 impl Top {
@@ -36,19 +40,27 @@ impl Top {
         Top {
             format,
             files: Vec::new(),
-            dirs: Vec::new(),
+            dirs: BTreeSet::new(),
+            bytes: 0,
         }
     }
 }
 
 /// The files named in `wanted` at the top of the archive at `archive`,
 /// each at most `max_file` bytes, and the directories there; `None` when
-/// the answer needs more than that (see above).
-pub fn top(archive: &Path, limits: &Limits, wanted: &[&str], max_file: u64) -> Option<Top> {
+/// the answer needs more than that (see above), or the archive is not
+/// what `declared` says.
+pub fn top(
+    archive: &Path,
+    declared: Option<Format>,
+    limits: &Limits,
+    wanted: &[&str],
+    max_file: u64,
+) -> Option<Top> {
     let file = File::open(archive).ok()?;
     let mut first = [0u8; 512];
     let n = file.read_at(&mut first, 0).ok()?;
-    match Format::of(&first[..n], None).ok()? {
+    match Format::of(&first[..n], declared).ok()? {
         Format::Zip => zip_top(file, limits, wanted, max_file),
         tar => tar_top(file, tar, limits, wanted, max_file),
     }
@@ -63,39 +75,85 @@ fn zip_top(file: File, limits: &Limits, wanted: &[&str], max_file: u64) -> Optio
     let mut zip = ZipArchive::new(BufReader::new(file)).ok()?;
     let mut top = Top::new(Format::Zip);
     for i in 0..zip.len() {
-        let (name, is_dir, is_link, len) = {
+        let (name, info) = {
             let entry = zip.by_index_raw(i).ok()?;
-            let kind = entry.unix_mode().map(|m| m & 0o170000);
             let name = normalize(entry.name_raw(), Origin::Zip, limits.max_depth).ok()?;
-            (
-                name,
-                entry.is_dir() || kind == Some(0o040000),
-                kind == Some(0o120000),
-                entry.size(),
-            )
+            (name, Info::of(&entry))
         };
         let Some(name) = name else { continue };
         let name = String::from_utf8(name).ok()?;
-        match name.split_once('/') {
-            Some((dir, _)) => top.dirs.push(dir.to_string()),
-            None if is_dir => top.dirs.push(name),
-            None if !wanted.contains(&name.as_str()) => {}
-            None if is_link || len > max_file => return None,
-            None => {
-                let mut data = Vec::new();
-                zip.by_index(i)
-                    .ok()?
-                    .take(max_file + 1)
-                    .read_to_end(&mut data)
-                    .ok()?;
-                (data.len() as u64 == len).then_some(())?;
-                top.files.push((name, data));
-            }
+        let kind = match info.kind() {
+            ZipKind::File => Kind::File(info.size),
+            ZipKind::Dir => Kind::Dir,
+            ZipKind::Symlink | ZipKind::Other(_) => Kind::Other,
+        };
+        if let Some(name) = top.sort(name, kind, wanted, max_file)? {
+            let mut data = Vec::new();
+            zip.by_index(i)
+                .ok()?
+                .take(max_file + 1)
+                .read_to_end(&mut data)
+                .ok()?;
+            (data.len() as u64 == info.size).then_some(())?;
+            top.files.push((name, data));
         }
     }
-    top.dirs.sort();
-    top.dirs.dedup();
-    Some(top)
+    top.done()
+}
+
+/// What the top needs to know of an entry.
+enum Kind {
+    File(u64),
+    Dir,
+    /// A link, a device: the extraction decides what it makes of it.
+    Other,
+}
+
+impl Top {
+    /// Takes note of the entry `name`; answers the name when it is a file
+    /// to read, and `None` (the outer) when the top cannot be told.
+    fn sort(
+        &mut self,
+        name: String,
+        kind: Kind,
+        wanted: &[&str],
+        max_file: u64,
+    ) -> Option<Option<String>> {
+        if let Kind::File(size) = kind {
+            self.bytes = self.bytes.saturating_add(size);
+        }
+        match (name.split_once('/'), kind) {
+            (Some((dir, _)), _) => {
+                if !self.dirs.contains(dir) {
+                    self.dirs.insert(dir.to_string());
+                }
+                Some(None)
+            }
+            (None, Kind::Dir) => {
+                self.dirs.insert(name);
+                Some(None)
+            }
+            // A wanted name (or node_modules) that is neither a plain file
+            // nor a directory (a link, which the plan would follow), a
+            // wanted file too large to read, or one of a name taken: the
+            // extraction looks.
+            (None, Kind::Other) if wanted.contains(&name.as_str()) || name == "node_modules" => {
+                None
+            }
+            (None, Kind::Other) => Some(None),
+            (None, Kind::File(size)) if wanted.contains(&name.as_str()) => {
+                let taken = self.files.iter().any(|(n, _)| *n == name) || self.dirs.contains(&name);
+                (size <= max_file && !taken).then_some(Some(name))
+            }
+            (None, Kind::File(_)) => Some(None),
+        }
+    }
+
+    /// The top, unless a name is both a file and a directory.
+    fn done(self) -> Option<Top> {
+        let clash = self.files.iter().any(|(n, _)| self.dirs.contains(n));
+        (!clash).then_some(self)
+    }
 }
 
 /// A tar's top, read once through: `None` for anything
@@ -119,28 +177,20 @@ fn tar_top(
             continue;
         };
         let name = String::from_utf8(name).ok()?;
-        match (name.split_once('/'), &entry.kind) {
-            (Some((dir, _)), _) => top.dirs.push(dir.to_string()),
-            (None, EntryKind::Dir) => top.dirs.push(name),
-            (None, _) if !wanted.contains(&name.as_str()) => {}
-            (None, EntryKind::File) if entry.size() <= max_file => {
-                let mut data = Collected(Vec::new());
-                reader.copy_data(&entry, &mut data).ok()?;
-                top.files.push((name, data.0));
-            }
-            // A link, a device, a large file: the extraction decides.
-            (None, _) => return None,
+        let kind = match &entry.kind {
+            EntryKind::File => Kind::File(entry.size()),
+            EntryKind::Dir => Kind::Dir,
+            _ => Kind::Other,
+        };
+        if let Some(name) = top.sort(name, kind, wanted, max_file)? {
+            let mut data = Collected(Vec::new());
+            reader.copy_data(&entry, &mut data).ok()?;
+            top.files.push((name, data.0));
         }
     }
     // Read to its end, so that its compressor's checks run.
     reader.drain().ok()?;
-    top.dirs.sort();
-    top.dirs.dedup();
-    // A name twice: the extraction refuses it.
-    let mut names: Vec<_> = top.files.iter().map(|(n, _)| n).collect();
-    names.sort();
-    names.dedup();
-    (names.len() == top.files.len()).then_some(top)
+    top.done()
 }
 
 /// A small file's data, in memory.
@@ -193,29 +243,59 @@ mod tests {
                 ("other.txt", b"not wanted", false),
             ],
         );
-        let found = top(&fine, &Limits::default(), &wanted, 1024).unwrap();
+        let found = top(&fine, None, &Limits::default(), &wanted, 1024).unwrap();
         assert_eq!(
             found,
             Top {
                 format: Format::Zip,
+                bytes: 9 + 4 + 1 + 10,
                 files: vec![("index.html".into(), b"<p>hi</p>".to_vec())],
-                dirs: vec!["assets".into(), "node_modules".into()],
+                dirs: ["assets".to_string(), "node_modules".to_string()].into(),
             }
         );
         let linked = make("linked.zip", &[("package.json", b"sub/package.json", true)]);
-        assert_eq!(top(&linked, &Limits::default(), &wanted, 1024), None);
+        let modules = make("modules.zip", &[("node_modules", b"vendor", true)]);
+        assert_eq!(top(&modules, None, &Limits::default(), &wanted, 1024), None);
+        let other_link = make(
+            "other-link.zip",
+            &[
+                ("index.html", b"hi", false),
+                ("home.html", b"index.html", true),
+            ],
+        );
+        assert!(top(&other_link, None, &Limits::default(), &wanted, 1024).is_some());
+        let clash = make(
+            "clash.zip",
+            &[
+                ("package.json", b"{}", false),
+                ("package.json/x", b"", false),
+            ],
+        );
+        assert_eq!(top(&clash, None, &Limits::default(), &wanted, 1024), None);
+        assert_eq!(
+            top(
+                &fine,
+                Some(Format::TarGz),
+                &Limits::default(),
+                &wanted,
+                1024
+            ),
+            None,
+            "not what it is declared to be"
+        );
+        assert_eq!(top(&linked, None, &Limits::default(), &wanted, 1024), None);
         let large = make("large.zip", &[("package.json", &[b' '; 2048], false)]);
-        assert_eq!(top(&large, &Limits::default(), &wanted, 1024), None);
+        assert_eq!(top(&large, None, &Limits::default(), &wanted, 1024), None);
         let hostile = make("hostile.zip", &[("../x", b"x", false)]);
-        assert_eq!(top(&hostile, &Limits::default(), &wanted, 1024), None);
+        assert_eq!(top(&hostile, None, &Limits::default(), &wanted, 1024), None);
         let many = Limits {
             max_entries: 3,
             ..Limits::default()
         };
-        assert_eq!(top(&fine, &many, &wanted, 1024), None);
+        assert_eq!(top(&fine, None, &many, &wanted, 1024), None);
         let zeros = dir.path().join("zeros");
         std::fs::write(&zeros, [0u8; 1024]).unwrap();
-        assert_eq!(top(&zeros, &Limits::default(), &wanted, 1024), None);
+        assert_eq!(top(&zeros, None, &Limits::default(), &wanted, 1024), None);
         // A tar.gz says the same of the same files.
         let tgz = dir.path().join("fine.tar.gz");
         {
@@ -241,10 +321,10 @@ mod tests {
             b.into_inner().unwrap().finish().unwrap();
         }
         let (a, b) = (
-            top(&fine, &Limits::default(), &wanted, 1024).unwrap(),
-            top(&tgz, &Limits::default(), &wanted, 1024).unwrap(),
+            top(&fine, None, &Limits::default(), &wanted, 1024).unwrap(),
+            top(&tgz, None, &Limits::default(), &wanted, 1024).unwrap(),
         );
         assert_eq!(b.format, Format::TarGz);
-        assert_eq!((a.files, a.dirs), (b.files, b.dirs));
+        assert_eq!((a.files, a.dirs, a.bytes), (b.files, b.dirs, b.bytes));
     }
 }

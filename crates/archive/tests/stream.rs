@@ -140,6 +140,7 @@ fn both(archive: &Path, at: &str) -> (BTreeMap<String, Node>, BTreeMap<String, N
         sha256(archive).unwrap(),
         &mut bytes,
         at,
+        tempfile::tempdir().unwrap().path(),
         &options(&quiet),
     )
     .unwrap();
@@ -274,6 +275,7 @@ fn a_hostile_archive_is_refused_when_streamed_too() {
         sha256(&archive).unwrap(),
         &mut bytes,
         "app",
+        dir.path(),
         &options(&quiet),
     )
     .unwrap_err()

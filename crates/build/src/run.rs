@@ -561,8 +561,8 @@ fn flatten(
         (flattened, streams.take_checks())
     });
     // A streamed archive's refusal cut its layer short: the refusal is the
-    // error.
-    let archive_read = match tree.as_ref().and_then(TreeLayer::reading) {
+    // error, once the downloads are stopped and the checks joined.
+    let (archive_read, refusal) = match tree.as_ref().and_then(TreeLayer::reading) {
         Some(r) => {
             for line in &r.told {
                 event::warn(reporter, line);
@@ -576,15 +576,15 @@ fn flatten(
                             crate::project::archive::described(&r.archive, &x)
                         ),
                     );
-                    Some(x)
+                    (Some(x), None)
                 }
                 // The pipe broke: the flatten stopped first, and its own
                 // error says why.
-                Err(builderd_archive::Error::Write(_)) => None,
-                Err(e) => return Err(crate::project::archive::refused(&r.archive, e)),
+                Err(builderd_archive::Error::Write(_)) => (None, None),
+                Err(e) => (None, Some(crate::project::archive::refused(&r.archive, e))),
             }
         }
-        None => None,
+        None => (None, None),
     };
     // Content past the limit stopped the writing: say which limit.
     let flattened = flattened.map_err(|e| match limit {
@@ -595,28 +595,23 @@ fn flatten(
         }),
         _ => anyhow::Error::new(e),
     });
+    let flattened = match (flattened, refusal) {
+        (_, Some(refused)) => Err(refused),
+        (f, None) => f,
+    };
+    let refused = |e: &anyhow::Error| e.is::<SourceError>();
     let (counts, converted) = match (flattened, blobs) {
         (Ok(stats), Blobs::Pull(d)) => d.finish().map(|()| stats)?,
         (Ok(stats), Blobs::Local(_)) => stats,
         // A layer that could not be read because its download failed: the
         // download's own error says what happened.
         (Err(e), Blobs::Pull(d)) => match d.abandon() {
-            Some(download) => return Err(download.into()),
-            None => {
-                return Err(checks
-                    .join()
-                    .err()
-                    .map_or(e, |f| failed(f, cache.as_deref())))
-            }
+            Some(download) if !refused(&e) => return Err(download.into()),
+            _ => return Err(joined(e, checks, cache.as_deref())),
         },
         // A blob that is not what its digest says fails to decompress or
         // parse first, more often than not: its check says why.
-        (Err(e), Blobs::Local(_)) => {
-            return Err(checks
-                .join()
-                .err()
-                .map_or(e, |f| failed(f, cache.as_deref())))
-        }
+        (Err(e), Blobs::Local(_)) => return Err(joined(e, checks, cache.as_deref())),
     };
     Ok((
         Flattened {
@@ -628,6 +623,16 @@ fn flatten(
         checks,
         converted,
     ))
+}
+
+/// The flatten's error `e` once the blob checks are joined: a check's
+/// failure says more, unless `e` is the archive's own refusal.
+fn joined(e: anyhow::Error, checks: BlobChecks, cache: Option<&BlobCache>) -> anyhow::Error {
+    let failed_check = checks.join().err();
+    match failed_check {
+        Some(f) if !e.is::<SourceError>() => failed(f, cache),
+        _ => e,
+    }
 }
 
 /// The image's sha256. Hashing (CPU) and flushing to disk (I/O) overlap,

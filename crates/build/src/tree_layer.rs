@@ -2,12 +2,12 @@
 //! image: a tar stream under the output path, written on a thread as the
 //! flatten reads it. Extracted, its tree is walked in name order, owned by
 //! root, with the modes and times the extraction gave them, files linked
-//! to each other still linked; not extracted (a zip planned from its top),
-//! the archive itself is read into the stream, checked as the extraction
-//! checks it (`builderd_archive::stream`), and nothing of it touches the
-//! disk. The same archive gives the same stream, so its name (the "digest"
-//! the flatten and the layer store know it by) is made from the archive's
-//! sha256, the way it is read, and where it goes.
+//! to each other still linked; not extracted (an archive planned from its
+//! top), the archive itself is read into the stream, checked as the
+//! extraction checks it (`builderd_archive::stream`). The same archive
+//! gives the same stream, so its name (the "digest" the flatten and the
+//! layer store know it by) is made from the archive's sha256, the way it
+//! is read and the rules it is read by, and where it goes.
 
 use std::collections::HashMap;
 use std::fs;
@@ -47,9 +47,11 @@ pub struct Reading {
 
 impl TreeLayer {
     pub fn new(unpacked: Unpacked) -> TreeLayer {
-        let form = match unpacked.files {
-            Files::Extracted(_) => FORM,
-            Files::Streamed(_) => STREAMED_FORM,
+        // A layer kept from an earlier build (preserve_layers) is not read
+        // again: streamed, its name holds the rules it passed.
+        let form = match &unpacked.files {
+            Files::Extracted(_) => FORM.to_string(),
+            Files::Streamed(s) => format!("{STREAMED_FORM}\0{:?}\0{:?}", s.declared, s.limits),
         };
         let id = format!(
             "{form}\0{}\0{}\0{}",
@@ -71,8 +73,11 @@ impl TreeLayer {
     /// cut short by a refusal).
     /// Waits for the writing to end: the flatten may stop reading at the
     /// tar's end marker, before the thread has said how it went.
+    /// Called once the flatten is over (its readers dropped), so that the
+    /// thread is done or ending.
     pub fn reading(&self) -> Option<Reading> {
-        self.read.lock().unwrap().take()?.recv().ok()
+        let reading = self.read.lock().unwrap().take()?;
+        reading.recv().ok()
     }
 
     /// The layer's tar stream, from its start.
@@ -123,6 +128,7 @@ fn stream(archive: &Streamed, sha256: &str, out: &mut impl Write, at: &str) -> R
         sha256.to_string(),
         io::BufWriter::with_capacity(STREAM_BUFFER, out),
         at,
+        &archive.scratch,
         &builderd_archive::Options {
             declared: archive.declared,
             limits: archive.limits,

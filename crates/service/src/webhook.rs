@@ -100,8 +100,9 @@ pub struct Deliverer {
 struct InFlight {
     ids: std::collections::HashSet<String>,
     per_tenant: std::collections::HashMap<String, usize>,
-    /// Sent since the due list was last read: that list may still show
-    /// them due, as it was read before their outcome was recorded.
+    /// Done with (sent, or handed back unsent for want of a slot) since
+    /// the due list was last read: that list may still show them due, as
+    /// it was read before their outcome was recorded.
     finished: std::collections::HashSet<String>,
 }
 

@@ -79,9 +79,11 @@ pub struct Streamed {
     pub archive: PathBuf,
     pub declared: Option<builderd_archive::Format>,
     pub limits: builderd_archive::Limits,
+    /// The build's own directory, for copies of files that may be zips.
+    pub scratch: PathBuf,
 }
 
-/// The largest file of a zip's top read to plan its build without
+/// The largest file of an archive's top read to plan its build without
 /// extracting it.
 const MAX_PLANNED_FILE: u64 = 1 << 20;
 
@@ -224,19 +226,33 @@ fn unextracted(
     scratch: &Path,
 ) -> Result<Option<(Streamed, Plan, String, ArchiveInfo)>> {
     let limits: builderd_archive::Limits = req.archive.limits.into();
-    let Some(top) = builderd_archive::top(path, &limits, archive_plan::LOOKS_AT, MAX_PLANNED_FILE)
-    else {
+    let Some(top) = builderd_archive::top(
+        path,
+        declared,
+        &limits,
+        archive_plan::LOOKS_AT,
+        MAX_PLANNED_FILE,
+    ) else {
         return Ok(None);
     };
+    // The few files the plan reads, and the top's directories.
     let planned = scratch.join("top");
-    std::fs::create_dir(&planned).with_context(|| format!("creating {}", planned.display()))?;
-    for d in &top.dirs {
-        std::fs::create_dir(planned.join(d)).with_context(|| format!("creating {d}"))?;
-    }
-    for (name, data) in &top.files {
-        std::fs::write(planned.join(name), data).with_context(|| format!("writing {name}"))?;
-    }
-    let plan = match archive_plan::plan(&planned.canonicalize()?, &req.archive) {
+    let laid_out = std::fs::create_dir(&planned)
+        .and_then(|()| {
+            top.dirs
+                .iter()
+                .try_for_each(|d| std::fs::create_dir(planned.join(d)))
+        })
+        .and_then(|()| {
+            top.files
+                .iter()
+                .try_for_each(|(name, data)| std::fs::write(planned.join(name), data))
+        })
+        .and_then(|()| planned.canonicalize());
+    let Ok(planned) = laid_out else {
+        return Ok(None);
+    };
+    let plan = match archive_plan::plan(&planned, &req.archive) {
         Ok(plan) if !plan.runs() => plan,
         // Planned again from the extraction, which says it again if so.
         _ => return Ok(None),
@@ -244,11 +260,14 @@ fn unextracted(
     let sha256 =
         builderd_archive::sha256(path).with_context(|| format!("reading {}", path.display()))?;
     let image = runtime_image(&plan, req)?;
-    let info = info(&top.format, &sha256, &plan, &image);
+    let mut info = info(&top.format, &sha256, &plan, &image);
+    // What the headers declare, until the reading says what it held.
+    info.bytes = top.bytes;
     let streamed = Streamed {
         archive: path.to_path_buf(),
         declared,
         limits,
+        scratch: scratch.to_path_buf(),
     };
     Ok(Some((streamed, plan, image, info)))
 }
