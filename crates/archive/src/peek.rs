@@ -183,7 +183,7 @@ fn tar_top(
             _ => Kind::Other,
         };
         if let Some(name) = top.sort(name, kind, wanted, max_file)? {
-            let mut data = Collected(Vec::new());
+            let mut data = builderd_ext4::InMemory(Vec::new());
             reader.copy_data(&entry, &mut data).ok()?;
             top.files.push((name, data.0));
         }
@@ -191,22 +191,6 @@ fn tar_top(
     // Read to its end, so that its compressor's checks run.
     reader.drain().ok()?;
     top.done()
-}
-
-/// A small file's data, in memory.
-struct Collected(Vec<u8>);
-
-impl builderd_ext4::ContentSink for Collected {
-    fn write(&mut self, data: &[u8]) -> Result<(), builderd_ext4::Error> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn skip(&mut self, len: u64) -> Result<(), builderd_ext4::Error> {
-        // Bounded by the entry's size, itself at most the caller's maximum.
-        self.0.resize(self.0.len() + len as usize, 0);
-        Ok(())
-    }
 }
 
 #[cfg(test)]

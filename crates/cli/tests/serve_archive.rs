@@ -134,18 +134,17 @@ fn uploads_build_stay_with_their_tenant_count_in_its_quota_and_expire() {
             .output()
             .unwrap()
     };
-    let o = client(&[
-        "create",
-        "--archive",
-        zip.to_str().unwrap(),
-        "--runtime",
-        "static",
-        "--archive-type",
-        "zip",
-        "--output-path",
-        "/srv/site",
-        "--wait",
-    ]);
+    let create = |extra: &[&str]| {
+        let args = [
+            "create",
+            "--archive",
+            zip.to_str().unwrap(),
+            "--runtime",
+            "static",
+        ];
+        client(&[&args[..], extra, &["--wait"]].concat())
+    };
+    let o = create(&["--archive-type", "zip", "--output-path", "/srv/site"]);
     let said = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{said}");
     assert!(
@@ -166,16 +165,7 @@ fn uploads_build_stay_with_their_tenant_count_in_its_quota_and_expire() {
         "h1 {}\n"
     );
     // The type must agree with the bytes.
-    let o = client(&[
-        "create",
-        "--archive",
-        zip.to_str().unwrap(),
-        "--runtime",
-        "static",
-        "--archive-type",
-        "tar.gz",
-        "--wait",
-    ]);
+    let o = create(&["--archive-type", "tar.gz"]);
     let said = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{said}");
     assert!(said.contains("tar.gz"), "{said}");

@@ -26,6 +26,22 @@ pub trait ContentSink {
     fn skip(&mut self, len: u64) -> Result<(), Error>;
 }
 
+/// A file's content kept in memory (a small file someone reads rather than
+/// writes: its size bounds it).
+pub struct InMemory(pub Vec<u8>);
+
+impl ContentSink for InMemory {
+    fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn skip(&mut self, len: u64) -> Result<(), Error> {
+        self.0.resize(self.0.len() + len as usize, 0);
+        Ok(())
+    }
+}
+
 /// A file's content once written: where its blocks are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileData {

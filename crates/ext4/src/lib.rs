@@ -41,7 +41,7 @@ mod tree;
 mod writer;
 mod xattr;
 
-pub use content::{ContentSink, FileData};
+pub use content::{ContentSink, FileData, InMemory};
 pub use entry::{DeviceKind, Metadata, Timestamp, Xattr};
 pub use lanes::{Lane, LaneFile, Lanes};
 pub use layout::BLOCK_SIZE;

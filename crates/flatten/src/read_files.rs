@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use builderd_ext4::ContentSink;
+use builderd_ext4::InMemory;
 use builderd_import::EntryKind;
 
 use crate::layer::{adjusted, layer_err, open, Layer};
@@ -112,19 +112,4 @@ pub fn read_files(
         opaque.extend(opaque_here);
     }
     Ok(found)
-}
-
-/// A file's content kept in memory.
-struct InMemory(Vec<u8>);
-
-impl ContentSink for InMemory {
-    fn write(&mut self, data: &[u8]) -> Result<(), builderd_ext4::Error> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn skip(&mut self, len: u64) -> Result<(), builderd_ext4::Error> {
-        self.0.resize(self.0.len() + len as usize, 0);
-        Ok(())
-    }
 }
