@@ -1,6 +1,6 @@
-//! An archive's top, read without extracting it: the few files there that
-//! decide how it is built (each at most a small size) and the directories
-//! there. A zip's come from its central directory and those entries alone;
+//! An archive's top, read without extracting it: the few names there that
+//! decide how it is built, files (each at most a small size) or
+//! directories. A zip's come from its central directory and those entries alone;
 //! a tar is read through once, decompressed, nothing written. A build with
 //! nothing to run can then take the whole archive as a stream. Anything
 //! unusual (a name the extraction would refuse, a wanted file that is a
@@ -27,9 +27,10 @@ use crate::Format;
 pub struct Top {
     /// Told by its first bytes.
     pub format: Format,
-    /// The wanted files found there, with their contents.
+    /// The wanted names that are files there, with their contents.
     pub files: Vec<(String, Vec<u8>)>,
-    /// Its directories, described or implied by a name below.
+    /// The wanted names that are directories there, described or implied
+    /// by a name below.
     pub dirs: BTreeSet<String>,
     /// The file data its headers declare, in all.
     pub bytes: u64,
@@ -46,8 +47,8 @@ impl Top {
     }
 }
 
-/// The files named in `wanted` at the top of the archive at `archive`,
-/// each at most `max_file` bytes, and the directories there; `None` when
+/// The names in `wanted` at the top of the archive at `archive`: files
+/// (each at most `max_file` bytes, read) and directories; `None` when
 /// the answer needs more than that (see above), or the archive is not
 /// what `declared` says.
 pub fn top(
@@ -122,26 +123,28 @@ impl Top {
         if let Kind::File(size) = kind {
             self.bytes = self.bytes.saturating_add(size);
         }
+        let is_wanted = |n: &str| wanted.contains(&n);
         match (name.split_once('/'), kind) {
+            // Only the wanted directories are kept: their number is bounded
+            // by the list, whatever the archive holds.
             (Some((dir, _)), _) => {
-                if !self.dirs.contains(dir) {
+                if is_wanted(dir) && !self.dirs.contains(dir) {
                     self.dirs.insert(dir.to_string());
                 }
                 Some(None)
             }
             (None, Kind::Dir) => {
-                self.dirs.insert(name);
+                if is_wanted(&name) {
+                    self.dirs.insert(name);
+                }
                 Some(None)
             }
-            // A wanted name (or node_modules) that is neither a plain file
-            // nor a directory (a link, which the plan would follow), a
-            // wanted file too large to read, or one of a name taken: the
-            // extraction looks.
-            (None, Kind::Other) if wanted.contains(&name.as_str()) || name == "node_modules" => {
-                None
-            }
+            // A wanted name that is neither a plain file nor a directory (a
+            // link, which the plan would follow), a wanted file too large
+            // to read, or one of a name taken: the extraction looks.
+            (None, Kind::Other) if is_wanted(&name) => None,
             (None, Kind::Other) => Some(None),
-            (None, Kind::File(size)) if wanted.contains(&name.as_str()) => {
+            (None, Kind::File(size)) if is_wanted(&name) => {
                 let taken = self.files.iter().any(|(n, _)| *n == name) || self.dirs.contains(&name);
                 (size <= max_file && !taken).then_some(Some(name))
             }
@@ -217,7 +220,7 @@ mod tests {
             z.finish().unwrap();
             path
         };
-        let wanted = ["package.json", "index.html"];
+        let wanted = ["package.json", "index.html", "node_modules"];
         let fine = make(
             "fine.zip",
             &[
@@ -234,7 +237,8 @@ mod tests {
                 format: Format::Zip,
                 bytes: 9 + 4 + 1 + 10,
                 files: vec![("index.html".into(), b"<p>hi</p>".to_vec())],
-                dirs: ["assets".to_string(), "node_modules".to_string()].into(),
+                // `assets` is no wanted name.
+                dirs: ["node_modules".to_string()].into(),
             }
         );
         let linked = make("linked.zip", &[("package.json", b"sub/package.json", true)]);

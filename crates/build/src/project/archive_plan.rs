@@ -19,10 +19,10 @@ use crate::request::ArchiveOptions;
 
 /// Where the files go when the request does not say.
 pub const DEFAULT_OUTPUT: &str = "/app";
-/// Every file at the top of the files that `plan` reads or looks for
-/// (besides a named build script or dependency file, which make the
-/// build run anyway); of directories, it looks at `node_modules`. A plan
-/// made from these alone is the plan of the whole tree.
+/// Every name at the top of the files that `plan` reads or looks for, as a
+/// file or (`node_modules`) a directory, besides a named build script or
+/// dependency file, which make the build run anyway. A plan made from
+/// these alone is the plan of the whole tree.
 pub const LOOKS_AT: &[&str] = &[
     ".nvmrc",
     ".python-version",
@@ -38,6 +38,7 @@ pub const LOOKS_AT: &[&str] = &[
     "index.js",
     "main.py",
     "makefile",
+    "node_modules",
     "npm-shrinkwrap.json",
     "package-lock.json",
     "package.json",
@@ -459,16 +460,19 @@ mod tests {
         plan(&dir.path().canonicalize().unwrap(), &opts)
     }
 
-    /// The tree at `dir` cut to what `LOOKS_AT` names at its top, and the
-    /// directories there (what `zip_top` gives), in a new directory.
+    /// The tree at `dir` cut to what `LOOKS_AT` names at its top (what
+    /// `builderd_archive::top` gives), in a new directory.
     fn cut(dir: &Path) -> tempfile::TempDir {
         let out = tempfile::tempdir().unwrap();
         for e in std::fs::read_dir(dir).unwrap() {
             let e = e.unwrap();
             let name = e.file_name().into_string().unwrap();
+            if !LOOKS_AT.contains(&name.as_str()) {
+                continue;
+            }
             if e.file_type().unwrap().is_dir() {
                 std::fs::create_dir(out.path().join(&name)).unwrap();
-            } else if LOOKS_AT.contains(&name.as_str()) {
+            } else {
                 std::fs::copy(e.path(), out.path().join(&name)).unwrap();
             }
         }
